@@ -1,0 +1,233 @@
+"""Build a recipe into WebDataset shards plus an audited `manifest.json`.
+
+The build streams: a lazy plan of (source, position) pairs is cut into chunks, each chunk is turned
+into encoded samples by a process pool (or in-process with one worker), and the main process writes
+them in plan order. Output therefore does not depend on the number of workers, memory does not grow
+with the number of samples, and the stop point (a sample count, or a match to another recipe in some
+unit) is decided sample by sample.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_recipes.recipe import Recipe, expand_path, load_recipe
+from data_recipes.shards import ShardWriter, atomic_write_json, file_sha256, sample_members
+from data_recipes.sources import Skip, mix_plan, open_sources
+
+MAX_MATCH_ERROR = 0.005
+MANIFEST = "manifest.json"
+DEFAULT_ROOT = Path("shards")
+_EXAMPLES = 5
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+# --- worker side -------------------------------------------------------------------------------
+_W: dict = {}
+
+
+def _init_worker(recipe: Recipe, model: str | None):
+    _W["sources"] = open_sources(recipe)
+    _W["counter"] = None
+    if model:
+        from data_recipes.tokens import TokenCounter
+
+        _W["counter"] = TokenCounter(model)
+
+
+def _make(task):
+    """Encode the sample at plan position `task` -> (members, counts) or a Skip."""
+    key, k, pos = task
+    out = _W["sources"][k].make(pos)
+    if isinstance(out, Skip):
+        return out
+    js = dict(out.json, id=str(out.json["id"]))
+    counts = {
+        "samples": 1, "images": len(out.images),
+        "frames": len(out.images) if js["kind"] == "video" else 0,
+        "text_chars": sum(len(p["text"]) for m in js["messages"] for p in
+                          ([{"text": m["content"]}] if isinstance(m["content"], str) else m["content"])
+                          if "text" in p),
+    }
+    if _W["counter"] is not None:
+        counts.update(_W["counter"].count(js["messages"], out.images))
+    return sample_members(key, js, out.images), counts
+
+
+# --- main side ---------------------------------------------------------------------------------
+@dataclass
+class Audit:
+    counts: dict = field(default_factory=lambda: dict(samples=0, images=0, frames=0, text_chars=0))
+    skipped: dict = field(default_factory=dict)
+    examples: list = field(default_factory=list)
+
+    def add(self, counts: dict):
+        for k, v in counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+
+    def skip(self, s: Skip):
+        self.skipped[s.reason] = self.skipped.get(s.reason, 0) + 1
+        if len(self.examples) < _EXAMPLES:
+            self.examples.append(s.detail)
+
+    @property
+    def bad_fraction(self) -> float:
+        bad = sum(self.skipped.values())
+        return bad / max(1, bad + self.counts["samples"])
+
+
+def _check_bad(recipe: Recipe, audit: Audit, final: bool):
+    bad = sum(audit.skipped.values())
+    seen = bad + audit.counts["samples"]
+    if (final or seen >= 200) and audit.bad_fraction > recipe.max_bad_fraction:
+        raise BuildError(
+            f"recipe {recipe.name}: {bad} of {seen} records are bad ({audit.bad_fraction:.1%} > "
+            f"max_bad_fraction {recipe.max_bad_fraction:.1%}); by reason {audit.skipped}. First ones:\n  "
+            + "\n  ".join(audit.examples))
+
+
+def manifest_hash(out_dir: Path) -> str:
+    return file_sha256(Path(out_dir) / MANIFEST)
+
+
+def read_manifest(out_dir: Path) -> dict:
+    f = Path(out_dir) / MANIFEST
+    if not f.exists():
+        raise BuildError(f"{f} does not exist: build the recipe first (python -m data_recipes build NAME)")
+    return json.loads(f.read_text())
+
+
+def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> dict:
+    """The manifest of the recipe this one is matched to, built (or rebuilt) if needed."""
+    ref = load_recipe(recipe.match.to)
+    ref_dir = root / ref.name
+    unit = recipe.match.by
+    try:
+        m = read_manifest(ref_dir)
+        fresh = m["recipe_hash"] == ref.content_hash() and unit in m["counts"] and (
+            unit not in ("visual_tokens", "text_tokens") or m.get("tokens_model") == model)
+    except BuildError:
+        fresh = False
+    if not fresh:
+        m = build(ref, ref_dir, workers=workers, model=model)
+    return m
+
+
+def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int | None = None, workers: int = 1,
+          model: str | None = None, progress: bool = False) -> dict:
+    """Build `recipe` into `out_dir` (default `shards/NAME`); returns the manifest."""
+    recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
+    out_dir = Path(out_dir) if out_dir else DEFAULT_ROOT / recipe.name
+    root = out_dir.parent
+    if not model and recipe.model:
+        model = str(expand_path(recipe.model, f"{recipe.path or recipe.name}: model"))
+    match = None
+    if recipe.match:
+        if limit is not None:
+            raise BuildError(f"recipe {recipe.name} is matched to {recipe.match.to}: --limit would break the match")
+        unit = recipe.match.by
+        if unit in ("visual_tokens", "text_tokens") and not model:
+            raise BuildError(f"recipe {recipe.name}: matching by {unit} needs a model directory to count tokens "
+                             f"(field 'model' in the recipe, or --model DIR)")
+        ref = _reference(recipe, root, model, workers)
+        match = {"to": recipe.match.to, "by": unit, "reference_recipe_hash": ref["recipe_hash"],
+                 "target": ref["counts"][unit]}
+        target = match["target"]
+    else:
+        unit, target = "samples", min(recipe.samples, limit) if limit else recipe.samples
+
+    sources = open_sources(recipe)  # opens real sources once here, so layout errors surface before forking
+    plan = ((f"{i:09d}", k, pos) for i, (k, pos) in enumerate(mix_plan(recipe, [len(s) for s in sources])))
+    tmp = root / f".{recipe.name}.building"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    writer, audit = ShardWriter(tmp, recipe.name, recipe.shard_size), Audit()
+    pool = mp.get_context("fork").Pool(workers, _init_worker, (recipe, model)) if workers > 1 else None
+    if pool is None:
+        _init_worker(recipe, model)
+    bar = tqdm(total=target, desc=f"build {recipe.name} ({unit})", unit="", disable=not progress)
+    chunk = max(32, 16 * workers)
+    done = False
+    try:
+        while not done:
+            tasks = list(islice(plan, chunk))
+            if not tasks:
+                raise BuildError(f"recipe {recipe.name}: the sources ran out after {audit.counts['samples']} "
+                                 f"usable samples, short of the {target} {unit} asked for")
+            results = pool.map(_make, tasks) if pool else [_make(t) for t in tasks]
+            for res in results:
+                if isinstance(res, Skip):
+                    audit.skip(res)
+                    continue
+                members, counts = res
+                have, u = audit.counts.get(unit, 0), counts[unit]
+                if have + u > target and (have + u - target) >= (target - have):
+                    done = True  # the next sample would overshoot more than stopping undershoots
+                    break
+                writer.write(members)
+                audit.add(counts)
+                bar.update(u)
+                if audit.counts[unit] >= target:
+                    done = True
+                    break
+            _check_bad(recipe, audit, final=False)
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    _check_bad(recipe, audit, final=True)
+    shards = writer.close()
+    manifest = {
+        "recipe": recipe.name, "recipe_hash": recipe.content_hash(), "recipe_file": recipe.path,
+        "kind": recipe.kind, "seed": recipe.seed, "split": recipe.split, "frames": recipe.frames,
+        "image_size": recipe.image_size, "counts": audit.counts, "tokens_model": model,
+        "skipped": audit.skipped, "skipped_examples": audit.examples, "bad_fraction": audit.bad_fraction,
+        "shards": shards, "limit": limit,
+    }
+    if match:
+        achieved = audit.counts[unit]
+        match.update(achieved=achieved, rel_error=abs(achieved - target) / max(1, target))
+        manifest["match"] = match
+        if match["rel_error"] > MAX_MATCH_ERROR:
+            shutil.rmtree(tmp)
+            raise BuildError(f"recipe {recipe.name}: matched {achieved} {unit} to {target} of {recipe.match.to}: "
+                             f"relative error {match['rel_error']:.2%} > {MAX_MATCH_ERROR:.1%}")
+    atomic_write_json(tmp / MANIFEST, manifest)
+    # Swap the finished build in: a crash before this line leaves the previous build untouched.
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return manifest
+
+
+def verify(out_dir: str | Path) -> list[str]:
+    """Re-hash every shard against the manifest; returns the list of problems (empty when sound)."""
+    out_dir = Path(out_dir)
+    m = read_manifest(out_dir)
+    problems = []
+    for s in m["shards"]:
+        p = out_dir / s["name"]
+        if not p.exists():
+            problems.append(f"{p}: missing")
+        elif (h := file_sha256(p)) != s["sha256"]:
+            problems.append(f"{p}: sha256 {h[:12]}... does not match the manifest's {s['sha256'][:12]}...")
+    listed = {s["name"] for s in m["shards"]}
+    problems += [f"{p}: not in the manifest" for p in sorted(out_dir.glob("*.tar")) if p.name not in listed]
+    return problems
+
+
+def shard_urls(out_dir: str | Path) -> list[str]:
+    m = read_manifest(out_dir)
+    return [str(Path(out_dir) / s["name"]) for s in m["shards"]]
+

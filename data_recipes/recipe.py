@@ -1,0 +1,185 @@
+"""Recipes: YAML files in `data_recipes/recipes/` validated into a typed config.
+
+A recipe says what goes into a training set and how much of it:
+
+    kind: video                 # image | video: what the set is made of
+    sources:                    # where samples come from, mixed by weight
+      - {type: synthetic_video, weight: 1.0}
+    samples: 2000               # how many samples ... or, instead:
+    match: {to: video_demo, by: images}   # as much as another recipe, in some unit
+    frames: 5                   # frames per video sample
+    image_size: 64
+    seed: 0
+    split: train
+    max_bad_fraction: 0.01      # share of bad source records tolerated before the build fails
+    train: {...}                # the recipe's own training section (read by train/lora.py)
+
+Unknown keys are errors with a "did you mean". Paths may use `$DATA_ROOT` (and any other
+environment variable); a missing variable or file is reported with the layout that was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+SOURCE_TYPES = ("synthetic_image", "synthetic_video", "llava_image", "llava_video")
+MATCH_UNITS = ("samples", "images", "visual_tokens", "text_tokens")
+SPLITS = ("train", "val", "test")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Source:
+    type: str
+    """synthetic_image | synthetic_video | llava_image | llava_video."""
+    weight: float = 1.0
+    """Relative share of this source in the mix."""
+    path: str | None = None
+    """LLaVA-style JSON annotation file (real sources)."""
+    media_root: str | None = None
+    """Folder the annotation's `image` / `video` paths are relative to (real sources)."""
+
+
+@dataclass(frozen=True)
+class Match:
+    to: str
+    """Name of the reference recipe."""
+    by: str
+    """samples | images | visual_tokens | text_tokens."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    kind: str
+    """image | video."""
+    sources: tuple[Source, ...]
+    samples: int | None = None
+    match: Match | None = None
+    frames: int = 5
+    image_size: int = 64
+    seed: int = 0
+    split: str = "train"
+    max_bad_fraction: float = 0.01
+    shard_size: int = 1000
+    """Samples per shard file."""
+    model: str | None = None
+    """Model directory whose processor counts visual and text tokens (needed to match by tokens)."""
+    description: str = ""
+    train: dict = field(default_factory=dict)
+    """The recipe's training section, validated by the trainer's own config."""
+    path: str | None = None
+    """The file this recipe was read from (not part of its content hash)."""
+
+    def content_hash(self) -> str:
+        """sha256 of the recipe's content (what it builds), independent of where the file lives."""
+        d = dataclasses.asdict(self)
+        d.pop("path"), d.pop("description"), d.pop("train")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _did_you_mean(key: str, allowed) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _build(cls, data, where: str):
+    """Instantiate a dataclass from a mapping, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            raise RecipeError(f"{where}: unknown key '{k}'{_did_you_mean(str(k), names)}")
+    return cls(**data)
+
+
+def _expect(cond: bool, where: str, msg: str):
+    if not cond:
+        raise RecipeError(f"{where}: {msg}")
+
+
+def expand_path(value: str, where: str) -> Path:
+    """Expand `$VARS` in a path; an unset variable is an error naming it."""
+    for var in re.findall(r"\$\{?(\w+)\}?", value):
+        if var not in os.environ:
+            raise RecipeError(
+                f"{where}: '{value}' needs the environment variable ${var}, which is not set. "
+                f"Set it to the folder holding your data (see README, 'Real data layout'), "
+                f"or use the generated recipes image_demo / video_demo.")
+    return Path(os.path.expandvars(value)).expanduser()
+
+
+def parse_recipe(data: dict, name: str, where: str) -> Recipe:
+    data = dict(data)
+    data.setdefault("name", name)
+    if "sources" not in data:
+        raise RecipeError(f"{where}: field 'sources' is required (a list of {{type, weight, path}})")
+    if not isinstance(data["sources"], list) or not data["sources"]:
+        raise RecipeError(f"{where}: field 'sources' must be a non-empty list")
+    data["sources"] = tuple(_build(Source, s, f"{where}: sources[{i}]") for i, s in enumerate(data["sources"]))
+    if data.get("match") is not None:
+        data["match"] = _build(Match, data["match"], f"{where}: match")
+    r = _build(Recipe, data, where)
+    # The name becomes a directory under the output root: it must not be able to escape it.
+    _expect(isinstance(r.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", r.name) is not None, where,
+            f"field 'name' must be letters, digits, '_', '-' or '.', got {r.name!r}")
+    _expect(r.kind in ("image", "video"), where, f"field 'kind' must be image or video, got {r.kind!r}")
+    _expect((r.samples is None) != (r.match is None), where, "give exactly one of 'samples' or 'match'")
+    if r.samples is not None:
+        _expect(isinstance(r.samples, int) and r.samples > 0, where, "field 'samples' must be a positive integer")
+    if r.match:
+        _expect(r.match.by in MATCH_UNITS, where,
+                f"match.by must be one of {', '.join(MATCH_UNITS)}, got {r.match.by!r}{_did_you_mean(r.match.by, MATCH_UNITS)}")
+        _expect(r.match.to != r.name, where, "a recipe cannot be matched to itself")
+    for i, s in enumerate(r.sources):
+        sw = f"{where}: sources[{i}]"
+        _expect(s.type in SOURCE_TYPES, sw,
+                f"type must be one of {', '.join(SOURCE_TYPES)}, got {s.type!r}{_did_you_mean(str(s.type), SOURCE_TYPES)}")
+        _expect(isinstance(s.weight, (int, float)) and s.weight > 0, sw, "weight must be a positive number")
+        if s.type.startswith("llava"):
+            _expect(bool(s.path) and bool(s.media_root), sw, f"a {s.type} source needs 'path' and 'media_root'")
+        _expect(s.type.endswith(r.kind), sw, f"a {s.type} source cannot feed a {r.kind} recipe")
+    for fld, lo in (("frames", 1), ("image_size", 8), ("shard_size", 1)):
+        _expect(isinstance(getattr(r, fld), int) and getattr(r, fld) >= lo, where, f"field '{fld}' must be an integer >= {lo}")
+    _expect(isinstance(r.seed, int), where, "field 'seed' must be an integer")
+    _expect(r.split in SPLITS, where, f"field 'split' must be one of {', '.join(SPLITS)}")
+    _expect(isinstance(r.max_bad_fraction, (int, float)) and 0 <= r.max_bad_fraction < 1, where,
+            "field 'max_bad_fraction' must be in [0, 1)")
+    _expect(isinstance(r.train, dict), where, "field 'train' must be a mapping")
+    return r
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
+    """A shipped recipe by name, or a recipe file by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        path = p
+    else:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            names = recipe_names()
+            raise RecipeError(f"unknown recipe '{name_or_path}'{_did_you_mean(str(name_or_path), names)}; "
+                              f"shipped recipes: {', '.join(names)}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML ({e})") from None
+    return dataclasses.replace(parse_recipe(data or {}, path.stem, str(path)), path=str(path))

@@ -1,0 +1,95 @@
+"""Byte-reproducible WebDataset shards and their hashes.
+
+A shard is a plain tar: members `KEY.json` and `KEY.jpg` (one image) or `KEY.000.jpg`,
+`KEY.001.jpg`, ... (frames, in order), which any WebDataset reader opens. Tar headers carry fixed
+mtime, owner and mode, and JPEGs are encoded with fixed settings, so the same recipe and seed give the
+same bytes (webdataset's own writer stamps the current time into every header).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+
+JPEG_QUALITY = 95
+
+
+def encode_jpeg(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False)
+    return buf.getvalue()
+
+
+def sample_members(key: str, sample_json: dict, images: list[Image.Image]) -> list[tuple[str, bytes]]:
+    """The tar members of one sample, in the order they are written."""
+    members = [(f"{key}.json", json.dumps(sample_json, sort_keys=True, separators=(",", ":")).encode())]
+    if len(images) == 1 and sample_json.get("kind") == "image":
+        members.append((f"{key}.jpg", encode_jpeg(images[0])))
+    else:
+        members += [(f"{key}.{j:03d}.jpg", encode_jpeg(im)) for j, im in enumerate(images)]
+    return members
+
+
+class ShardWriter:
+    """Writes numbered shards `PREFIX-000000.tar`... of at most `shard_size` samples each."""
+
+    def __init__(self, out_dir: Path, prefix: str, shard_size: int):
+        self.out_dir, self.prefix, self.shard_size = Path(out_dir), prefix, shard_size
+        self.shards: list[dict] = []
+        self._tar = None
+        self._count = 0
+
+    def _open(self):
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
+        self._path = self.out_dir / name
+        self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)
+        self.shards.append({"name": name, "samples": 0})
+        self._count = 0
+
+    def write(self, members: list[tuple[str, bytes]]) -> None:
+        if self._tar is None or self._count >= self.shard_size:
+            self.close_shard()
+            self._open()
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self._count += 1
+        self.shards[-1]["samples"] = self._count
+
+    def close_shard(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+            self.shards[-1].update(sha256=file_sha256(self._path), bytes=self._path.stat().st_size)
+
+    def close(self) -> list[dict]:
+        self.close_shard()
+        return self.shards
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_json(path: Path, data) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,51 @@
+"""The text corpus the tiny models' tokenizer is trained on: everything the generator can say.
+
+It is the enumeration of every template phrase (so rare combinations such as "the purple diamond
+shrinks." are covered) followed by the texts of a fixed set of generated samples and evaluation
+items (so the BPE merges follow the real frequency of words and phrasings). Deterministic, so the
+tokenizer, and hence the tiny model, is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+
+from .language import template_texts
+from .samples import eval_record, image_record, video_record
+
+# Enough samples to cover every question type and layout many times; takes well under a second.
+N_IMAGE, N_VIDEO, N_EVAL = 300, 300, 100
+
+
+def record_texts(record: dict) -> Iterator[str]:
+    """Every text in a sample JSON or evaluation item: turns, options, captions, transitions."""
+    for message in record.get("messages", ()):
+        for part in message["content"]:
+            if part["type"] == "text":
+                yield part["text"]
+    if "question" in record:
+        yield record["question"]
+    meta = record.get("meta", {})
+    yield from record.get("options") or meta.get("options") or ()
+    yield from meta.get("captions", ())
+    yield from meta.get("transitions", ())
+    for event in meta.get("events", ()):
+        yield event["text"]
+
+
+@lru_cache(maxsize=1)
+def _corpus() -> tuple[str, ...]:
+    texts = list(template_texts())
+    for i in range(N_IMAGE):
+        texts.extend(record_texts(image_record(0, i, "train")[0]))
+    for i in range(N_VIDEO):
+        texts.extend(record_texts(video_record(0, i, "train", frames=5)[0]))
+    for i in range(N_EVAL):
+        texts.extend(record_texts(eval_record(0, i, "test")))
+    return tuple(texts)
+
+
+def vocabulary_corpus() -> list[str]:
+    """A representative list of all texts the generator emits (questions, answers, options, captions)."""
+    return list(_corpus())

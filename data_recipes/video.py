@@ -1,0 +1,308 @@
+"""Reading and writing short video clips with PyAV.
+
+Both the data recipes (which build training shards) and the evaluation suite (which
+samples frames for vCoT/EgoSchema-style questions) go through this module, so it must
+stay independent of `train` and `evalsuite`.
+
+Design choices:
+
+* Frame selection uses the EgoSchema/vCoT rule :func:`uniform_indices`, so training
+  and evaluation see the same frames for the same clip.
+* :func:`read_frames` decodes sequentially from the start and stops after the last
+  frame it needs.  Seeking in long-GOP codecs lands on keyframes and needs
+  timestamp bookkeeping to hit an exact frame; for the short clips used here a
+  single sequential pass is both simpler and exact.
+* Every failure on the reading side raises :class:`VideoError` (a ``ValueError``)
+  whose message starts with the file path, so a bad clip in a large dataset can be
+  found and skipped from the log line alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+import warnings
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence, Union
+
+import av
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "VideoError",
+    "uniform_indices",
+    "count_frames",
+    "read_frames",
+    "write_video",
+    "CODECS",
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: Encoders supported by :func:`write_video`.
+CODECS = ("libx264", "mpeg4")
+# Encoder options.  libx264 at CRF 18 is visually lossless for training frames.
+# mpeg4 (no GPL dependency, in every FFmpeg build) would otherwise aim at a low
+# default bitrate that smears frames larger than thumbnails; pinning the quantiser to 3
+# (qmin = qmax) gives constant high quality, like ``ffmpeg -q:v 3``.  PyAV cannot set
+# the per-frame quality that ``-q:v`` relies on, hence qmin/qmax.
+_ENCODER_OPTIONS = {
+    "libx264": {"crf": "18", "preset": "medium"},
+    "mpeg4": {"qmin": "3", "qmax": "3"},
+}
+
+# Container families whose per-stream frame count comes from the sample table, i.e.
+# counts real encoded frames rather than an estimate from duration * rate.
+_SAMPLE_TABLE_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2")
+
+
+class VideoError(ValueError):
+    """A video file is missing, empty, undecodable, or lacks the requested frames."""
+
+
+# ------------------------------------------------------------------- frame sampling
+
+
+def uniform_indices(n: int, num_frames: int) -> list[int]:
+    """Indices of ``num_frames`` frames spread evenly over a clip of ``n`` frames.
+
+    This is the EgoSchema/vCoT rule ``int(i * n / (F + 1))`` for ``i = 1..F``: the clip
+    is cut into ``F + 1`` equal parts and the frames at the inner cut points are taken,
+    so the very first and last frames (often black or transitional) are avoided.
+    Integer floor division gives the same values as the float formula without any
+    rounding risk.  With ``F >= n`` some indices repeat, as in the reference code.
+
+    >>> uniform_indices(32, 5)
+    [5, 10, 16, 21, 26]
+    """
+    for name, value in (("n", n), ("num_frames", num_frames)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if n < 1:
+        raise ValueError(f"n (frames in the clip) must be >= 1, got {n}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return [int(i * n // (num_frames + 1)) for i in range(1, num_frames + 1)]
+
+
+# -------------------------------------------------------------------------- reading
+
+
+def _open_input(path: PathLike) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open ``path`` for decoding, turning every failure into a VideoError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(f"{p}: no such file")
+    if not p.is_file():
+        raise VideoError(f"{p}: not a regular file")
+    if p.stat().st_size == 0:
+        raise VideoError(f"{p}: file is empty (0 bytes)")
+    try:
+        container = av.open(str(p), mode="r")
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoError(f"{p}: cannot open as video ({exc})") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{p}: contains no video stream")
+    return container, container.streams.video[0]
+
+
+def _decode_count(path: Path, container, stream) -> int:
+    try:
+        return sum(1 for _ in container.decode(stream))
+    except av.FFmpegError as exc:
+        raise VideoError(f"{path}: undecodable video data ({exc})") from exc
+
+
+def count_frames(path: PathLike, exact: bool = False) -> int:
+    """Number of decodable frames in the first video stream of ``path``.
+
+    For MP4/MOV files the count stored in the sample table is exact for files we
+    write (both libx264 and mpeg4) and costs no decoding, so it is used directly.
+    Other containers (WebM/MKV, raw streams) often store no count or only an estimate,
+    so their frames are counted by decoding.  ``exact=True`` always decodes, e.g. for
+    downloaded MP4s whose edit lists hide some samples.
+
+    Raises:
+        VideoError: missing, empty or undecodable file, or a file with no frames.
+    """
+    p = Path(path)
+    container, stream = _open_input(p)
+    with container:
+        fmt_names = set((container.format.name or "").split(","))
+        trusted = stream.frames > 0 and bool(fmt_names & set(_SAMPLE_TABLE_FORMATS))
+        n = stream.frames if (trusted and not exact) else _decode_count(p, container, stream)
+    if n < 1:
+        raise VideoError(f"{p}: video stream has no decodable frames")
+    return int(n)
+
+
+def read_frames(
+    path: PathLike,
+    indices: Sequence[int] | None = None,
+    num_frames: int | None = None,
+    size: int | None = None,
+) -> list[Image.Image]:
+    """Decode ``path`` and return RGB frames as PIL images.
+
+    Exactly one way of choosing frames may be given:
+
+    * ``indices``: explicit 0-based frame indices; the result follows their order and
+      repeats frames if an index repeats.
+    * ``num_frames``: ``uniform_indices(count_frames(path), num_frames)``.
+    * neither: every frame of the clip.
+
+    The file is decoded once from the start, and decoding stops after the highest
+    index needed.  ``size`` resizes every frame to ``size x size`` (bicubic, aspect
+    ratio not kept - the square input most vision encoders expect).
+
+    Raises:
+        VideoError: missing, empty or undecodable file, or an index outside the clip
+            (the message gives the number of frames in the file).
+        ValueError: both ``indices`` and ``num_frames`` given, or a bad ``size``.
+    """
+    p = Path(path)
+    if indices is not None and num_frames is not None:
+        raise ValueError("pass either indices or num_frames, not both")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
+        raise ValueError(f"size must be a positive int, got {size!r}")
+
+    if num_frames is not None:
+        indices = uniform_indices(count_frames(p), num_frames)
+    if indices is not None:
+        wanted = [int(i) for i in indices]
+        if not wanted:
+            return []
+        negative = [i for i in wanted if i < 0]
+        if negative:
+            raise VideoError(f"{p}: frame index {negative[0]} is negative; indices are 0-based frame numbers")
+        last = max(wanted)
+        needed = set(wanted)
+    else:
+        wanted, needed, last = None, None, math.inf
+
+    decoded: dict[int, Image.Image] = {}
+    container, stream = _open_input(p)
+    # Frame threading speeds up sequential decoding and keeps output order.
+    stream.thread_type = "AUTO"
+    n_seen = 0
+    with container:
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                n_seen = i + 1
+                if needed is None or i in needed:
+                    img = frame.to_image()  # converts from the codec's YUV to RGB
+                    if size is not None:
+                        img = img.resize((size, size), Image.BICUBIC)
+                    decoded[i] = img
+                if i >= last:
+                    break  # everything needed is decoded; skip the rest of the file
+        except av.FFmpegError as exc:
+            raise VideoError(f"{p}: undecodable video data after {n_seen} frames ({exc})") from exc
+
+    if wanted is None:
+        if not decoded:
+            raise VideoError(f"{p}: video stream has no decodable frames")
+        return [decoded[i] for i in range(n_seen)]
+    if last >= n_seen:
+        # The loop ran to the end of the stream without reaching `last`.
+        raise VideoError(
+            f"{p}: frame index {last} is out of range; the file has {n_seen} frames (valid indices 0..{n_seen - 1})"
+        )
+    return [decoded[i] for i in wanted]
+
+
+# -------------------------------------------------------------------------- writing
+
+
+def _to_rgb_array(frame, index: int) -> np.ndarray:
+    """PIL image (any mode) or HxWx3 uint8 array -> contiguous RGB uint8 array."""
+    if isinstance(frame, Image.Image):
+        return np.asarray(frame.convert("RGB"))
+    arr = np.asarray(frame)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"frame {index}: expected a PIL image or an HxWx3 uint8 array, got {arr.dtype} {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _as_rate(fps) -> Fraction:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction, np.integer, np.floating)):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    # The stream time base needs a rational rate: a float such as 29.97 becomes 2997/100
+    # (pass Fraction(30000, 1001) for exact NTSC timing).
+    rate = Fraction(fps).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    return rate
+
+
+def write_video(
+    path: PathLike,
+    frames: Sequence[Image.Image],
+    fps: int | float | Fraction = 8,
+    codec: str = "libx264",
+) -> Path:
+    """Encode ``frames`` into an MP4 file at ``path`` (yuv420p), atomically.
+
+    The clip is written to a hidden temporary file in the destination directory and
+    moved into place with ``os.replace``, so readers (and interrupted jobs) never see
+    a half-written video at ``path``.
+
+    All frames must have the same size.  yuv420p stores chroma at half resolution, so
+    libx264 refuses odd widths/heights; odd dimensions are therefore padded by one
+    pixel on the right/bottom (replicating the edge, which keeps colours clean) for
+    both codecs, with a warning.  Read-back frames then have the padded size.
+
+    Args:
+        path: Destination file; its directory must exist.
+        frames: PIL images (converted to RGB) or HxWx3 uint8 arrays.
+        fps: Frame rate (int, float or Fraction).
+        codec: ``"libx264"`` (default) or ``"mpeg4"``.
+
+    Returns:
+        The destination path.
+    """
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+    rate = _as_rate(fps)
+    if len(frames) == 0:
+        raise ValueError(f"{path}: no frames to write")
+    dest = Path(path)
+    if not dest.parent.is_dir():
+        raise VideoError(f"{dest}: parent directory {dest.parent} does not exist")
+
+    arrays = [_to_rgb_array(f, i) for i, f in enumerate(frames)]
+    height, width = arrays[0].shape[:2]
+    for i, arr in enumerate(arrays):
+        if arr.shape[:2] != (height, width):
+            raise ValueError(f"frame {i} is {arr.shape[1]}x{arr.shape[0]}, but frame 0 is {width}x{height}")
+    pad_h, pad_w = height % 2, width % 2
+    if pad_h or pad_w:
+        warnings.warn(
+            f"{dest}: frames are {width}x{height}; yuv420p needs even dimensions, "
+            f"padding to {width + pad_w}x{height + pad_h} by repeating the last column/row",
+            stacklevel=2,
+        )
+        arrays = [np.pad(a, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") for a in arrays]
+
+    # A unique hidden name in the same directory: os.replace is only atomic within one
+    # filesystem, and PyAV creates the file itself, so it gets the usual permissions.
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp.mp4"
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=rate, options=dict(_ENCODER_OPTIONS[codec]))
+            stream.width, stream.height = width + pad_w, height + pad_h
+            stream.pix_fmt = "yuv420p"
+            for i, arr in enumerate(arrays):
+                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                frame.pts = i  # time base is 1/rate: one tick per frame
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))  # flush delayed (B-)frames
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest

@@ -1,0 +1,240 @@
+"""Recipes, shard builds, real sources, matching and the CLI."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+import yaml
+from PIL import Image
+
+from data_recipes.__main__ import main as cli
+from data_recipes.build import BuildError, build, read_manifest, shard_urls, verify
+from data_recipes.recipe import RECIPES_DIR, RecipeError, load_recipe, parse_recipe, recipe_names
+from data_recipes.sources import conversation_to_messages
+from data_recipes.video import write_video
+
+
+def write_recipe(tmp: Path, name: str, **fields) -> Path:
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(fields))
+    return p
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES_DIR.rglob("*.yaml")))
+def test_every_shipped_recipe_validates(name):
+    r = load_recipe(name)
+    assert r.name == name and r.sources
+    if r.match:
+        assert r.match.to in recipe_names()
+
+
+def test_demo_recipes_are_matched_to_each_other():
+    img, vid = load_recipe("image_demo"), load_recipe("video_demo")
+    assert img.match.to == "video_demo" and img.kind == "image" and vid.kind == "video"
+    assert img.image_size == vid.image_size
+
+
+@pytest.mark.parametrize("data, msg", [
+    ({"kind": "image", "sources": [{"type": "synthetic_image"}], "samples": 5, "sedd": 1}, "unknown key 'sedd' \\(did you mean 'seed'\\?\\)"),
+    ({"kind": "image", "sources": [{"type": "synthetic_imag"}], "samples": 5}, "did you mean 'synthetic_image'"),
+    ({"kind": "image", "sources": [{"type": "synthetic_image", "wieght": 2}], "samples": 5}, "sources\\[0\\]: unknown key 'wieght'"),
+    ({"kind": "image", "sources": [{"type": "synthetic_image"}]}, "exactly one of 'samples' or 'match'"),
+    ({"kind": "image", "sources": [{"type": "synthetic_video"}], "samples": 5}, "cannot feed a image recipe"),
+    ({"kind": "video", "sources": [{"type": "synthetic_video"}], "match": {"to": "x", "by": "tokens"}}, "match.by must be one of"),
+    ({"kind": "image", "sources": [{"type": "llava_image"}], "samples": 5}, "needs 'path' and 'media_root'"),
+    ({"kind": "image", "samples": 5}, "field 'sources' is required"),
+])
+def test_bad_recipes_name_file_and_field(data, msg):
+    with pytest.raises(RecipeError, match=msg):
+        parse_recipe(data, "r", "r.yaml")
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(RecipeError, match="did you mean 'video_demo'"):
+        load_recipe("vidoe_demo")
+
+
+def test_missing_data_root_is_explained(monkeypatch):
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    with pytest.raises(RecipeError, match=r"\$DATA_ROOT.*not set.*image_demo / video_demo"):
+        build("image_100k", Path("/tmp/unused"))
+
+
+def _read_all(out: Path):
+    return list(wds.WebDataset(shard_urls(out), shardshuffle=False).decode("pil"))
+
+
+def test_generated_build_is_deterministic_and_readable(tmp_path):
+    rec = write_recipe(tmp_path, "vid", kind="video", sources=[{"type": "synthetic_video"}], samples=12,
+                       frames=3, shard_size=5, max_bad_fraction=0.0)
+    m1 = build(str(rec), tmp_path / "a")
+    m2 = build(str(rec), tmp_path / "b", workers=2)
+    assert [s["sha256"] for s in m1["shards"]] == [s["sha256"] for s in m2["shards"]]
+    for s in m1["shards"]:
+        assert (tmp_path / "a" / s["name"]).read_bytes() == (tmp_path / "b" / s["name"]).read_bytes()
+    assert [s["samples"] for s in m1["shards"]] == [5, 5, 2]
+    assert m1["counts"]["samples"] == 12 and m1["counts"]["frames"] == 36 and m1["counts"]["images"] == 36
+    samples = _read_all(tmp_path / "a")
+    assert len(samples) == 12
+    for s in samples:
+        frames = [k for k in sorted(s) if k.endswith(".jpg")]
+        assert frames == ["000.jpg", "001.jpg", "002.jpg"]
+        markers = sum(p["type"] == "image" for m in s["json"]["messages"] if isinstance(m["content"], list)
+                      for p in m["content"])
+        assert markers == 3 and s["json"]["kind"] == "video"
+    other = write_recipe(tmp_path, "vid2", kind="video", sources=[{"type": "synthetic_video"}], samples=12,
+                         frames=3, shard_size=5, seed=1)
+    m3 = build(str(other), tmp_path / "c")
+    assert m3["shards"][0]["sha256"] != m1["shards"][0]["sha256"]
+    assert verify(tmp_path / "a") == []
+
+
+def test_verify_detects_tampering(tmp_path):
+    rec = write_recipe(tmp_path, "img", kind="image", sources=[{"type": "synthetic_image"}], samples=4)
+    build(str(rec), tmp_path / "o")
+    shard = tmp_path / "o" / read_manifest(tmp_path / "o")["shards"][0]["name"]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert any("does not match" in p for p in verify(tmp_path / "o"))
+    assert cli(["verify", str(tmp_path / "o")]) == 1
+
+
+# --- real sources --------------------------------------------------------------------------------
+def _llava_fixture(tmp: Path, video: bool, n_good: int, bad: dict[str, int]):
+    root = tmp / ("llava_video" if video else "llava_image")
+    media = root / ("videos" if video else "images")
+    media.mkdir(parents=True)
+    field = "video" if video else "image"
+    recs = []
+    for i in range(n_good):
+        name = f"{i}.mp4" if video else f"{i}.jpg"
+        if video:
+            write_video(media / name, [Image.new("RGB", (32, 32), (10 * k, 100, 200 - 10 * k)) for k in range(12)])
+        else:
+            Image.new("RGB", (48, 40), (i * 20 % 255, 50, 90)).save(media / name, quality=90)
+        recs.append({"id": f"r{i}", field: name, "conversations": [
+            {"from": "human", "value": f"<{field}>\nWhat is shown in item {i}?"},
+            {"from": "gpt", "value": f"Item {i}."}]})
+    for j in range(bad.get("missing", 0)):
+        recs.append({"id": f"missing{j}", field: f"nope{j}.{'mp4' if video else 'jpg'}",
+                     "conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "x"}]})
+    for j in range(bad.get("corrupt", 0)):
+        name = f"corrupt{j}.{'mp4' if video else 'jpg'}"
+        (media / name).write_bytes(b"" if j % 2 == 0 else b"\x00garbage" * 20)
+        recs.append({"id": f"corrupt{j}", field: name,
+                     "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]})
+    for j in range(bad.get("malformed", 0)):
+        recs.append({"id": f"mal{j}", field: "0.mp4" if video else "0.jpg",
+                     "conversations": [{"from": "gpt", "value": "answer first"}]})
+    (root / "annotations.json").write_text(json.dumps(recs))
+    return root
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_real_sources_build_and_count_bad_records(tmp_path, monkeypatch, video):
+    root = _llava_fixture(tmp_path, video, n_good=20, bad={"missing": 1, "corrupt": 2, "malformed": 1})
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+    kind, src = ("video", "llava_video") if video else ("image", "llava_image")
+    rec = write_recipe(tmp_path, "real", kind=kind, samples=20, frames=4, image_size=32, max_bad_fraction=0.2,
+                       sources=[{"type": src, "path": f"$DATA_ROOT/{root.name}/annotations.json",
+                                 "media_root": f"$DATA_ROOT/{root.name}/{'videos' if video else 'images'}"}])
+    m = build(str(rec), tmp_path / "out")
+    assert m["counts"]["samples"] == 20
+    field = "video" if video else "image"
+    assert m["skipped"] == {f"missing_{field}": 1, f"unreadable_{field}": 2, "malformed_conversation": 1}
+    samples = _read_all(tmp_path / "out")
+    assert sorted(s["json"]["id"] for s in samples) == sorted(f"r{i}" for i in range(20))
+    s = samples[0]
+    n_img = len([k for k in s if k.endswith("jpg")])
+    assert n_img == (4 if video else 1)
+    user = s["json"]["messages"][0]["content"]
+    assert [p["type"] for p in user] == ["image"] * n_img + ["text"]
+    assert max(s[[k for k in s if k.endswith("jpg")][0]].size) <= 32
+
+    strict = write_recipe(tmp_path, "strict", kind=kind, samples=20, frames=4, image_size=32, max_bad_fraction=0.05,
+                          sources=[{"type": src, "path": str(root / "annotations.json"),
+                                    "media_root": str(root / ("videos" if video else "images"))}])
+    with pytest.raises(BuildError, match=r"[1-4] of 2[0-4] records are bad.*max_bad_fraction 5.0%.*First ones:\n  .*record (corrupt|missing|mal)"):
+        build(str(strict), tmp_path / "out2")
+
+
+def test_missing_annotation_file_explains_layout(tmp_path):
+    rec = write_recipe(tmp_path, "r", kind="image", samples=3,
+                       sources=[{"type": "llava_image", "path": str(tmp_path / "none.json"), "media_root": str(tmp_path)}])
+    with pytest.raises(RecipeError, match=r"none.json does not exist; expected a JSON list of \{'id', 'image', 'conversations'\}"):
+        build(str(rec), tmp_path / "o")
+
+
+def test_conversation_conversion():
+    msgs = conversation_to_messages([{"from": "human", "value": "Look <image> here"}, {"from": "gpt", "value": "ok"}], 2, "f")
+    assert msgs[0]["content"] == [{"type": "text", "text": "Look"}, {"type": "image"}, {"type": "image"},
+                                  {"type": "text", "text": "here"}]
+    with pytest.raises(ValueError, match="2 media tags"):
+        conversation_to_messages([{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "ok"}], 1, "f")
+    with pytest.raises(ValueError, match="last turn must be from 'gpt'"):
+        conversation_to_messages([{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"},
+                                  {"from": "human", "value": "c"}], 1, "f")
+
+
+# --- matching --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from train.tiny import build_tiny
+
+    return build_tiny("llava", tmp_path_factory.mktemp("tok") / "llava")
+
+
+@pytest.mark.parametrize("unit", ["samples", "images", "visual_tokens", "text_tokens"])
+def test_matching_in_each_unit(tmp_path, tiny_model, unit):
+    # Text tokens come in sample-sized steps of ~30: the reference must be large for 0.5% to be reachable.
+    n_ref = 300 if unit == "text_tokens" else 10
+    ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=n_ref,
+                       frames=4, model=str(tiny_model))
+    img = write_recipe(tmp_path, "imatch", kind="image", sources=[{"type": "synthetic_image"}],
+                       match={"to": str(ref), "by": unit}, model=str(tiny_model))
+    m = build(str(img), tmp_path / "imatch")
+    ref_m = read_manifest(tmp_path / "vref")
+    x = m["match"]
+    assert x["to"] == str(ref) and x["by"] == unit and x["target"] == ref_m["counts"][unit]
+    assert x["achieved"] == m["counts"][unit] and x["rel_error"] <= 0.005
+    if unit in ("samples", "images", "visual_tokens"):
+        assert x["achieved"] == x["target"]  # fixed units per image: exact
+    expected = {"samples": 10, "images": 40, "visual_tokens": 40, "text_tokens": None}[unit]
+    if expected:
+        assert m["counts"]["samples"] == expected
+    assert cli(["inspect", str(tmp_path / "imatch"), "-n", "1"]) == 0
+
+
+def test_match_beyond_tolerance_fails(tmp_path, tiny_model):
+    ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=3, frames=2,
+                       model=str(tiny_model))
+    img = write_recipe(tmp_path, "im", kind="image", sources=[{"type": "synthetic_image"}],
+                       match={"to": str(ref), "by": "text_tokens"}, model=str(tiny_model))
+    with pytest.raises(BuildError, match=r"relative error .*% > 0.5%"):
+        build(str(img), tmp_path / "im")
+    assert not (tmp_path / "im").exists()
+
+
+def test_token_match_needs_a_model(tmp_path):
+    ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=3)
+    img = write_recipe(tmp_path, "im", kind="image", sources=[{"type": "synthetic_image"}],
+                       match={"to": str(ref), "by": "visual_tokens"})
+    with pytest.raises(BuildError, match="needs a model directory"):
+        build(str(img), tmp_path / "im")
+
+
+def test_shards_are_plain_tars(tmp_path):
+    rec = write_recipe(tmp_path, "img", kind="image", sources=[{"type": "synthetic_image"}], samples=3)
+    build(str(rec), tmp_path / "o")
+    with tarfile.open(shard_urls(tmp_path / "o")[0]) as t:
+        names = t.getnames()
+        assert names[:2] == ["000000000.json", "000000000.jpg"]
+        assert all(m.mtime == 0 for m in t.getmembers())
+        im = Image.open(t.extractfile(names[1]))
+        assert np.asarray(im).shape == (64, 64, 3)

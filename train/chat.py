@@ -1,0 +1,148 @@
+"""Interleaved conversations -> model inputs, with labels on the assistant's tokens only.
+
+A conversation is a list of chat turns whose user content interleaves `{"type": "image"}` markers and
+`{"type": "text", "text": ...}` parts (the sample schema of DESIGN.md); the frames are PIL images, one
+per marker, in order. Rendering always goes through the processor's own chat template, so a real
+checkpoint gets exactly its published prompt format.
+
+Label masking works for any template without `{% generation %}` markers: the character span of each
+assistant turn is found by rendering the conversation up to that turn (with and without it), then
+moved through the processor's image-placeholder expansion (`text_replacement_offsets`) and matched to
+tokens by their offsets. A template that is not prefix-consistent falls back to finding the assistant
+text itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+class ConversationError(ValueError):
+    """A conversation that does not fit the sample schema (wrong roles, marker/image count...)."""
+
+
+def validate_messages(messages: Sequence[dict], num_images: int | None = None, where: str = "sample") -> int:
+    """Check the schema of a conversation; return the number of image markers it holds."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ConversationError(f"{where}: field 'messages' must be a non-empty list of turns")
+    markers = 0
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise ConversationError(f"{where}: messages[{i}] must be a dict with role system|user|assistant")
+        content = m.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise ConversationError(f"{where}: messages[{i}].content must be a string or a list of parts")
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image":
+                if m["role"] == "assistant":
+                    raise ConversationError(f"{where}: messages[{i}] is an assistant turn with an image")
+                markers += 1
+            elif kind != "text" or not isinstance(part.get("text"), str):
+                raise ConversationError(
+                    f"{where}: messages[{i}].content[{j}] must be {{'type': 'image'}} or {{'type': 'text', 'text': str}}")
+    if num_images is not None and markers != num_images:
+        raise ConversationError(f"{where}: {markers} image markers in 'messages' but {num_images} images")
+    return markers
+
+
+def render(processor, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+    return processor.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_char_spans(processor, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of every assistant turn (end token included)."""
+    text = render(processor, messages)
+    spans, cursor = [], 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render(processor, messages[:i], add_generation_prompt=True) if i else ""
+        through = render(processor, messages[: i + 1])
+        if text.startswith(before) and text.startswith(through) and len(before) >= cursor:
+            start, end = len(before), len(through)
+        else:  # not prefix-consistent: locate the turn's own text after the previous span
+            answer = m["content"] if isinstance(m["content"], str) else "".join(
+                p["text"] for p in m["content"] if p["type"] == "text")
+            start = text.find(answer, cursor)
+            if start < 0:
+                raise ConversationError(f"cannot find assistant turn {i} in the rendered conversation")
+            end = start + len(answer)
+        spans.append((start, end))
+        cursor = end
+    return text, spans
+
+
+def _shift(char: int, ends: list[int], gained: list[int]) -> int:
+    """Where a character of the template's text lands after image placeholders were expanded."""
+    return char + gained[bisect.bisect_right(ends, char)]
+
+
+def label_tokens(offsets, spans, replacements) -> list[bool]:
+    """True for every token overlapping an assistant span (spans in pre-expansion coordinates)."""
+    ends = [r["span"][1] for r in replacements]
+    gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]
+    moved = [(_shift(s, ends, gained), _shift(e, ends, gained)) for s, e in spans]
+    keep = []
+    for tok_start, tok_end in offsets:
+        keep.append(tok_end > tok_start and any(tok_start < e and tok_end > s for s, e in moved))
+    return keep
+
+
+@dataclass
+class Encoded:
+    """A collated batch plus the per-sample counts that training accounting needs."""
+    inputs: dict
+    visual_tokens: list[int]
+    text_tokens: list[int]
+    supervised_tokens: list[int]
+
+
+def image_token_id(processor) -> int:
+    return processor.image_token_id
+
+
+def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence], *,
+           with_labels: bool = True) -> Encoded:
+    """Tokenize a batch of interleaved conversations with their frames (right-padded)."""
+    if len(conversations) != len(images):
+        raise ConversationError(f"{len(conversations)} conversations but {len(images)} image lists")
+    texts, spans = [], []
+    for i, (msgs, imgs) in enumerate(zip(conversations, images)):
+        validate_messages(msgs, len(imgs), where=f"batch item {i}")
+        if with_labels:
+            t, s = assistant_char_spans(processor, msgs)
+        else:
+            t, s = render(processor, msgs, add_generation_prompt=True), []
+        texts.append(t)
+        spans.append(s)
+    has_images = any(len(x) for x in images)
+    out = processor(
+        text=texts, images=[list(x) for x in images] if has_images else None, padding=True, return_tensors="pt",
+        return_offsets_mapping=with_labels, return_text_replacement_offsets=with_labels,
+    )
+    out = dict(out)
+    ids, mask = out["input_ids"], out["attention_mask"]
+    visual = (ids == image_token_id(processor)).sum(1)
+    text_tokens = mask.sum(1) - visual
+    if with_labels:
+        offsets = out.pop("offset_mapping").tolist()
+        replacements = out.pop("text_replacement_offsets", None) or [[] for _ in texts]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for b in range(len(texts)):
+            keep = torch.tensor(label_tokens(offsets[b], spans[b], replacements[b]), dtype=torch.bool)
+            keep &= mask[b].bool()
+            labels[b][keep] = ids[b][keep]
+        out["labels"] = labels
+        supervised = (labels != IGNORE_INDEX).sum(1).tolist()
+    else:
+        supervised = [0] * len(texts)
+    return Encoded(out, visual.tolist(), text_tokens.tolist(), supervised)

@@ -1,0 +1,168 @@
+"""The model-family registry: what the toolkit knows about each supported VLM family.
+
+One dict, written out in one place (`FAMILIES`), maps a family name to a `Family`: its HF model and
+processor classes, the PIL-backed image processor (torchvision is unusable beside the CPU torch, and
+every HF *video* processor needs it, so frames always go in as images), where its language model,
+projector and vision tower live, and how its tiny stand-in is shaped.
+
+    from train.families import get_family, detect_family
+    fam = detect_family("ckpt/base")          # reads config.json's model_type
+    model, processor = fam.load("ckpt/base")  # safetensors only; remote code only if asked
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import transformers
+
+from data_recipes.processors import load_processor
+
+
+class FamilyError(ValueError):
+    """An unknown family, or a checkpoint directory the registry cannot make sense of."""
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    """Registry key, equal to the HF `config.model_type` of the family."""
+    model_class: str
+    processor_class: str
+    image_processor_class: str
+    """A PIL-backed image processor: no torchvision needed."""
+    prompt_style: str
+    """Shape of the tiny model's chat template (`train.templates`): vicuna, mistral or chatml."""
+    image_placeholder: str
+    """What the chat template writes for one `{"type": "image"}` part (before expansion)."""
+    projector: str
+    """Dotted module name of the vision-to-language projector, relative to the top model."""
+    vision_tower: str
+    """Dotted module name of the vision encoder."""
+    language_model: str = "model.language_model"
+
+    @property
+    def lora_target_regex(self) -> str:
+        """peft `target_modules` regex: attention projections of the language model only."""
+        lm = self.language_model.replace(".", r"\.")
+        return rf"^{lm}\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)$"
+
+    def model_cls(self):
+        return getattr(transformers, self.model_class)
+
+    def processor_cls(self):
+        return getattr(transformers, self.processor_class)
+
+    def image_processor_cls(self):
+        return getattr(transformers, self.image_processor_class)
+
+    def load_processor(self, path: str | os.PathLike, trust_remote_code: bool = False):
+        """The processor of a local checkpoint, built without torchvision (`data_recipes.processors`)."""
+        return load_processor(path, trust_remote_code=trust_remote_code)
+
+    def load(self, path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None):
+        """Load model and processor from a local checkpoint directory (safetensors weights only)."""
+        path = Path(path)
+        check_checkpoint_dir(path)
+        model = self.model_cls().from_pretrained(
+            path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype or "auto"
+        )
+        return model, self.load_processor(path, trust_remote_code=trust_remote_code)
+
+
+FAMILIES: dict[str, Family] = {
+    "llava": Family(
+        "llava", "LlavaForConditionalGeneration", "LlavaProcessor", "LlavaImageProcessorPil",
+        prompt_style="vicuna", image_placeholder="<image>\n",
+        projector="model.multi_modal_projector", vision_tower="model.vision_tower",
+    ),
+    "llava_next": Family(
+        "llava_next", "LlavaNextForConditionalGeneration", "LlavaNextProcessor", "LlavaNextImageProcessorPil",
+        prompt_style="mistral", image_placeholder="<image>\n",
+        projector="model.multi_modal_projector", vision_tower="model.vision_tower",
+    ),
+    "llava_next_video": Family(
+        "llava_next_video", "LlavaNextVideoForConditionalGeneration", "LlavaNextVideoProcessor",
+        "LlavaNextImageProcessorPil", prompt_style="vicuna", image_placeholder="<image>\n",
+        projector="model.multi_modal_projector", vision_tower="model.vision_tower",
+    ),
+    "llava_onevision": Family(
+        "llava_onevision", "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor",
+        "LlavaOnevisionImageProcessorPil", prompt_style="chatml", image_placeholder="<image>\n",
+        projector="model.multi_modal_projector", vision_tower="model.vision_tower",
+    ),
+    "qwen2_vl": Family(
+        "qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2VLImageProcessorPil",
+        prompt_style="chatml", image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        projector="model.visual.merger", vision_tower="model.visual",
+    ),
+    "qwen2_5_vl": Family(
+        "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessorPil",
+        prompt_style="chatml", image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        projector="model.visual.merger", vision_tower="model.visual",
+    ),
+    "internvl": Family(
+        "internvl", "InternVLForConditionalGeneration", "InternVLProcessor", "GotOcr2ImageProcessorPil",
+        prompt_style="chatml", image_placeholder="<IMG_CONTEXT>\n",
+        projector="model.multi_modal_projector", vision_tower="model.vision_tower",
+    ),
+}
+
+
+def get_family(name: str) -> Family:
+    """The registry entry for `name`; an unknown name lists the supported ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, FAMILIES, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise FamilyError(
+            f"Unknown model family '{name}'.{hint} Supported families: {', '.join(sorted(FAMILIES))}."
+        ) from None
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """A clear error for the usual ways a model directory is unusable."""
+    if not path.is_dir():
+        raise FamilyError(f"Model directory '{path}' does not exist (expected a local HF checkpoint folder).")
+    if not (path / "config.json").exists():
+        raise FamilyError(f"'{path}' has no config.json: not an HF model directory.")
+    if not any(path.glob("*.safetensors")):
+        extra = " It holds .bin weights only: convert them to safetensors." if any(path.glob("*.bin")) else ""
+        raise FamilyError(f"'{path}' has no *.safetensors weights.{extra}")
+
+
+def detect_family(path: str | os.PathLike) -> Family:
+    """The family of a local checkpoint, read from `config.json` (`model_type`)."""
+    if not Path(path).is_dir():
+        raise FamilyError(f"Model directory '{path}' does not exist (expected a local HF checkpoint folder).")
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.exists():
+        raise FamilyError(f"'{path}' has no config.json: cannot tell which model family it is.")
+    try:
+        model_type = json.loads(cfg_file.read_text())["model_type"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise FamilyError(f"{cfg_file}: field 'model_type' missing or file unreadable ({e}).") from None
+    if model_type not in FAMILIES:
+        raise FamilyError(
+            f"{cfg_file}: model_type '{model_type}' is not a supported family. "
+            f"Supported families: {', '.join(sorted(FAMILIES))}."
+        )
+    return FAMILIES[model_type]
+
+
+def load_model(path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None):
+    """Detect the family of `path` and load (model, processor, family)."""
+    fam = detect_family(path)
+    model, processor = fam.load(path, trust_remote_code=trust_remote_code, dtype=dtype)
+    return model, processor, fam
+
+
+def get_module(model, dotted: str):
+    """`model.get_submodule`, tolerant of a peft wrapper around the model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_submodule(dotted)
