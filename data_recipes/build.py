@@ -19,7 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_recipes.recipe import Recipe, expand_path, load_recipe
-from data_recipes.shards import ShardWriter, atomic_write_json, file_sha256, sample_members
+from data_recipes.files import atomic_write_json, file_sha256
+from data_recipes.shards import ShardWriter, sample_members
 from data_recipes.sources import Skip, mix_plan, open_sources
 
 MAX_MATCH_ERROR = 0.005

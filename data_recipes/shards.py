@@ -8,14 +8,14 @@ same bytes (webdataset's own writer stamps the current time into every header).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
 from PIL import Image
+
+from data_recipes.files import file_sha256
 
 JPEG_QUALITY = 95
 
@@ -74,22 +74,3 @@ class ShardWriter:
     def close(self) -> list[dict]:
         self.close_shard()
         return self.shards
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_json(path: Path, data) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 
-from .language import template_texts
-from .samples import eval_record, image_record, video_record
+from .language import template_texts, transition_caption
+from .samples import eval_record, image_record, item_scene, video_record
 
 # Enough samples to cover every question type and layout many times; takes well under a second.
 N_IMAGE, N_VIDEO, N_EVAL = 300, 300, 100
@@ -42,7 +42,11 @@ def _corpus() -> tuple[str, ...]:
     for i in range(N_VIDEO):
         texts.extend(record_texts(video_record(0, i, "train", frames=5)[0]))
     for i in range(N_EVAL):
-        texts.extend(record_texts(eval_record(0, i, "test")))
+        record = eval_record(0, i, "test")
+        texts.extend(record_texts(record))
+        # What a caller captioning sampled frames will see: changes spanning several events.
+        scene = item_scene(record["meta"])
+        texts.append(transition_caption(scene, 0, scene.n_frames - 1))
     return tuple(texts)
 
 

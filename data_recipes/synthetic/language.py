@@ -175,4 +175,7 @@ def template_texts() -> list[str]:
         texts += [Q_WHICH.format(colour=colour), f"it is {colour}.", colour]
     texts += ["it is small.", "it is large.", "small", "large"]
     texts += [it_phrase(v) for v in ALL_VERBS] + [it_phrase(v) + "." for v in ALL_VERBS]
+    # The connectives of multi-event transition captions.
+    texts += ["the red circle moves left, then the blue square turns green.",
+              "the green triangle grows and a purple diamond appears."]
     return texts

@@ -6,7 +6,8 @@ the same frames in the opposite order. For "what happens to the circle?" with an
 that is "it moves right"; for "turns green" (from red) it is "turns red"; for "appears" it is
 "disappears"; for "what happens first?" it is the reversal of the last event. A model that ignores
 frame order (or looks at one frame) cannot tell the two apart; `QA.reversed_index` records which
-option that is, so evaluations can report how often a model picks it.
+option that is, so evaluations can report how often a model picks it. The other distractors are
+chosen so that the option *texts* carry no hint either (see `temporal_qa`).
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def choose_options(rng: random.Random, answer: str, must: list[str], pool: list[
     return distractors[:slot] + [answer] + distractors[slot:], slot
 
 
-def _mc(qtype: str, question: str, answer: str, pool: list[str], rng: random.Random,
-        must: list[str] = (), slot: int | None = None) -> QA:
-    options, index = choose_options(rng, answer, list(must), pool, slot)
+def _mc(qtype: str, question: str, answer: str, pool: list[str], rng: random.Random) -> QA:
+    """A static multiple-choice question whose distractors are drawn from `pool`."""
+    options, index = choose_options(rng, answer, [], pool)
     return QA(qtype, question, answer, options, index)
 
 

@@ -34,10 +34,11 @@ from .scenes import Scene
 SOURCE = "synthetic"
 EVAL_SAMPLINGS = (5, 10)  # frames per clip the evaluation samples (the events must survive both)
 
-# Question mix of training video samples, cycled by index. "first"/"last" need two events in the
-# clip; the rest use one main event (plus still distractors), as do 70 % of the "happens" clips.
+# Question mix of training video samples, cycled by index ("order" is a free-form "first" or "last",
+# drawn). Order questions need two events in the clip; the others use one main event (plus still
+# distractors), as do 70 % of the "happens" clips, so about 40 % of clips have two events.
 VIDEO_TYPES = ("happens_mc", "happens", "changes", "changes_mc", "first_mc", "happens_mc", "happens",
-               "last_mc", "changes", "first")
+               "last_mc", "changes", "order")
 # Question mix of evaluation items (drawn, not cycled, so the answer slot stays independent of it).
 EVAL_TYPE_WEIGHTS = {"happens": 4, "changes": 2, "first": 2, "last": 2}
 STILL_TARGET_P = 0.2  # how often "what happens to X?" asks about an object that stays still
@@ -96,6 +97,8 @@ def video_record(seed: int, index: int, split: str, frames: int = 5) -> tuple[di
         raise ValueError("a video sample needs at least 2 frames")
     rng = rng_for(seed, split, index, f"video{frames}")
     qtype = VIDEO_TYPES[index % len(VIDEO_TYPES)]
+    if qtype == "order":
+        qtype = rng.choice(("first", "last"))
     mc = qtype.endswith("_mc")
     base = qtype.removesuffix("_mc")
     if base in TWO_EVENT_TYPES and frames < 3:

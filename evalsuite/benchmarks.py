@@ -1,0 +1,152 @@
+"""Benchmarks of 5-way video questions: the generated `synthetic` test split and `egoschema`.
+
+Both give `Item`s (question, 5 options, answer, a video id) and the frames of an item at the
+EgoSchema sampling `int(i * n / (F + 1))`, i = 1..F (`data_recipes.video.uniform_indices`), so every
+task samples the same frames for the same F. Items are listed without decoding anything; frames are
+rendered or decoded when a task asks for them.
+
+    bench = load_benchmark(cfg)
+    for item in bench.items:
+        idx = bench.indices(item, 5); frames = bench.frames(item, idx)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from data_recipes.video import count_frames, read_frames, uniform_indices
+from evalsuite.config import ConfigError, EvalConfig
+
+SYNTHETIC_ITEMS = 200  # default size of the synthetic benchmark when --limit is not given
+SYNTHETIC_CLIP_FRAMES = 32
+SYNTHETIC_IMAGE_SIZE = 64
+_OPTION_KEY = re.compile(r"^option (\d+)$")
+
+
+class BenchmarkError(ValueError):
+    pass
+
+
+@dataclass
+class Item:
+    id: str
+    question: str
+    options: list[str]
+    answer: int
+    video: str
+    """Identity of the clip (infill cache key): the synthetic item id or the EgoSchema q_uid."""
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+class Benchmark:
+    name = ""
+    size: int | None = None  # frame size the frames are delivered at (None: native)
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.problems: list[dict] = []  # items that could not be scored: {"id", "reason"}
+
+    def clip_length(self, item: Item) -> int:
+        raise NotImplementedError
+
+    def indices(self, item: Item, num_frames: int) -> list[int]:
+        return uniform_indices(self.clip_length(item), num_frames)
+
+    def frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"benchmark": self.name, "items": len(self.items), "problems": self.problems}
+
+
+class Synthetic(Benchmark):
+    """The generator's evaluation split (`data_recipes.synthetic.eval_record`), rendered on demand."""
+    name = "synthetic"
+
+    def __init__(self, seed: int, limit: int | None, image_size: int | None):
+        super().__init__()
+        from data_recipes.synthetic import eval_record
+
+        self.seed, self.size = seed, image_size or SYNTHETIC_IMAGE_SIZE
+        for i in range(limit or SYNTHETIC_ITEMS):
+            r = eval_record(seed, i, split="test", clip_frames=SYNTHETIC_CLIP_FRAMES)
+            self.items.append(Item(r["id"], r["question"], list(r["options"]), int(r["answer"]), r["id"], r["meta"]))
+
+    def clip_length(self, item: Item) -> int:
+        return SYNTHETIC_CLIP_FRAMES
+
+    def frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
+        from data_recipes.synthetic import item_scene, render_frames
+
+        return render_frames(item_scene(item.meta), list(indices), self.size)
+
+
+class EgoSchema(Benchmark):
+    """questions.json + subset_answers.json + videos/<q_uid>.mp4 (see DESIGN.md)."""
+    name = "egoschema"
+
+    def __init__(self, data: str | Path, limit: int | None, image_size: int | None):
+        super().__init__()
+        self.root = root = Path(data).expanduser().resolve()
+        qfile, afile = root / "questions.json", root / "subset_answers.json"
+        if not qfile.is_file():
+            raise BenchmarkError(f"{qfile}: missing (an EgoSchema directory holds questions.json, "
+                                 f"subset_answers.json and videos/<q_uid>.mp4)")
+        questions = json.loads(qfile.read_text())
+        answers = json.loads(afile.read_text()) if afile.is_file() else {}
+        if not isinstance(questions, list):
+            raise BenchmarkError(f"{qfile}: expected a list of questions")
+        self.size, self._lengths = image_size, {}
+        answered = []
+        for q in questions:
+            uid = q.get("q_uid")
+            if not uid:
+                raise BenchmarkError(f"{qfile}: a question without 'q_uid': {str(q)[:80]}")
+            options = _options(q, qfile, uid)
+            answer = answers.get(uid, q.get("answer"))
+            if answer is None:
+                continue  # unanswered questions (the hidden part of EgoSchema) cannot be scored
+            if int(answer) not in range(5):
+                raise BenchmarkError(f"{afile}: answer {answer!r} of q_uid {uid} is not 0..4")
+            answered.append(Item(uid, q["question"], options, int(answer), uid, {}, root / "videos" / f"{uid}.mp4"))
+        if not answered:
+            raise BenchmarkError(f"{root}: no question has an answer (subset_answers.json or an 'answer' field)")
+        self.unanswered = len(questions) - len(answered)
+        for item in answered[:limit] if limit else answered:
+            if item.path.is_file():
+                self.items.append(item)
+            else:
+                self.problems.append({"id": item.id, "reason": f"missing video {item.path}"})
+
+    def clip_length(self, item: Item) -> int:
+        if item.id not in self._lengths:
+            self._lengths[item.id] = count_frames(item.path)
+        return self._lengths[item.id]
+
+    def frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
+        return read_frames(item.path, indices=list(indices), size=self.size)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "unanswered": self.unanswered}
+
+
+def _options(q: dict, qfile: Path, uid: str) -> list[str]:
+    found = {int(m.group(1)): v for k, v in q.items() if (m := _OPTION_KEY.match(k))}
+    if sorted(found) != list(range(5)):
+        raise BenchmarkError(f"{qfile}: q_uid {uid} has options {sorted(found)}; expected exactly 'option 0'.."
+                             f"'option 4' (5 options)")
+    return [str(found[i]) for i in range(5)]
+
+
+def load_benchmark(cfg: EvalConfig) -> Benchmark:
+    if cfg.benchmark == "synthetic":
+        return Synthetic(cfg.seed, cfg.limit, cfg.image_size)
+    if cfg.benchmark == "egoschema":
+        return EgoSchema(cfg.data, cfg.limit, cfg.image_size)
+    raise ConfigError(f"no loader for benchmark {cfg.benchmark!r}")  # EvalConfig validated the name

@@ -1,0 +1,189 @@
+"""Checkpoints to evaluate: finding them under a directory, identifying them, loading them.
+
+Three kinds of directory are a checkpoint:
+- an adapter made by the trainer: `run.json` + `adapter_config.json` (+ the processor);
+- a plain HF model directory (`config.json` + safetensors): a base model, or a full finetune when it
+  also holds `run.json`;
+- `base.json` (`{"model": PATH}`): written by `evalsuite all` for a base model named in a run.json
+  that lives outside CKPT_DIR, so its evaluation outputs have a home without writing into the model.
+
+    refs = discover("ckpt/")                  # bases first, then the runs, sorted by name
+    model, processor, info = load_checkpoint("ckpt/video_100k")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SKIP_DIRS = {"eval", "checkpoints", "report", ".infill_cache"}  # never checkpoints, never descended into
+_FULL_HASH_LIMIT = 64 << 20
+_SAMPLE = 1 << 20
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass
+class CheckpointRef:
+    path: Path
+    """Where the evaluation outputs go (`path/eval/<task>/`)."""
+    model_path: Path
+    """What is loaded: the adapter or model directory (a base.json dir points elsewhere)."""
+    kind: str
+    """`adapter` or `model`."""
+    base_model: Path | None = None
+    """The base model of an adapter (from run.json)."""
+    run: dict = field(default_factory=dict)
+    """run.json of a trained checkpoint; empty for a base model."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def is_base(self) -> bool:
+        return not self.run
+
+    def identity(self) -> dict:
+        """What the checkpoint is, for metrics.json and MLflow params."""
+        role = "base" if self.is_base else ("adapter" if self.kind == "adapter" else "full")
+        out = {"name": self.name, "kind": self.kind, "role": role, "model_path": str(self.model_path),
+               "fingerprint": fingerprint(self.model_path)}
+        if self.base_model is not None:
+            out["base_model"] = str(self.base_model)
+            out["base_fingerprint"] = fingerprint(self.base_model)
+        return out
+
+
+def is_model_dir(p: Path) -> bool:
+    return (p / "config.json").is_file() and any(p.glob("*.safetensors"))
+
+
+def resolve_base_model(spec: str, ckpt: Path) -> Path:
+    """The directory a run.json's `base_model` names (absolute, or relative to cwd, repo or run)."""
+    p = Path(spec).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, REPO / p, ckpt / p, ckpt.parent / p]
+    for c in candidates:
+        if is_model_dir(c):
+            return c.resolve()
+    try:  # the trainer's own resolver knows `tiny:FAMILY`, $MODEL_ROOT and models/
+        from train.models import resolve_base_model as train_resolve
+
+        found = train_resolve(spec, build=False)
+        if is_model_dir(found):
+            return Path(found).resolve()
+    except Exception:  # noqa: BLE001 - fall through to the error that lists where we looked
+        pass
+    raise CheckpointError(f"{ckpt / 'run.json'}: base_model '{spec}' not found (looked in "
+                          f"{', '.join(str(c) for c in candidates)}); nothing is downloaded")
+
+
+def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
+    """Classify one directory as a checkpoint (see the module docstring)."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint '{path}' is not a directory")
+    run = json.loads((p / "run.json").read_text()) if (p / "run.json").is_file() else {}
+    if (p / "adapter_config.json").is_file():
+        if "base_model" not in run:
+            raise CheckpointError(f"{p}: an adapter needs run.json with 'base_model' to know what to load it on")
+        return CheckpointRef(p, p, "adapter", resolve_base_model(run["base_model"], p), run)
+    if (p / "base.json").is_file():
+        target = Path(json.loads((p / "base.json").read_text())["model"])
+        if not is_model_dir(target):
+            raise CheckpointError(f"{p / 'base.json'}: model {target} is not an HF model directory any more")
+        return CheckpointRef(p, target, "model")
+    if is_model_dir(p):
+        return CheckpointRef(p, p, "model", run=run)
+    raise CheckpointError(f"'{p}' is not a checkpoint: no adapter_config.json + run.json, no config.json + "
+                          f"*.safetensors, no base.json")
+
+
+def discover(root: str | os.PathLike) -> list[CheckpointRef]:
+    """Every checkpoint under `root`, plus a base.json entry for each outside base model (bases first)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise CheckpointError(f"CKPT_DIR '{root}' is not a directory")
+    found: list[CheckpointRef] = []
+    for dirpath, dirnames, _ in os.walk(root):
+        d = Path(dirpath)
+        try:
+            found.append(checkpoint_ref(d))
+            dirnames.clear()  # a checkpoint's subfolders (training states, eval outputs) are not checkpoints
+            continue
+        except CheckpointError:
+            if any((d / f).is_file() for f in ("adapter_config.json", "base.json", "run.json")):
+                raise  # looks like a checkpoint but is broken: say so rather than skip it
+        dirnames[:] = sorted(n for n in dirnames if n not in SKIP_DIRS and not n.startswith("."))
+    known = {r.model_path for r in found if r.kind == "model"}
+    for ref in list(found):
+        base = ref.base_model
+        if base is not None and base not in known:
+            home = root / f"base-{base.name}"
+            home.mkdir(exist_ok=True)
+            (home / "base.json").write_text(json.dumps({"model": str(base)}, indent=1) + "\n")
+            found.append(checkpoint_ref(home))
+            known.add(base)
+    return sorted(found, key=lambda r: (not r.is_base, str(r.path)))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file; for big files of its size, its first, middle and last MiB.
+
+    Hashing every shard of a 7B model would cost minutes on each run; the safetensors header
+    (tensor names, shapes, offsets) plus samples of the data already change when the weights do.
+    """
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= _FULL_HASH_LIMIT:
+            h.update(f.read())
+        else:
+            h.update(str(size).encode())
+            for offset in (0, size // 2, size - _SAMPLE):
+                f.seek(offset)
+                h.update(f.read(_SAMPLE))
+    return h.hexdigest()
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def fingerprint(model_dir: str | os.PathLike) -> str:
+    """A short identity of a model or adapter directory's weights and config (cached per process)."""
+    p = Path(model_dir).resolve()
+    files = sorted(f for f in p.iterdir() if f.is_file() and (f.suffix == ".safetensors" or f.name in (
+        "config.json", "adapter_config.json")))
+    key = (p,) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + file_digest(f).encode())
+        _FINGERPRINTS[key] = h.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+def load_checkpoint(path: str | os.PathLike, trust_remote_code: bool = False, dtype=None):
+    """(model, processor, info) of any checkpoint kind; an adapter is merged into its base for speed."""
+    from train.families import load_model
+
+    ref = path if isinstance(path, CheckpointRef) else checkpoint_ref(path)
+    if ref.kind == "adapter":
+        from peft import PeftModel
+
+        model, processor, family = load_model(ref.base_model, trust_remote_code=trust_remote_code, dtype=dtype)
+        model = PeftModel.from_pretrained(model, ref.model_path).merge_and_unload()
+        if (ref.model_path / "processor_config.json").is_file():
+            # the trainer saves the processor beside the adapter; prefer it (it may add tokens)
+            processor = family.load_processor(ref.model_path, trust_remote_code=trust_remote_code)
+    else:
+        model, processor, family = load_model(ref.model_path, trust_remote_code=trust_remote_code, dtype=dtype)
+    model.eval()
+    info = {**ref.identity(), "family": family.name}
+    return model, processor, info

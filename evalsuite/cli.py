@@ -1,0 +1,146 @@
+"""Command line of the evaluation suite.
+
+    python -m evalsuite all CKPT_DIR [options]          every checkpoint under CKPT_DIR, every task, then the report
+    python -m evalsuite vcot CKPT [CKPT ...] [options]  one task on the given checkpoints
+    python -m evalsuite report CKPT_DIR                 rewrite CKPT_DIR/report.md from the metrics found
+    python -m evalsuite list                            tasks and benchmarks
+
+Options (flag = EvalConfig field = MLflow param): --benchmark synthetic|egoschema, --data DIR,
+--frames 5 10, --limit N, --scoring loglik|generate, --infills self|oracle|file:PATH|model:DIR,
+--rephraser DIR, --judge DIR, --seed N, ... (`--help` on a command lists them all).
+
+Several processes split the items (CPU: gloo):
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m evalsuite all ckpt/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_k, _v)  # nothing may download; set before transformers/mlflow are imported
+
+from evalsuite.config import BENCHMARKS, ConfigError, EvalConfig, did_you_mean, field_help  # noqa: E402
+
+COMMANDS = ("all", "report", "list")
+
+
+def _task_names() -> list[str]:
+    from evalsuite.tasks import TASKS
+
+    return list(TASKS)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    d = EvalConfig()
+    h = field_help
+    p.add_argument("--benchmark", default=d.benchmark, help=h("benchmark"))
+    p.add_argument("--data", default=None, help=h("data"))
+    p.add_argument("--frames", type=int, nargs="+", default=list(d.frames), help=h("frames"))
+    p.add_argument("--limit", type=int, default=None, help=h("limit"))
+    p.add_argument("--scoring", default=d.scoring, help=h("scoring"))
+    p.add_argument("--infills", default=d.infills, help=h("infills"))
+    p.add_argument("--rephraser", default=None, help=h("rephraser"))
+    p.add_argument("--judge", default=None, help=h("judge"))
+    p.add_argument("--seed", type=int, default=d.seed, help=h("seed"))
+    p.add_argument("--image-size", dest="image_size", type=int, default=None, help=h("image_size"))
+    p.add_argument("--n-boot", dest="n_boot", type=int, default=d.n_boot, help=h("n_boot"))
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help=h("batch_size"))
+    p.add_argument("--infill-tokens", dest="infill_tokens", type=int, default=d.infill_tokens, help=h("infill_tokens"))
+    p.add_argument("--answer-tokens", dest="answer_tokens", type=int, default=d.answer_tokens, help=h("answer_tokens"))
+    p.add_argument("--cache-dir", dest="cache_dir", default=None, help=h("cache_dir"))
+    p.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow")
+    p.add_argument("--experiment", default=None, help=h("experiment"))
+    p.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", help=h("trust_remote_code"))
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evalsuite", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{all,TASK,report,list}")
+    a = sub.add_parser("all", help="every task on every checkpoint under CKPT_DIR, then the report")
+    a.add_argument("ckpt_dir")
+    a.add_argument("--tasks", nargs="+", default=None, help="restrict to these tasks (default: every task)")
+    _add_options(a)
+    for name in _task_names():
+        t = sub.add_parser(name, help=f"run the {name} task on the given checkpoints")
+        t.add_argument("checkpoints", nargs="+")
+        _add_options(t)
+    r = sub.add_parser("report", help="write CKPT_DIR/report.md from the metrics under it")
+    r.add_argument("ckpt_dir")
+    sub.add_parser("list", help="list tasks and benchmarks")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> EvalConfig:
+    names = EvalConfig.field_names()
+    return EvalConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = list(COMMANDS) + _task_names()
+    if argv and not argv[0].startswith("-") and argv[0] not in known:
+        print(f"error: {did_you_mean('command or task', argv[0], known)}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        from evalsuite.tasks import TASKS
+
+        for name, cls in TASKS.items():
+            print(f"task       {name:<10} {cls.description}")
+        for b in BENCHMARKS:
+            print(f"benchmark  {b}")
+        return 0
+    if args.command == "report":
+        from evalsuite.report import write_report
+
+        print(write_report(args.ckpt_dir).read_text())
+        return 0
+    try:
+        cfg = config_from(args)
+        return _evaluate(args, cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:
+    from evalsuite.checkpoints import checkpoint_ref, discover
+    from evalsuite.distributed import Ranks
+    from evalsuite.runner import evaluate, headline
+    from evalsuite.tasks import get_task
+
+    ranks = Ranks.from_env()
+    if args.command == "all":
+        tasks = [get_task(t).name for t in (args.tasks or _task_names())]
+        root = Path(args.ckpt_dir).expanduser().resolve()
+        if ranks.is_main:
+            refs = discover(root)  # may write base.json homes for outside base models
+        ranks.barrier()
+        refs = discover(root)
+        if not refs:
+            raise ConfigError(f"no checkpoints under {root} (adapter dirs with run.json, or HF model dirs)")
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else root / ".infill_cache"
+    else:
+        tasks = [args.command]
+        refs = [checkpoint_ref(c) for c in args.checkpoints]
+        common = Path(os.path.commonpath([str(r.path.parent) for r in refs]))
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else common / ".infill_cache"
+    results = evaluate(refs, tasks, cfg, cache, ranks)
+    if ranks.is_main:
+        for path, per_task in results.items():
+            for task, metrics in per_task.items():
+                print(f"{task:<6} {Path(path).name:<24} {headline(metrics)}")
+        if args.command == "all":
+            from evalsuite.report import write_report
+
+            report = write_report(root)
+            print(f"\nreport: {report}\n")
+            print(report.read_text())
+    return 0

@@ -1,0 +1,82 @@
+"""Accuracies and paired differences of conditions, from prediction rows.
+
+Rows carry `item`, `frames` (F), `condition`, `pred` (option index, None for a failed extraction),
+`answer` and optionally `error` (an item that could not be evaluated, e.g. an undecodable video).
+For each F only items with an error-free row in *every* condition enter the statistics, so every
+difference is paired over the same items. Accuracies use the offline `accuracy_ci` metric and
+differences the `paired_gain` metric (bootstrap CI + exact McNemar), both seeded.
+
+A task names its contrasts: vCoT has `gain` = vcot - base and `caption_gain` = caption - base; the
+perturbation task will add drops such as `text_drop` = text_shuffled - vcot.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+FAILED = -1  # a failed extraction: never equal to a reference in 0..4, so it counts as wrong
+
+
+@lru_cache(maxsize=None)
+def _metric(name: str):
+    from evalsuite.metrics import load_metric
+
+    return load_metric(name)
+
+
+def _vectors(rows: list[dict], f: int, conditions: tuple[str, ...]) -> tuple[list[str], dict[str, list[int]], list[int]]:
+    by_cond: dict[str, dict[str, dict]] = {c: {} for c in conditions}
+    errored = set()
+    for r in rows:
+        if r["frames"] != f or r["condition"] not in by_cond:
+            continue
+        if r.get("error"):
+            errored.add(r["item"])
+        by_cond[r["condition"]][r["item"]] = r
+    first = by_cond[conditions[0]]
+    items = [i for i in first if i not in errored and all(i in by_cond[c] for c in conditions)]
+    preds = {c: [FAILED if by_cond[c][i]["pred"] is None else int(by_cond[c][i]["pred"]) for i in items]
+             for c in conditions}
+    refs = [int(first[i]["answer"]) for i in items]
+    return items, preds, refs
+
+
+def summarize(rows: list[dict], frames: tuple[int, ...], conditions: tuple[str, ...],
+              contrasts: dict[str, tuple[str, str]], *, n_boot: int, seed: int) -> dict:
+    """{f"f{F}": {"n_items", "acc_<cond>": {...}, "<contrast>": {...}, "failed_<cond>": {...}}}."""
+    out = {}
+    for f in frames:
+        items, preds, refs = _vectors(rows, f, conditions)
+        block: dict = {"n_items": len(items)}
+        if not items:
+            out[f"f{f}"] = block
+            continue
+        for c in conditions:
+            m = _metric("accuracy_ci").compute(predictions=preds[c], references=refs, n_boot=n_boot, seed=seed)
+            block[f"acc_{c}"] = {"value": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
+            failed = sum(p == FAILED for p in preds[c])
+            if any(r.get("extraction") for r in rows):
+                block[f"failed_{c}"] = {"value": failed / len(items), "n": len(items), "count": failed}
+        for name, (a, b) in contrasts.items():
+            m = _metric("paired_gain").compute(predictions1=preds[a], predictions2=preds[b], references=refs,
+                                               n_boot=n_boot, seed=seed)
+            block[name] = {"value": m["gain"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"],
+                           "p_value": m["p_value"], "discordant": m["discordant"]}
+        out[f"f{f}"] = block
+    return out
+
+
+def flatten(task: str, summary: dict) -> dict[str, float]:
+    """MLflow metric names that line up across checkpoints: `vcot/f5/acc_base`, `vcot/f5/gain_p`, ..."""
+    flat = {}
+    for fkey, block in summary.items():
+        prefix = f"{task}/{fkey}"
+        flat[f"{prefix}/n"] = float(block["n_items"])
+        for name, est in block.items():
+            if not isinstance(est, dict):
+                continue
+            flat[f"{prefix}/{name}"] = float(est["value"])
+            for extra, suffix in (("ci_low", "_ci_low"), ("ci_high", "_ci_high"), ("p_value", "_p")):
+                if extra in est:
+                    flat[f"{prefix}/{name}{suffix}"] = float(est[extra])
+    return flat

@@ -1,0 +1,147 @@
+"""The evaluation settings: one typed dataclass whose field names are the CLI flags and MLflow params.
+
+Names that pick something from a fixed set (tasks, benchmarks, infill sources, scoring modes) are
+checked here, and an unknown name answers with the closest known ones instead of a guessed default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCHMARKS = ("synthetic", "egoschema")
+SCORINGS = ("loglik", "generate")
+INFILL_KINDS = ("self", "oracle", "file", "model")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work (unknown name, missing path, incompatible combination)."""
+
+
+def did_you_mean(kind: str, name: str, known) -> ConfigError:
+    """`ConfigError("Unknown benchmark 'egoshema'. Did you mean 'egoschema'? Known: ...")`."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"Unknown {kind} '{name}'.{hint} Known: {', '.join(known)}.")
+
+
+@dataclass(frozen=True)
+class InfillSpec:
+    """Where vCoT infills (and captions) come from: `self`, `oracle`, `file:PATH` or `model:DIR`."""
+    kind: str
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "InfillSpec":
+        kind, _, rest = spec.partition(":")
+        if kind not in INFILL_KINDS:
+            raise did_you_mean("infill source", kind, ["self", "oracle", "file:PATH", "model:DIR"])
+        if kind in ("self", "oracle"):
+            if rest:
+                raise ConfigError(f"--infills {spec}: '{kind}' takes no path")
+            return cls(kind)
+        if not rest:
+            raise ConfigError(f"--infills {spec}: '{kind}' needs a path, e.g. {kind}:/path/to/it")
+        path = Path(rest).expanduser().resolve()
+        if kind == "file" and not path.is_file():
+            raise ConfigError(f"--infills {spec}: no such file {path}")
+        if kind == "model" and not path.is_dir():
+            raise ConfigError(f"--infills {spec}: no such model directory {path}")
+        return cls(kind, path)
+
+    def __str__(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+@dataclass
+class EvalConfig:
+    benchmark: str = "synthetic"
+    """Item source: `synthetic` (generated test split) or `egoschema` (a directory, see `--data`)."""
+    data: str | None = None
+    """EgoSchema directory: questions.json, subset_answers.json, videos/<q_uid>.mp4."""
+    frames: tuple[int, ...] = (5, 10)
+    """Numbers of frames F sampled per video; every metric is reported per F."""
+    limit: int | None = None
+    """Evaluate only the first N items (synthetic default: 200 items)."""
+    scoring: str = "loglik"
+    """`loglik`: most likely option text; `generate`: greedy answer + option extraction."""
+    infills: str = "self"
+    """Infill generator: self | oracle | file:PATH | model:DIR (a fixed generator for every checkpoint)."""
+    rephraser: str | None = None
+    """Optional text model directory that shortens each generated infill."""
+    judge: str | None = None
+    """Optional local model that maps a free-form answer to an option (generate scoring only)."""
+    seed: int = 0
+    """Seed of the synthetic items and of every bootstrap."""
+    image_size: int | None = None
+    """Square frame size in pixels (synthetic default 64; EgoSchema frames are left to the processor)."""
+    n_boot: int = 2000
+    """Bootstrap replicates per confidence interval."""
+    batch_size: int = 8
+    """Prompts per batched generate call."""
+    infill_tokens: int = 48
+    """max_new_tokens of each infill / caption generation step."""
+    answer_tokens: int = 24
+    """max_new_tokens of a generated answer (generate scoring)."""
+    cache_dir: str | None = None
+    """Infill cache directory (default: CKPT_DIR/.infill_cache, or beside the first checkpoint)."""
+    tracking: bool = True
+    """Log each checkpoint evaluation to MLflow."""
+    experiment: str | None = None
+    """MLflow experiment for evaluations without a training run in the store (default 'evalsuite')."""
+    trust_remote_code: bool = False
+    """Allow model code from checkpoint directories (off: HF-native classes only)."""
+    progress: bool = True
+    """Show tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise did_you_mean("benchmark", self.benchmark, BENCHMARKS)
+        if self.scoring not in SCORINGS:
+            raise did_you_mean("scoring mode", self.scoring, SCORINGS)
+        self.frames = tuple(int(f) for f in self.frames)
+        if not self.frames or any(f < 2 for f in self.frames):
+            raise ConfigError(f"--frames {self.frames}: need at least 2 frames per video (infills go between frames)")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        spec = self.infill_spec  # validates the spelling and the path
+        if self.benchmark == "egoschema":
+            if not self.data:
+                raise ConfigError("--benchmark egoschema needs --data DIR (questions.json, subset_answers.json, videos/)")
+            if spec.kind == "oracle":
+                raise ConfigError("--infills oracle needs ground-truth transitions: synthetic benchmark only")
+        elif self.data:
+            raise ConfigError("--data is only read by --benchmark egoschema (synthetic items are generated)")
+        for name in ("rephraser", "judge"):
+            value = getattr(self, name)
+            if value and not Path(value).expanduser().is_dir():
+                raise ConfigError(f"--{name} {value}: no such model directory")
+        if self.batch_size < 1 or self.n_boot < 1 or self.infill_tokens < 1 or self.answer_tokens < 1:
+            raise ConfigError("--batch-size, --n-boot, --infill-tokens and --answer-tokens must be >= 1")
+
+    @property
+    def infill_spec(self) -> InfillSpec:
+        return InfillSpec.parse(self.infills)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+def field_help(name: str) -> str:
+    """The docstring under a field (used as the CLI help), read from this module's source."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(EvalConfig))
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and node.target.id == name and isinstance(nxt, ast.Expr):
+            return str(nxt.value.value)
+    return ""
+
+
+__all__ = ["BENCHMARKS", "SCORINGS", "ConfigError", "EvalConfig", "InfillSpec", "did_you_mean", "field_help"]

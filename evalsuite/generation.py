@@ -1,0 +1,125 @@
+"""Greedy, batched answers from a local model: the evaluated VLM, an infill generator, a rephraser, a judge.
+
+`ChatModel` wraps a loaded model with its processor (a VLM) or its tokenizer (a text-only model) and
+answers a batch of user turns (interleaved content lists) in one `generate` call. Prompts are
+left-padded so that every sequence's new tokens start at the same column; tests check that a batch
+gives the same texts as one prompt at a time. Generation stops at the chat template's end-of-turn
+token as well as at EOS, since tiny and some real templates close a turn with their own token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import GenerationConfig
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+def _joined_text(content: list[dict]) -> str:
+    if any(p["type"] == "image" for p in content):
+        raise ValueError("a text-only model was given an image")
+    return "".join(p["text"] for p in content)
+
+
+class ChatModel:
+    def __init__(self, model, processor=None, tokenizer=None, name: str = "model", identity: str = ""):
+        if (processor is None) == (tokenizer is None):
+            raise ValueError("give a processor (VLM) or a tokenizer (text-only model)")
+        self.model, self.processor, self.name, self.identity = model, processor, name, identity
+        self.tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.stop_ids = self._stop_ids()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, trust_remote_code: bool = False, name: str | None = None) -> "ChatModel":
+        """A VLM checkpoint (adapter or model dir of a known family) or a text-only causal LM."""
+        from evalsuite.checkpoints import CheckpointError, checkpoint_ref, fingerprint, load_checkpoint
+        from train.families import FamilyError
+
+        path = Path(path).expanduser().resolve()
+        try:
+            ref = checkpoint_ref(path)
+            model, processor, info = load_checkpoint(ref, trust_remote_code=trust_remote_code)
+            identity = info["fingerprint"] + info.get("base_fingerprint", "")
+            return cls(model, processor=processor, name=name or path.name, identity=identity)
+        except (FamilyError, CheckpointError) as e:
+            if not (path / "config.json").is_file():
+                raise CheckpointError(f"{path}: neither a VLM checkpoint nor a text model ({e})") from None
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+        model.eval()
+        return cls(model, tokenizer=tok, name=name or path.name, identity=fingerprint(path))
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, content: list[dict]) -> str:
+        messages = [{"role": "user", "content": content}]
+        if self.processor is not None:
+            return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = _joined_text(content)
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return text + "\n"
+
+    def _stop_ids(self) -> list[int]:
+        """EOS plus the special token the chat template writes right after an assistant turn."""
+        ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        try:
+            user = [{"type": "text", "text": "q"}]
+            msgs = [{"role": "user", "content": user if self.processor else "q"}]
+            render = self.processor.apply_chat_template if self.processor else self.tokenizer.apply_chat_template
+            prefix = render(msgs, tokenize=False, add_generation_prompt=True)
+            answer = [{"type": "text", "text": "zz"}] if self.processor else "zz"
+            full = render(msgs + [{"role": "assistant", "content": answer}], tokenize=False)
+        except Exception:  # noqa: BLE001 - no chat template: EOS alone
+            return ids
+        tail = full[len(prefix):].split("zz", 1)[-1] if full.startswith(prefix) else ""
+        tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        # an added token (chat markers are added tokens even when not flagged special) ends the turn
+        marks = set(self.tokenizer.all_special_ids) | set(self.tokenizer.get_added_vocab().values())
+        if tail_ids and tail_ids[0] in marks and tail_ids[0] not in ids:
+            ids.append(tail_ids[0])
+        return ids
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, contents: Sequence[list[dict]], images: Sequence[list] | None = None, *,
+                 max_new_tokens: int, batch_size: int = 8) -> list[str]:
+        """Greedy answers to `contents` (one user turn each; `images[i]` fills the image markers of turn i)."""
+        images = list(images) if images is not None else [[] for _ in contents]
+        if len(images) != len(contents):
+            raise ValueError(f"{len(contents)} prompts but {len(images)} image lists")
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=self.pad_id, eos_token_id=self.stop_ids or None)
+        out: list[str] = []
+        for chunk in _chunks(len(contents), batch_size):
+            texts = [self.render(contents[i]) for i in chunk]
+            imgs = [list(images[i]) for i in chunk]
+            if self.processor is not None:
+                enc = self.processor(text=texts, images=imgs if any(imgs) else None, padding=True,
+                                     padding_side="left", return_tensors="pt")
+            else:
+                enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+            enc = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
+            gen = self.model.generate(**enc, generation_config=config)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            out += [self._decode(row) for row in new.tolist()]
+        return out
+
+    def _decode(self, ids: list[int]) -> str:
+        for i, t in enumerate(ids):
+            if t in self.stop_ids:
+                ids = ids[:i]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

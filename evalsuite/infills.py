@@ -1,0 +1,161 @@
+"""vCoT infills (what happens between two frames) and static captions, with an on-disk cache.
+
+Sources, chosen by `--infills`:
+- `self` / `model:DIR`: a `ChatModel` answers the two-step procedure of `evalsuite.prompts` for each
+  pair of consecutive sampled frames (optionally shortened by `--rephraser`), and describes each
+  frame for the caption condition. Generation is batched over all pairs of an item.
+- `oracle`: ground truth of the synthetic generator (`item_transition_caption`, `item_static_caption`).
+- `file:PATH`: precomputed JSONL lines `{"video": id, "frames": [i, j], "text": ...}`; lines with a
+  single frame index are captions. Captions missing from the file come from the evaluated model.
+
+Generated texts are cached by (video, frame indices, frame size, kind, generator identity, prompt
+hash) in `<cache_dir>/<generator>-<identity>.jsonl`, one JSON line per text, appended with a single
+`write` on an O_APPEND descriptor so that concurrent ranks never interleave lines. A second
+checkpoint evaluated with the same `model:DIR` generator therefore generates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from evalsuite import prompts
+from evalsuite.benchmarks import Item
+from evalsuite.generation import ChatModel
+
+Frames = dict[int, Image.Image]  # clip frame index -> frame
+
+
+class InfillError(ValueError):
+    pass
+
+
+class InfillCache:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: its text is simply generated again
+                self.entries[entry["key"]] = entry
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, entry: dict) -> None:
+        entry = {"key": key, **entry}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+        finally:
+            os.close(fd)
+        self.entries[key] = entry
+
+
+class InfillSource:
+    """Gives the texts placed between (vcot) or after (caption) the frames of an item."""
+    identity = ""
+
+    def transitions(self, item: Item, pairs: list[tuple[int, int]], frames: Frames) -> dict[tuple[int, int], str]:
+        raise NotImplementedError
+
+    def captions(self, item: Item, indices: list[int], frames: Frames) -> dict[int, str]:
+        raise NotImplementedError
+
+
+class OracleSource(InfillSource):
+    identity = "oracle"
+
+    def transitions(self, item, pairs, frames):
+        from data_recipes.synthetic import item_transition_caption
+
+        return {(i, j): item_transition_caption(item.meta, i, j) for i, j in pairs}
+
+    def captions(self, item, indices, frames):
+        from data_recipes.synthetic import item_static_caption
+
+        return {t: item_static_caption(item.meta, t) for t in indices}
+
+
+class FileSource(InfillSource):
+    def __init__(self, path: Path, caption_fallback: InfillSource):
+        self.path, self.fallback = Path(path), caption_fallback
+        raw = self.path.read_bytes()
+        self.identity = "file-" + hashlib.sha256(raw).hexdigest()[:12]
+        self.texts: dict[tuple[str, tuple[int, ...]], str] = {}
+        for n, line in enumerate(raw.decode().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                self.texts[(str(d["video"]), tuple(int(i) for i in d["frames"]))] = str(d["text"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise InfillError(f"{self.path}:{n}: expected {{\"video\", \"frames\": [i, j], \"text\"}} ({e})") from None
+
+    def transitions(self, item, pairs, frames):
+        missing = [p for p in pairs if (item.video, p) not in self.texts]
+        if missing:
+            raise InfillError(f"{self.path}: no infill for video {item.video} frames {list(missing[0])} "
+                              f"({len(missing)} pairs missing for this video)")
+        return {p: self.texts[(item.video, p)] for p in pairs}
+
+    def captions(self, item, indices, frames):
+        if all((item.video, (t,)) in self.texts for t in indices):
+            return {t: self.texts[(item.video, (t,))] for t in indices}
+        return self.fallback.captions(item, indices, frames)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40]
+
+
+class ModelSource(InfillSource):
+    def __init__(self, generator: ChatModel, cache_dir: Path, *, rephraser: ChatModel | None = None,
+                 max_new_tokens: int = 48, batch_size: int = 8, size: int | None = None):
+        self.gen, self.rephraser = generator, rephraser
+        self.max_new_tokens, self.batch_size, self.size = max_new_tokens, batch_size, size
+        self.identity = f"{generator.name}-{generator.identity}" + (f"+{rephraser.identity}" if rephraser else "")
+        digest = hashlib.sha256(self.identity.encode()).hexdigest()[:12]
+        self.cache = InfillCache(Path(cache_dir) / f"{_slug(generator.name)}-{digest}.jsonl")
+
+    def _key(self, item: Item, frames: tuple[int, ...], kind: str) -> str:
+        raw = json.dumps([item.video, list(frames), self.size, kind, self.identity, prompts.PROMPTS_HASH,
+                          self.max_new_tokens])
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def _ask(self, contents, images) -> list[str]:
+        return self.gen.generate(contents, images, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+
+    def transitions(self, item, pairs, frames):
+        keys = {p: self._key(item, p, "transition") for p in pairs}
+        todo = [p for p in dict.fromkeys(pairs) if self.cache.get(keys[p]) is None]
+        if todo:
+            images = [[frames[i], frames[j]] for i, j in todo]
+            common = self._ask([prompts.common_prompt() for _ in todo], images)
+            between = self._ask([prompts.between_prompt(c) for c in common], images)
+            final = between
+            if self.rephraser is not None:
+                final = self.rephraser.generate([prompts.rephrase_prompt(b) for b in between], None,
+                                                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+            for p, c, b, f in zip(todo, common, between, final):
+                self.cache.put(keys[p], {"video": item.video, "frames": list(p), "kind": "transition",
+                                         "text": f, "steps": {"common": c, "between": b}})
+        return {p: self.cache.get(keys[p])["text"] for p in pairs}
+
+    def captions(self, item, indices, frames):
+        keys = {t: self._key(item, (t,), "caption") for t in indices}
+        todo = [t for t in dict.fromkeys(indices) if self.cache.get(keys[t]) is None]
+        if todo:
+            texts = self._ask([prompts.describe_prompt() for _ in todo], [[frames[t]] for t in todo])
+            for t, text in zip(todo, texts):
+                self.cache.put(keys[t], {"video": item.video, "frames": [t], "kind": "caption", "text": text})
+        return {t: self.cache.get(keys[t])["text"] for t in indices}

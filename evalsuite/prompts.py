@@ -1,0 +1,103 @@
+"""Every prompt the evaluation suite writes, in one place.
+
+The question block is exactly the training format (`data_recipes.synthetic.format_mc`: the question,
+then "A. ..." to "E. ..." one per line) after the frames, and the expected assistant answer is the
+option *text*, so a finetuned model is asked the way it was taught. The conditions differ only in
+what sits between the frames:
+
+    base     [img, img, ..., img, question]
+    caption  [img, caption 1, img, caption 2, ..., img, caption F, question]
+    vcot     [img, infill 1-2, img, infill 2-3, ..., img, question]
+
+Infills come from two questions about each pair of consecutive frames (what they have in common,
+then what happened in between given that answer), optionally shortened by a text model.
+`PROMPTS_HASH` changes whenever any template here changes; it is part of the infill cache key and of
+the settings a finished evaluation is matched against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from data_recipes.synthetic import format_mc
+
+COMMON = "What do these two frames have in common? Answer in one sentence."
+BETWEEN = ("The two frames have this in common: {common}\n"
+           "What happened between the first frame and the second frame? Answer in one sentence.")
+DESCRIBE = "Describe the image in one sentence."
+REPHRASE = ("Shorten this description of what happens between two video frames to one short sentence. "
+            "Reply with the sentence only.\n{text}")
+JUDGE = ("A model answered a multiple-choice question.\n{question_block}\n"
+         "The model's answer: {answer}\n"
+         "Which option does the answer choose? Reply with the letter A, B, C, D or E only, or X if none.")
+# What goes after a frame: an infill or a caption, each closed by a newline so that the next frame
+# (or the question) starts on a line of its own.
+INTERLEAVED = "{text}\n"
+
+CONDITIONS = ("base", "caption", "vcot")
+
+PROMPTS_HASH = hashlib.sha256("\x00".join([COMMON, BETWEEN, DESCRIBE, REPHRASE, INTERLEAVED]).encode()).hexdigest()[:12]
+JUDGE_HASH = hashlib.sha256(JUDGE.encode()).hexdigest()[:12]
+
+
+def _image() -> dict:
+    return {"type": "image"}
+
+
+def _text(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def question_block(question: str, options: list[str]) -> str:
+    return format_mc(question, options)
+
+
+def user_content(condition: str, n_frames: int, question: str, options: list[str],
+                 texts: list[str] | None = None) -> list[dict]:
+    """The user turn of one condition; `texts` are the F captions or the F-1 infills."""
+    content: list[dict] = []
+    if condition == "base":
+        content = [_image() for _ in range(n_frames)]
+    elif condition == "caption":
+        if texts is None or len(texts) != n_frames:
+            raise ValueError(f"caption condition needs {n_frames} captions, got {None if texts is None else len(texts)}")
+        for caption in texts:
+            content += [_image(), _text(INTERLEAVED.format(text=caption.strip()))]
+    elif condition == "vcot":
+        if texts is None or len(texts) != n_frames - 1:
+            raise ValueError(f"vcot condition needs {n_frames - 1} infills, got {None if texts is None else len(texts)}")
+        for infill in texts:
+            content += [_image(), _text(INTERLEAVED.format(text=infill.strip()))]
+        content.append(_image())
+    else:
+        raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
+    return content + [_text(question_block(question, options))]
+
+
+def conversation(content: list[dict]) -> list[dict]:
+    return [{"role": "user", "content": content}]
+
+
+def answer_turn(option_text: str) -> dict:
+    """The assistant turn scored by loglik: the option text, as in training."""
+    return {"role": "assistant", "content": [_text(option_text)]}
+
+
+def common_prompt() -> list[dict]:
+    return [_image(), _image(), _text(COMMON)]
+
+
+def between_prompt(common: str) -> list[dict]:
+    return [_image(), _image(), _text(BETWEEN.format(common=common.strip()))]
+
+
+def describe_prompt() -> list[dict]:
+    return [_image(), _text(DESCRIBE)]
+
+
+def rephrase_prompt(text: str) -> list[dict]:
+    return [_text(REPHRASE.format(text=text.strip()))]
+
+
+def judge_prompt(question: str, options: list[str], answer: str) -> list[dict]:
+    return [_text(JUDGE.format(question_block=question_block(question, options), answer=answer.strip()))]

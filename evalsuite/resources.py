@@ -1,0 +1,119 @@
+"""What a task runs with: the evaluated checkpoint (`Subject`) and what checkpoints share (`Resources`).
+
+Both load models lazily: a checkpoint whose evaluations are all done is never loaded, and a fixed
+infill generator (`--infills model:DIR`), the rephraser and the judge are loaded once per command and
+reused for every checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+
+from evalsuite import prompts
+from evalsuite.checkpoints import CheckpointRef, fingerprint, load_checkpoint
+from evalsuite.config import EvalConfig
+from evalsuite.generation import ChatModel
+from evalsuite.infills import FileSource, InfillSource, ModelSource, OracleSource
+
+
+class Subject:
+    """The checkpoint under evaluation."""
+
+    def __init__(self, ref: CheckpointRef, cfg: EvalConfig):
+        self.ref, self.cfg = ref, cfg
+        self._loaded = None
+
+    @cached_property
+    def info(self) -> dict:
+        return self.ref.identity()
+
+    def _load(self):
+        if self._loaded is None:
+            model, processor, info = load_checkpoint(self.ref, trust_remote_code=self.cfg.trust_remote_code)
+            chat = ChatModel(model, processor=processor, name=self.ref.name,
+                             identity=info["fingerprint"] + info.get("base_fingerprint", ""))
+            self._loaded = (model, processor, chat)
+        return self._loaded
+
+    @property
+    def model(self):
+        return self._load()[0]
+
+    @property
+    def processor(self):
+        return self._load()[1]
+
+    @property
+    def chat(self) -> ChatModel:
+        return self._load()[2]
+
+    def release(self) -> None:
+        self._loaded = None
+
+
+class Resources:
+    def __init__(self, cfg: EvalConfig, cache_dir: Path):
+        self.cfg, self.cache_dir = cfg, Path(cache_dir)
+        self._models: dict[str, ChatModel] = {}
+        self._sources: dict[str, InfillSource] = {}
+
+    def model(self, role: str, path: str) -> ChatModel:
+        """A shared generator/rephraser/judge model, loaded once."""
+        key = f"{role}:{path}"
+        if key not in self._models:
+            self._models[key] = ChatModel.load(path, trust_remote_code=self.cfg.trust_remote_code, name=role)
+        return self._models[key]
+
+    def describe(self, role: str) -> str | None:
+        """Identity of the optional rephraser or judge, for the settings."""
+        path = getattr(self.cfg, role)
+        if not path:
+            return None
+        p = Path(path).expanduser().resolve()
+        extra = f"+{prompts.JUDGE_HASH}" if role == "judge" else ""
+        return f"{p}@{fingerprint(p)}{extra}"
+
+    def describe_infills(self) -> str:
+        spec = self.cfg.infill_spec
+        if spec.kind == "file":
+            return f"file:{spec.path}@{hashlib.sha256(spec.path.read_bytes()).hexdigest()[:12]}"
+        desc = str(spec) if spec.kind != "model" else f"model:{spec.path}@{fingerprint(spec.path)}"
+        if spec.kind in ("self", "model", "file") and self.cfg.rephraser:
+            desc += f"+rephraser:{self.describe('rephraser')}"
+        return desc
+
+    def _model_source(self, generator: ChatModel) -> ModelSource:
+        rephraser = self.model("rephraser", self.cfg.rephraser) if self.cfg.rephraser else None
+        return ModelSource(generator, self.cache_dir, rephraser=rephraser, max_new_tokens=self.cfg.infill_tokens,
+                           batch_size=self.cfg.batch_size, size=self.cfg.image_size)
+
+    def infill_source(self, subject: Subject) -> InfillSource:
+        spec = self.cfg.infill_spec
+        if spec.kind == "oracle":
+            return OracleSource()
+        if spec.kind == "model":
+            key = "model"  # one generator for every checkpoint
+            if key not in self._sources:
+                self._sources[key] = self._model_source(self.model("generator", str(spec.path)))
+            return self._sources[key]
+        key = str(subject.ref.path)
+        if key not in self._sources:
+            # drop the previous checkpoint's source: it holds that model
+            self._sources = {k: v for k, v in self._sources.items() if k == "model"}
+            own = self._model_source(subject.chat)
+            self._sources[key] = FileSource(spec.path, own) if spec.kind == "file" else own
+        return self._sources[key]
+
+    def judge_for(self, question: str, options: list[str]):
+        """`answer -> judge's reply` for one question, or None without --judge."""
+        if not self.cfg.judge:
+            return None
+        judge = self.model("judge", self.cfg.judge)
+
+        def ask(answer: str) -> str:
+            return judge.generate([prompts.judge_prompt(question, options, answer)], None, max_new_tokens=8)[0]
+
+        return ask
+

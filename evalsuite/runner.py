@@ -1,0 +1,129 @@
+"""Run tasks on checkpoints: skip what is done, resume what was interrupted, merge ranks, track.
+
+For each checkpoint and task: the task's settings are compared with `eval/<task>/metrics.json`
+(equal: skipped, the checkpoint is not even loaded); otherwise this rank's share of the items that
+still lack predictions is evaluated item by item, each item's rows appended as soon as they exist;
+after a barrier the main process merges the ranks' rows, computes the metrics and writes
+metrics.json. Once a checkpoint's tasks are through, the main process logs one MLflow run for it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from evalsuite.checkpoints import CheckpointRef
+from evalsuite.config import EvalConfig
+from evalsuite.distributed import Ranks
+from evalsuite.outputs import OutputError, TaskOutputs
+from evalsuite.resources import Resources, Subject
+from evalsuite.tasks import get_task
+from evalsuite.tasks.base import Task
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) -> tuple[str, dict]:
+    """("skipped" | "done", metrics.json content) of one task on one checkpoint."""
+    settings = task.settings(subject.info)
+    out = TaskOutputs(subject.ref.path, task.name, ranks.rank, ranks.world_size)
+    if out.is_done(settings):
+        return "skipped", json.loads(out.metrics.read_text())
+    if ranks.is_main:
+        moved = out.prepare(settings)
+        if moved:
+            log(f"[{task.name}] {subject.ref.name}: settings changed; previous outputs moved to {moved}")
+    ranks.barrier()
+    items = task.items()
+    order = [k for item in items for k in task.keys(item)]
+    if len(set(order)) != len(order):
+        raise OutputError(f"task {task.name}: duplicate prediction keys across items")
+    done = out.done_keys()
+    work = [(item, todo) for item in ranks.shard(items) if (todo := [k for k in task.keys(item) if k not in done])]
+    bar = tqdm(work, desc=f"{task.name} {subject.ref.name}" + (f" [rank {ranks.rank}]" if ranks.world_size > 1 else ""),
+               unit="item", position=ranks.rank, disable=not progress, leave=ranks.is_main)
+    for item, todo in bar:
+        rows = task.predict(subject, item, todo)
+        got = [r["key"] for r in rows]
+        if sorted(got) != sorted(todo):
+            raise OutputError(f"task {task.name} returned rows {got} for keys {todo} of item {item.id}")
+        out.append(rows)
+    bar.close()
+    ranks.barrier()
+    metrics: dict = {}
+    if ranks.is_main:
+        rows = out.merge(order)
+        errors = {r["item"]: r["error"] for r in rows if r.get("error")}
+        metrics = {"task": task.name, "checkpoint": subject.info, "settings": settings, "n_rows": len(rows),
+                   "metrics": task.summarize(rows), "errors": [{"id": k, "reason": v} for k, v in errors.items()],
+                   **task.extra_outputs()}
+        out.write_metrics(metrics)
+    ranks.barrier()
+    if not ranks.is_main:
+        metrics = json.loads(out.metrics.read_text())
+    return "done", metrics
+
+
+def evaluate(refs: list[CheckpointRef], task_names: list[str], cfg: EvalConfig, cache_dir: Path,
+             ranks: Ranks | None = None) -> dict[str, dict[str, dict]]:
+    """Every task on every checkpoint; returns {checkpoint path: {task: metrics.json content}}."""
+    ranks = ranks or Ranks.from_env()
+    resources = Resources(cfg, cache_dir)
+    tasks = [get_task(name)(cfg, resources) for name in task_names]
+    tracker = None
+    if cfg.tracking and ranks.is_main:
+        from evalsuite.tracking import EvalTracker
+
+        tracker = EvalTracker(experiment=cfg.experiment)
+    results: dict[str, dict[str, dict]] = {}
+    for ref in refs:
+        subject = Subject(ref, cfg)
+        results[str(ref.path)] = {}
+        fresh = []
+        for task in tasks:
+            status, metrics = run_task(task, subject, ranks, progress=cfg.progress)
+            results[str(ref.path)][task.name] = metrics
+            if ranks.is_main:
+                log(f"[{task.name}] {ref.name}: {status}  {headline(metrics)}")
+            if status == "done":
+                fresh.append(task)
+        subject.release()
+        if tracker is not None and fresh:
+            _track(tracker, ref, tasks, results[str(ref.path)], cfg, refs)
+    return results
+
+
+def _track(tracker, ref: CheckpointRef, tasks: list[Task], results: dict[str, dict], cfg: EvalConfig, refs) -> None:
+    flat, params, artifacts = {}, {}, []
+    for task in tasks:
+        metrics = results[task.name]
+        flat |= task.flat_metrics(metrics["metrics"])
+        params |= {f"{task.name}.{k}": json.dumps(v) if isinstance(v, (dict, list)) else v
+                   for k, v in metrics["settings"].items() if k != "checkpoint"}
+        out = TaskOutputs(ref.path, task.name)
+        artifacts += [(out.metrics, f"eval/{task.name}"), (out.predictions, f"eval/{task.name}")]
+    params |= {f"checkpoint.{k}": v for k, v in ref.identity().items()}
+    run_id = tracker.log_evaluation(ref, flat, params, artifacts, siblings=refs)
+    record = ref.path / "eval" / "mlflow.json"
+    history = json.loads(record.read_text()) if record.is_file() else []
+    history.append({"run_id": run_id, "tracking_uri": tracker.uri, "tasks": [t.name for t in tasks]})
+    record.write_text(json.dumps(history, indent=1) + "\n")
+    log(f"[mlflow] {ref.name}: run {run_id} ({tracker.uri})")
+
+
+def headline(metrics: dict) -> str:
+    """One line per checkpoint and task: accuracies and gains per F."""
+    parts = []
+    for fkey, block in metrics.get("metrics", {}).items():
+        accs = " ".join(f"{k.removeprefix('acc_')} {v['value']:.3f}" for k, v in block.items() if k.startswith("acc_"))
+        gain = block.get("gain")
+        g = f"  gain {gain['value']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}] p={gain['p_value']:.3g}" \
+            if gain else ""
+        parts.append(f"{fkey} (n={block['n_items']}): {accs}{g}")
+    return " | ".join(parts)
+

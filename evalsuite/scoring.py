@@ -1,0 +1,84 @@
+"""Log-likelihood scoring of the options of a multiple-choice prompt, with a shared prefix.
+
+Each option is scored as the assistant turn that follows the prompt, exactly as training supervised
+it: the option text plus the template's end-of-turn tokens (`train.chat` labels the whole assistant
+span). The prompt (frames + question) is encoded once with `use_cache=True`; its KV cache is then
+repeated along the batch dimension and the options' continuations run in one batch.
+
+Why no attention mask on the continuation batch: the prefix is one unpadded sequence and the options
+are right-padded, so under causal attention padding only follows the real tokens and never changes
+them. Passing a mask would also send Qwen2-VL into a branch that rebuilds M-RoPE positions from the
+mask's full length; without it the model continues positions from its cached rope deltas, as in
+generation. Tests check that this gives the same log-probabilities as scoring each option from scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from evalsuite import prompts
+from train.chat import render
+
+
+@dataclass
+class OptionScores:
+    logliks: list[float]
+    """Total log-probability of each option's assistant turn."""
+    n_tokens: list[int]
+
+    @property
+    def choice(self) -> int:
+        # ties go to the first option: deterministic, and the answer slot is balanced in the benchmark
+        return max(range(len(self.logliks)), key=lambda i: (self.logliks[i], -i))
+
+
+def continuation_ids(processor, messages: list[dict], option: str) -> tuple[str, list[int]]:
+    """(prefix text, token ids of the assistant turn `option`), tokenized as the full conversation is."""
+    tok = processor.tokenizer
+    prefix = render(processor, messages, add_generation_prompt=True)
+    full = render(processor, list(messages) + [prompts.answer_turn(option)])
+    if not full.startswith(prefix):
+        raise ValueError("chat template is not prefix-consistent: the prompt with the generation prompt is not a "
+                         "prefix of the prompt with the answer; shared-prefix scoring cannot be used")
+    full_ids = tok(full, add_special_tokens=False)["input_ids"]
+    prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
+    if full_ids[:len(prefix_ids)] == prefix_ids:
+        cont = full_ids[len(prefix_ids):]
+    else:  # a merge across the boundary: fall back to tokenizing the continuation alone
+        cont = tok(full[len(prefix):], add_special_tokens=False)["input_ids"]
+    if not cont:
+        raise ValueError(f"option {option!r} gives no tokens to score")
+    return prefix, cont
+
+
+@torch.no_grad()
+def score_options(model, processor, content: list[dict], images: list, options: list[str]) -> OptionScores:
+    """Log-likelihood of every option after the user turn `content` (with `images`)."""
+    messages = prompts.conversation(content)
+    conts = []
+    prefix = None
+    for o in options:
+        prefix, ids = continuation_ids(processor, messages, o)
+        conts.append(ids)
+    enc = processor(text=[prefix], images=[list(images)] if images else None, return_tensors="pt")
+    enc = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
+    out = model(**enc, use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    cache = out.past_key_values
+    k, longest = len(conts), max(len(c) for c in conts)
+    pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((k, longest), pad, dtype=torch.long, device=model.device)
+    for i, c in enumerate(conts):
+        ids[i, :len(c)] = torch.tensor(c)
+    logliks = [float(first[c[0]]) for c in conts]
+    if longest > 1:
+        cache.batch_repeat_interleave(k)
+        logits = model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for i, c in enumerate(conts):
+            if len(c) > 1:
+                target = torch.tensor(c[1:], device=logp.device)
+                logliks[i] += float(logp[i, torch.arange(len(c) - 1), target].sum())
+    return OptionScores(logliks, [len(c) for c in conts])

@@ -1,0 +1,115 @@
+"""The evaluation suite's only contact with MLflow.
+
+Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
+`<repo>/mlruns/artifacts`. One run per checkpoint evaluation, in the experiment of the checkpoint's
+training run and nested under it (`mlflow.parentRunId`) when that run is in the same store, so the
+compare view lines image and video checkpoints up by metric name (`vcot/f5/gain`, ...). A base model
+has no training run: its evaluation joins the experiment of a run trained on it. Writes retry while
+another process holds the sqlite lock.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_EXPERIMENT = "evalsuite"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
+    return None
+
+
+def _same_store(a: str, b: str) -> bool:
+    norm = [str(Path(u.removeprefix("sqlite:///")).resolve()) if u.startswith("sqlite:///") else u.rstrip("/")
+            for u in (a, b)]
+    return norm[0] == norm[1]
+
+
+def retry(fn, *args, attempts: int = 8, **kwargs):
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # mlflow wraps sqlite's OperationalError in its own exception types
+            if "locked" not in str(e).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i * (1 + random.random()))
+
+
+class EvalTracker:
+    def __init__(self, uri: str | None = None, experiment: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or tracking_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.uri)
+        self.experiment = experiment or DEFAULT_EXPERIMENT
+
+    def _training_run(self, run_info: dict):
+        """The training run of a run.json, if it lives in this store."""
+        run_id, uri = run_info.get("mlflow_run_id"), run_info.get("tracking_uri")
+        if not run_id or (uri and not _same_store(uri, self.uri)):
+            return None
+        try:
+            return retry(self.client.get_run, run_id)
+        except Exception:  # noqa: BLE001 - deleted or never synced: record the id as a tag only
+            return None
+
+    def _experiment_id(self, name: str) -> str:
+        exp = retry(self.client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        return retry(self.client.create_experiment, name, artifact_location=_artifact_root(self.uri))
+
+    def log_evaluation(self, ckpt, metrics: dict[str, float], params: dict[str, str],
+                       artifacts: list[tuple[Path, str]], siblings=()) -> str:
+        """One finished run for checkpoint `ckpt` (a CheckpointRef); returns its id."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        parent = self._training_run(ckpt.run)
+        exp_id = parent.info.experiment_id if parent else None
+        if exp_id is None and ckpt.is_base:
+            for other in siblings:  # a base joins the experiment of a run trained on it
+                if other.base_model == ckpt.model_path and (run := self._training_run(other.run)):
+                    exp_id = run.info.experiment_id
+                    break
+        if exp_id is None:
+            exp_id = self._experiment_id(self.experiment)
+        tags = {"evalsuite.checkpoint": str(ckpt.path), "evalsuite.kind": "base" if ckpt.is_base else ckpt.kind,
+                "evalsuite.model_path": str(ckpt.model_path)}
+        if ckpt.base_model is not None:
+            tags["evalsuite.base_model"] = str(ckpt.base_model)
+        if ckpt.run.get("mlflow_run_id"):
+            tags["training_run_id"] = ckpt.run["mlflow_run_id"]
+        if ckpt.run.get("recipe"):
+            tags["recipe"] = str(ckpt.run["recipe"])
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent.info.run_id
+        run = retry(self.client.create_run, exp_id, run_name=f"eval-{ckpt.name}", tags=tags)
+        run_id = run.info.run_id
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            retry(self.client.log_batch, run_id, params=items[i:i + 100])
+        now = int(time.time() * 1000)
+        values = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
+        for i in range(0, len(values), 500):
+            retry(self.client.log_batch, run_id, metrics=values[i:i + 500])
+        retry(self.client.log_batch, run_id, tags=[RunTag("evalsuite.tasks", ",".join(
+            sorted({k.split("/")[0] for k in metrics})))])
+        for path, artifact_path in artifacts:
+            if Path(path).is_file():
+                retry(self.client.log_artifact, run_id, str(path), artifact_path)
+        retry(self.client.set_terminated, run_id, "FINISHED")
+        return run_id

@@ -1,0 +1,194 @@
+"""train/lora.py end to end on CPU: DeepSpeed ZeRO-2/3 with 1 and 2 processes, matching, resume, MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train.config import ConfigError, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ACCELERATE = str(Path(PY).with_name("accelerate"))
+LORA = str(REPO / "train" / "lora.py")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A working directory with small video and image recipes (shards and tiny model built on first use)."""
+    d = tmp_path_factory.mktemp("train")
+    common = {"image_size": 64, "seed": 0, "split": "train", "shard_size": 16}
+    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "num_workers": 1, "save_steps": 0,
+             "learning_rate": 1e-3, "warmup_steps": 2}
+    (d / "vid.yaml").write_text(yaml.safe_dump({"kind": "video", "sources": [{"type": "synthetic_video"}],
+                                                "samples": 64, "frames": 3, **common, "train": train}))
+    (d / "img.yaml").write_text(yaml.safe_dump({"kind": "image", "sources": [{"type": "synthetic_image"}],
+                                                "samples": 400, **common, "train": train}))
+    return d
+
+
+def run(work: Path, *args: str, procs: int = 1, launcher: str | None = None, check: bool = True):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}",
+               PYTHONPATH=str(REPO), TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
+    if launcher:
+        cmd = [ACCELERATE, "launch", "--config_file", str(REPO / "ds_configs" / "accelerate" / launcher), LORA, *args]
+    elif procs > 1:
+        env["ACCELERATE_USE_CPU"] = "1"
+        cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(procs), LORA, *args]
+    else:
+        cmd = [PY, LORA, *args]
+    p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def seen(run_dir: Path) -> dict[int, list[str]]:
+    out = {}
+    for f in sorted((run_dir / "samples").glob("rank-*.txt")):
+        out[int(f.stem.split("-")[1])] = [line.split("\t")[1] for line in f.read_text().splitlines()]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["zero2_1proc", "zero2_2proc", "zero3_2proc", "none_1proc", "ddp_2proc"])
+def test_trains_under_each_setup(work, mode):
+    name = f"r_{mode}"
+    args = ["--recipe", str(work / "vid.yaml"), "--run_name", name, "--max_steps", "4", "--record_samples", "true"]
+    if mode == "zero2_1proc":
+        run(work, *args)  # a bare run: ZeRO-2 from ds_configs/zero2.json
+    elif mode == "zero2_2proc":
+        run(work, *args, launcher="cpu_zero2_2proc.yaml")
+    elif mode == "zero3_2proc":
+        run(work, *args, launcher="cpu_zero3_2proc.yaml")
+    elif mode == "none_1proc":
+        run(work, *args, "--ds_config", "none")
+    else:
+        run(work, *args, "--ds_config", "none", procs=2)
+    rd = work / "ckpt" / name
+    info = json.loads((rd / "run.json").read_text())
+    procs = 2 if "2proc" in mode else 1
+    assert info["steps"] == 4 and info["consumed"]["samples"] == 4 * 4 * procs
+    assert info["consumed"]["visual_tokens"] == 16 * 3 * info["consumed"]["samples"]
+    assert 0 < info["consumed"]["supervised_tokens"] < info["consumed"]["text_tokens"]
+    keys = seen(rd)
+    assert sorted(keys) == list(range(procs))
+    everything = [k for ks in keys.values() for k in ks]
+    assert len(everything) == len(set(everything)) == info["consumed"]["samples"]  # ranks see disjoint samples
+    losses = [m["loss"] for m in metrics(rd)]
+    assert len(losses) == 4 and all(0 < x < 20 for x in losses)
+    # The adapter is a standard peft adapter.
+    from peft import PeftModel
+
+    from train.families import load_model
+
+    base, _, _ = load_model(info["base_model"] if Path(info["base_model"]).is_absolute() else work / info["base_model"])
+    PeftModel.from_pretrained(base, rd)
+
+
+@pytest.mark.slow
+def test_match_stops_exactly_and_mlflow_has_everything(work):
+    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "ref", "--max_steps", "3", "--ds_config", "none")
+    ref = json.loads((work / "ckpt" / "ref" / "run.json").read_text())
+    for unit in ("visual_tokens", "supervised_tokens", "samples"):
+        name = f"img_{unit}"
+        run(work, "--recipe", str(work / "img.yaml"), "--run_name", name, "--ds_config", "none",
+            "--match_to", str(work / "ckpt" / "ref"), "--match_by", unit, procs=2 if unit == "samples" else 1)
+        info = json.loads((work / "ckpt" / name / "run.json").read_text())
+        assert info["consumed"][unit] == ref["consumed"][unit], unit
+        assert info["match"]["target"] == info["match"]["achieved"] and info["match"]["rel_error"] == 0
+        assert info["match"]["reference"]["checkpoint"] == str(work / "ckpt" / "ref")
+    # image samples have 1 frame of 16 tokens, video samples 3: five... three times as many image samples
+    vis = json.loads((work / "ckpt" / "img_visual_tokens" / "run.json").read_text())
+    assert vis["consumed"]["samples"] == 3 * ref["consumed"]["samples"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    r = client.get_run(vis["mlflow_run_id"])
+    assert r.data.params["match_by"] == "visual_tokens" and r.data.params["lora_r"] == "16"
+    assert r.data.tags["recipe"] == "img" and r.data.tags["family"] == "llava" and len(r.data.tags["manifest_hash"]) == 64
+    hist = client.get_metric_history(r.info.run_id, "loss")
+    assert len(hist) == vis["steps"] and [m.step for m in hist] == list(range(1, vis["steps"] + 1))
+    assert r.data.metrics["consumed/visual_tokens"] == ref["consumed"]["visual_tokens"]
+    arts = {a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")}
+    assert {"checkpoint/run.json", "checkpoint/adapter_model.safetensors"} <= arts
+    assert {a.path for a in client.list_artifacts(r.info.run_id, "data")} == {"data/manifest.json"}
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_run(work):
+    args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "6", "--save_steps", "3", "--record_samples", "true"]
+    run(work, *args, "--run_name", "full")
+    run(work, *args, "--run_name", "part")
+    # Pretend the run died after its step-3 state: resume from it.
+    run(work, *args, "--run_name", "part", "--resume", str(work / "ckpt" / "part" / "checkpoints" / "step-3"))
+    full, part = metrics(work / "ckpt" / "full"), metrics(work / "ckpt" / "part")
+    assert [m["step"] for m in part] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(full[3:], part[3:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+        assert a["lr"] == pytest.approx(b["lr"])
+    assert seen(work / "ckpt" / "full") == seen(work / "ckpt" / "part")
+    info = json.loads((work / "ckpt" / "part" / "run.json").read_text())
+    assert info["consumed"] == json.loads((work / "ckpt" / "full" / "run.json").read_text())["consumed"]
+
+
+@pytest.mark.slow
+def test_loss_falls_on_video_demo_data(work):
+    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "learn", "--max_steps", "60", "--ds_config", "none",
+        "--learning_rate", "3e-3", "--train_embeddings", "true", "--per_device_batch_size", "8")
+    losses = [m["loss"] for m in metrics(work / "ckpt" / "learn")]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    assert json.loads((work / "ckpt" / "learn" / "run.json").read_text())["passes"] >= 2  # 480 samples over 64
+
+
+# --- configuration ----------------------------------------------------------------------------------
+def _recipe_train(_name):
+    return {"lora_r": 4, "learning_rate": 1e-3, "max_steps": 10}
+
+
+def test_precedence_defaults_recipe_file_flags(tmp_path):
+    cfg = resolve(["--recipe", "x"], _recipe_train)
+    assert (cfg.lora_r, cfg.learning_rate, cfg.max_steps, cfg.lora_alpha) == (4, 1e-3, 10, 32)
+    f = tmp_path / "c.yaml"
+    f.write_text("lora_r: 8\nmax_steps: 20\n")
+    cfg = resolve(["--recipe", "x", "--config", str(f)], _recipe_train)
+    assert (cfg.lora_r, cfg.learning_rate, cfg.max_steps) == (8, 1e-3, 20)
+    cfg = resolve(["--recipe", "x", "--config", str(f), "--lora_r", "2", "--train_embeddings", "true"], _recipe_train)
+    assert (cfg.lora_r, cfg.max_steps, cfg.train_embeddings) == (2, 20, True)
+
+
+@pytest.mark.parametrize("argv, layer, msg", [
+    (["--recipe", "x", "--lora_rank", "3"], {}, "unknown flag '--lora_rank' \\(did you mean 'lora_r'"),
+    (["--recipe", "x"], {"learnig_rate": 1}, "train section: unknown key 'learnig_rate' \\(did you mean 'learning_rate'"),
+    (["--recipe", "x", "--lora_r", "two"], {}, "'lora_r' must be int"),
+    (["--recipe", "x", "--match_by", "tokens"], {}, "match_by must be one of"),
+    (["--recipe", "x", "--run_name", "../escape"], {}, "cannot leave output_root"),
+])
+def test_bad_settings_are_errors(argv, layer, msg):
+    with pytest.raises(ConfigError, match=msg):
+        resolve(argv + ["--max_steps", "1"], lambda _n: layer)
+
+
+def test_no_budget_is_an_error():
+    with pytest.raises(ConfigError, match="no budget"):
+        resolve(["--recipe", "x"], lambda _n: {})
+
+
+def test_missing_model_says_where_it_looked(monkeypatch, tmp_path):
+    from train.models import ModelNotFound, resolve_base_model
+
+    monkeypatch.setenv("MODEL_ROOT", str(tmp_path))
+    with pytest.raises(ModelNotFound, match=f"looked in: .*{tmp_path}/org/model.*Nothing is downloaded"):
+        resolve_base_model("org/model")

@@ -1,0 +1,100 @@
+"""What a run consumed, summed over processes, and where a budgeted run must stop.
+
+This is the point of the project: two runs are only comparable if we know, exactly, how much of each
+unit they consumed. Every micro-batch, each process contributes a (batch, 5) matrix of per-sample
+counts; the matrices are gathered, so every process sees every count and takes the same decision
+about the last batch. A budget ends *exactly* at its target where the unit allows it: samples and
+visual tokens by keeping a prefix of samples (rank by rank), supervised tokens by also masking the
+tail of one sample's labels; text tokens cannot be split, so the closest sample boundary wins.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+COUNTERS = ("samples", "images", "text_tokens", "supervised_tokens", "visual_tokens")
+
+
+def batch_matrix(counts: dict, batch_size: int) -> torch.Tensor:
+    """(batch_size, 5) per-sample counts; rows of absent samples are -1 (so gathers have one shape)."""
+    n = len(counts["samples"])
+    m = torch.full((batch_size, len(COUNTERS)), -1, dtype=torch.long)
+    if n:
+        m[:n] = torch.tensor([counts[c] for c in COUNTERS], dtype=torch.long).T
+    return m
+
+
+@dataclass
+class Decision:
+    keep: list[int]                     # samples each rank keeps of its micro-batch
+    partial: dict[int, int] = field(default_factory=dict)  # rank -> supervised tokens kept of its last sample
+    done: bool = False                  # the budget is reached with this micro-batch
+
+
+def plan(gathered: torch.Tensor, unit: str | None, remaining: int | None) -> Decision:
+    """Which samples of this micro-batch (all ranks: gathered[rank, i, counter]) fit the budget."""
+    W, B, _ = gathered.shape
+    present = [int((gathered[r, :, 0] >= 0).sum()) for r in range(W)]
+    if unit is None:
+        return Decision(present)
+    u = COUNTERS.index(unit)
+    keep, partial, left = [0] * W, {}, remaining
+    for r in range(W):
+        for i in range(present[r]):
+            v = int(gathered[r, i, u])
+            if v <= left:
+                keep[r] += 1
+                left -= v
+                continue
+            if unit == "supervised_tokens" and left > 0:
+                keep[r] += 1
+                partial[r] = left
+                left = 0
+            elif unit == "text_tokens" and v - left < left:
+                keep[r] += 1  # overshooting by less than we would undershoot
+                left -= v
+            return Decision(keep, partial, done=True)
+        # a later rank's samples only count once this rank's are all in: the order is rank-major
+    return Decision(keep, partial, done=left <= 0)
+
+
+def kept_totals(gathered: torch.Tensor, d: Decision) -> dict:
+    """Counts consumed by this micro-batch after the decision, summed over ranks."""
+    tot = dict.fromkeys(COUNTERS, 0)
+    for r, k in enumerate(d.keep):
+        for i in range(k):
+            row = gathered[r, i].tolist()
+            for c, v in zip(COUNTERS, row):
+                tot[c] += v
+        if r in d.partial and k:
+            last = gathered[r, k - 1].tolist()
+            tot["supervised_tokens"] += d.partial[r] - last[COUNTERS.index("supervised_tokens")]
+    return tot
+
+
+def mask_supervised_tail(labels: torch.Tensor, row: int, keep_tokens: int, ignore: int = -100) -> None:
+    """Keep only the first `keep_tokens` supervised labels of one row (in place)."""
+    pos = (labels[row] != ignore).nonzero().flatten()
+    labels[row, pos[keep_tokens:]] = ignore
+
+
+def reference_consumption(match_to: str, tracking_uri: str) -> tuple[dict, dict]:
+    """(consumed counts, description) of a reference run: a checkpoint dir with run.json, or an MLflow run id."""
+    p = Path(match_to)
+    if (p / "run.json").exists():
+        info = json.loads((p / "run.json").read_text())
+        return info["consumed"], {"checkpoint": str(p), "mlflow_run_id": info.get("mlflow_run_id"),
+                                  "recipe": info.get("recipe")}
+    if p.exists() or "/" in match_to:
+        raise FileNotFoundError(f"--match_to {match_to}: no run.json there (expected a finished run's directory)")
+    from train.tracking import run_metrics
+
+    metrics = run_metrics(tracking_uri, match_to)
+    consumed = {c: int(metrics[f"consumed/{c}"]) for c in COUNTERS if f"consumed/{c}" in metrics}
+    if not consumed:
+        raise ValueError(f"--match_to {match_to}: MLflow run has no consumed/* metrics (not a finished training run?)")
+    return consumed, {"mlflow_run_id": match_to}

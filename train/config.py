@@ -1,0 +1,232 @@
+"""The trainer's typed configuration and its precedence rules.
+
+    defaults  <  the recipe's `train:` section  <  --config file.yaml  <  command-line flags
+
+Flag names equal field names equal MLflow param names (`--lora_r 16` -> `lora_r`). An unknown key in
+any layer is an error with a "did you mean"; every field's docstring is its `--help` text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+MATCH_UNITS = ("samples", "visual_tokens", "text_tokens", "supervised_tokens")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = ""
+    """Data recipe name (data_recipes/recipes/NAME.yaml) or path to a recipe file."""
+    base_model: str = ""
+    """Local model directory, an HF-style id looked up under $MODEL_ROOT, or tiny:FAMILY /
+    tiny-pretrained:FAMILY (built on demand under models/)."""
+    run_name: str = ""
+    """Name of the run and of its directory under output_root (default: the recipe name)."""
+    output_root: str = "ckpt"
+    """Where run directories go: ckpt/<run_name>/."""
+    shards_root: str = "shards"
+    """Where the recipe's shards are (built first when missing)."""
+
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_targets: str = ""
+    """Regex of modules that get LoRA (default: the family's language-model q/k/v/o projections)."""
+    train_projector: bool = True
+    """Train the vision-to-language projector fully (saved with the adapter)."""
+    train_vision_tower: bool = False
+    """Train the vision encoder fully (off: STACK.md saw a trainable random tower collapse)."""
+    train_embeddings: bool = False
+    """Train input embeddings and lm_head fully (lets LoRA emit words the base never produced)."""
+
+    learning_rate: float = 2e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lr_scheduler: str = "cosine"
+    """cosine | linear | constant, after a linear warmup."""
+    warmup_steps: int = 10
+    """Linear warmup steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    per_device_batch_size: int = 8
+    """Samples per micro-batch per process."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: no step limit)."""
+    max_samples: int = 0
+    """Stop after this many samples summed over processes (0: no sample limit)."""
+    match_to: str = ""
+    """Stop at the consumption of a reference run: its checkpoint directory (run.json) or MLflow run id."""
+    match_by: str = "visual_tokens"
+    """Unit of the match: samples | visual_tokens | text_tokens | supervised_tokens."""
+    schedule_steps: int = 0
+    """Steps the lr schedule spans (0: max_steps, or an estimate from the budget)."""
+
+    seed: int = 0
+    """Seeds model init of LoRA, data order and dropout."""
+    ds_config: str = "zero2"
+    """DeepSpeed config: zero2 | zero3 | zero3_offload | a JSON path | none. Ignored when the
+    accelerate launcher already configured DeepSpeed (--use_deepspeed / --config_file)."""
+    num_workers: int = 2
+    """Data loader worker processes per training process."""
+    shuffle_buffer: int = 500
+    """Samples held in the streaming shuffle buffer."""
+
+    logging_steps: int = 1
+    """Log metrics to MLflow every N steps."""
+    save_steps: int = 50
+    """Save a full resumable state every N steps (0: only at the end)."""
+    save_total_limit: int = 2
+    """Resumable states kept on disk (the newest ones)."""
+    resume: str = ""
+    """'latest', a checkpoints/step-N directory, or empty to start fresh."""
+    record_samples: bool = False
+    """Write the key of every consumed sample to RUN/samples/rank-R.txt (an audit of what each process saw)."""
+    verify: bool = False
+    """Re-hash the shards against their manifest before training."""
+
+    experiment: str = "betweenframes"
+    """MLflow experiment (one per study)."""
+    tracking_uri: str = ""
+    """MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<repo>/mlruns/mlflow.db)."""
+    trust_remote_code: bool = False
+    """Allow model code shipped with a checkpoint to run (off unless you trust it)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_root) / (self.run_name or Path(self.recipe).stem)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings (the string right after each field), read from the class source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = " ".join(str(b.value.value).split())
+    return docs
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(key: str, value, where: str):
+    typ = _TYPES[key]
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if typ in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        return typ(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: '{key}' must be {typ.__name__}, got {value!r}") from None
+
+
+def apply_layer(values: dict, layer: dict, where: str) -> dict:
+    """Overlay one layer of settings, refusing unknown keys and ill-typed values."""
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings")
+    out = dict(values)
+    for k, v in layer.items():
+        if k not in FIELDS:
+            raise ConfigError(f"{where}: unknown key '{k}'{_did_you_mean(str(k))}")
+        out[k] = _coerce(k, v, where)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    docs = field_docs(TrainConfig)
+    p = argparse.ArgumentParser(prog="train/lora.py", description="LoRA finetuning over WebDataset shards.",
+                                allow_abbrev=False)
+    p.add_argument("--config", help="YAML file of settings (overrides the recipe's train section)")
+    for name, f in FIELDS.items():
+        # Defaults are applied by resolve(), not argparse, so that a flag is "given" only if typed.
+        p.add_argument(f"--{name}", default=None, help=f"{docs.get(name, '')} [default: {f.default!r}]")
+    return p
+
+
+def resolve(argv: list[str], recipe_train: typing.Callable[[str], dict] | None = None) -> TrainConfig:
+    """Parse argv into a TrainConfig following the precedence in the module docstring.
+
+    `recipe_train(recipe_name) -> dict` returns the recipe's `train:` section; it is a callback so that
+    this module stays free of data-loading imports.
+    """
+    p = build_parser()
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        flag = unknown[0].lstrip("-").split("=")[0]
+        raise ConfigError(f"command line: unknown flag '{unknown[0]}'{_did_you_mean(flag)}")
+    cli = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    values = {k: f.default for k, f in FIELDS.items()}
+    recipe = cli.get("recipe")
+    file_layer = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.exists():
+            raise ConfigError(f"--config {path}: file not found")
+        file_layer = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(file_layer, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        recipe = recipe or file_layer.get("recipe")
+    if not recipe:
+        raise ConfigError("no recipe: pass --recipe NAME (python -m data_recipes list shows them)")
+    if recipe_train is not None:
+        values = apply_layer(values, recipe_train(recipe), f"recipe {recipe}: train section")
+    values = apply_layer(values, file_layer, f"{args.config}")
+    values = apply_layer(values, cli, "command line")
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.match_by not in MATCH_UNITS:
+        raise ConfigError(f"match_by must be one of {', '.join(MATCH_UNITS)}, got {cfg.match_by!r}")
+    if cfg.lr_scheduler not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {cfg.lr_scheduler!r}")
+    if not (cfg.max_steps or cfg.max_samples or cfg.match_to):
+        raise ConfigError("no budget: give max_steps, max_samples or match_to (in the recipe, --config or flags)")
+    for k in ("per_device_batch_size", "gradient_accumulation_steps", "lora_r"):
+        if getattr(cfg, k) < 1:
+            raise ConfigError(f"{k} must be >= 1")
+    name = cfg.run_name or Path(cfg.recipe).stem
+    if not name or "/" in name or name.startswith(".") or "\\" in name:
+        raise ConfigError(f"run_name {name!r} must be a plain directory name (it cannot leave output_root)")
