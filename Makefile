@@ -29,11 +29,20 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
-FAMILIES := llava llava_next llava_next_video llava_onevision qwen2_vl qwen2_5_vl internvl
+ACCEL := $(VENV)/bin/accelerate launch --config_file ds_configs/accelerate/cpu_zero2_2proc.yaml
 
+# The whole study on the embedded default: tiny base -> scale-matched image and video shards ->
+# two LoRA runs (2 processes, ZeRO-2), the image run stopped at the video run's visual tokens ->
+# every evaluation on every checkpoint -> report.
 demo: setup
-	@for f in $(FAMILIES); do $(PY) -m train.tiny --family $$f --out models/tiny-$$f || exit 1; done
-	$(PY) -m train.smoke $(addprefix models/tiny-,$(FAMILIES))
+	$(PY) -m data_recipes build video_demo
+	$(PY) -m data_recipes build image_demo
+	$(PY) -m data_recipes audit shards/video_demo shards/image_demo
+	@test -f models/tiny-llava-pretrained/config.json || $(PY) -m train.pretrain --family llava --out models/tiny-llava-pretrained
+	$(ACCEL) train/lora.py --recipe video_demo
+	$(ACCEL) train/lora.py --recipe image_demo --match_to ckpt/video_demo --match_by visual_tokens
+	$(PY) -m evalsuite all ckpt/
+	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$${PORT:-5000})"
 
 bench: setup
 	$(PY) -m pytest -q -m bench tests/benchmarks -s

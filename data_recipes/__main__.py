@@ -4,6 +4,7 @@
     python -m data_recipes build NAME [--out DIR] [--limit N] [--workers K] [--model DIR]
     python -m data_recipes inspect DIR [-n 3]
     python -m data_recipes verify DIR
+    python -m data_recipes audit DIR [DIR ...]      # the counts of several builds side by side
 
 `build` writes `shards/NAME/` by default; a recipe matched to another builds that one first when
 its shards are missing or stale.
@@ -87,6 +88,11 @@ def cmd_verify(args) -> int:
     return 0 if not problems else 1
 
 
+def cmd_audit(args) -> int:
+    print(audit_table([read_manifest(d) for d in args.dirs]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_recipes", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -102,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("-n", type=int, default=3)
     v = sub.add_parser("verify", help="re-hash shards against the manifest")
     v.add_argument("dir")
+    a = sub.add_parser("audit", help="counts of several builds side by side")
+    a.add_argument("dirs", nargs="+")
     args = p.parse_args(argv)
     try:
-        return {"list": cmd_list, "build": cmd_build, "inspect": cmd_inspect, "verify": cmd_verify}[args.cmd](args)
+        return {"list": cmd_list, "build": cmd_build, "inspect": cmd_inspect, "verify": cmd_verify, "audit": cmd_audit}[args.cmd](args)
     except (RecipeError, BuildError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

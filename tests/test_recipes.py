@@ -209,6 +209,7 @@ def test_matching_in_each_unit(tmp_path, tiny_model, unit):
     if expected:
         assert m["counts"]["samples"] == expected
     assert cli(["inspect", str(tmp_path / "imatch"), "-n", "1"]) == 0
+    assert cli(["audit", str(tmp_path / "vref"), str(tmp_path / "imatch")]) == 0
 
 
 def test_match_beyond_tolerance_fails(tmp_path, tiny_model):

@@ -76,7 +76,8 @@ class TrainConfig:
     max_samples: int = 0
     """Stop after this many samples summed over processes (0: no sample limit)."""
     match_to: str = ""
-    """Stop at the consumption of a reference run: its checkpoint directory (run.json) or MLflow run id."""
+    """Stop at the consumption of a reference run: its checkpoint directory (run.json) or MLflow run id
+    (takes precedence over max_samples)."""
     match_by: str = "visual_tokens"
     """Unit of the match: samples | visual_tokens | text_tokens | supervised_tokens."""
     schedule_steps: int = 0
