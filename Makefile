@@ -13,6 +13,9 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+# The tiny models' matrices are too small for two threads to help; on 2 shared cores a second
+# thread per process mostly spins (a 10x slowdown was measured). Real-scale users override it.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup test demo bench ui clean
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +90,10 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
     p = Path(path).expanduser().resolve()
     if not p.is_dir():
         raise CheckpointError(f"checkpoint '{path}' is not a directory")
-    run = json.loads((p / "run.json").read_text()) if (p / "run.json").is_file() else {}
+    try:
+        run = json.loads((p / "run.json").read_text()) if (p / "run.json").is_file() else {}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p / 'run.json'}: not valid JSON ({e})") from None
     if (p / "adapter_config.json").is_file():
         if "base_model" not in run:
             raise CheckpointError(f"{p}: an adapter needs run.json with 'base_model' to know what to load it on")
@@ -105,8 +109,12 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
                           f"*.safetensors, no base.json")
 
 
-def discover(root: str | os.PathLike) -> list[CheckpointRef]:
-    """Every checkpoint under `root`, plus a base.json entry for each outside base model (bases first)."""
+def discover(root: str | os.PathLike, broken: list[str] | None = None) -> list[CheckpointRef]:
+    """Every checkpoint under `root`, plus a base.json entry for each outside base model (bases first).
+
+    A directory that looks like a checkpoint but cannot be used (run.json without weights, an adapter
+    whose base model is gone) raises, or, when a `broken` list is given, is described there and skipped.
+    """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise CheckpointError(f"CKPT_DIR '{root}' is not a directory")
@@ -117,9 +125,13 @@ def discover(root: str | os.PathLike) -> list[CheckpointRef]:
             found.append(checkpoint_ref(d))
             dirnames.clear()  # a checkpoint's subfolders (training states, eval outputs) are not checkpoints
             continue
-        except CheckpointError:
+        except CheckpointError as e:
             if any((d / f).is_file() for f in ("adapter_config.json", "base.json", "run.json")):
-                raise  # looks like a checkpoint but is broken: say so rather than skip it
+                if broken is None:
+                    raise  # looks like a checkpoint but is broken: say so rather than skip it
+                broken.append(str(e))
+                dirnames.clear()
+                continue
         dirnames[:] = sorted(n for n in dirnames if n not in SKIP_DIRS and not n.startswith("."))
     known = {r.model_path for r in found if r.kind == "model"}
     for ref in list(found):
@@ -169,7 +181,7 @@ def fingerprint(model_dir: str | os.PathLike) -> str:
     return _FINGERPRINTS[key]
 
 
-def load_checkpoint(path: str | os.PathLike, trust_remote_code: bool = False, dtype=None):
+def load_checkpoint(path: str | os.PathLike, trust_remote_code: bool = False, dtype=None, device: str | None = None):
     """(model, processor, info) of any checkpoint kind; an adapter is merged into its base for speed."""
     from train.families import load_model
 
@@ -178,12 +190,16 @@ def load_checkpoint(path: str | os.PathLike, trust_remote_code: bool = False, dt
         from peft import PeftModel
 
         model, processor, family = load_model(ref.base_model, trust_remote_code=trust_remote_code, dtype=dtype)
-        model = PeftModel.from_pretrained(model, ref.model_path).merge_and_unload()
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6: noise on every load
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(model, ref.model_path).merge_and_unload()
         if (ref.model_path / "processor_config.json").is_file():
             # the trainer saves the processor beside the adapter; prefer it (it may add tokens)
             processor = family.load_processor(ref.model_path, trust_remote_code=trust_remote_code)
     else:
         model, processor, family = load_model(ref.model_path, trust_remote_code=trust_remote_code, dtype=dtype)
+    if device is not None:
+        model.to(device)
     model.eval()
     info = {**ref.identity(), "family": family.name}
     return model, processor, info

@@ -113,17 +113,20 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:
     from evalsuite.checkpoints import checkpoint_ref, discover
     from evalsuite.distributed import Ranks
-    from evalsuite.runner import evaluate, headline
+    from evalsuite.runner import evaluate
     from evalsuite.tasks import get_task
 
     ranks = Ranks.from_env()
     if args.command == "all":
         tasks = [get_task(t).name for t in (args.tasks or _task_names())]
         root = Path(args.ckpt_dir).expanduser().resolve()
+        broken: list[str] = []
         if ranks.is_main:
-            refs = discover(root)  # may write base.json homes for outside base models
+            discover(root, broken)  # may write base.json homes for outside base models
+            for reason in broken:
+                print(f"warning: skipping a broken checkpoint: {reason}", file=sys.stderr)
         ranks.barrier()
-        refs = discover(root)
+        refs = discover(root, [])
         if not refs:
             raise ConfigError(f"no checkpoints under {root} (adapter dirs with run.json, or HF model dirs)")
         cache = Path(cfg.cache_dir) if cfg.cache_dir else root / ".infill_cache"
@@ -136,7 +139,7 @@ def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:
     if ranks.is_main:
         for path, per_task in results.items():
             for task, metrics in per_task.items():
-                print(f"{task:<6} {Path(path).name:<24} {headline(metrics)}")
+                print(f"{task:<6} {Path(path).name:<24} {get_task(task).headline(metrics['metrics'])}")
         if args.command == "all":
             from evalsuite.report import write_report
 

@@ -80,3 +80,15 @@ def flatten(task: str, summary: dict) -> dict[str, float]:
                 if extra in est:
                     flat[f"{prefix}/{name}{suffix}"] = float(est[extra])
     return flat
+
+
+def headline(summary: dict) -> str:
+    """`f5 (n=200): base 0.440 caption 0.450 vcot 0.514  gain +0.074 [+0.030, +0.120] p=0.002 | f10 ...`."""
+    parts = []
+    for fkey, block in sorted(summary.items(), key=lambda kv: int(kv[0].removeprefix("f"))):
+        accs = " ".join(f"{k.removeprefix('acc_')} {v['value']:.3f}" for k, v in block.items() if k.startswith("acc_"))
+        gain = block.get("gain")
+        g = f"  gain {gain['value']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}] p={gain['p_value']:.3g}" \
+            if gain else ""
+        parts.append(f"{fkey} (n={block['n_items']}): {accs}{g}")
+    return " | ".join(parts)

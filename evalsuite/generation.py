@@ -38,7 +38,8 @@ class ChatModel:
         self.stop_ids = self._stop_ids()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, trust_remote_code: bool = False, name: str | None = None) -> "ChatModel":
+    def load(cls, path: str | os.PathLike, trust_remote_code: bool = False, name: str | None = None,
+             device: str | None = None) -> "ChatModel":
         """A VLM checkpoint (adapter or model dir of a known family) or a text-only causal LM."""
         from evalsuite.checkpoints import CheckpointError, checkpoint_ref, fingerprint, load_checkpoint
         from train.families import FamilyError
@@ -46,7 +47,7 @@ class ChatModel:
         path = Path(path).expanduser().resolve()
         try:
             ref = checkpoint_ref(path)
-            model, processor, info = load_checkpoint(ref, trust_remote_code=trust_remote_code)
+            model, processor, info = load_checkpoint(ref, trust_remote_code=trust_remote_code, device=device)
             identity = info["fingerprint"] + info.get("base_fingerprint", "")
             return cls(model, processor=processor, name=name or path.name, identity=identity)
         except (FamilyError, CheckpointError) as e:
@@ -56,6 +57,8 @@ class ChatModel:
 
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+        if device is not None:
+            model.to(device)
         model.eval()
         return cls(model, tokenizer=tok, name=name or path.name, identity=fingerprint(path))
 

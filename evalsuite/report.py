@@ -44,7 +44,7 @@ def vcot_table(entries: list[tuple[str, dict]]) -> list[str]:
     for name, m in entries:
         ck = m.get("checkpoint", {})
         kind = ck.get("role", "")
-        for fkey, block in m["metrics"].items():
+        for fkey, block in sorted(m["metrics"].items(), key=lambda kv: int(kv[0].removeprefix("f"))):
             lines.append(
                 f"| {name} | {kind} | {fkey.removeprefix('f')} | {block['n_items']} | {_pct(block.get('acc_base'))} | "
                 f"{_pct(block.get('acc_caption'))} | {_pct(block.get('acc_vcot'))} | {_diff(block.get('gain'))} | "

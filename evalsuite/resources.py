@@ -21,8 +21,8 @@ from evalsuite.infills import FileSource, InfillSource, ModelSource, OracleSourc
 class Subject:
     """The checkpoint under evaluation."""
 
-    def __init__(self, ref: CheckpointRef, cfg: EvalConfig):
-        self.ref, self.cfg = ref, cfg
+    def __init__(self, ref: CheckpointRef, cfg: EvalConfig, device: str = "cpu"):
+        self.ref, self.cfg, self.device = ref, cfg, device
         self._loaded = None
 
     @cached_property
@@ -31,7 +31,8 @@ class Subject:
 
     def _load(self):
         if self._loaded is None:
-            model, processor, info = load_checkpoint(self.ref, trust_remote_code=self.cfg.trust_remote_code)
+            model, processor, info = load_checkpoint(self.ref, trust_remote_code=self.cfg.trust_remote_code,
+                                                     device=self.device)
             chat = ChatModel(model, processor=processor, name=self.ref.name,
                              identity=info["fingerprint"] + info.get("base_fingerprint", ""))
             self._loaded = (model, processor, chat)
@@ -54,8 +55,8 @@ class Subject:
 
 
 class Resources:
-    def __init__(self, cfg: EvalConfig, cache_dir: Path):
-        self.cfg, self.cache_dir = cfg, Path(cache_dir)
+    def __init__(self, cfg: EvalConfig, cache_dir: Path, device: str = "cpu"):
+        self.cfg, self.cache_dir, self.device = cfg, Path(cache_dir), device
         self._models: dict[str, ChatModel] = {}
         self._sources: dict[str, InfillSource] = {}
 
@@ -63,7 +64,8 @@ class Resources:
         """A shared generator/rephraser/judge model, loaded once."""
         key = f"{role}:{path}"
         if key not in self._models:
-            self._models[key] = ChatModel.load(path, trust_remote_code=self.cfg.trust_remote_code, name=role)
+            self._models[key] = ChatModel.load(path, trust_remote_code=self.cfg.trust_remote_code, name=role,
+                                                device=self.device)
         return self._models[key]
 
     def describe(self, role: str) -> str | None:

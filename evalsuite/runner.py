@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from evalsuite.checkpoints import CheckpointRef
 from evalsuite.config import EvalConfig
 from evalsuite.distributed import Ranks
-from evalsuite.outputs import OutputError, TaskOutputs
+from evalsuite.outputs import OutputError, TaskOutputs, write_json_atomic
 from evalsuite.resources import Resources, Subject
 from evalsuite.tasks import get_task
 from evalsuite.tasks.base import Task
@@ -73,8 +73,13 @@ def evaluate(refs: list[CheckpointRef], task_names: list[str], cfg: EvalConfig, 
              ranks: Ranks | None = None) -> dict[str, dict[str, dict]]:
     """Every task on every checkpoint; returns {checkpoint path: {task: metrics.json content}}."""
     ranks = ranks or Ranks.from_env()
-    resources = Resources(cfg, cache_dir)
+    resources = Resources(cfg, cache_dir, device=ranks.device)
     tasks = [get_task(name)(cfg, resources) for name in task_names]
+    for task in tasks:
+        if task.problems and ranks.is_main:  # e.g. missing EgoSchema videos: said once, counted in metrics.json
+            shown = "; ".join(f"{p['id']}: {p['reason']}" for p in task.problems[:3])
+            log(f"[{task.name}] {len(task.problems)} item(s) cannot be evaluated ({shown}"
+                f"{'; ...' if len(task.problems) > 3 else ''})")
     tracker = None
     if cfg.tracking and ranks.is_main:
         from evalsuite.tracking import EvalTracker
@@ -82,23 +87,34 @@ def evaluate(refs: list[CheckpointRef], task_names: list[str], cfg: EvalConfig, 
         tracker = EvalTracker(experiment=cfg.experiment)
     results: dict[str, dict[str, dict]] = {}
     for ref in refs:
-        subject = Subject(ref, cfg)
+        subject = Subject(ref, cfg, device=ranks.device)
         results[str(ref.path)] = {}
         fresh = []
         for task in tasks:
             status, metrics = run_task(task, subject, ranks, progress=cfg.progress)
             results[str(ref.path)][task.name] = metrics
             if ranks.is_main:
-                log(f"[{task.name}] {ref.name}: {status}  {headline(metrics)}")
+                log(f"[{task.name}] {ref.name}: {status}  {task.headline(metrics['metrics'])}")
             if status == "done":
                 fresh.append(task)
         subject.release()
-        if tracker is not None and fresh:
-            _track(tracker, ref, tasks, results[str(ref.path)], cfg, refs)
+        if tracker is not None and (fresh or not _tracked(ref, tasks, tracker.uri)):
+            try:
+                _track(tracker, ref, tasks, results[str(ref.path)], refs)
+            except Exception as e:  # noqa: BLE001 - the metrics are on disk; the next run logs them again
+                log(f"[mlflow] {ref.name}: logging failed ({type(e).__name__}: {e}); will retry on the next run")
     return results
 
 
-def _track(tracker, ref: CheckpointRef, tasks: list[Task], results: dict[str, dict], cfg: EvalConfig, refs) -> None:
+def _tracked(ref: CheckpointRef, tasks: list[Task], uri: str) -> bool:
+    """Whether an earlier run already logged these tasks' metrics of `ref` to this store."""
+    record = ref.path / "eval" / "mlflow.json"
+    history = json.loads(record.read_text()) if record.is_file() else []
+    names = {t.name for t in tasks}
+    return any(h["tracking_uri"] == uri and names <= set(h["tasks"]) for h in history)
+
+
+def _track(tracker, ref: CheckpointRef, tasks: list[Task], results: dict[str, dict], refs) -> None:
     flat, params, artifacts = {}, {}, []
     for task in tasks:
         metrics = results[task.name]
@@ -112,18 +128,6 @@ def _track(tracker, ref: CheckpointRef, tasks: list[Task], results: dict[str, di
     record = ref.path / "eval" / "mlflow.json"
     history = json.loads(record.read_text()) if record.is_file() else []
     history.append({"run_id": run_id, "tracking_uri": tracker.uri, "tasks": [t.name for t in tasks]})
-    record.write_text(json.dumps(history, indent=1) + "\n")
+    write_json_atomic(record, history)
     log(f"[mlflow] {ref.name}: run {run_id} ({tracker.uri})")
-
-
-def headline(metrics: dict) -> str:
-    """One line per checkpoint and task: accuracies and gains per F."""
-    parts = []
-    for fkey, block in metrics.get("metrics", {}).items():
-        accs = " ".join(f"{k.removeprefix('acc_')} {v['value']:.3f}" for k, v in block.items() if k.startswith("acc_"))
-        gain = block.get("gain")
-        g = f"  gain {gain['value']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}] p={gain['p_value']:.3g}" \
-            if gain else ""
-        parts.append(f"{fkey} (n={block['n_items']}): {accs}{g}")
-    return " | ".join(parts)
 

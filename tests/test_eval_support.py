@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,8 +36,10 @@ def make_adapter(base: Path, out: Path, seed: int = 0, run: dict | None = None) 
 
     model, processor, family = load_model(base)
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=family.lora_target_regex,
-                                                  init_lora_weights=False))
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=family.lora_target_regex,
+                                                      init_lora_weights=False))
     peft_model.save_pretrained(out)
     save_processor(processor, out)
     info = {"base_model": str(base), "recipe": "video_demo", "family": family.name, "mlflow_run_id": None,

@@ -180,6 +180,9 @@ def build_tiny(family_name: str, out: str | Path, image_size: int = 64, seed: in
     torch.manual_seed(seed)
     model = family.model_cls()(config)
     model.eval()
+    if family.prompt_style == "chatml":
+        # A ChatML turn ends with <|im_end|>: generation must stop there, not only at </s>.
+        model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
     processor = build_processor(family, tok, image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -56,6 +56,11 @@ class Task(ABC):
     def flat_metrics(self, summary: dict) -> dict[str, float]:
         """MLflow metric names (prefixed by the task name) -> values."""
 
+    @staticmethod
+    def headline(summary: dict) -> str:
+        """A one-line digest of `summarize`'s result for the log (optional)."""
+        return ""
+
     def extra_outputs(self) -> dict:
         """Anything else metrics.json should hold (e.g. the benchmark's unusable items)."""
         return {"problems": self.problems}

@@ -34,7 +34,9 @@ class VCoTTask(Task):
         out = {"task": self.name, **self.bench.describe(), "frames": list(cfg.frames), "limit": cfg.limit,
                "seed": cfg.seed, "image_size": self.bench.size, "scoring": cfg.scoring, "n_boot": cfg.n_boot,
                "infills": self.resources.describe_infills(), "infill_tokens": cfg.infill_tokens,
-               "prompts": prompts.PROMPTS_HASH, "checkpoint": subject_info}
+               "prompts": prompts.PROMPTS_HASH,
+               # the weights, not the path: a moved or renamed checkpoint is not evaluated again
+               "checkpoint": {k: v for k, v in subject_info.items() if k.endswith("fingerprint")}}
         out.pop("items"), out.pop("problems")
         if cfg.benchmark == "egoschema":
             out["data"] = str(self.bench.root)
@@ -49,9 +51,9 @@ class VCoTTask(Task):
         return [f"{item.id}|f{f}|{c}" for f in self.cfg.frames for c in prompts.CONDITIONS]
 
     def predict(self, subject, item: Item, todo: list[str]) -> list[dict]:
-        idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
-        wanted = sorted({i for v in idx.values() for i in v})
         try:
+            idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
+            wanted = sorted({i for v in idx.values() for i in v})
             frames = dict(zip(wanted, self.bench.frames(item, wanted)))
         except VideoError as e:
             return [{"key": k, **self._where(k, item), "error": str(e)} for k in todo]
@@ -95,3 +97,5 @@ class VCoTTask(Task):
 
     def flat_metrics(self, summary: dict) -> dict[str, float]:
         return comparisons.flatten(self.name, summary)
+
+    headline = staticmethod(comparisons.headline)
