@@ -44,7 +44,7 @@ demo: setup
 	@test -f models/tiny-llava-pretrained/config.json || $(PY) -m train.pretrain --family llava --out models/tiny-llava-pretrained
 	$(ACCEL) train/lora.py --recipe video_demo
 	$(ACCEL) train/lora.py --recipe image_demo --match_to ckpt/video_demo --match_by visual_tokens
-	$(PY) -m evalsuite all ckpt/
+	$(PY) -m evalsuite all ckpt/ --infills oracle --limit 150 --iraven-limit 20
 	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$${PORT:-5000})"
 
 bench: setup

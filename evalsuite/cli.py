@@ -42,6 +42,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help=h("data"))
     p.add_argument("--frames", type=int, nargs="+", default=list(d.frames), help=h("frames"))
     p.add_argument("--limit", type=int, default=None, help=h("limit"))
+    p.add_argument("--iraven-limit", dest="iraven_limit", type=int, default=None, help=h("iraven_limit"))
     p.add_argument("--scoring", default=d.scoring, help=h("scoring"))
     p.add_argument("--infills", default=d.infills, help=h("infills"))
     p.add_argument("--rephraser", default=None, help=h("rephraser"))
@@ -52,6 +53,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help=h("batch_size"))
     p.add_argument("--infill-tokens", dest="infill_tokens", type=int, default=d.infill_tokens, help=h("infill_tokens"))
     p.add_argument("--answer-tokens", dest="answer_tokens", type=int, default=d.answer_tokens, help=h("answer_tokens"))
+    p.add_argument("--iraven-data", dest="iraven_data", default=None, help=h("iraven_data"))
+    p.add_argument("--iraven-layout", dest="iraven_layout", default=d.iraven_layout, help=h("iraven_layout"))
     p.add_argument("--cache-dir", dest="cache_dir", default=None, help=h("cache_dir"))
     p.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow")
     p.add_argument("--experiment", default=None, help=h("experiment"))
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_options(t)
     r = sub.add_parser("report", help="write CKPT_DIR/report.md from the metrics under it")
     r.add_argument("ckpt_dir")
+    r.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log a comparison run")
     sub.add_parser("list", help="list tasks and benchmarks")
     return p
 
@@ -98,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark  {b}")
         return 0
     if args.command == "report":
-        from evalsuite.report import write_report
+        from evalsuite.report import summary_text, write_report
 
-        print(write_report(args.ckpt_dir).read_text())
+        report = write_report(args.ckpt_dir, track=args.tracking)
+        print(f"report: {report}\n\n{summary_text(report)}")
         return 0
     try:
         cfg = config_from(args)
@@ -141,9 +146,8 @@ def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:
             for task, metrics in per_task.items():
                 print(f"{task:<6} {Path(path).name:<24} {get_task(task).headline(metrics['metrics'])}")
         if args.command == "all":
-            from evalsuite.report import write_report
+            from evalsuite.report import summary_text, write_report
 
-            report = write_report(root)
-            print(f"\nreport: {report}\n")
-            print(report.read_text())
+            report = write_report(root, track=cfg.tracking)
+            print(f"\n{summary_text(report)}\n\nfull report: {report} (figures and metrics.csv in {report.parent / 'report'})")
     return 0

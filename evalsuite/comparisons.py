@@ -7,7 +7,7 @@ difference is paired over the same items. Accuracies use the offline `accuracy_c
 differences the `paired_gain` metric (bootstrap CI + exact McNemar), both seeded.
 
 A task names its contrasts: vCoT has `gain` = vcot - base and `caption_gain` = caption - base; the
-perturbation task will add drops such as `text_drop` = text_shuffled - vcot.
+perturbation task `shuffle` has drops such as `drop_text` = vcot - text (positive: accuracy lost).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pathlib import Path
 BENCHMARKS = ("synthetic", "egoschema")
 SCORINGS = ("loglik", "generate")
 INFILL_KINDS = ("self", "oracle", "file", "model")
+IRAVEN_LAYOUTS = ("composite", "separate")
 
 
 class ConfigError(ValueError):
@@ -65,7 +66,10 @@ class EvalConfig:
     frames: tuple[int, ...] = (5, 10)
     """Numbers of frames F sampled per video; every metric is reported per F."""
     limit: int | None = None
-    """Evaluate only the first N items (synthetic default: 200 items)."""
+    """Evaluate only the first N items (synthetic default: 200 items); also N puzzles per I-RAVEN
+    configuration unless iraven_limit is set."""
+    iraven_limit: int | None = None
+    """Puzzles per I-RAVEN configuration (overrides limit for the iraven task)."""
     scoring: str = "loglik"
     """`loglik`: most likely option text; `generate`: greedy answer + option extraction."""
     infills: str = "self"
@@ -86,6 +90,10 @@ class EvalConfig:
     """max_new_tokens of each infill / caption generation step."""
     answer_tokens: int = 24
     """max_new_tokens of a generated answer (generate scoring)."""
+    iraven_data: str | None = None
+    """I-RAVEN directory in the official layout (<config>/RAVEN_<k>_test.npz); default: a generated test split."""
+    iraven_layout: str = "composite"
+    """I-RAVEN input: `composite` (one image: 3x3 grid with '?' above candidates A-H) or `separate` (16 images)."""
     cache_dir: str | None = None
     """Infill cache directory (default: CKPT_DIR/.infill_cache, or beside the first checkpoint)."""
     tracking: bool = True
@@ -107,6 +115,8 @@ class EvalConfig:
             raise ConfigError(f"--frames {self.frames}: need at least 2 frames per video (infills go between frames)")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.iraven_limit is not None and self.iraven_limit < 1:
+            raise ConfigError(f"--iraven-limit must be >= 1, got {self.iraven_limit}")
         spec = self.infill_spec  # validates the spelling and the path
         if self.benchmark == "egoschema":
             if not self.data:
@@ -115,6 +125,10 @@ class EvalConfig:
                 raise ConfigError("--infills oracle needs ground-truth transitions: synthetic benchmark only")
         elif self.data:
             raise ConfigError("--data is only read by --benchmark egoschema (synthetic items are generated)")
+        if self.iraven_layout not in IRAVEN_LAYOUTS:
+            raise did_you_mean("I-RAVEN layout", self.iraven_layout, IRAVEN_LAYOUTS)
+        if self.iraven_data and not Path(self.iraven_data).expanduser().is_dir():
+            raise ConfigError(f"--iraven-data {self.iraven_data}: no such directory (<config>/RAVEN_<k>_test.npz)")
         for name in ("rephraser", "judge"):
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
@@ -144,4 +158,5 @@ def field_help(name: str) -> str:
     return ""
 
 
-__all__ = ["BENCHMARKS", "SCORINGS", "ConfigError", "EvalConfig", "InfillSpec", "did_you_mean", "field_help"]
+__all__ = ["BENCHMARKS", "IRAVEN_LAYOUTS", "SCORINGS", "ConfigError", "EvalConfig", "InfillSpec", "did_you_mean",
+           "field_help"]

@@ -1,73 +1,240 @@
-"""The comparison report of every checkpoint under CKPT_DIR: `CKPT_DIR/report.md`.
+"""The comparison a researcher reads: `CKPT_DIR/report.md`, `report/*.png` and `report/metrics.csv`.
 
-    python -m evalsuite report ckpt/
+    python -m evalsuite report ckpt/          (also the last step of `python -m evalsuite all`)
 
-This is the hook `python -m evalsuite all` calls last. It currently writes one markdown table of the
-vCoT metrics per checkpoint and F from each `eval/vcot/metrics.json`; the image-vs-video contrast of
-gains, the perturbation and I-RAVEN tables and the plots (`CKPT_DIR/report/*.png`) are to be added
-here, reading the other tasks' metrics.json the same way.
+Sections: the vCoT table in the paper's layout (model, F, base, caption, vCoT, gain, each with its
+95% CI); for each matched pair of training runs, the key contrast gain(image run) - gain(video run)
+as a paired bootstrap over the same items, with the scale-match audit of what each run consumed side
+by side; the perturbation drops; I-RAVEN per configuration with chance and position bias. Every
+number comes from the checkpoints' `eval/<task>/metrics.json` and `predictions.jsonl` and their
+`run.json`; the report is also logged as artifacts of a "comparison" MLflow run.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
 
+from data_recipes.files import atomic_write_text
+from evalsuite.stats import contrast_of_differences
 
-def _pct(est: dict | None) -> str:
-    return "" if est is None else f"{100 * est['value']:.1f}"
+AUDIT = ("samples", "images", "text_tokens", "supervised_tokens", "visual_tokens")
 
 
-def _diff(est: dict | None) -> str:
-    if est is None:
+def _pct(e: dict | None) -> str:
+    return "" if not e else f"{100 * e['value']:.1f} [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
+
+
+def _pts(e: dict | None) -> str:
+    if not e:
         return ""
-    return f"{100 * est['value']:+.1f} [{100 * est['ci_low']:+.1f}, {100 * est['ci_high']:+.1f}]"
+    p = f", p={e['p_value']:.2g}" if e.get("p_value") is not None else ""
+    return f"{100 * e['value']:+.1f} [{100 * e['ci_low']:+.1f}, {100 * e['ci_high']:+.1f}]{p}"
 
 
-def _p(est: dict | None) -> str:
-    return "" if est is None or est.get("p_value") is None else f"{est['p_value']:.3g}"
+def _fkeys(block: dict) -> list[str]:
+    return sorted((k for k in block if k.startswith("f") and k[1:].isdigit()), key=lambda k: int(k[1:]))
 
 
-def collect(ckpt_dir: Path, task: str) -> list[tuple[str, dict]]:
-    """(checkpoint name relative to ckpt_dir, metrics.json) of every checkpoint evaluated on `task`."""
-    found = []
-    for path in sorted(Path(ckpt_dir).rglob(f"eval/{task}/metrics.json")):
-        ckpt = path.parents[2]
-        found.append((str(ckpt.relative_to(ckpt_dir)) or ".", json.loads(path.read_text())))
-    return found
+class Checkpoint:
+    """One evaluated checkpoint: its name, training info (run.json) and per-task results."""
+
+    def __init__(self, root: Path, path: Path):
+        self.path, self.name = path, str(path.relative_to(root)) or path.name
+        run = path / "run.json"
+        self.run = json.loads(run.read_text()) if run.exists() else {}
+        self.metrics, self.rows = {}, {}
+        for task_dir in sorted((path / "eval").glob("*")):
+            m = task_dir / "metrics.json"
+            if m.exists():
+                self.metrics[task_dir.name] = json.loads(m.read_text())
+
+    @property
+    def kind(self) -> str:
+        return self.run.get("kind") or ("adapter" if self.run else "base")
+
+    def predictions(self, task: str) -> list[dict]:
+        if task not in self.rows:
+            f = self.path / "eval" / task / "predictions.jsonl"
+            self.rows[task] = [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+        return self.rows[task]
 
 
-def vcot_table(entries: list[tuple[str, dict]]) -> list[str]:
-    lines = ["| checkpoint | kind | F | n | base | caption | vcot | gain [95% CI] | p | caption gain [95% CI] | p |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in entries:
-        ck = m.get("checkpoint", {})
-        kind = ck.get("role", "")
-        for fkey, block in sorted(m["metrics"].items(), key=lambda kv: int(kv[0].removeprefix("f"))):
-            lines.append(
-                f"| {name} | {kind} | {fkey.removeprefix('f')} | {block['n_items']} | {_pct(block.get('acc_base'))} | "
-                f"{_pct(block.get('acc_caption'))} | {_pct(block.get('acc_vcot'))} | {_diff(block.get('gain'))} | "
-                f"{_p(block.get('gain'))} | {_diff(block.get('caption_gain'))} | {_p(block.get('caption_gain'))} |")
-    return lines
+def discover(root: Path) -> list[Checkpoint]:
+    dirs = sorted({p.parents[2] for p in root.rglob("eval/*/metrics.json")})
+    return [Checkpoint(root, d) for d in dirs]
 
 
-def write_report(ckpt_dir: str | os.PathLike) -> Path:
-    """Write `ckpt_dir/report.md` from the metrics found under it; returns its path."""
-    ckpt_dir = Path(ckpt_dir).resolve()
-    entries = collect(ckpt_dir, "vcot")
-    lines = [f"# Evaluation report: {ckpt_dir.name}", ""]
-    if entries:
-        s = entries[0][1]["settings"]
-        lines += ["## vCoT", "",
-                  f"Benchmark `{s.get('benchmark')}`, scoring `{s.get('scoring')}`, infills `{s.get('infills')}`. "
-                  "Accuracies in %; gains are paired differences in points with a bootstrap 95% CI and an exact "
-                  "McNemar p-value.", ""]
-        lines += vcot_table(entries)
-    else:
-        lines.append("No evaluated checkpoints (no eval/vcot/metrics.json) under this directory.")
-    out = ckpt_dir / "report.md"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+def matched_pairs(ckpts: list[Checkpoint]) -> list[tuple[Checkpoint, Checkpoint]]:
+    """(image run, video run) pairs: a run whose run.json says it was matched to another one here."""
+    by_path = {c.path.resolve(): c for c in ckpts}
+    pairs = []
+    for c in ckpts:
+        ref = ((c.run.get("match") or {}).get("reference") or {}).get("checkpoint")
+        other = by_path.get(Path(ref).resolve()) if ref else None
+        if other is not None:
+            pairs.append((c, other) if c.kind == "image" or other.kind != "image" else (other, c))
+    return pairs
+
+
+def _correct(c: Checkpoint, f: int, condition: str) -> dict[str, int]:
+    return {r["item"]: int(bool(r.get("correct"))) for r in c.predictions("vcot")
+            if r["frames"] == f and r["condition"] == condition and not r.get("error")}
+
+
+def gain_contrast(img: Checkpoint, vid: Checkpoint, f: int, seed: int = 0) -> dict | None:
+    """gain(image) - gain(video) at F, paired over the items both evaluated in both conditions."""
+    vecs = [_correct(img, f, "vcot"), _correct(img, f, "base"), _correct(vid, f, "vcot"), _correct(vid, f, "base")]
+    items = sorted(set.intersection(*(set(v) for v in vecs)))
+    if not items:
+        return None
+    a1, b1, a2, b2 = ([v[i] for i in items] for v in vecs)
+    return contrast_of_differences(a1, b1, a2, b2, seed=seed).to_dict()
+
+
+# --- sections ------------------------------------------------------------------------------------
+def vcot_section(ckpts: list[Checkpoint]) -> list[str]:
+    rows = [c for c in ckpts if "vcot" in c.metrics]
+    if not rows:
+        return ["No checkpoint has vCoT results yet."]
+    s = rows[0].metrics["vcot"].get("settings", {})
+    out = [f"Benchmark `{s.get('benchmark')}`, scoring `{s.get('scoring')}`, infills `{s.get('infills')}`. "
+           "Accuracy in % with bootstrap 95% CI; gain = vCoT - base in points (paired bootstrap CI, exact "
+           "McNemar p). Chance is 20%.", "",
+           "| model | kind | F | n | base | caption | vCoT | gain |", "|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        m = c.metrics["vcot"]["metrics"]
+        for fk in _fkeys(m):
+            b = m[fk]
+            out.append(f"| {c.name} | {c.kind} | {fk[1:]} | {b.get('n_items', '')} | {_pct(b.get('acc_base'))} | "
+                       f"{_pct(b.get('acc_caption'))} | {_pct(b.get('acc_vcot'))} | {_pts(b.get('gain'))} |")
     return out
+
+
+def pairs_section(pairs) -> tuple[list[str], dict]:
+    if not pairs:
+        return ["No matched pair of training runs (a run.json with `match.reference.checkpoint`) here."], {}
+    out, metrics = [], {}
+    for img, vid in pairs:
+        m = img.run["match"]
+        out += [f"### {img.name} (image) vs {vid.name} (video)", "",
+                f"{img.name} was stopped at {vid.name}'s consumption of **{m['unit']}** "
+                f"(target {m['target']:,}, achieved {m['achieved']:,}, relative error {m['rel_error']:.2%}).", "",
+                f"| consumed | {img.name} | {vid.name} | ratio |", "|---|---|---|---|"]
+        for u in AUDIT:
+            a, b = img.run.get("consumed", {}).get(u), vid.run.get("consumed", {}).get(u)
+            ratio = f"{a / b:.3f}" if a is not None and b else ""
+            out.append(f"| {u} | {a if a is not None else ''} | {b if b is not None else ''} | {ratio} |")
+        out += ["", "| F | gain image | gain video | gain(image) - gain(video) |", "|---|---|---|---|"]
+        for fk in _fkeys(img.metrics.get("vcot", {}).get("metrics", {})):
+            f = int(fk[1:])
+            c = gain_contrast(img, vid, f)
+            gi = img.metrics["vcot"]["metrics"][fk].get("gain")
+            gv = vid.metrics.get("vcot", {}).get("metrics", {}).get(fk, {}).get("gain")
+            out.append(f"| {f} | {_pts(gi)} | {_pts(gv)} | {_pts(c)} |")
+            if c:
+                key = f"contrast/{img.name}_vs_{vid.name}/f{f}"
+                metrics.update({f"{key}/value": c["value"], f"{key}/ci_low": c["ci_low"], f"{key}/ci_high": c["ci_high"]})
+        out.append("")
+    return out, metrics
+
+
+def shuffle_section(ckpts: list[Checkpoint]) -> list[str]:
+    rows = [c for c in ckpts if "shuffle" in c.metrics]
+    if not rows:
+        return ["No checkpoint has perturbation results yet."]
+    out = ["Accuracy under each perturbation of the vCoT input and the drop from vCoT (points, paired CI, "
+           "McNemar p). text = another video's infills; visual = another video's frames; words = the words "
+           "of each infill shuffled.", "",
+           "| model | F | vCoT | text | drop text | visual | drop visual | words | drop words |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        m = c.metrics["shuffle"]["metrics"]
+        for fk in _fkeys(m):
+            b = m[fk]
+            cells = [_pct(b.get("acc_vcot"))]
+            for p in ("text", "visual", "words"):
+                cells += [_pct(b.get(f"acc_{p}")), _pts(b.get(f"drop_{p}"))]
+            out.append(f"| {c.name} | {fk[1:]} | " + " | ".join(cells) + " |")
+    return out
+
+
+def iraven_section(ckpts: list[Checkpoint]) -> list[str]:
+    rows = [c for c in ckpts if "iraven" in c.metrics]
+    if not rows:
+        return ["No checkpoint has I-RAVEN results yet."]
+    configs = sorted({k for c in rows for k in c.metrics["iraven"]["metrics"].get("per_config", {})})
+    out = ["Accuracy in % (95% CI) per configuration; chance is 12.5%. Position bias = share of answers "
+           "on the most often predicted letter (12.5% when unbiased).", "",
+           "| model | average | " + " | ".join(configs) + " | position bias |",
+           "|---|---|" + "---|" * len(configs) + "---|"]
+    for c in rows:
+        m = c.metrics["iraven"]["metrics"]
+        per = m.get("per_config", {})
+        bias = m.get("position_bias")
+        bias_s = f"{100 * (bias['value'] if isinstance(bias, dict) else bias):.1f}" if bias is not None else ""
+        out.append(f"| {c.name} | {_pct(m.get('acc'))} | " + " | ".join(_pct(per.get(k)) for k in configs)
+                   + f" | {bias_s} |")
+    return out
+
+
+def metrics_csv(ckpts: list[Checkpoint]) -> str:
+    """Every estimate of every task and checkpoint, one row each."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["checkpoint", "kind", "task", "metric", "value", "ci_low", "ci_high", "n", "p_value"])
+
+    def walk(prefix: str, node, c: Checkpoint, task: str):
+        if isinstance(node, dict) and "value" in node and not isinstance(node["value"], dict):
+            w.writerow([c.name, c.kind, task, prefix, node["value"], node.get("ci_low", ""), node.get("ci_high", ""),
+                        node.get("n", ""), node.get("p_value", "")])
+        elif isinstance(node, dict):
+            for k, v in sorted(node.items()):
+                walk(f"{prefix}/{k}" if prefix else k, v, c, task)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            w.writerow([c.name, c.kind, task, prefix, node, "", "", "", ""])
+
+    for c in ckpts:
+        for task, m in c.metrics.items():
+            walk("", m.get("metrics", {}), c, task)
+    return buf.getvalue()
+
+
+def write_report(ckpt_dir: str | os.PathLike, track: bool = True) -> Path:
+    """Write report.md, report/*.png and report/metrics.csv under `ckpt_dir`; returns report.md."""
+    from evalsuite.plots import plot_gains, plot_iraven, plot_shuffle
+
+    root = Path(ckpt_dir).resolve()
+    ckpts = discover(root)
+    pairs = matched_pairs(ckpts)
+    pair_lines, contrast_metrics = pairs_section(pairs)
+    fig_dir = root / "report"
+    fig_dir.mkdir(exist_ok=True)
+    figures = [f for f in (plot_gains(ckpts, fig_dir), plot_shuffle(ckpts, fig_dir), plot_iraven(ckpts, fig_dir)) if f]
+    lines = [f"# Evaluation report: {root.name}", "",
+             f"{len(ckpts)} checkpoint(s): " + ", ".join(f"`{c.name}` ({c.kind})" for c in ckpts), "",
+             "## vCoT on long-form video QA", "", *vcot_section(ckpts), "",
+             "## Image run vs video run, scale-matched", "", *pair_lines, "",
+             "## Robustness to perturbations", "", *shuffle_section(ckpts), "",
+             "## I-RAVEN transfer", "", *iraven_section(ckpts), "",
+             "## Figures", "", *[f"![{f.stem}](report/{f.name})" for f in figures], "",
+             "Every metric with its CI: [report/metrics.csv](report/metrics.csv)."]
+    atomic_write_text(fig_dir / "metrics.csv", metrics_csv(ckpts))
+    out = root / "report.md"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    if track and ckpts:
+        from evalsuite.tracking import log_comparison
+
+        log_comparison(root, out, fig_dir, contrast_metrics, ckpts)
+    return out
+
+
+def summary_text(report: Path) -> str:
+    """The vCoT table and the contrasts, for printing at the end of `all` and of `make demo`."""
+    text = report.read_text()
+    start = text.index("## vCoT")
+    end = text.index("## Robustness")
+    return text[start:end].strip()

@@ -36,35 +36,41 @@ class OptionScores:
 
 def continuation_ids(processor, messages: list[dict], option: str) -> tuple[str, list[int]]:
     """(prefix text, token ids of the assistant turn `option`), tokenized as the full conversation is."""
+    prefix, conts = option_continuations(processor, messages, [option])
+    return prefix, conts[0]
+
+
+def option_continuations(processor, messages: list[dict], options: list[str]) -> tuple[str, list[list[int]]]:
+    """(prefix text, the token ids of each option's assistant turn); the prefix is rendered once."""
     tok = processor.tokenizer
     prefix = render(processor, messages, add_generation_prompt=True)
-    full = render(processor, list(messages) + [prompts.answer_turn(option)])
-    if not full.startswith(prefix):
-        raise ValueError("chat template is not prefix-consistent: the prompt with the generation prompt is not a "
-                         "prefix of the prompt with the answer; shared-prefix scoring cannot be used")
-    full_ids = tok(full, add_special_tokens=False)["input_ids"]
     prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
-    if full_ids[:len(prefix_ids)] == prefix_ids:
-        cont = full_ids[len(prefix_ids):]
-    else:  # a merge across the boundary: fall back to tokenizing the continuation alone
-        cont = tok(full[len(prefix):], add_special_tokens=False)["input_ids"]
-    if not cont:
-        raise ValueError(f"option {option!r} gives no tokens to score")
-    return prefix, cont
+    conts = []
+    for option in options:
+        full = render(processor, list(messages) + [prompts.answer_turn(option)])
+        if not full.startswith(prefix):
+            raise ValueError("chat template is not prefix-consistent: the prompt with the generation prompt is not "
+                             "a prefix of the prompt with the answer; shared-prefix scoring cannot be used")
+        full_ids = tok(full, add_special_tokens=False)["input_ids"]
+        if full_ids[:len(prefix_ids)] == prefix_ids:
+            cont = full_ids[len(prefix_ids):]
+        else:  # a merge across the boundary: fall back to tokenizing the continuation alone
+            cont = tok(full[len(prefix):], add_special_tokens=False)["input_ids"]
+        if not cont:
+            raise ValueError(f"option {option!r} gives no tokens to score")
+        conts.append(cont)
+    return prefix, conts
 
 
 @torch.no_grad()
 def score_options(model, processor, content: list[dict], images: list, options: list[str]) -> OptionScores:
     """Log-likelihood of every option after the user turn `content` (with `images`)."""
-    messages = prompts.conversation(content)
-    conts = []
-    prefix = None
-    for o in options:
-        prefix, ids = continuation_ids(processor, messages, o)
-        conts.append(ids)
+    prefix, conts = option_continuations(processor, prompts.conversation(content), options)
     enc = processor(text=[prefix], images=[list(images)] if images else None, return_tensors="pt")
     enc = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
-    out = model(**enc, use_cache=True)
+    # Only the last prefix position predicts an option token: at real scale the full logits of a
+    # 2k-token prefix over a 32k vocabulary would cost a large matmul and ~256 MB for nothing.
+    out = model(**enc, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     cache = out.past_key_values
     k, longest = len(conts), max(len(c) for c in conts)

@@ -10,41 +10,23 @@ another process holds the sqlite lock.
 
 from __future__ import annotations
 
-import os
-import random
 import time
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# One store convention and one retry policy for the whole toolkit: the trainer's.
+from train.tracking import artifact_root, default_tracking_uri, retry
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EXPERIMENT = "evalsuite"
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
-
-
-def _artifact_root(uri: str) -> str | None:
-    if uri.startswith("sqlite:///"):
-        return str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
-    return None
+    return default_tracking_uri()
 
 
 def _same_store(a: str, b: str) -> bool:
     norm = [str(Path(u.removeprefix("sqlite:///")).resolve()) if u.startswith("sqlite:///") else u.rstrip("/")
             for u in (a, b)]
     return norm[0] == norm[1]
-
-
-def retry(fn, *args, attempts: int = 8, **kwargs):
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # mlflow wraps sqlite's OperationalError in its own exception types
-            if "locked" not in str(e).lower() or i == attempts - 1:
-                raise
-            time.sleep(0.2 * 2**i * (1 + random.random()))
 
 
 class EvalTracker:
@@ -71,7 +53,7 @@ class EvalTracker:
         exp = retry(self.client.get_experiment_by_name, name)
         if exp is not None:
             return exp.experiment_id
-        return retry(self.client.create_experiment, name, artifact_location=_artifact_root(self.uri))
+        return retry(self.client.create_experiment, name, artifact_location=artifact_root(self.uri))
 
     def log_evaluation(self, ckpt, metrics: dict[str, float], params: dict[str, str],
                        artifacts: list[tuple[Path, str]], siblings=()) -> str:
@@ -113,3 +95,34 @@ class EvalTracker:
                 retry(self.client.log_artifact, run_id, str(path), artifact_path)
         retry(self.client.set_terminated, run_id, "FINISHED")
         return run_id
+
+
+def log_comparison(root: Path, report: Path, fig_dir: Path, metrics: dict[str, float], ckpts) -> str | None:
+    """The "comparison" run: the report, its figures and CSV as artifacts, the contrasts as metrics.
+
+    It joins the experiment of the compared training runs (so the UI shows it beside them) and
+    lists their run ids as tags.
+    """
+    from mlflow.entities import Metric, RunTag
+
+    tracker = EvalTracker()
+    train_ids = [c.run["mlflow_run_id"] for c in ckpts if c.run.get("mlflow_run_id")]
+    exp_id = None
+    for rid in train_ids:
+        run = tracker._training_run({"mlflow_run_id": rid, "tracking_uri": None})
+        if run is not None:
+            exp_id = run.info.experiment_id
+            break
+    exp_id = exp_id or tracker._experiment_id(tracker.experiment)
+    tags = {"evalsuite.kind": "comparison", "evalsuite.ckpt_dir": str(root),
+            "compared_runs": ",".join(train_ids), "compared_checkpoints": ",".join(c.name for c in ckpts)}
+    run = retry(tracker.client.create_run, exp_id, run_name=f"comparison-{root.name}", tags=tags)
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    if metrics:
+        retry(tracker.client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
+    retry(tracker.client.log_artifact, run_id, str(report), "report")
+    retry(tracker.client.log_artifacts, run_id, str(fig_dir), "report/report")
+    retry(tracker.client.log_batch, run_id, tags=[RunTag("evalsuite.report", str(report))])
+    retry(tracker.client.set_terminated, run_id, "FINISHED")
+    return run_id

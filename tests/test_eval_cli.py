@@ -50,8 +50,10 @@ def test_all_evaluates_runs_and_their_outside_base_then_skips(tmp_path, tmp_path
         assert f"| {name} |" in out  # the report table is printed
     assert json.loads((root / "base-tiny-llava" / "base.json").read_text())["model"] == str(base.resolve())
     report = (root / "report.md").read_text()
-    kinds = [line.split(" | ")[1] for line in report.splitlines() if line.startswith(("| base-", "| image", "| video"))]
-    assert kinds == ["base", "adapter", "adapter"]
+    vcot_table = report.split("## vCoT")[1].split("\n## ")[0]
+    kinds = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in vcot_table.splitlines()
+             if line.startswith(("| base-", "| image", "| video"))}
+    assert kinds == {"base-tiny-llava": "base", "image_run": "adapter", "video_run": "adapter"}
 
     runs = {r.data.tags["evalsuite.checkpoint"].rsplit("/", 1)[-1]: r
             for r in client.search_runs([exp]) if "evalsuite.checkpoint" in r.data.tags}

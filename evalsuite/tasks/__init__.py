@@ -3,7 +3,7 @@
     python -m evalsuite vcot ckpt/run      # one task
     python -m evalsuite all ckpt/          # every task below, on every checkpoint
 
-To add a task (the perturbation `shuffle`, `iraven`, ...): write `evalsuite/tasks/<name>.py` with a
+To add a task: write `evalsuite/tasks/<name>.py` with a
 `Task` subclass (contract in `evalsuite.tasks.base`) and add one line to `TASKS`.
 """
 
@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from evalsuite.config import did_you_mean
 from evalsuite.tasks.base import Task
+from evalsuite.tasks.iraven import IRavenTask
+from evalsuite.tasks.shuffle import ShuffleTask
 from evalsuite.tasks.vcot import VCoTTask
 
 TASKS: dict[str, type[Task]] = {
     "vcot": VCoTTask,
+    "shuffle": ShuffleTask,
+    "iraven": IRavenTask,
 }
 
 

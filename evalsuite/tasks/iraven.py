@@ -1,0 +1,151 @@
+"""I-RAVEN transfer: does finetuning on video help a VLM complete Raven's progressive matrices?
+
+Each puzzle (8 context panels, 8 candidates, one answer: chance 12.5%) is shown as one composite
+image (default) or as 16 images (`--iraven-layout separate`; see `evalsuite.raven_prompt`) and
+answered with a letter A-H: loglik scores the eight one-letter answers, generate reads the letter
+out of the reply. Metrics: accuracy overall and per configuration (bootstrap CIs), the chance level,
+and the answer-position bias: predicted against target letters, and the share of predictions on the
+most predicted letter (~0.125 unbiased, targets being balanced; 1.0 when always the same letter).
+
+Data: the test split of an official-layout directory (`--iraven-data DIR`), or by default a test
+split made once by `evalsuite.iraven.generate_dataset` (seed 2026, `--limit` puzzles per
+configuration, default 20) under the cache directory and reused by every checkpoint.
+
+    python -m evalsuite iraven ckpt/video_100k --limit 50
+    python -m evalsuite iraven ckpt/video_100k --iraven-data data/I-RAVEN --iraven-layout separate
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalsuite import raven_prompt
+from evalsuite.iraven import CONFIG_NAMES, IRavenFormatError, generate_dataset, read_npz
+from evalsuite.iraven.loader import split_files
+from evalsuite.raven_prompt import LETTERS
+from evalsuite.scoring import score_options
+from evalsuite.stats import accuracy_ci
+from evalsuite.tasks.base import Task
+
+SEED, PER_CONFIG = 2026, 20  # the generated test split: one fixed set for every checkpoint
+CHANCE = 1 / len(LETTERS)
+
+
+@dataclass(frozen=True)
+class Puzzle:
+    id: str  # "<config>/RAVEN_<k>_test": unique across configurations
+    config: str
+    path: Path
+
+
+class IRavenTask(Task):
+    name = "iraven"
+    description = "Raven's progressive matrices (I-RAVEN, 8 candidates): accuracy per configuration, position bias"
+
+    _puzzles: list[Puzzle] | None = None  # listed on first use: a finished checkpoint needs no data
+
+    def settings(self, subject_info: dict) -> dict:
+        cfg = self.cfg
+        data = {"data": str(Path(cfg.iraven_data).expanduser().resolve()), "per_config": cfg.iraven_limit or cfg.limit} \
+            if cfg.iraven_data else {"data": "generated", "generator_seed": SEED, "per_config": cfg.iraven_limit or cfg.limit or PER_CONFIG}
+        out = {"task": self.name, **data, "layout": cfg.iraven_layout, "scoring": cfg.scoring, "seed": cfg.seed,
+               "n_boot": cfg.n_boot, "prompts": raven_prompt.RAVEN_HASH,
+               "checkpoint": {k: v for k, v in subject_info.items() if k.endswith("fingerprint")}}
+        return out | ({"answer_tokens": cfg.answer_tokens} if cfg.scoring == "generate" else {})
+
+    def _generated(self) -> Path:
+        n = self.cfg.iraven_limit or self.cfg.limit or PER_CONFIG
+        root = Path(self.resources.cache_dir) / "iraven" / f"seed{SEED}_n{n}"
+        if not root.is_dir():
+            # Written aside, then renamed: ranks each write an identical copy, the first rename wins.
+            root.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+            generate_dataset(tmp, per_config=n, seed=SEED, val=0, test=10)  # val=0, test=10: all test
+            try:
+                tmp.rename(root)
+            except OSError:
+                shutil.rmtree(tmp)
+        return root
+
+    def items(self) -> list[Puzzle]:
+        if self._puzzles is None:
+            root = Path(self.cfg.iraven_data).expanduser().resolve() if self.cfg.iraven_data else self._generated()
+            self._puzzles = [Puzzle(f"{config}/{p.stem}", config, p) for config, paths in
+                             split_files(root, "test").items() for p in paths[:self.cfg.iraven_limit or self.cfg.limit]]
+        return self._puzzles
+
+    def keys(self, item: Puzzle) -> list[str]:
+        return [item.id]
+
+    def predict(self, subject, item: Puzzle, todo: list[str]) -> list[dict]:
+        layout = self.cfg.iraven_layout
+        row = {"key": item.id, "item": item.id, "config": item.config, "layout": layout}
+        try:
+            rec = read_npz(item.path, item.config)
+        except IRavenFormatError as e:
+            return [row | {"error": str(e)}]
+        if layout == "composite":
+            row["image_size"] = size = raven_prompt.model_image_size(subject.processor)
+            images = [raven_prompt.render_composite(rec.image, size)]
+        else:
+            images = raven_prompt.separate_images(rec.image)
+        content, row["answer"] = raven_prompt.user_content(layout), rec.target
+        if self.cfg.scoring == "loglik":
+            scores = score_options(subject.model, subject.processor, content, images, list(LETTERS))
+            row |= {"pred": scores.choice, "logliks": scores.logliks}
+        else:
+            answer = subject.chat.generate([content], [images], max_new_tokens=self.cfg.answer_tokens)[0]
+            pred = raven_prompt.letter_choice(answer)
+            row |= {"pred": pred, "output": answer, "extraction": "failed" if pred is None else "letter"}
+        row["correct"] = row["pred"] == rec.target
+        return [row]
+
+    def summarize(self, rows: list[dict]) -> dict:
+        ok = [r for r in rows if not r.get("error")]
+        out: dict = {"n_items": len(ok), "chance": CHANCE}
+        if not ok:
+            return out
+
+        def acc(rs: list[dict]) -> dict:
+            return accuracy_ci([r["correct"] for r in rs], n_boot=self.cfg.n_boot, seed=self.cfg.seed).to_dict()
+
+        out["acc"] = acc(ok)
+        out["per_config"] = {c: acc(rs) for c in CONFIG_NAMES if (rs := [r for r in ok if r["config"] == c])}
+        # joint[target][predicted]: the report can show whether errors pile up on one answer position
+        joint = [[0] * len(LETTERS) for _ in LETTERS]
+        for r in ok:
+            if r["pred"] is not None:
+                joint[r["answer"]][r["pred"]] += 1
+        predicted = [sum(col) for col in zip(*joint)]
+        target = [sum(1 for r in ok if r["answer"] == i) for i in range(len(LETTERS))]
+        n_pred, top = sum(predicted), max(range(len(LETTERS)), key=lambda i: (predicted[i], -i))
+        out["position"] = {"letters": LETTERS, "predicted": predicted, "target": target, "joint": joint,
+                           "failed": len(ok) - n_pred}
+        out["position_bias"] = {"value": predicted[top] / n_pred if n_pred else None, "n": n_pred,
+                                "letter": LETTERS[top] if n_pred else None, "target_share": max(target) / len(ok)}
+        if self.cfg.scoring == "generate":
+            out["failed"] = {"value": (len(ok) - n_pred) / len(ok), "n": len(ok), "count": len(ok) - n_pred}
+        return out
+
+    def flat_metrics(self, summary: dict) -> dict[str, float]:
+        flat = {f"{self.name}/n": float(summary["n_items"]), f"{self.name}/chance": summary["chance"]}
+        named = [("acc", summary.get("acc"))] + [(f"{c}/acc", e) for c, e in summary.get("per_config", {}).items()]
+        for name, est in named:
+            if est:
+                flat |= {f"{self.name}/{name}{s}": float(est[k]) for k, s in
+                         (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))}
+        for name in ("position_bias", "failed"):
+            if summary.get(name, {}).get("value") is not None:
+                flat[f"{self.name}/{name}"] = float(summary[name]["value"])
+        return flat
+
+    @staticmethod
+    def headline(summary: dict) -> str:  # acc 0.231 [0.164, 0.300] (n=140, chance 0.125)  position bias 0.41 on C
+        if "acc" not in summary:
+            return "no puzzle evaluated"
+        a, b = summary["acc"], summary["position_bias"]
+        bias = f"  position bias {b['value']:.2f} on {b['letter']}" if b["value"] is not None else ""
+        return f"acc {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] (n={a['n']}, chance {CHANCE:.3f}){bias}"
