@@ -168,7 +168,9 @@ def test_compare_view_in_headless_chromium(server, pipeline):
     dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
     subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=180)
     assert "eval-image_mini" in dom and "eval-video_mini" in dom
-    assert "vcot/f3/gain" in dom
+    assert "Comparing 2 Runs" in dom
+    # The page renders the shared metric names (its metric table is virtualised, so not all of them).
+    assert any(name in dom for name in ("vcot/f3/gain", "iraven/acc", "shuffle/f3/drop_text"))
     from PIL import Image
 
     im = Image.open(shot).convert("L")
