@@ -47,6 +47,8 @@ demo: setup
 	$(PY) -m evalsuite all ckpt/ --infills oracle --limit 150 --iraven-limit 20
 	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$${PORT:-5000})"
 
+# Speed against the obvious alternatives, measured side by side in one run (about 10 minutes on
+# 2 cores); prints one table and writes it to bench-results.md. Not part of `make test`.
 bench: setup
 	$(PY) -m pytest -q -m bench tests/benchmarks -s
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import re
 import shutil
 from dataclasses import dataclass, field
 from itertools import islice
@@ -105,7 +106,18 @@ def read_manifest(out_dir: Path) -> dict:
     f = Path(out_dir) / MANIFEST
     if not f.exists():
         raise BuildError(f"{f} does not exist: build the recipe first (python -m data_recipes build NAME)")
-    return json.loads(f.read_text())
+    try:
+        m = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BuildError(f"{f}: not valid JSON ({e}); rebuild the recipe") from None
+    if not isinstance(m, dict) or not isinstance(m.get("shards"), list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("sha256"), str)
+            for s in m["shards"]):
+        raise BuildError(f"{f}: field 'shards' must be a list of {{'name', 'sha256', ...}}; rebuild the recipe")
+    for s in m["shards"]:  # shard names become paths: they must stay inside the build directory
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.tar", s["name"]):
+            raise BuildError(f"{f}: shard name {s['name']!r} is not a plain .tar file name in {Path(out_dir)}")
+    return m
 
 
 def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> dict:
@@ -205,11 +217,24 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
             raise BuildError(f"recipe {recipe.name}: matched {achieved} {unit} to {target} of {recipe.match.to}: "
                              f"relative error {match['rel_error']:.2%} > {MAX_MATCH_ERROR:.1%}")
     atomic_write_json(tmp / MANIFEST, manifest)
-    # Swap the finished build in: a crash before this line leaves the previous build untouched.
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    _swap_in(tmp, out_dir)
     return manifest
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Put a finished build in place of the previous one.
+
+    The old build is renamed aside first, the new one renamed in, and only then is the old one
+    deleted: at every instant `out_dir` is the complete old build, absent for the instant between two
+    renames (the old one then sits in `.NAME.old`, which the next build clears), or the complete new one.
+    """
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def verify(out_dir: str | Path) -> list[str]:

@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -91,8 +92,8 @@ class Recipe:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-def _did_you_mean(key: str, allowed) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
+def _did_you_mean(key, allowed) -> str:
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -104,12 +105,27 @@ def _build(cls, data, where: str):
     for k in data:
         if k not in names:
             raise RecipeError(f"{where}: unknown key '{k}'{_did_you_mean(str(k), names)}")
+    for f in dataclasses.fields(cls):
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError(f"{where}: field '{f.name}' is required")
     return cls(**data)
 
 
 def _expect(cond: bool, where: str, msg: str):
     if not cond:
         raise RecipeError(f"{where}: {msg}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_opt_str(v) -> bool:
+    return v is None or isinstance(v, str)
 
 
 def expand_path(value: str, where: str) -> Path:
@@ -124,6 +140,8 @@ def expand_path(value: str, where: str) -> Path:
 
 
 def parse_recipe(data: dict, name: str, where: str) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe must be a mapping of fields, got {type(data).__name__}")
     data = dict(data)
     data.setdefault("name", name)
     if "sources" not in data:
@@ -137,28 +155,35 @@ def parse_recipe(data: dict, name: str, where: str) -> Recipe:
     # The name becomes a directory under the output root: it must not be able to escape it.
     _expect(isinstance(r.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", r.name) is not None, where,
             f"field 'name' must be letters, digits, '_', '-' or '.', got {r.name!r}")
-    _expect(r.kind in ("image", "video"), where, f"field 'kind' must be image or video, got {r.kind!r}")
+    _expect(isinstance(r.kind, str) and r.kind in ("image", "video"), where,
+            f"field 'kind' must be image or video, got {r.kind!r}")
     _expect((r.samples is None) != (r.match is None), where, "give exactly one of 'samples' or 'match'")
     if r.samples is not None:
-        _expect(isinstance(r.samples, int) and r.samples > 0, where, "field 'samples' must be a positive integer")
+        _expect(_is_int(r.samples) and r.samples > 0, where, f"field 'samples' must be a positive integer, got {r.samples!r}")
     if r.match:
-        _expect(r.match.by in MATCH_UNITS, where,
+        _expect(isinstance(r.match.by, str) and r.match.by in MATCH_UNITS, where,
                 f"match.by must be one of {', '.join(MATCH_UNITS)}, got {r.match.by!r}{_did_you_mean(r.match.by, MATCH_UNITS)}")
+        _expect(isinstance(r.match.to, str) and r.match.to != "", where,
+                f"match.to must be the name or path of another recipe, got {r.match.to!r}")
         _expect(r.match.to != r.name, where, "a recipe cannot be matched to itself")
     for i, s in enumerate(r.sources):
         sw = f"{where}: sources[{i}]"
-        _expect(s.type in SOURCE_TYPES, sw,
-                f"type must be one of {', '.join(SOURCE_TYPES)}, got {s.type!r}{_did_you_mean(str(s.type), SOURCE_TYPES)}")
-        _expect(isinstance(s.weight, (int, float)) and s.weight > 0, sw, "weight must be a positive number")
+        _expect(isinstance(s.type, str) and s.type in SOURCE_TYPES, sw,
+                f"type must be one of {', '.join(SOURCE_TYPES)}, got {s.type!r}{_did_you_mean(s.type, SOURCE_TYPES)}")
+        _expect(_is_number(s.weight) and s.weight > 0, sw, f"weight must be a positive number, got {s.weight!r}")
+        _expect(_is_opt_str(s.path) and _is_opt_str(s.media_root), sw, "'path' and 'media_root' must be strings")
         if s.type.startswith("llava"):
             _expect(bool(s.path) and bool(s.media_root), sw, f"a {s.type} source needs 'path' and 'media_root'")
         _expect(s.type.endswith(r.kind), sw, f"a {s.type} source cannot feed a {r.kind} recipe")
     for fld, lo in (("frames", 1), ("image_size", 8), ("shard_size", 1)):
-        _expect(isinstance(getattr(r, fld), int) and getattr(r, fld) >= lo, where, f"field '{fld}' must be an integer >= {lo}")
-    _expect(isinstance(r.seed, int), where, "field 'seed' must be an integer")
-    _expect(r.split in SPLITS, where, f"field 'split' must be one of {', '.join(SPLITS)}")
-    _expect(isinstance(r.max_bad_fraction, (int, float)) and 0 <= r.max_bad_fraction < 1, where,
+        _expect(_is_int(getattr(r, fld)) and getattr(r, fld) >= lo, where, f"field '{fld}' must be an integer >= {lo}")
+    _expect(_is_int(r.seed), where, "field 'seed' must be an integer")
+    _expect(isinstance(r.split, str) and r.split in SPLITS, where, f"field 'split' must be one of {', '.join(SPLITS)}")
+    _expect(_is_number(r.max_bad_fraction) and 0 <= r.max_bad_fraction < 1, where,
             "field 'max_bad_fraction' must be in [0, 1)")
+    _expect(_is_opt_str(r.model), where, "field 'model' must be a model directory (a string)")
+    _expect(isinstance(r.description, str), where, "field 'description' must be a string")
+    _expect(_is_opt_str(r.path), where, "field 'path' must be a string")
     _expect(isinstance(r.train, dict), where, "field 'train' must be a mapping")
     return r
 

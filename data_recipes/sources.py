@@ -98,6 +98,9 @@ def conversation_to_messages(conv, n_images: int, where: str) -> list[dict]:
         raise ValueError(f"{where}: {tags} media tags for one image/video")
     if tags == 0:  # LLaVA data without a tag: the media go before the first question
         messages[0]["content"] = [{"type": "image"}] * n_images + messages[0]["content"]
+    for t, m in enumerate(messages):
+        if not m["content"]:
+            raise ValueError(f"{where}: conversations[{t}] (human) holds neither text nor media")
     return messages
 
 

@@ -26,6 +26,7 @@ SYNTHETIC_ITEMS = 200  # default size of the synthetic benchmark when --limit is
 SYNTHETIC_CLIP_FRAMES = 32
 SYNTHETIC_IMAGE_SIZE = 64
 _OPTION_KEY = re.compile(r"^option (\d+)$")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class BenchmarkError(ValueError):
@@ -98,23 +99,33 @@ class EgoSchema(Benchmark):
         if not qfile.is_file():
             raise BenchmarkError(f"{qfile}: missing (an EgoSchema directory holds questions.json, "
                                  f"subset_answers.json and videos/<q_uid>.mp4)")
-        questions = json.loads(qfile.read_text())
-        answers = json.loads(afile.read_text()) if afile.is_file() else {}
+        questions = _read_json(qfile)
+        answers = _read_json(afile) if afile.is_file() else {}
         if not isinstance(questions, list):
             raise BenchmarkError(f"{qfile}: expected a list of questions")
+        if not isinstance(answers, dict):
+            raise BenchmarkError(f"{afile}: expected a mapping {{q_uid: 0..4}}")
         self.size, self._lengths = image_size, {}
         answered = []
-        for q in questions:
+        for n, q in enumerate(questions):
+            if not isinstance(q, dict):
+                raise BenchmarkError(f"{qfile}: question [{n}] must be an object with 'q_uid', 'question', "
+                                     f"'option 0'..'option 4', got {type(q).__name__}")
             uid = q.get("q_uid")
-            if not uid:
-                raise BenchmarkError(f"{qfile}: a question without 'q_uid': {str(q)[:80]}")
+            if not uid or not isinstance(uid, str):
+                raise BenchmarkError(f"{qfile}: question [{n}] has no 'q_uid' (a string): {str(q)[:80]}")
+            if not _PLAIN_NAME.fullmatch(uid):
+                # q_uid names the video file: it must not reach outside videos/
+                raise BenchmarkError(f"{qfile}: q_uid {uid!r} is not a plain file name (letters, digits, '_', '-', '.')")
+            if not isinstance(q.get("question"), str):
+                raise BenchmarkError(f"{qfile}: q_uid {uid} has no field 'question' (a string)")
             options = _options(q, qfile, uid)
-            answer = answers.get(uid, q.get("answer"))
-            if answer is None:
+            given = answers.get(uid, q.get("answer"))
+            if given is None:
                 continue  # unanswered questions (the hidden part of EgoSchema) cannot be scored
-            if int(answer) not in range(5):
-                raise BenchmarkError(f"{afile}: answer {answer!r} of q_uid {uid} is not 0..4")
-            answered.append(Item(uid, q["question"], options, int(answer), uid, {}, root / "videos" / f"{uid}.mp4"))
+            if (answer := _answer(given)) is None:
+                raise BenchmarkError(f"{afile}: answer {given!r} of q_uid {uid} is not 0..4")
+            answered.append(Item(uid, q["question"], options, answer, uid, {}, root / "videos" / f"{uid}.mp4"))
         if not answered:
             raise BenchmarkError(f"{root}: no question has an answer (subset_answers.json or an 'answer' field)")
         self.unanswered = len(questions) - len(answered)
@@ -134,6 +145,22 @@ class EgoSchema(Benchmark):
 
     def describe(self) -> dict:
         return {**super().describe(), "unanswered": self.unanswered}
+
+
+def _answer(value) -> int | None:
+    """0..4 from an int or a digit string; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 5:
+        return value
+    if isinstance(value, str) and value.strip() in ("0", "1", "2", "3", "4"):
+        return int(value)
+    return None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchmarkError(f"{path}: not valid JSON ({e})") from None
 
 
 def _options(q: dict, qfile: Path, uid: str) -> list[str]:

@@ -94,19 +94,30 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
         run = json.loads((p / "run.json").read_text()) if (p / "run.json").is_file() else {}
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{p / 'run.json'}: not valid JSON ({e})") from None
+    if not isinstance(run, dict):
+        raise CheckpointError(f"{p / 'run.json'}: expected an object (base_model, recipe, ...), got {type(run).__name__}")
     if (p / "adapter_config.json").is_file():
-        if "base_model" not in run:
+        if not isinstance(run.get("base_model"), str):
             raise CheckpointError(f"{p}: an adapter needs run.json with 'base_model' to know what to load it on")
+        if not (p / "adapter_model.safetensors").is_file():
+            # weights load from safetensors only: a pickled .bin can run code when it is unpickled
+            extra = " It holds adapter_model.bin only: convert it to safetensors." if any(p.glob("*.bin")) else ""
+            raise CheckpointError(f"{p}: no adapter_model.safetensors (the adapter's weights).{extra}")
         return CheckpointRef(p, p, "adapter", resolve_base_model(run["base_model"], p), run)
     if (p / "base.json").is_file():
-        target = Path(json.loads((p / "base.json").read_text())["model"])
+        try:
+            target = Path(json.loads((p / "base.json").read_text())["model"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{p / 'base.json'}: expected {{\"model\": PATH}} ({type(e).__name__}: {e})") from None
         if not is_model_dir(target):
             raise CheckpointError(f"{p / 'base.json'}: model {target} is not an HF model directory any more")
         return CheckpointRef(p, target, "model")
     if is_model_dir(p):
         return CheckpointRef(p, p, "model", run=run)
+    extra = (" It holds .bin weights only: weights load from safetensors only, convert them."
+             if (p / "config.json").is_file() and any(p.glob("*.bin")) else "")
     raise CheckpointError(f"'{p}' is not a checkpoint: no adapter_config.json + run.json, no config.json + "
-                          f"*.safetensors, no base.json")
+                          f"*.safetensors, no base.json.{extra}")
 
 
 def discover(root: str | os.PathLike, broken: list[str] | None = None) -> list[CheckpointRef]:

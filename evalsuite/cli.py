@@ -110,9 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from(args)
         return _evaluate(args, cfg)
-    except ConfigError as e:
+    except (ConfigError, *_user_errors()) as e:
+        # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from evalsuite.benchmarks import BenchmarkError
+    from evalsuite.checkpoints import CheckpointError
+    from evalsuite.infills import InfillError
+    from evalsuite.iraven import IRavenFormatError
+    from evalsuite.outputs import OutputError
+    from train.families import FamilyError
+
+    return (BenchmarkError, CheckpointError, InfillError, IRavenFormatError, OutputError, FamilyError)
 
 
 def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:

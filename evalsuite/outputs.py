@@ -110,6 +110,8 @@ class TaskOutputs:
         if not self.settings.is_file():
             write_json_atomic(self.settings, settings)
         self.metrics.unlink(missing_ok=True)  # stale once predictions change
+        for tmp in self.dir.glob(".*.tmp-*"):  # left by a process killed inside an atomic write
+            tmp.unlink(missing_ok=True)
         return moved
 
     def _all_parts(self) -> list[Path]:

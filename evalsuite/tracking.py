@@ -4,8 +4,9 @@ Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo>/mlruns/mlflow.db` 
 `<repo>/mlruns/artifacts`. One run per checkpoint evaluation, in the experiment of the checkpoint's
 training run and nested under it (`mlflow.parentRunId`) when that run is in the same store, so the
 compare view lines image and video checkpoints up by metric name (`vcot/f5/gain`, ...). A base model
-has no training run: its evaluation joins the experiment of a run trained on it. Writes retry while
-another process holds the sqlite lock.
+has no training run: its evaluation joins the experiment of a run trained on it. The store is opened,
+the experiment created and every write retried with the trainer's helpers (`train.tracking`), so
+evaluations and training runs can share one sqlite file at the same time.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 # One store convention and one retry policy for the whole toolkit: the trainer's.
-from train.tracking import artifact_root, default_tracking_uri, retry
+from train.tracking import artifact_root, default_tracking_uri, experiment_id, make_client, retry
 
 DEFAULT_EXPERIMENT = "evalsuite"
 
@@ -31,12 +32,10 @@ def _same_store(a: str, b: str) -> bool:
 
 class EvalTracker:
     def __init__(self, uri: str | None = None, experiment: str | None = None):
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri or tracking_uri()
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(self.uri)
+        self.client = make_client(self.uri)  # a fresh store is created by one process at a time
         self.experiment = experiment or DEFAULT_EXPERIMENT
 
     def _training_run(self, run_info: dict):
@@ -50,10 +49,7 @@ class EvalTracker:
             return None
 
     def _experiment_id(self, name: str) -> str:
-        exp = retry(self.client.get_experiment_by_name, name)
-        if exp is not None:
-            return exp.experiment_id
-        return retry(self.client.create_experiment, name, artifact_location=artifact_root(self.uri))
+        return experiment_id(self.client, name, artifact_root(self.uri))
 
     def log_evaluation(self, ckpt, metrics: dict[str, float], params: dict[str, str],
                        artifacts: list[tuple[Path, str]], siblings=()) -> str:

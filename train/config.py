@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -152,12 +153,18 @@ def _coerce(key: str, value, where: str):
             if not isinstance(value, bool):
                 raise ValueError(value)
             return value
+        # Only scalars: str(None), str({...}) or str(a date) would pass silently as text.
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(value)
+        if typ is str:
+            return value if isinstance(value, str) else str(value)  # `run_name: 2024` in YAML is an int
         if typ is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
-        if typ in (int, float) and isinstance(value, bool):
+        out = typ(value)
+        if typ is float and not math.isfinite(out):
             raise ValueError(value)
-        return typ(value)
-    except (TypeError, ValueError):
+        return out
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: '{key}' must be {typ.__name__}, got {value!r}") from None
 
 

@@ -3,8 +3,14 @@
 One straight chain, per pass over the data:
 
     shard list -> seeded shard shuffle (per pass) -> split by node -> split by worker
-      -> tar samples (webdataset; a bad member is counted, not fatal) -> seeded shuffle buffer
-      -> decode -> batch -> collate with the family's chat template (labels on assistant tokens)
+      -> tar samples (webdataset; a bad member is counted, not fatal) -> sample check -> seeded
+      shuffle buffer -> decode -> batch -> collate with the family's chat template (labels on assistant tokens)
+
+Each shard is read on its own, and every sample is checked before it enters the buffer: its `json`
+member parses into the sample schema and its message markers match its image members. A truncated
+shard therefore costs the samples from the cut on (the sample the cut went through is incomplete and
+dropped), a sample of the wrong shape is dropped, and both are counted in `errors` (first ones in
+`error_examples`), never a crash of the run or a half sample in a batch.
 
 The stream is endless (pass after pass, each reshuffled), so a budget larger than one pass simply
 continues, and every batch is a pure function of (seed, rank, world size, workers, position): that
@@ -17,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +31,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from train.chat import encode
+from train.chat import ConversationError, encode, validate_messages
+
+_EXAMPLES = 5
 
 
 @dataclass
@@ -35,12 +44,12 @@ class Batch:
     pass_index: int
 
 
+def _image_names(sample: dict) -> list[str]:
+    return ["jpg"] if "jpg" in sample else sorted(k for k in sample if k.endswith(".jpg"))
+
+
 def _images(sample: dict) -> list[Image.Image]:
-    if "jpg" in sample:
-        names = ["jpg"]
-    else:
-        names = sorted(k for k in sample if k.endswith(".jpg"))
-    return [Image.open(io.BytesIO(sample[k])).convert("RGB") for k in names]
+    return [Image.open(io.BytesIO(sample[k])).convert("RGB") for k in _image_names(sample)]
 
 
 class ShardStream(IterableDataset):
@@ -52,6 +61,7 @@ class ShardStream(IterableDataset):
         self.seed, self.rank, self.world = seed, rank, world
         self.shuffle_buffer, self.skip_batches = shuffle_buffer, skip_batches
         self.errors = 0
+        self.error_examples: list[str] = []
 
     def _reader(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -64,14 +74,12 @@ class ShardStream(IterableDataset):
         random.Random(f"shards:{self.seed}:{pass_index}").shuffle(shards)
         by_shard = len(shards) >= readers
         mine = shards[reader::readers] if by_shard else shards
-        stream = wds.tarfile_to_samples(handler=self._count_error)(iter({"url": u} for u in mine))
         rng = random.Random(f"buffer:{self.seed}:{pass_index}:{reader}:{readers}")
         buf = []
-        for i, s in enumerate(stream):
+        for i, s in enumerate(self._samples(mine)):
             if not by_shard and i % readers != reader:
                 continue
-            if "json" not in s:
-                self.errors += 1
+            if not self._sound(s):
                 continue
             buf.append(s)
             if len(buf) >= self.shuffle_buffer:
@@ -79,9 +87,36 @@ class ShardStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
+    def _samples(self, urls: list[str]):
+        """Raw samples shard by shard: a shard cut mid-sample cannot lend its partial last sample's key
+        to the next shard's members (webdataset groups members by key across shard boundaries when a
+        shard ends in an error)."""
+        for u in urls:
+            yield from wds.tarfile_to_samples(handler=self._count_error)(iter([{"url": u}]))
+
+    def _sound(self, s: dict) -> bool:
+        """Whether a raw sample is complete and of the sample schema; counts it as an error if not."""
+        where = f"{s.get('__url__', '?')}: sample {s.get('__key__', '?')}"
+        try:
+            if "json" not in s:
+                raise ConversationError(f"{where}: no json member")
+            js = json.loads(s["json"])
+            if not isinstance(js, dict):
+                raise ConversationError(f"{where}: json member must be an object, got {type(js).__name__}")
+            validate_messages(js.get("messages"), len(_image_names(s)), where=where)
+        except (ValueError, UnicodeDecodeError) as e:  # ConversationError and JSONDecodeError are ValueErrors
+            self._count_error(e)
+            return False
+        return True
+
     def _count_error(self, exn) -> bool:
         # A truncated shard or a bad member costs its samples, never the run; they are counted.
         self.errors += 1
+        if len(self.error_examples) < _EXAMPLES:
+            self.error_examples.append(str(exn)[:300])
+        if self.errors & (self.errors - 1) == 0:  # 1st, 2nd, 4th, 8th...: visible from any worker, never a flood
+            print(f"[data] skipped a bad shard member or sample ({self.errors} so far in this reader): "
+                  f"{str(exn)[:300]}", file=sys.stderr, flush=True)
         return True
 
     def _endless(self, reader: int, readers: int):

@@ -1,12 +1,19 @@
 """The trainer's only contact with MLflow: a thin tracker the main process uses.
 
 Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
-`<repo>/mlruns/artifacts` (MLflow 3's file store is in maintenance mode and refuses to start). Writes
-retry when several processes share the sqlite file ("database is locked").
+`<repo>/mlruns/artifacts` (MLflow 3's file store is in maintenance mode and refuses to start).
+
+Several processes (a training run, evaluations) may share one sqlite file at once:
+- `make_client` opens the store under an exclusive file lock beside the database, so that only one
+  process creates the tables of a fresh store (MLflow's own store creation is not safe when two
+  processes race: "table ... already exists");
+- `retry` repeats a write while another process holds the sqlite lock ("database is locked");
+- `experiment_id` creates an experiment or, when another process created it first, reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -39,22 +46,67 @@ def retry(fn, *args, attempts: int = 8, **kwargs):
             time.sleep(0.2 * 2**i * (1 + random.random()))
 
 
+def _lock_file(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return db.with_name(f".{db.name}.init.lock")
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Exclusive across processes (flock) while a sqlite store is opened; a no-op for servers."""
+    lock = _lock_file(uri)
+    if lock is None:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; MLflow's own check is all there is
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def make_client(uri: str):
+    """An MlflowClient whose store is opened (and, when fresh, created) by one process at a time."""
+    from mlflow.tracking import MlflowClient
+
+    with _store_lock(uri):
+        return retry(MlflowClient, uri)  # the constructor opens the store and creates missing tables
+
+
+def experiment_id(client, name: str, artifact_location: str | None) -> str:
+    """The id of experiment `name`, created when missing (tolerating another process creating it too)."""
+    for attempt in range(3):
+        exp = retry(client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return retry(client.create_experiment, name, artifact_location=artifact_location)
+        except Exception as e:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS / UNIQUE constraint: look it up again
+            if attempt == 2 or not any(w in str(e).lower() for w in ("already exists", "unique constraint")):
+                raise
+    raise AssertionError("unreachable")
+
+
 class Tracker:
     """One MLflow run. Construct only on the main process (see NullTracker)."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict, resume_run_id: str | None = None):
         import mlflow
-        from mlflow.tracking import MlflowClient
 
         self.uri = uri
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(uri)
-        exp = retry(self.client.get_experiment_by_name, experiment)
-        if exp is None:
-            exp_id = retry(self.client.create_experiment, experiment, artifact_location=artifact_root(uri))
-        else:
-            exp_id = exp.experiment_id
+        self.client = make_client(uri)
+        exp_id = experiment_id(self.client, experiment, artifact_root(uri))
         if resume_run_id:
             self.run_id = resume_run_id
             retry(self.client.update_run, resume_run_id, status="RUNNING")
@@ -105,6 +157,4 @@ class NullTracker:
 
 def run_metrics(uri: str, run_id: str) -> dict:
     """Latest value of every metric of a run (used to match a run by its MLflow id)."""
-    from mlflow.tracking import MlflowClient
-
-    return dict(retry(MlflowClient(uri).get_run, run_id).data.metrics)
+    return dict(retry(make_client(uri).get_run, run_id).data.metrics)

@@ -10,6 +10,8 @@ expected, instead of failing later inside an evaluation.
 from __future__ import annotations
 
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -113,8 +115,9 @@ def read_npz(path: str | Path, config: str | None = None) -> RavenRecord:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError) as exc:
-        raise IRavenFormatError(f"{path}: not a readable .npz file ({exc})") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # empty (EOFError), cut short (BadZipFile) or with damaged compressed data (zlib.error)
+        raise IRavenFormatError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
     validate_arrays(arrays, path)
     structure = [t.decode("ascii") if isinstance(t, bytes) else str(t)
                  for t in arrays["structure"].tolist()]

@@ -5,8 +5,9 @@ uses, and a training work directory (a video recipe with a `train:` section, its
 of the session the table the benchmarks filled (`table.py`) is printed and written to
 `bench-results.md` at the repository root.
 
-The tiny models are far faster on one thread, above all on 2 shared cores: OMP_NUM_THREADS defaults
-to 1 here (the Makefile exports it too), before torch is imported.
+The tiny models are far faster on one thread, above all on 2 shared cores: unless told otherwise the
+benchmarks run torch on one thread and start their subprocesses with OMP_NUM_THREADS=1 (the Makefile
+exports it too).
 """
 
 from __future__ import annotations
@@ -14,29 +15,40 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-for _key, _value in {"OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
-                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}.items():
-    os.environ.setdefault(_key, _value)
+import pytest
 
-import pytest  # noqa: E402
-
-from table import TABLE  # noqa: E402
+from table import TABLE
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench-results.md"
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+# What `make` exports, for a plain `pytest -m bench tests/benchmarks`; set only while benchmarks run.
+ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DS_ACCELERATOR": "cpu",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bench_environment():
+    """The environment above (values already set win), one torch thread, no progress bars."""
+    import torch
+    from transformers.utils.logging import disable_progress_bar
+
+    saved = dict(os.environ)
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    TABLE.torch_threads = torch.get_num_threads()
+    disable_progress_bar()  # "Loading weights", "Writing model shards"
+    yield
+    torch.set_num_threads(threads)
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
 def table():
     return TABLE
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    import torch
-
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +73,9 @@ def train_work(bench_root, tiny_llava):
 
 
 @pytest.fixture(scope="session")
-def subprocess_env() -> dict:
+def subprocess_env(bench_environment) -> dict:
     """Environment of the trainer and build subprocesses."""
-    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=os.environ["OMP_NUM_THREADS"])
+    return dict(os.environ, PYTHONPATH=str(REPO))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

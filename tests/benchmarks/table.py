@@ -39,6 +39,8 @@ class Table:
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     load_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    torch_threads: int | None = None
+    """Threads torch ran the benchmarks with (set by conftest)."""
 
     def add(self, area: str, measurement: str, result: str, note: str = "") -> Row:
         """An informative row (no target)."""
@@ -75,7 +77,7 @@ class Table:
             "# betweenframes benchmarks (`make bench`)",
             "",
             f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores, {platform.python_version()}, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), "
+            f"torch {torch.__version__} on {self.torch_threads} thread(s), "
             f"load average {load(self.load_at_start)} at start and {load(os.getloadavg())} at the end, "
             f"{minutes:.1f} min in all.",
             "",

@@ -14,12 +14,14 @@ import pytest
 from timing import interleave_measured
 from trainer_runs import WARMUP_STEPS, bare_step_seconds, samples_per_s, trainer_step_seconds, wait_share
 
-pytestmark = pytest.mark.bench
+# peft's get_peft_model calls a transformers API deprecated for v6: noise on every LoRA wrap
+pytestmark = [pytest.mark.bench,
+              pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")]
 
 ROUNDS = 4
 LOOP_STEPS = 40
-WAIT_STEPS, WAIT_SKIP = 80, 10
-ZERO_STEPS = 30
+WAIT_RUNS, WAIT_STEPS, WAIT_SKIP = 3, 60, 10
+ZERO_ROUNDS, ZERO_STEPS = 2, 30
 
 
 def test_trainer_loop_against_a_bare_loop(train_work, table):
@@ -52,15 +54,18 @@ def test_trainer_loop_against_a_bare_loop(train_work, table):
 
 
 def test_time_waiting_for_data(train_work, subprocess_env, table):
-    """data_wait_share of metrics.jsonl with 2 loader workers, streaming from the shards."""
-    metrics = train_work.run("data-wait", "--max_steps", str(WAIT_STEPS), "--ds_config", "none",
-                             "--num_workers", "2", env=subprocess_env)
-    share = wait_share(metrics, skip=WAIT_SKIP)
-    worst = max(m["data_wait_share"] for m in metrics[WAIT_SKIP:])
+    """data_wait_share of metrics.jsonl with 2 loader workers streaming from the shards (median of runs)."""
+    runs = [train_work.run(f"data-wait-{i}", "--max_steps", str(WAIT_STEPS), "--ds_config", "none",
+                           "--num_workers", "2", env=subprocess_env) for i in range(WAIT_RUNS)]
+    shares = sorted(wait_share(metrics, skip=WAIT_SKIP) for metrics in runs)
+    share = statistics.median(shares)
+    rate = statistics.median(samples_per_s(metrics, WAIT_SKIP) for metrics in runs)
     table.check("Training", "share of step time waiting for data (2 loader workers)", 100 * share, fmt="{:.1f}%",
-                at_most=5, detail=f"{len(metrics) - WAIT_SKIP} steps, worst step {100 * worst:.0f}%, "
-                                  f"{samples_per_s(metrics, WAIT_SKIP):.0f} samples/s",
-                note="see the hand-over row under Data" if share > 0.05 else "")
+                at_most=5, detail=f"median of {WAIT_RUNS} runs of {WAIT_STEPS - WAIT_SKIP} steps: "
+                                  + ", ".join(f"{100 * s:.1f}%" for s in shares) + f"; {rate:.0f} samples/s",
+                note="" if share <= 0.05 else
+                "the trainer and its 2 workers share 2 cores, and every batch costs the trainer its hand-over "
+                "from a worker (Data rows)")
 
 
 ZERO_SETUPS = [  # (label, processes, extra flags, accelerate launcher file)
@@ -73,17 +78,23 @@ ZERO_SETUPS = [  # (label, processes, extra flags, accelerate launcher file)
 
 
 def test_zero_throughput(train_work, subprocess_env, table):
-    """Samples/s (summed over processes) under ZeRO-2 and ZeRO-3 with 1 and 2 processes."""
-    rates = {}
-    for label, procs, extra, launcher in ZERO_SETUPS:
-        name = f"zero-{label.replace(' ', '_')}-{procs}p"
-        metrics = train_work.run(name, "--max_steps", str(ZERO_STEPS), "--num_workers", "1", *extra,
-                                 env=subprocess_env, launcher=launcher)
-        rates[label, procs] = samples_per_s(metrics)
-    base = rates["no DeepSpeed", 1]
-    for (label, procs), rate in rates.items():
-        how = "python train/lora.py" if procs == 1 else "accelerate launch (gloo)"
-        relative = "" if (label, procs) == ("no DeepSpeed", 1) else f", {rate / base:.2f}x no DeepSpeed"
+    """Samples/s (summed over processes) under ZeRO-2 and ZeRO-3 with 1 and 2 processes, against no DeepSpeed."""
+    runs = itertools.count()
+
+    def setup(procs, extra, launcher):
+        def run():
+            metrics = train_work.run(f"zero-{next(runs)}", "--max_steps", str(ZERO_STEPS), "--num_workers", "1",
+                                     *extra, env=subprocess_env, launcher=launcher)
+            return 1 / samples_per_s(metrics), None  # seconds per sample, so that ratios compare rates
+        return run
+
+    t = interleave_measured({(label, procs): setup(procs, extra, launcher)
+                             for label, procs, extra, launcher in ZERO_SETUPS}, rounds=ZERO_ROUNDS)
+    base = ("no DeepSpeed", 1)
+    for label, procs, _, launcher in ZERO_SETUPS:
+        how = "accelerate launch --config_file " + launcher if launcher else "python train/lora.py"
+        relative = "" if (label, procs) == base else f", {t.ratio(base, (label, procs)):.2f}x no DeepSpeed"
         table.add("Training", f"samples/s, {label}, {procs} process{'es' if procs > 1 else ''}",
-                  f"{rate:.0f}{relative}",
-                  note=f"{how}; 1 loader worker per process; median of steps {WARMUP_STEPS + 1}-{ZERO_STEPS}, one run each")
+                  f"{1 / t.median((label, procs)):.0f}{relative}",
+                  note=f"{how}; 1 loader worker per process; steps {WARMUP_STEPS + 1}-{ZERO_STEPS}, "
+                       f"median of {t.rounds} runs")

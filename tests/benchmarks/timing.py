@@ -15,20 +15,20 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 
 @dataclass
 class Timings:
-    seconds: dict[str, list[float]] = field(default_factory=dict)
+    seconds: dict[Hashable, list[float]] = field(default_factory=dict)
     """Per alternative, one duration per round."""
-    results: dict[str, list[Any]] = field(default_factory=dict)
+    results: dict[Hashable, list[Any]] = field(default_factory=dict)
     """Per alternative, what each round's call returned."""
 
-    def median(self, name: str) -> float:
+    def median(self, name: Hashable) -> float:
         return statistics.median(self.seconds[name])
 
-    def ratio(self, slow: str, fast: str) -> float:
+    def ratio(self, slow: Hashable, fast: Hashable) -> float:
         """Median over rounds of seconds(slow) / seconds(fast)."""
         return statistics.median(s / f for s, f in zip(self.seconds[slow], self.seconds[fast]))
 
@@ -37,13 +37,13 @@ class Timings:
         return len(next(iter(self.seconds.values())))
 
 
-def _rotations(names: list[str], rounds: int):
+def _rotations(names: list, rounds: int):
     for r in range(rounds):
         k = r % len(names)
         yield names[k:] + names[:k]
 
 
-def interleave(alternatives: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> Timings:
+def interleave(alternatives: dict[Hashable, Callable[[], Any]], rounds: int, warmup: int = 1) -> Timings:
     """Wall-clock seconds of each alternative, round by round (after `warmup` untimed rounds)."""
     names = list(alternatives)
     for _ in range(warmup):
@@ -59,7 +59,7 @@ def interleave(alternatives: dict[str, Callable[[], Any]], rounds: int, warmup: 
     return out
 
 
-def interleave_measured(alternatives: dict[str, Callable[[], tuple[float, Any]]], rounds: int) -> Timings:
+def interleave_measured(alternatives: dict[Hashable, Callable[[], tuple[float, Any]]], rounds: int) -> Timings:
     """Like `interleave`, for alternatives that time themselves: each returns (seconds, result).
 
     Used where the wall clock of the whole call would include set-up that is not being compared

@@ -1,0 +1,137 @@
+"""Concurrent writers lose nothing: a training run and two evaluations log to one fresh sqlite store at once.
+
+The three writers are separate processes using the toolkit's own trackers (`train.tracking.Tracker`,
+`evalsuite.tracking.EvalTracker`). They import everything first, then start together on a signal, so
+they also race to create the store's tables and the shared experiment, which MLflow alone does not
+survive ("table ... already exists"): `train.tracking.make_client` serialises the store's creation and
+`experiment_id` tolerates a creator that won the race; `retry` covers "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from train import tracking
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS, EVAL_METRICS, EVAL_RUNS, PARAMS = 200, 200, 3, 40
+
+WORKER = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    role, uri, tag, ready, go = sys.argv[1:6]
+    from train.tracking import Tracker
+    from evalsuite.tracking import EvalTracker
+    from evalsuite.checkpoints import CheckpointRef
+    import mlflow.tracking  # everything imported before the start signal: the writers start together
+    Path(ready).touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
+    if role == "train":
+        t = Tracker(uri, "shared", f"train-{tag}", {"who": tag})
+        t.log_params({f"p{i}": i for i in range(PARAMS)})
+        for step in range(STEPS):
+            t.log_metrics({"loss": 1.0 / (step + 1), "lr": 1e-3}, step=step)
+        t.end()
+    else:
+        tr = EvalTracker(uri, "shared")
+        for k in range(EVAL_RUNS):
+            ref = CheckpointRef(Path(f"/ckpt/{tag}-{k}"), Path(f"/ckpt/{tag}-{k}"), "model")
+            tr.log_evaluation(ref, {f"vcot/f5/m{i}": float(i) for i in range(EVAL_METRICS)}, {"seed": k}, [])
+''').replace("PARAMS", str(PARAMS)).replace("STEPS", str(STEPS)).replace(
+    "EVAL_RUNS", str(EVAL_RUNS)).replace("EVAL_METRICS", str(EVAL_METRICS))
+
+
+def test_training_and_two_evaluations_share_a_fresh_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true")
+    go = tmp_path / "go"
+    roles = [("train", "t"), ("eval", "e1"), ("eval", "e2")]
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, role, uri, tag, str(tmp_path / f"ready-{tag}"), str(go)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for role, tag in roles]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready-{tag}").exists() for _, tag in roles):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.05)
+    go.touch()
+    for p, (role, tag) in zip(procs, roles):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{role} {tag} failed:\n{err[-3000:]}"
+
+    client = tracking.make_client(uri)
+    exps = [e for e in client.search_experiments() if e.name == "shared"]
+    assert len(exps) == 1
+    runs = client.search_runs([exps[0].experiment_id], max_results=1000)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    train = [r for r in runs if r.info.run_name == "train-t"]
+    evals = [r for r in runs if r.info.run_name.startswith("eval-")]
+    assert len(train) == 1 and len(evals) == 2 * EVAL_RUNS == len(runs) - 1
+    assert len(train[0].data.params) == PARAMS
+    for key in ("loss", "lr"):
+        history = client.get_metric_history(train[0].info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(STEPS))  # every step, once
+    assert sorted(r.info.run_name for r in evals) == sorted(f"eval-{t}-{k}" for t in ("e1", "e2")
+                                                            for k in range(EVAL_RUNS))
+    for r in evals:
+        assert len(r.data.metrics) == EVAL_METRICS and r.data.params["seed"] in {"0", "1", "2"}
+
+
+class _Locked(Exception):
+    """What MLflow raises when sqlite is busy: its own type, sqlite's text inside."""
+
+
+def test_retry_backs_off_while_locked_and_raises_anything_else(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(tracking.time, "sleep", sleeps.append)
+    calls = []
+
+    def flaky(x):
+        calls.append(x)
+        if len(calls) < 3:
+            raise _Locked("(sqlite3.OperationalError) database is locked")
+        return x * 2
+
+    assert tracking.retry(flaky, 21) == 42 and len(calls) == 3 and len(sleeps) == 2 and sleeps[1] >= 0.4  # backs off
+
+    def broken():
+        raise _Locked("(sqlite3.IntegrityError) NOT NULL constraint failed")
+
+    with pytest.raises(_Locked, match="NOT NULL"):
+        tracking.retry(broken)
+    with pytest.raises(_Locked, match="locked"):
+        tracking.retry(lambda: (_ for _ in ()).throw(_Locked("database is locked")), attempts=3)
+    assert len(sleeps) == 2 + 2  # the last attempt raises without sleeping
+
+
+def test_experiment_created_by_another_process_in_between_is_found():
+    class Exp:
+        experiment_id = "7"
+
+    class RacingClient:
+        """get says 'missing', another process creates it, create then fails as MLflow does."""
+        def __init__(self):
+            self.gets = 0
+
+        def get_experiment_by_name(self, name):
+            self.gets += 1
+            return None if self.gets == 1 else Exp()
+
+        def create_experiment(self, name, artifact_location=None):
+            raise _Locked(f"RESOURCE_ALREADY_EXISTS: Experiment '{name}' already exists.")
+
+    assert tracking.experiment_id(RacingClient(), "shared", None) == "7"
+
+
+def test_evalsuite_uses_the_trainers_store_helpers():
+    import evalsuite.tracking as ev
+
+    assert ev.retry is tracking.retry and ev.make_client is tracking.make_client
+    assert ev.experiment_id is tracking.experiment_id
