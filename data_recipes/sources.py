@@ -17,7 +17,6 @@ import json
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import evalsuite.resources
-import evalsuite.tasks.shuffle as shuffle_mod
+import evalsuite.tasks.vcot as vcot_mod  # the shuffle task answers through VCoTTask.answer
 from evalsuite.checkpoints import checkpoint_ref
 from evalsuite.outputs import read_rows
 from evalsuite.perturb import derangement, shuffle_words
@@ -54,7 +54,7 @@ def _captured_task(tmp_path, monkeypatch, **cfg):
         seen.append((content, images))
         return OptionScores([0.0] * len(options), [1] * len(options))
 
-    monkeypatch.setattr(shuffle_mod, "score_options", score)
+    monkeypatch.setattr(vcot_mod, "score_options", score)
     return task, seen
 
 

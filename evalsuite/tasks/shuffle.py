@@ -21,9 +21,7 @@ from __future__ import annotations
 from data_recipes.video import VideoError
 from evalsuite import comparisons, prompts
 from evalsuite.benchmarks import Item
-from evalsuite.extraction import extract_choice
 from evalsuite.perturb import derangement, shuffle_words
-from evalsuite.scoring import score_options
 from evalsuite.tasks.vcot import VCoTTask
 
 CONDITIONS = ("vcot", "text", "visual", "words")
@@ -83,20 +81,7 @@ class ShuffleTask(VCoTTask):
             rows.append({"key": key, **where, "frames_from": partner.id if cond == "visual" else item.id,
                          "infills_from": partner.id if cond == "text" else item.id, "indices": idx[f],
                          "answer": item.answer, "texts": texts})
-        if self.cfg.scoring == "loglik":
-            for row, content, imgs in zip(rows, contents, images):
-                scores = score_options(subject.model, subject.processor, content, imgs, item.options)
-                row |= {"pred": scores.choice, "logliks": scores.logliks}
-        else:
-            answers = subject.chat.generate(contents, images, max_new_tokens=self.cfg.answer_tokens,
-                                            batch_size=self.cfg.batch_size)
-            judge = self.resources.judge_for(item.question, item.options)
-            for row, answer in zip(rows, answers):
-                ext = extract_choice(answer, item.options, judge)
-                row |= {"pred": ext.choice, "output": answer, "extraction": ext.method}
-        for row in rows:
-            row["correct"] = row["pred"] == item.answer
-        return rows
+        return self.answer(subject, item, rows, contents, images)
 
     def summarize(self, rows: list[dict]) -> dict:
         return comparisons.summarize(rows, self.cfg.frames, CONDITIONS, CONTRASTS,

@@ -71,6 +71,10 @@ class VCoTTask(Task):
             contents.append(prompts.user_content(cond, f, item.question, item.options, texts))
             images.append([frames[i] for i in idx[f]])
             rows.append({"key": key, **where, "indices": idx[f], "answer": item.answer, "texts": texts})
+        return self.answer(subject, item, rows, contents, images)
+
+    def answer(self, subject, item: Item, rows: list[dict], contents: list, images: list) -> list[dict]:
+        """Fill each row's prediction for its prompt (loglik or generate + extraction) and correctness."""
         if self.cfg.scoring == "loglik":
             for row, content, imgs in zip(rows, contents, images):
                 scores = score_options(subject.model, subject.processor, content, imgs, item.options)
