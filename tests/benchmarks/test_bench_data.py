@@ -121,7 +121,8 @@ def test_loader_against_the_trainer(train_work, table):
     handover = statistics.median(t.results["loader"])
     table.add("Data", "hand-over of a prefetched batch to the trainer process",
               f"{handover * 1e3:.1f} ms ({handover / t.median('trainer'):.1%} of a trainer step)",
-              note="unpickling a worker's shared-memory tensors: the floor of the data-wait share")
+              note="the trainer's next() when the batch is already prefetched: receiving a worker's "
+                   "shared-memory tensors while the workers collate the next batches")
 
 
 def worker_cost_per_sample(stream, batches: int = 10) -> tuple[float, float]:
