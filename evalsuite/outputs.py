@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from data_recipes.files import atomic_write_text
+
 
 class OutputError(ValueError):
     pass
@@ -28,13 +30,7 @@ class OutputError(ValueError):
 def write_json_atomic(path: Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def settings_hash(settings: dict) -> str:

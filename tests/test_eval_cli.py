@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 
 import pytest
 
 import evalsuite.resources
 from evalsuite.cli import main
-from evalsuite.generation import ChatModel
 from evalsuite.outputs import read_rows
-from test_eval_support import make_adapter, one_thread, tiny_model  # noqa: F401
+from test_eval_support import generate_calls, make_adapter, one_thread, tiny_model  # noqa: F401
 
 FAST = ["--limit", "2", "--frames", "3", "--infill-tokens", "3", "--answer-tokens", "3", "--n-boot", "100",
         "--no-progress"]
@@ -93,15 +91,8 @@ def _text_lm(tmp_path, tmp_path_factory):
     return out
 
 
-def test_generate_scoring_with_rephraser_and_judge(tmp_path, tmp_path_factory, monkeypatch, one_thread):  # noqa: F811
-    calls: Counter = Counter()
-    real = ChatModel.generate
-
-    def counting(self, contents, images=None, **kw):
-        calls[self.name] += len(contents)
-        return real(self, contents, images, **kw)
-
-    monkeypatch.setattr(ChatModel, "generate", counting)
+def test_generate_scoring_with_rephraser_and_judge(tmp_path, tmp_path_factory, generate_calls, one_thread):  # noqa: F811
+    calls = generate_calls
     ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "m")
     judge = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "judge")
     code = main(["vcot", str(ckpt), *FAST, "--limit", "1", "--scoring", "generate", "--no-tracking",

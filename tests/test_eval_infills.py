@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 
 import pytest
 
 from data_recipes.synthetic import item_static_caption, item_transition_caption
 from evalsuite.checkpoints import checkpoint_ref
-from evalsuite.generation import ChatModel
 from evalsuite.infills import InfillError
 from evalsuite.outputs import read_rows
 from evalsuite.runner import evaluate
-from test_eval_support import fast_config, make_adapter, one_thread, tiny_model  # noqa: F401
+from test_eval_support import fast_config, generate_calls, make_adapter, one_thread, tiny_model  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +21,6 @@ def two_checkpoints(tmp_path_factory):
     base = shutil.copytree(tiny_model("llava", tmp_path_factory), root / "base")
     adapter = make_adapter(base, root / "run_a", seed=1)
     return root, base, adapter
-
-
-@pytest.fixture
-def generate_calls(monkeypatch):
-    calls: Counter = Counter()
-    real = ChatModel.generate
-
-    def counting(self, contents, images=None, **kw):
-        calls[self.name] += len(contents)
-        return real(self, contents, images, **kw)
-
-    monkeypatch.setattr(ChatModel, "generate", counting)
-    return calls
 
 
 def test_fixed_generator_generates_nothing_for_the_second_checkpoint(two_checkpoints, tmp_path, generate_calls,

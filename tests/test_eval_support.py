@@ -64,3 +64,21 @@ def fast_config(**overrides):
     base = dict(limit=3, frames=(3, 4), infill_tokens=4, answer_tokens=4, n_boot=200, tracking=False,
                 progress=False)
     return EvalConfig(**(base | overrides))
+
+
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """Counts prompts sent to `ChatModel.generate`, by the model's name (generator, judge, rephraser...)."""
+    from collections import Counter
+
+    from evalsuite.generation import ChatModel
+
+    calls: Counter = Counter()
+    real = ChatModel.generate
+
+    def counting(self, contents, images=None, **kw):
+        calls[self.name] += len(contents)
+        return real(self, contents, images, **kw)
+
+    monkeypatch.setattr(ChatModel, "generate", counting)
+    return calls
