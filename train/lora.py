@@ -51,6 +51,7 @@ from train.schedule import make_optimizer, make_scheduler  # noqa: E402
 from train.tracking import NullTracker, Tracker, default_tracking_uri  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+MIN_BUCKET = 1 << 22  # elements per ZeRO communication bucket, at least (16 MB in fp32)
 
 
 # --- setup -----------------------------------------------------------------------------------------
@@ -106,8 +107,11 @@ def fill_ds_autos(ds: dict, cfg: TrainConfig, hidden: int = 0) -> None:
         bf16["enabled"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     zero = ds.get("zero_optimization", {})
     if hidden:
-        # DeepSpeed's own bucket defaults (5e8 elements) are sized for 7B models; scale them to the model.
-        for key, val in (("reduce_bucket_size", hidden * hidden), ("allgather_bucket_size", hidden * hidden), ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden)),
+        # DeepSpeed's own bucket defaults (5e8 elements) are sized for 7B models; scale them to the model,
+        # with a floor: a tiny model's hidden**2 made ~7 gloo all-reduces per step where one will do.
+        bucket = max(hidden * hidden, MIN_BUCKET)
+        for key, val in (("reduce_bucket_size", bucket), ("allgather_bucket_size", bucket),
+                         ("stage3_prefetch_bucket_size", int(0.9 * bucket)),
                          ("stage3_param_persistence_threshold", 10 * hidden)):
             if zero.get(key) == "auto":
                 zero[key] = val
