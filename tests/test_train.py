@@ -192,3 +192,22 @@ def test_missing_model_says_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.setenv("MODEL_ROOT", str(tmp_path))
     with pytest.raises(ModelNotFound, match=f"looked in: .*{tmp_path}/org/model.*Nothing is downloaded"):
         resolve_base_model("org/model")
+
+
+def test_zero_buckets_scale_with_the_model_but_not_below_the_floor():
+    """Buckets of hidden**2 elements, floored: a tiny model communicates once per step, a 7B model in
+    hidden**2-sized pieces; only "auto" fields are filled, a user's own numbers stay."""
+    from train.lora import MIN_BUCKET, fill_ds_autos
+
+    cfg = resolve(["--recipe", "video_demo", "--max_steps", "1"])
+    for hidden, bucket in ((128, MIN_BUCKET), (4096, 4096 * 4096)):
+        ds = {"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto", "allgather_bucket_size": "auto",
+                                    "stage3_prefetch_bucket_size": "auto"}, "gradient_clipping": "auto"}
+        fill_ds_autos(ds, cfg, hidden=hidden)
+        zero = ds["zero_optimization"]
+        assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == bucket
+        assert zero["stage3_prefetch_bucket_size"] == int(0.9 * bucket)
+        assert ds["train_micro_batch_size_per_gpu"] == cfg.per_device_batch_size
+    mine = {"zero_optimization": {"reduce_bucket_size": 12345}}
+    fill_ds_autos(mine, cfg, hidden=128)
+    assert mine["zero_optimization"]["reduce_bucket_size"] == 12345
