@@ -542,10 +542,11 @@ def test_evalsuite_output_dirs_cannot_be_named_from_outside(tmp_path):
 
 def test_verify_flag_stops_training_before_it_starts(tmp_path, fx):
     from train.config import TrainConfig
-    from train.lora import ensure_shards
+    from train.lora import LoRATrainer
 
     class MainProcess:
         is_main_process = True
+        num_processes = 1
 
         def print(self, *a):
             pass
@@ -553,15 +554,19 @@ def test_verify_flag_stops_training_before_it_starts(tmp_path, fx):
         def wait_for_everyone(self):
             pass
 
+    def ensure_shards(cfg):
+        trainer = LoRATrainer(cfg)
+        trainer.acc, trainer.recipe = MainProcess(), load_recipe(str(fx.root / "vid.yaml"))
+        return trainer._setup_shards()
+
     shutil.copytree(fx.shards, tmp_path / "shards" / "vid")
-    recipe = load_recipe(str(fx.root / "vid.yaml"))
     cfg = TrainConfig(recipe=str(fx.root / "vid.yaml"), shards_root=str(tmp_path / "shards"), verify=True)
-    assert ensure_shards(MainProcess(), cfg, recipe) == tmp_path / "shards" / "vid"
+    assert ensure_shards(cfg) == tmp_path / "shards" / "vid"
     shard = tmp_path / "shards" / "vid" / "vid-000001.tar"
     data = bytearray(shard.read_bytes())
     data[2000] ^= 0x01
     shard.write_bytes(bytes(data))
     with pytest.raises(RuntimeError, match=r"(?s)--verify: shards of .* do not match.*vid-000001\.tar: sha256"):
-        ensure_shards(MainProcess(), cfg, recipe)
+        ensure_shards(cfg)
     cfg.verify = False  # without the flag nothing is re-hashed
-    assert ensure_shards(MainProcess(), cfg, recipe) == tmp_path / "shards" / "vid"
+    assert ensure_shards(cfg) == tmp_path / "shards" / "vid"

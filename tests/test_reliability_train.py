@@ -23,7 +23,8 @@ LORA = str(REPO / "train" / "lora.py")
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("kill")
-    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "num_workers": 1, "learning_rate": 1e-3,
+    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
+             "gradient_checkpointing": False, "projector_lr": 1e-3, "num_workers": 1, "learning_rate": 1e-3,
              "warmup_steps": 2, "ds_config": "none", "save_steps": 2, "save_total_limit": 3,
              "record_samples": True, "max_steps": 12}
     (d / "vid.yaml").write_text(yaml.safe_dump({"kind": "video", "sources": [{"type": "synthetic_video"}],

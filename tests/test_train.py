@@ -24,7 +24,8 @@ def work(tmp_path_factory):
     """A working directory with small video and image recipes (shards and tiny model built on first use)."""
     d = tmp_path_factory.mktemp("train")
     common = {"image_size": 64, "seed": 0, "split": "train", "shard_size": 16}
-    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "num_workers": 1, "save_steps": 0,
+    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
+             "gradient_checkpointing": False, "projector_lr": 1e-3, "num_workers": 1, "save_steps": 0,
              "learning_rate": 1e-3, "warmup_steps": 2}
     (d / "vid.yaml").write_text(yaml.safe_dump({"kind": "video", "sources": [{"type": "synthetic_video"}],
                                                 "samples": 64, "frames": 3, **common, "train": train}))
@@ -197,17 +198,122 @@ def test_missing_model_says_where_it_looked(monkeypatch, tmp_path):
 def test_zero_buckets_scale_with_the_model_but_not_below_the_floor():
     """Buckets of hidden**2 elements, floored: a tiny model communicates once per step, a 7B model in
     hidden**2-sized pieces; only "auto" fields are filled, a user's own numbers stay."""
-    from train.lora import MIN_BUCKET, fill_ds_autos
+    from train.runtime import MIN_BUCKET, fill_ds_config
 
     cfg = resolve(["--recipe", "video_demo", "--max_steps", "1"])
     for hidden, bucket in ((128, MIN_BUCKET), (4096, 4096 * 4096)):
         ds = {"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto", "allgather_bucket_size": "auto",
                                     "stage3_prefetch_bucket_size": "auto"}, "gradient_clipping": "auto"}
-        fill_ds_autos(ds, cfg, hidden=hidden)
+        ds = fill_ds_config(ds, cfg, "no", hidden=hidden)
         zero = ds["zero_optimization"]
         assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == bucket
         assert zero["stage3_prefetch_bucket_size"] == int(0.9 * bucket)
         assert ds["train_micro_batch_size_per_gpu"] == cfg.per_device_batch_size
-    mine = {"zero_optimization": {"reduce_bucket_size": 12345}}
-    fill_ds_autos(mine, cfg, hidden=128)
+    mine = fill_ds_config({"zero_optimization": {"reduce_bucket_size": 12345}}, cfg, "no", hidden=128)
     assert mine["zero_optimization"]["reduce_bucket_size"] == 12345
+
+
+# --- real-scale behaviour, shown on the tiny model ---------------------------------------------------
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ds_config", ["none", "zero2"])
+def test_resumable_state_holds_only_what_training_changes(work, ds_config):
+    """A state is the trainable parameters + optimizer (+ small bookkeeping), not the frozen model:
+    at most 1.5x (trainable fp32 + Adam's two moments) bytes."""
+    name = f"state_{ds_config}"
+    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", name, "--max_steps", "3", "--save_steps", "2",
+        "--ds_config", ds_config)
+    info = json.loads((work / "ckpt" / name / "run.json").read_text())
+    trainable, total = info["parameters"]["trainable"], info["parameters"]["total"]
+    assert trainable < total / 2  # the frozen part is what a full-model state would add
+    state = work / "ckpt" / name / "checkpoints" / "step-2"
+    size, budget = dir_bytes(state), 1.5 * trainable * (4 + 8)
+    assert size <= budget, f"{size:,} bytes > {budget:,.0f}"
+    assert size >= trainable * 4 * 2  # parameters and optimizer moments really are in it
+
+
+@pytest.mark.slow
+def test_resume_from_a_trainable_only_state_under_zero2(work):
+    """A ZeRO-2 state without the frozen weights resumes to the same losses as an uninterrupted run."""
+    args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "4", "--save_steps", "2", "--ds_config", "zero2",
+            "--record_samples", "true"]
+    run(work, *args, "--run_name", "z2")
+    full = metrics(work / "ckpt" / "z2")
+    # Rerun steps 3-4 from the step-2 state, in the same run directory.
+    run(work, *args, "--run_name", "z2", "--resume", str(work / "ckpt" / "z2" / "checkpoints" / "step-2"))
+    part = metrics(work / "ckpt" / "z2")
+    assert [m["step"] for m in part] == [1, 2, 3, 4]
+    for a, b in zip(full[2:], part[2:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_bf16_run_records_the_dtypes_it_used(work):
+    """mixed_precision bf16 on CPU: autocast computes in bf16 while the trained weights stay fp32;
+    run.json says so from the tensors, not from the flag."""
+    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16", "--max_steps", "2", "--ds_config", "none",
+        "--mixed_precision", "bf16")
+    p = json.loads((work / "ckpt" / "bf16" / "run.json").read_text())["precision"]
+    assert p == {"mixed_precision": "bf16", "trainable_dtype": "float32", "frozen_dtype": "bfloat16",
+                 "forward_dtype": "bfloat16"}
+    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "fp32", "--max_steps", "1", "--ds_config", "none")
+    p = json.loads((work / "ckpt" / "fp32" / "run.json").read_text())["precision"]
+    assert p["forward_dtype"] == p["trainable_dtype"] == p["frozen_dtype"] == "float32"
+
+
+@pytest.mark.slow
+def test_zero3_adapter_reproduces_the_trained_model(work):
+    """2 processes, ZeRO-3: the adapter written from the gathered trainable partitions, loaded with peft
+    on the base model, gives the logits the trained (partitioned) model gave."""
+    out = work / "z3_logits.pt"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}", PYTHONPATH=str(REPO))
+    cmd = [ACCELERATE, "launch", "--config_file", str(REPO / "ds_configs" / "accelerate" / "cpu_zero3_2proc.yaml"),
+           str(REPO / "tests" / "scripts" / "trained_logits.py"), str(out), "--recipe", str(work / "vid.yaml"),
+           "--run_name", "z3", "--max_steps", "3", "--learning_rate", "1e-2", "--projector_lr", "1e-2"]
+    p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-6000:]
+    import torch
+    from peft import PeftModel
+
+    from train.families import load_model
+    sys.path.insert(0, str(REPO / "tests" / "scripts"))
+    from trained_logits import fixed_inputs
+
+    info = json.loads((work / "ckpt" / "z3" / "run.json").read_text())
+    base, processor, _ = load_model(work / info["base_model"], dtype=torch.float32)
+    untrained = base(**{k: v for k, v in fixed_inputs(processor).items() if k != "labels"}).logits
+    model = PeftModel.from_pretrained(base, work / "ckpt" / "z3").eval()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in fixed_inputs(processor).items() if k != "labels"}).logits
+    trained = torch.load(out)
+    torch.testing.assert_close(logits, trained, rtol=1e-4, atol=1e-4)
+    assert (trained - untrained).abs().max() > 1e-3  # the adapter is not a no-op
+
+
+@pytest.mark.slow
+def test_long_samples_are_dropped_and_counted(work):
+    """max_length below some samples' length: those samples are dropped (never cut), counted in
+    run.json, and every sample that was trained on fits."""
+    from data_recipes.build import shard_urls
+    from train.data import ShardStream
+    from train.families import load_model
+
+    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "lens", "--max_steps", "1", "--ds_config", "none")
+    info = json.loads((work / "ckpt" / "lens" / "run.json").read_text())
+    _, processor, _ = load_model(work / info["base_model"])
+    stream = ShardStream(shard_urls(work / "shards" / "vid"), processor, batch_size=64, seed=0, shuffle_buffer=1)
+    _, raw = next(stream.batches_of_reader(0, 1))
+    inputs, _, keys = stream.collate(raw)
+    lengths = dict(zip(keys, inputs["attention_mask"].sum(1).tolist()))
+    limit = sorted(lengths.values())[len(lengths) // 2]
+    assert min(lengths.values()) <= limit < max(lengths.values())
+    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "short", "--max_steps", "4", "--ds_config", "none",
+        "--max_length", str(limit), "--record_samples", "true")
+    info = json.loads((work / "ckpt" / "short" / "run.json").read_text())
+    trained = [k for ks in seen(work / "ckpt" / "short").values() for k in ks]
+    assert trained and all(lengths[k] <= limit for k in trained)
+    assert info["dropped"]["too_long"] > 0 and info["dropped"]["over_context"] == 0
+    assert info["consumed"]["samples"] == len(trained)

@@ -36,7 +36,8 @@ def pipeline(tmp_path_factory):
     d = tmp_path_factory.mktemp("pipe")
     store = d / "mlruns" / "mlflow.db"
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{store}", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "num_workers": 0, "ds_config": "none",
+    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
+             "gradient_checkpointing": False, "projector_lr": 2e-4, "num_workers": 0, "ds_config": "none",
              "save_steps": 0, "experiment": "ui-test"}
     (d / "video_mini.yaml").write_text(yaml.safe_dump({"kind": "video", "sources": [{"type": "synthetic_video"}],
                                                        "samples": 24, "frames": 3, "train": {**train, "max_steps": 3}}))

@@ -28,6 +28,23 @@ def batch_matrix(counts: dict, batch_size: int) -> torch.Tensor:
     return m
 
 
+# One extra row per micro-batch carries what is not per sample, so that a single gather per optimizer
+# step tells every process everything: the samples the reader dropped for length, and where the reader
+# stands in its stream (for an exact resume).
+META = ("dropped_too_long", "dropped_over_context", "reader", "position", "pass_index")
+assert len(META) == len(COUNTERS)
+
+
+def step_matrix(batches, batch_size: int) -> torch.Tensor:
+    """(micro-batches, batch_size + 1, 5): per-sample counts (`batch_matrix`), then the META row."""
+    rows = []
+    for b in batches:
+        meta = torch.tensor([[b.dropped.get("too_long", 0), b.dropped.get("over_context", 0), b.reader, b.position,
+                              b.pass_index]], dtype=torch.long)
+        rows.append(torch.cat([batch_matrix(b.counts, batch_size), meta]))
+    return torch.stack(rows)
+
+
 @dataclass
 class Decision:
     keep: list[int]                     # samples each rank keeps of its micro-batch

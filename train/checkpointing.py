@@ -1,10 +1,15 @@
-"""Resumable training states and the final checkpoint directory.
+"""The trainer's typed state, its resumable snapshots, and the final adapter.
 
-A state lives in `RUN/checkpoints/step-N/`: `accelerator.save_state` (model, optimizer, scheduler,
-DeepSpeed partitions, every process's RNG) plus `trainer_state.json` (step, micro-batches consumed,
-consumption, passes, schedule length, MLflow run id). It is written to `.step-N.tmp` and renamed
-only once complete, so a crash mid-save leaves the previous state the newest valid one; a directory
-without `trainer_state.json` is never picked up.
+A resumable state lives in `RUN/checkpoints/step-N/`: `accelerator.save_state` restricted to what
+training changes (the trainable parameters, the optimizer, the scheduler, every process's RNG; under
+DeepSpeed its ZeRO partitions with `exclude_frozen_parameters`) plus `trainer_state.json` (the
+`TrainingState`). The frozen base weights are never copied: at 7B they are 14 GB per state, and the
+base model directory already holds them. A state is written to `.step-N.tmp` and renamed only once
+complete, so a crash mid-save leaves the previous state the newest valid one; a directory without
+`trainer_state.json` is never picked up.
+
+The final adapter is written from the trainable parameters alone, on the main process: under ZeRO-3
+only those partitions are gathered (a few at a time), never the whole model on every rank.
 """
 
 from __future__ import annotations
@@ -12,12 +17,43 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from data_recipes.files import atomic_write_json
+from train import accounting
 
 STATE_FILE = "trainer_state.json"
+STATE_VERSION = 2
 _STEP = re.compile(r"^step-(\d+)$")
+GATHER_CHUNK = 64  # trainable tensors gathered at once under ZeRO-3 when saving the adapter
+
+
+@dataclass
+class TrainingState:
+    """Everything the trainer's loop carries from step to step (and a resumed run restores)."""
+    step: int = 0
+    micro_batches: int = 0
+    consumed: dict = field(default_factory=lambda: dict.fromkeys(accounting.COUNTERS, 0))
+    passes: int = 1
+    positions: dict = field(default_factory=dict)   # reader id -> raw samples taken from its stream
+    dropped: dict = field(default_factory=lambda: {"too_long": 0, "over_context": 0})
+    mlflow_run_id: str | None = None
+    schedule_steps: int = 0
+    version: int = STATE_VERSION
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = STATE_FILE) -> "TrainingState":
+        known = {f.name for f in fields(cls)}
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"{where}: state version {d.get('version')!r}, this trainer reads {STATE_VERSION} "
+                             f"(a state written by another version of train/lora.py cannot be resumed)")
+        state = cls(**{k: v for k, v in d.items() if k in known})
+        state.positions = {int(k): int(v) for k, v in state.positions.items()}  # JSON keys are strings
+        return state
 
 
 def valid_states(run_dir: Path) -> list[Path]:
@@ -42,19 +78,37 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
     return p
 
 
-def save_state(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:
-    """Write a complete resumable state for `step` (all processes call this)."""
+def _is_deepspeed(accelerator) -> bool:
+    return accelerator.state.deepspeed_plugin is not None
+
+
+def trainable_only(model):
+    """A save_state pre-hook (non-DeepSpeed runs): keep only the trainable tensors of the model's state."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def hook(models, weights, output_dir):
+        for sd in weights:
+            for k in [k for k in sd if k not in names]:
+                del sd[k]
+    return hook
+
+
+def save_state(accelerator, run_dir: Path, state: TrainingState, keep: int) -> Path:
+    """Write a complete resumable state for `state.step` (all processes call this)."""
     root = Path(run_dir) / "checkpoints"
-    final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
+    final, tmp = root / f"step-{state.step}", root / f".step-{state.step}.tmp"
     if accelerator.is_main_process:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if _is_deepspeed(accelerator):
+        accelerator.save_state(str(tmp), exclude_frozen_parameters=True)
+    else:
+        accelerator.save_state(str(tmp))  # trainable_only (registered by the trainer) filters the weights
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / STATE_FILE, state)  # the marker of completeness, written last
+        atomic_write_json(tmp / STATE_FILE, state.to_json())  # the marker of completeness, written last
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -64,11 +118,36 @@ def save_state(accelerator, run_dir: Path, step: int, state: dict, keep: int) ->
     return final
 
 
-def read_state(path: Path) -> dict:
+def read_state(path: Path) -> TrainingState:
     """The trainer's bookkeeping of a state (step, consumption, data position...)."""
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    f = Path(path) / STATE_FILE
+    return TrainingState.from_json(json.loads(f.read_text()), where=str(f))
 
 
 def load_state(accelerator, path: Path) -> None:
-    """Model, optimizer, scheduler and RNG of every process (all processes call this)."""
-    accelerator.load_state(str(path))
+    """Trainable parameters, optimizer, scheduler and RNG of every process (all processes call this).
+    The frozen weights are not in the state: they are already in place from the base model."""
+    if _is_deepspeed(accelerator):
+        accelerator.load_state(str(path), load_module_strict=False)
+    else:
+        accelerator.load_state(str(path), strict=False)
+
+
+def trainable_state_dict(accelerator, model) -> dict:
+    """{name: CPU tensor} of the trainable parameters, on the main process ({} elsewhere). Every
+    process must call it: under ZeRO-3 the partitions are gathered a chunk at a time."""
+    unwrapped = accelerator.unwrap_model(model)
+    named = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
+    zero3 = _is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+    out = {}
+    for i in range(0, len(named), GATHER_CHUNK):
+        chunk = named[i:i + GATHER_CHUNK]
+        if zero3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p for _, p in chunk], modifier_rank=None):
+                if accelerator.is_main_process:
+                    out.update({n: p.detach().cpu().clone() for n, p in chunk})
+        elif accelerator.is_main_process:
+            out.update({n: p.detach().cpu().clone() for n, p in chunk})
+    return out

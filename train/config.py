@@ -22,6 +22,8 @@ from pathlib import Path
 import yaml
 
 MATCH_UNITS = ("samples", "visual_tokens", "text_tokens", "supervised_tokens")
+PRECISIONS = ("auto", "bf16", "fp16", "no")
+ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
 
 
 class ConfigError(ValueError):
@@ -48,17 +50,20 @@ class TrainConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     lora_dropout: float = 0.05
     """Dropout on the LoRA input."""
-    lora_targets: str = ""
-    """Regex of modules that get LoRA (default: the family's language-model q/k/v/o projections)."""
-    train_projector: bool = True
-    """Train the vision-to-language projector fully (saved with the adapter)."""
-    train_vision_tower: bool = False
-    """Train the vision encoder fully (off: STACK.md saw a trainable random tower collapse)."""
+    lora_targets: str = "attention"
+    """Modules that get LoRA: attention (the language model's q/k/v/o projections), all_linear (also its
+    MLP), or a regex over module names."""
+    freeze_vision_tower: bool = True
+    """Keep the vision encoder frozen (a trainable random-init tower was seen to collapse; LLaVA freezes it)."""
+    freeze_projector: bool = False
+    """Keep the vision-to-language projector frozen (else it is trained fully and saved with the adapter)."""
     train_embeddings: bool = False
     """Train input embeddings and lm_head fully (lets LoRA emit words the base never produced)."""
 
     learning_rate: float = 2e-4
-    """Peak learning rate (AdamW)."""
+    """Peak learning rate of the LoRA (and embedding) parameters (AdamW)."""
+    projector_lr: float = 2e-5
+    """Peak learning rate of the projector (LLaVA trains it 10x slower than LoRA)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     lr_scheduler: str = "cosine"
@@ -67,10 +72,22 @@ class TrainConfig:
     """Linear warmup steps."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    per_device_batch_size: int = 8
-    """Samples per micro-batch per process."""
-    gradient_accumulation_steps: int = 1
+    per_device_batch_size: int = 4
+    """Samples per micro-batch per process (4 with gradient checkpointing fits a 7B model on an 80 GB GPU:
+    check with --dry_run)."""
+    gradient_accumulation_steps: int = 4
     """Micro-batches per optimizer step."""
+    mixed_precision: str = "auto"
+    """auto | bf16 | fp16 | no. auto: bf16 on a GPU that supports it, fp16 (with dynamic loss scaling) on
+    one that does not, fp32 on CPU. The same value goes to accelerate and to the DeepSpeed config."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass (non-reentrant): less memory, about 30% more compute."""
+    attn_implementation: str = "auto"
+    """auto | sdpa | flash_attention_2 | eager. auto: flash_attention_2 on a GPU with flash-attn installed
+    and 16-bit precision, else sdpa."""
+    max_length: int = 0
+    """Longest sample in tokens (text + visual); a longer one is dropped and counted, never cut
+    (0: the language model's context)."""
 
     max_steps: int = 0
     """Stop after this many optimizer steps (0: no step limit)."""
@@ -89,6 +106,8 @@ class TrainConfig:
     ds_config: str = "zero2"
     """DeepSpeed config: zero2 | zero3 | zero3_offload | a JSON path | none. Ignored when the
     accelerate launcher already configured DeepSpeed (--use_deepspeed / --config_file)."""
+    process_group_timeout_s: int = 1800
+    """Seconds a collective may wait for the slowest process (gloo and NCCL) before the job fails."""
     num_workers: int = 2
     """Data loader worker processes per training process."""
     shuffle_buffer: int = 500
@@ -111,8 +130,20 @@ class TrainConfig:
     """MLflow experiment (one per study)."""
     tracking_uri: str = ""
     """MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<repo>/mlruns/mlflow.db)."""
+    system_metrics: bool = True
+    """Log MLflow system metrics (CPU, memory; GPU utilisation and memory with nvidia-ml-py) on the run."""
     trust_remote_code: bool = False
     """Allow model code shipped with a checkpoint to run (off unless you trust it)."""
+
+    dry_run: bool = False
+    """Print the plan (parameters, precision, DeepSpeed config, steps, sequence lengths, memory per GPU)
+    from the model's config and the manifest, without loading weights or training."""
+    gpus: int = 0
+    """Planning only: GPUs per node to plan for (0: what this machine has)."""
+    gpu_memory_gb: float = 80.0
+    """Planning only: memory of one GPU."""
+    nodes: int = 1
+    """Planning only: number of nodes."""
 
     @property
     def run_dir(self) -> Path:
@@ -187,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of settings (overrides the recipe's train section)")
     for name, f in FIELDS.items():
         # Defaults are applied by resolve(), not argparse, so that a flag is "given" only if typed.
-        p.add_argument(f"--{name}", default=None, help=f"{docs.get(name, '')} [default: {f.default!r}]")
+        bare = {"nargs": "?", "const": "true"} if _TYPES[name] is bool else {}  # `--dry_run` = `--dry_run true`
+        p.add_argument(f"--{name}", default=None, help=f"{docs.get(name, '')} [default: {f.default!r}]", **bare)
     return p
 
 
@@ -230,9 +262,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"match_by must be one of {', '.join(MATCH_UNITS)}, got {cfg.match_by!r}")
     if cfg.lr_scheduler not in ("cosine", "linear", "constant"):
         raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {cfg.lr_scheduler!r}")
+    if cfg.max_length < 0:
+        raise ConfigError("max_length must be >= 0 (0: the language model's context)")
     if not (cfg.max_steps or cfg.max_samples or cfg.match_to):
         raise ConfigError("no budget: give max_steps, max_samples or match_to (in the recipe, --config or flags)")
-    for k in ("per_device_batch_size", "gradient_accumulation_steps", "lora_r"):
+    for name, allowed in (("mixed_precision", PRECISIONS), ("attn_implementation", ATTENTION)):
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    for k in ("per_device_batch_size", "gradient_accumulation_steps", "lora_r", "process_group_timeout_s", "nodes"):
         if getattr(cfg, k) < 1:
             raise ConfigError(f"{k} must be >= 1")
     name = cfg.run_name or Path(cfg.recipe).stem

@@ -1,36 +1,52 @@
 """Streaming a recipe's shards into training batches.
 
-One straight chain, per pass over the data:
+One straight chain per reader (a reader is one DataLoader worker of one rank; reader r of R, with
+R = world size x workers), pass after pass:
 
-    shard list -> seeded shard shuffle (per pass) -> split by node -> split by worker
-      -> tar samples (webdataset; a bad member is counted, not fatal) -> sample check -> seeded
-      shuffle buffer -> decode -> batch -> collate with the family's chat template (labels on assistant tokens)
+    shard list -> seeded shard shuffle (per pass) -> the pass's samples laid end to end, positions
+      0..N-1 (N = the manifest's per-shard counts summed) -> reader r takes positions [r*N//R, (r+1)*N//R)
+      -> tar samples (webdataset; a bad member is counted, not fatal) -> sample check -> seeded shuffle
+      buffer -> batch -> decode + collate with the family's chat template (labels on assistant tokens)
+      -> drop samples longer than max_length or the model's context (counted in `Batch.dropped`)
 
-Each shard is read on its own, and every sample is checked before it enters the buffer: its `json`
-member parses into the sample schema and its message markers match its image members. A truncated
-shard therefore costs the samples from the cut on (the sample the cut went through is incomplete and
-dropped), a sample of the wrong shape is dropped, and both are counted in `errors` (first ones in
+Ranges, not whole shards, are dealt out, so every reader's share of a pass is N/R give or take one
+sample, and readers consumed in lockstep finish their passes together: no sample comes a second time
+while more than one sample per reader has not come once. A reader opens only the
+shards its range overlaps and skips the positions before its range undecoded. Positions come from
+the manifest's counts, so a truncated shard costs its own missing or bad samples only and never
+shifts another reader's range. Every sample is checked before it enters the buffer: its `json`
+member parses into the sample schema and its markers match its image members; a sample cut by a
+truncated shard or of the wrong shape is dropped and counted in `errors` (first ones in
 `error_examples`), never a crash of the run or a half sample in a batch.
 
-The stream is endless (pass after pass, each reshuffled), so a budget larger than one pass simply
-continues, and every batch is a pure function of (seed, rank, world size, workers, position): that
-is what makes resume exact. When there are fewer shards than readers, shards are shared and the
-split happens sample by sample instead, so every reader still gets a disjoint, equal share.
+A sample longer than `max_length` (reason `too_long`) or than the language model's context
+(`over_context`; each reader reports its first one on stderr) is dropped after collation, never cut:
+cutting could split an image's placeholder tokens. A batch with drops is yielded short (the trainer's
+accounting handles fewer samples); one whose samples were all dropped is not yielded: its drops are
+carried to the reader's next batch.
+
+The stream is endless (pass after pass, each reshuffled), and a reader's raw samples are a pure
+function of (seed, R, r, manifest counts). `Batch.position` counts the samples a reader has taken
+from its shuffle buffer (dropped ones included), so a run resumes exactly from the last position it
+consumed of every reader (`resume=`): the reader replays its buffer without decoding up to there.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_recipes.build import read_manifest, shard_urls
 from train.chat import ConversationError, encode, validate_messages
 
 _EXAMPLES = 5
@@ -42,6 +58,17 @@ class Batch:
     counts: dict          # samples, images, text_tokens, supervised_tokens, visual_tokens: lists per sample
     keys: list[str]
     pass_index: int
+    reader: int = 0       # global reader id (rank * workers + slot)
+    position: int = 0     # samples this reader took from its buffer, through this batch's (drops included)
+    dropped: dict = field(default_factory=dict)  # reason -> samples dropped since the reader's previous batch
+
+
+def shard_counts_from_manifest(shards_dir) -> tuple[list[str], list[int]]:
+    """Shard paths and per-shard sample counts of a build, in manifest order."""
+    counts = [s.get("samples") for s in read_manifest(shards_dir)["shards"]]
+    if not all(isinstance(c, int) and c >= 0 for c in counts):
+        raise ValueError(f"{shards_dir}/manifest.json: every shard needs an integer 'samples'; rebuild the recipe")
+    return shard_urls(shards_dir), counts
 
 
 def _image_names(sample: dict) -> list[str]:
@@ -52,47 +79,89 @@ def _images(sample: dict) -> list[Image.Image]:
     return [Image.open(io.BytesIO(sample[k])).convert("RGB") for k in _image_names(sample)]
 
 
+def _tar_samples(url: str, handler):
+    """Raw samples of one shard on its own: a shard cut mid-sample cannot lend its partial last
+    sample's key to the next shard's members (webdataset groups members by key across shards)."""
+    return wds.tarfile_to_samples(handler=handler)(iter([{"url": url}]))
+
+
 class ShardStream(IterableDataset):
-    """Endless, deterministic, rank- and worker-disjoint batches from WebDataset shards."""
+    """Endless, deterministic, rank- and worker-disjoint batches from WebDataset shards.
+
+    shard_counts: samples per shard, as in the manifest (None: read every shard once to count).
+    max_length / context_length: drop samples with more tokens (0: no limit).
+    resume: {"positions": {reader id: Batch.position of the last batch consumed from it},
+             "batches": loader batches consumed}; skip_batches (deprecated) is the same without drops.
+    """
 
     def __init__(self, urls: list[str], processor, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 shuffle_buffer: int = 500, skip_batches: int = 0):
+                 shuffle_buffer: int = 500, shard_counts: list[int] | None = None, max_length: int = 0,
+                 context_length: int = 0, resume: dict | None = None, skip_batches: int = 0):
         self.urls, self.processor, self.batch_size = list(urls), processor, batch_size
-        self.seed, self.rank, self.world = seed, rank, world
-        self.shuffle_buffer, self.skip_batches = shuffle_buffer, skip_batches
+        self.seed, self.rank, self.world, self.shuffle_buffer = seed, rank, world, shuffle_buffer
+        self.max_length, self.context_length = max_length, context_length
+        if resume and skip_batches:
+            raise ValueError("give resume= or the deprecated skip_batches=, not both")
+        self.resume, self.skip_batches = resume, skip_batches
+        if shard_counts is not None and len(shard_counts) != len(self.urls):
+            raise ValueError(f"{len(shard_counts)} shard counts for {len(self.urls)} shards")
+        self._shard_counts = None if shard_counts is None else list(shard_counts)
         self.errors = 0
         self.error_examples: list[str] = []
+        self._warned_context = False
 
-    def _reader(self) -> tuple[int, int]:
-        info = get_worker_info()
-        w, nw = (info.id, info.num_workers) if info else (0, 1)
-        return self.rank * nw + w, self.world * nw
+    # --- which samples each reader takes ------------------------------------------------------------
+    @property
+    def shard_counts(self) -> list[int]:
+        """Samples per shard; without the manifest's counts, every shard is read once to count them
+        (on first use: `make_loader` does it before the workers start, so they inherit the counts)."""
+        if self._shard_counts is None:
+            self._shard_counts = [sum(1 for _ in _tar_samples(u, lambda e: True)) for u in self.urls]
+        return self._shard_counts
+
+    @property
+    def total(self) -> int:
+        return sum(self.shard_counts)
+
+    @staticmethod
+    def readers_of_rank(rank: int, n_workers: int) -> list[int]:
+        """Global reader ids of one rank's workers (0 workers = one in-process reader)."""
+        n = max(n_workers, 1)
+        return list(range(rank * n, (rank + 1) * n))
+
+    def _range(self, reader: int, readers: int) -> tuple[int, int]:
+        return reader * self.total // readers, (reader + 1) * self.total // readers
+
+    def share(self, reader: int, readers: int) -> int:
+        """Samples per pass of a reader (shares differ by at most one)."""
+        lo, hi = self._range(reader, readers)
+        return hi - lo
+
+    def unique_seen(self, positions: dict, readers: int) -> int:
+        """Distinct samples taken so far, given the last position of every reader (each reader's
+        position counted up to its share of a pass; a pass's bad samples make this an upper bound)."""
+        return sum(min(int(p), self.share(int(r), readers)) for r, p in positions.items())
 
     def _raw(self, pass_index: int, reader: int, readers: int):
         """Undecoded samples of one pass for this reader, after the seeded shuffle buffer."""
-        shards = list(self.urls)
-        random.Random(f"shards:{self.seed}:{pass_index}").shuffle(shards)
-        by_shard = len(shards) >= readers
-        mine = shards[reader::readers] if by_shard else shards
+        order = list(range(len(self.urls)))
+        random.Random(f"shards:{self.seed}:{pass_index}").shuffle(order)
+        lo, hi = self._range(reader, readers)
         rng = random.Random(f"buffer:{self.seed}:{pass_index}:{reader}:{readers}")
-        buf = []
-        for i, s in enumerate(self._samples(mine)):
-            if not by_shard and i % readers != reader:
-                continue
-            if not self._sound(s):
-                continue
-            buf.append(s)
-            if len(buf) >= self.shuffle_buffer:
-                yield buf.pop(rng.randrange(len(buf)))
+        buf, start = [], 0
+        for i in order:
+            end = start + self.shard_counts[i]
+            if start < hi and end > lo:  # the shard overlaps this reader's range
+                first = max(lo, start) - start
+                for s in itertools.islice(_tar_samples(self.urls[i], self._count_error), first,
+                                          min(hi, end) - start):
+                    if self._sound(s):
+                        buf.append(s)
+                        if len(buf) >= self.shuffle_buffer:
+                            yield buf.pop(rng.randrange(len(buf)))
+            start = end
         rng.shuffle(buf)
         yield from buf
-
-    def _samples(self, urls: list[str]):
-        """Raw samples shard by shard: a shard cut mid-sample cannot lend its partial last sample's key
-        to the next shard's members (webdataset groups members by key across shard boundaries when a
-        shard ends in an error)."""
-        for u in urls:
-            yield from wds.tarfile_to_samples(handler=self._count_error)(iter([{"url": u}]))
 
     def _sound(self, s: dict) -> bool:
         """Whether a raw sample is complete and of the sample schema; counts it as an error if not."""
@@ -121,30 +190,25 @@ class ShardStream(IterableDataset):
 
     def _endless(self, reader: int, readers: int):
         """(pass, raw sample) pairs, pass after pass; a pass's remainder flows into the next batch."""
-        pass_index = 0
-        while True:
+        if not self.share(reader, readers):
+            raise RuntimeError(f"{self.total} samples per pass cannot feed {readers} readers (ranks x workers)")
+        for pass_index in itertools.count():
             n = 0
             for s in self._raw(pass_index, reader, readers):
                 n += 1
                 yield pass_index, s
             if n == 0:
-                raise RuntimeError(f"reader {reader} of {readers} found no samples in {len(self.urls)} shards")
-            pass_index += 1
+                raise RuntimeError(f"reader {reader} of {readers} found no sound sample in {len(self.urls)} shards")
 
-    def batches_of_reader(self, reader: int, readers: int, n_workers: int):
-        """(pass, raw samples) batches of one reader, skipping what a resumed run already consumed."""
-        # The DataLoader takes batches from its workers round-robin: batch k comes from worker k % n.
-        skip = len(range(reader % n_workers, self.skip_batches, n_workers))
-        batch = []
-        for pass_index, s in self._endless(reader, readers):
-            batch.append(s)
-            if len(batch) == self.batch_size:
-                if skip:
-                    skip -= 1  # skipped before decoding: fast-forwarding costs tar reads only
-                else:
-                    yield pass_index, batch
-                batch = []
+    def batches_of_reader(self, reader: int, readers: int, _unused=None, *, position: int = 0):
+        """(pass, raw samples) batches of one reader after its first `position` samples, which are
+        taken from the buffer and thrown away undecoded (tar reads and json checks only). The third
+        argument (the old worker count) is ignored."""
+        samples = itertools.islice(self._endless(reader, readers), position, None)
+        while batch := list(itertools.islice(samples, self.batch_size)):
+            yield batch[-1][0], [s for _, s in batch]
 
+    # --- decoding, length limits, and the loader ------------------------------------------------
     def collate(self, raw: list[dict]) -> tuple[dict, dict, list[str]]:
         convs, images, keys = [], [], []
         for s in raw:
@@ -158,48 +222,138 @@ class ShardStream(IterableDataset):
                   "supervised_tokens": enc.supervised_tokens}
         return enc.inputs, counts, keys
 
+    def _drop_long(self, batch: Batch) -> tuple[Batch | None, Counter]:
+        """The batch without its samples over the length limits (None if none is left), and drops by reason."""
+        keep, why = [], Counter()
+        for i, n in enumerate(batch.inputs["attention_mask"].sum(1).tolist()):
+            if self.context_length and n > self.context_length:
+                why["over_context"] += 1
+                if not self._warned_context:
+                    self._warned_context = True
+                    print(f"[data] sample {batch.keys[i]}: {n} tokens, more than the language model's context of "
+                          f"{self.context_length} tokens (max_position_embeddings); dropped (further ones are "
+                          "counted in Batch.dropped['over_context'])", file=sys.stderr, flush=True)
+            elif self.max_length and n > self.max_length:
+                why["too_long"] += 1
+            else:
+                keep.append(i)
+        if len(keep) == len(batch.keys):
+            return batch, why
+        return (select(batch, keep) if keep else None), why
+
+    def reader_batches(self, reader: int, readers: int, position: int = 0):
+        """The `Batch`es of one reader, from `position` on."""
+        dropped = Counter()
+        for pass_index, raw in self.batches_of_reader(reader, readers, position=position):
+            position += len(raw)
+            batch, why = self._drop_long(Batch(*self.collate(raw), pass_index, reader, position))
+            dropped.update(why)
+            if batch is not None:
+                yield replace(batch, dropped=dict(dropped))
+                dropped.clear()
+
     def __iter__(self):
         info = get_worker_info()
-        n_workers = info.num_workers if info else 1
-        reader, readers = self._reader()
-        for pass_index, raw in self.batches_of_reader(reader, readers, n_workers):
-            inputs, counts, keys = self.collate(raw)
-            yield Batch(inputs, counts, keys, pass_index)
+        w, n = (info.id, info.num_workers) if info else (0, 1)
+        if self.resume:
+            done = int(self.resume.get("batches", 0))
+            positions = {int(r): int(p) for r, p in self.resume.get("positions", {}).items()}
+        else:  # deprecated: batch counts only, exact when nothing is dropped
+            done = self.skip_batches
+            positions = {self.rank * n + s: len(range(s, done, n)) * self.batch_size for s in range(n)}
+        # The DataLoader takes batches from its workers round-robin from worker 0: after `done`
+        # batches, worker w must continue the reader whose turn comes w-th.
+        reader = self.rank * n + (w + done) % n
+        yield from self.reader_batches(reader, self.world * n, positions.get(reader, 0))
 
 
 def make_loader(stream: ShardStream, num_workers: int) -> DataLoader:
     # A private generator: drawing the workers' base seed from the global RNG would shift dropout
     # masks between a resumed run and an uninterrupted one.
+    if not stream.total:  # counted here if need be, rather than once in every worker
+        raise ValueError(f"no samples in the {len(stream.urls)} shards")
     return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=lambda b: b,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
                       generator=torch.Generator().manual_seed(0))
 
 
-PER_IMAGE_KEYS = ("pixel_values", "image_sizes", "image_grid_thw")
+# --- selecting samples of a collated batch ------------------------------------------------------------
+def _groups(sizes: list[int]) -> list[list[int]]:
+    """Consecutive index groups of the given sizes."""
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
+
+
+def _proportional(total: int, weights: list[int], what: str) -> list[int]:
+    w = sum(weights)
+    if not w or any(x * total % w for x in weights):
+        raise ValueError(f"cannot split {total} rows of {what} over samples with {weights} placeholder tokens")
+    return [x * total // w for x in weights]
+
+
+def _media_index(pixels, grid, items, tokens, what) -> tuple[list[list[int]], list[list[int]]]:
+    """Per sample, its items (images or videos: rows of the grid/sizes) and its rows of `pixels`.
+
+    Layouts: Qwen2-VL flattens every item's patches into one matrix, item i taking prod(grid[i]) rows;
+    LLaVA, LLaVA-NeXT and OneVision have one row per item; InternVL one row per tile, each row giving
+    the same number of placeholder tokens. Items per sample are given for images (None for videos:
+    then they follow from the sample's placeholder tokens)."""
+    rows_total = pixels.shape[0]
+    if grid is not None:
+        item_rows = grid.prod(-1).tolist()
+        if items is None:
+            rows = _proportional(rows_total, tokens, what)
+            ends = list(itertools.accumulate(item_rows))  # a sample holds the items that end in its rows
+            starts = itertools.accumulate(rows, initial=0)
+            items = [sum(a < e <= a + r for e in ends) for a, r in zip(starts, rows)]
+        by_item = _groups(items)
+        return by_item, _groups([sum(item_rows[j] for j in g) for g in by_item])
+    if items is not None and rows_total == sum(items):
+        return _groups(items), _groups(items)
+    rows = _proportional(rows_total, tokens, what)
+    return _groups(items if items is not None else rows), _groups(rows)
+
+
+def select(batch: Batch, rows) -> Batch:
+    """The batch reduced to the samples `rows` (in that order), with their images, videos and tokens."""
+    rows, n = list(rows), len(batch.keys)
+    src, inputs, counts = batch.inputs, dict(batch.inputs), batch.counts
+    video_tokens = counts.get("video_tokens")
+    if video_tokens is None and "mm_token_type_ids" in src:
+        video_tokens = (src["mm_token_type_ids"] == 2).sum(1).tolist()
+    images = ("image_grid_thw", "image_sizes", "batch_num_images")
+    for pix, grid, per_item, items, tokens in (  # per_item: inputs with one row per image / video
+            ("pixel_values", "image_grid_thw", images, counts["images"], counts["visual_tokens"]),
+            ("pixel_values_videos", "video_grid_thw", ("video_grid_thw",), None, video_tokens)):
+        if pix not in src:
+            continue
+        if items is None and tokens is None:
+            raise ValueError(f"{pix}: cannot tell which sample each video belongs to")
+        by_item, by_row = _media_index(src[pix], src.get(grid), items, tokens, pix)
+        if not any(by_row[i] for i in rows):  # as a batch without images collates: no image inputs
+            for k in (pix, *per_item):
+                inputs.pop(k, None)
+            continue
+        inputs[pix] = src[pix][[j for i in rows for j in by_row[i]]]
+        for k in per_item:
+            if k == "batch_num_images" and k in src:  # OneVision: images per sample (that has any, if so given)
+                per = [len(by_item[i]) for i in rows]
+                inputs[k] = torch.tensor(per if len(src[k]) == n else [c for c in per if c])
+            elif k in src:
+                inputs[k] = src[k][[j for i in rows for j in by_item[i]]]
+    mask = src["attention_mask"][rows]
+    used = mask.any(0).nonzero().flatten()
+    lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
+    width = src["attention_mask"].shape[1]
+    for k, v in src.items():
+        if inputs.get(k) is not v or not isinstance(v, torch.Tensor) or v.shape[:1] != (n,):
+            continue
+        # Per-sample tensors; token-aligned ones lose the padding columns no kept sample uses.
+        inputs[k] = v[rows][:, lo:hi] if v.dim() >= 2 and v.shape[1] == width else v[rows]
+    counts = {k: [v[i] for i in rows] for k, v in counts.items()}
+    return replace(batch, inputs=inputs, counts=counts, keys=[batch.keys[i] for i in rows])
 
 
 def trim(batch: Batch, keep: int) -> Batch:
     """The first `keep` samples of a batch (the last batch of a budgeted run)."""
-    n, images_kept = len(batch.keys), sum(batch.counts["images"][:keep])
-    inputs = {}
-    for k, v in batch.inputs.items():
-        if k in PER_IMAGE_KEYS:
-            continue
-        inputs[k] = v[:keep] if isinstance(v, torch.Tensor) and v.shape[:1] == (n,) else v
-    grid = batch.inputs.get("image_grid_thw")
-    for k in PER_IMAGE_KEYS:
-        v = batch.inputs.get(k)
-        if v is None:
-            continue
-        if k == "pixel_values" and grid is not None:
-            # Qwen2-VL flattens every image's patches into one (patches, dim) matrix.
-            inputs[k] = v[: int(grid[:images_kept].prod(-1).sum())]
-        else:
-            inputs[k] = v[:images_kept]
-    # Sequences were right-padded to the longest of the batch; drop columns nobody uses any more.
-    width = int(inputs["attention_mask"].sum(1).max())
-    for k in ("input_ids", "attention_mask", "labels", "mm_token_type_ids"):
-        if k in inputs:
-            inputs[k] = inputs[k][:, :width]
-    counts = {k: v[:keep] for k, v in batch.counts.items()}
-    return Batch(inputs, counts, batch.keys[:keep], batch.pass_index)
+    return select(batch, range(keep))

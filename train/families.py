@@ -64,12 +64,14 @@ class Family:
         """The processor of a local checkpoint, built without torchvision (`data_recipes.processors`)."""
         return load_processor(path, trust_remote_code=trust_remote_code)
 
-    def load(self, path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None):
+    def load(self, path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None,
+             attn_implementation: str | None = None):
         """Load model and processor from a local checkpoint directory (safetensors weights only)."""
         path = Path(path)
         check_checkpoint_dir(path)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = self.model_cls().from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype or "auto"
+            path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype or "auto", **extra
         )
         return model, self.load_processor(path, trust_remote_code=trust_remote_code)
 
@@ -155,10 +157,12 @@ def detect_family(path: str | os.PathLike) -> Family:
     return FAMILIES[model_type]
 
 
-def load_model(path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None):
+def load_model(path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None,
+               attn_implementation: str | None = None):
     """Detect the family of `path` and load (model, processor, family)."""
     fam = detect_family(path)
-    model, processor = fam.load(path, trust_remote_code=trust_remote_code, dtype=dtype)
+    model, processor = fam.load(path, trust_remote_code=trust_remote_code, dtype=dtype,
+                                attn_implementation=attn_implementation)
     return model, processor, fam
 
 

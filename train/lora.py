@@ -2,22 +2,27 @@
 
     accelerate launch train/lora.py --recipe video_demo
     accelerate launch train/lora.py --recipe image_demo --match_to ckpt/video_demo --match_by visual_tokens
-    accelerate launch --config_file ds_configs/accelerate/cpu_zero2_2proc.yaml train/lora.py --recipe R
-    accelerate launch train/lora.py --recipe R --ds_config zero3 | none | path.json
+    accelerate launch --config_file ds_configs/accelerate/gpu_1node_8gpu_zero2.yaml train/lora.py --recipe R
+    accelerate launch train/lora.py --recipe R --dry_run --gpus 8 --nodes 2    # plan only, no weights
     python train/lora.py --recipe R --resume latest
 
 Settings: defaults < the recipe's `train:` section < --config file.yaml < flags (`--help` lists
 them). DeepSpeed ZeRO-2 from ds_configs/zero2.json unless told otherwise. The run ends at max_steps,
 max_samples, or exactly at a reference run's consumption (match_to/match_by), and writes
 `ckpt/<run>/` (peft adapter, processor, run.json), logging to MLflow from the main process.
+
+The recipe reads top to bottom: `setup()` builds each part with its own `_setup_*`, `train()` loops
+over `train_step()` (one optimizer step) with logging and saving around it, `finish()` writes the
+adapter. Everything that changes during the run lives in one `TrainingState`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,91 +35,40 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # DeepSpeed compiles its CPU ops with g++ on first use (30-60 s): keep them in the project's cache.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
-os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else "cuda")
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from train.runtime import pick_ds_accelerator  # noqa: E402
+
+pick_ds_accelerator()  # before DeepSpeed is imported: it reads DS_ACCELERATOR once
+
 from accelerate import Accelerator, DeepSpeedPlugin  # noqa: E402
 from accelerate.utils import InitProcessGroupKwargs, set_seed  # noqa: E402
 
 from data_recipes.build import build as build_shards  # noqa: E402
 from data_recipes.build import manifest_hash, read_manifest, shard_urls, verify  # noqa: E402
+from data_recipes.files import atomic_write_json, atomic_write_text  # noqa: E402
 from data_recipes.processors import save_processor  # noqa: E402
 from data_recipes.recipe import load_recipe  # noqa: E402
-from train import accounting  # noqa: E402
-from data_recipes.files import atomic_write_json, atomic_write_text
-from train.checkpointing import find_resume, load_state, read_state, save_state  # noqa: E402
+from train import accounting, budget as budgets  # noqa: E402
+from train.chat import IGNORE_INDEX  # noqa: E402
+from train.checkpointing import (TrainingState, find_resume, load_state, read_state, save_state,  # noqa: E402
+                                 trainable_only, trainable_state_dict)
 from train.config import TrainConfig, resolve  # noqa: E402
 from train.data import ShardStream, make_loader, trim  # noqa: E402
-from train.families import load_model  # noqa: E402
+from train.families import get_module, load_model  # noqa: E402
 from train.models import resolve_base_model, wrap_lora  # noqa: E402
+from train.runtime import fill_ds_config, resolve_runtime  # noqa: E402
 from train.schedule import make_optimizer, make_scheduler  # noqa: E402
 from train.tracking import NullTracker, Tracker, default_tracking_uri  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MIN_BUCKET = 1 << 22  # elements per ZeRO communication bucket, at least (16 MB in fp32)
+GENERATED_SOURCES = {"synthetic_image", "synthetic_video"}
 
 
-# --- setup -----------------------------------------------------------------------------------------
-def ds_config_path(name: str) -> Path | None:
-    if name.lower() in ("", "none"):
-        return None
-    p = Path(name)
-    if p.suffix == ".json":
-        if not p.exists():
-            raise FileNotFoundError(f"--ds_config {p}: file not found")
-        return p
-    p = REPO / "ds_configs" / f"{name}.json"
-    if not p.exists():
-        shipped = ", ".join(sorted(x.stem for x in (REPO / "ds_configs").glob("*.json")))
-        raise FileNotFoundError(f"--ds_config {name}: no such config (shipped: {shipped}, or a .json path, or none)")
-    return p
-
-
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    launcher_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    ds_path = None if launcher_ds else ds_config_path(cfg.ds_config)
-    launcher_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
-    if launcher_ds and launcher_file and not Path(launcher_file).exists() and (REPO / launcher_file).exists():
-        # The shipped accelerate YAMLs name ds_configs/... relative to the repository.
-        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(REPO / launcher_file)
-    if (launcher_ds or ds_path) and "RANK" not in os.environ:
-        # DeepSpeed outside a launcher goes looking for mpi4py; a one-process world avoids that.
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    distributed = bool(launcher_ds or ds_path) or int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # On CPU name gloo explicitly: otherwise accelerate believes it has one process while DeepSpeed's
-    # world has two, and both ranks silently read the same data (STACK.md).
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
-    plugin = DeepSpeedPlugin(hf_ds_config=str(ds_path)) if ds_path else None
-    acc = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers,
-                      gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    if acc.state.deepspeed_plugin is not None:
-        fill_ds_autos(acc.state.deepspeed_plugin.deepspeed_config, cfg)
-    return acc
-
-
-def fill_ds_autos(ds: dict, cfg: TrainConfig, hidden: int = 0) -> None:
-    """Resolve the "auto" fields accelerate cannot infer here (no dataloader goes through prepare)."""
-    ds["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
-    ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
-    ds.pop("train_batch_size", None)
-    if ds.get("gradient_clipping") == "auto":
-        ds["gradient_clipping"] = cfg.max_grad_norm
-    bf16 = ds.setdefault("bf16", {})
-    if bf16.get("enabled") == "auto":
-        bf16["enabled"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    zero = ds.get("zero_optimization", {})
-    if hidden:
-        # DeepSpeed's own bucket defaults (5e8 elements) are sized for 7B models; scale them to the model,
-        # with a floor: a tiny model's hidden**2 made ~7 gloo all-reduces per step where one will do.
-        bucket = max(hidden * hidden, MIN_BUCKET)
-        for key, val in (("reduce_bucket_size", bucket), ("allgather_bucket_size", bucket),
-                         ("stage3_prefetch_bucket_size", int(0.9 * bucket)),
-                         ("stage3_param_persistence_threshold", 10 * hidden)):
-            if zero.get(key) == "auto":
-                zero[key] = val
+class ShardsMissing(RuntimeError):
+    pass
 
 
 def git_commit() -> str:
@@ -125,32 +79,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def ensure_shards(acc: Accelerator, cfg: TrainConfig, recipe) -> Path:
-    """The recipe's shards, built first (on the main process; the others wait) when missing or stale."""
-    out = Path(cfg.shards_root) / recipe.name
-    if acc.is_main_process:
-        try:
-            fresh = read_manifest(out)["recipe_hash"] == recipe.content_hash()
-        except Exception:
-            fresh = False
-        if not fresh:
-            acc.print(f"building shards for {recipe.name} in {out}")
-            build_shards(recipe, out, workers=1, progress=True)
-        if cfg.verify and (problems := verify(out)):
-            raise RuntimeError(f"--verify: shards of {out} do not match their manifest:\n  " + "\n  ".join(problems))
-    acc.wait_for_everyone()
-    return out
-
-
-def ensure_base_model(acc: Accelerator, cfg: TrainConfig) -> Path:
-    if acc.is_main_process:
-        path = resolve_base_model(cfg.base_model)
-    acc.wait_for_everyone()
-    if not acc.is_main_process:
-        path = resolve_base_model(cfg.base_model, build=False)
-    return path
-
-
 def _log_step(line: str) -> int:
     """0-based step of a metrics.jsonl or samples log line (truncated lines sort last: dropped)."""
     try:
@@ -159,194 +87,397 @@ def _log_step(line: str) -> int:
         return 1 << 62
 
 
-# --- the run ---------------------------------------------------------------------------------------
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the supervised (label != -100) positions, in fp32."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def peak_memory_gb() -> float:
+    """Peak memory since the last call: the GPU allocator's on CUDA, else the process's peak RSS."""
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        return peak
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+class LoRATrainer:
+    """One LoRA run: setup, train (step by step), finish."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+
+    # --- setup ---------------------------------------------------------------------------------
+    def setup(self) -> "LoRATrainer":
+        cfg = self.cfg
+        self.acc = self._setup_accelerator()
+        self.acc.print("resolved config:\n" + json.dumps(cfg.to_dict(), indent=1))
+        self.acc.print("runtime: " + json.dumps(self.runtime.describe()))
+        self.recipe = load_recipe(cfg.recipe)
+        self.shards = self._setup_shards()
+        self.base_dir = self._setup_base_model()
+        # Seeded after the on-demand builds (which seed for themselves), so a run that had to build the
+        # tiny model and one that found it on disk draw the same LoRA init and dropout masks.
+        set_seed(cfg.seed)
+        self._setup_model()
+        self.tracking_uri = cfg.tracking_uri or default_tracking_uri()
+        self.budget = self._setup_budget()
+        self._setup_optimizer()
+        resume_from = find_resume(self.run_dir, cfg.resume)
+        self.state = read_state(resume_from) if resume_from else TrainingState(schedule_steps=self.budget.schedule_steps)
+        self.schedule["total"] = self.state.schedule_steps
+        self.tracker = self._setup_tracking()
+        self._setup_logs(resume_from)
+        self.batches = self._setup_data()
+        if resume_from:
+            # Restored last, after every bit of set-up that might draw random numbers, so that dropout
+            # continues exactly where the interrupted run left it.
+            load_state(self.acc, resume_from)
+            self.acc.print(f"resumed from {resume_from} at step {self.state.step}")
+        return self
+
+    def _setup_accelerator(self) -> Accelerator:
+        cfg = self.cfg
+        self.runtime = resolve_runtime(cfg)
+        ds = self.runtime.ds_config
+        if ds is not None and "RANK" not in os.environ:
+            # DeepSpeed outside a launcher goes looking for mpi4py; a one-process world avoids that.
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        distributed = ds is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # Name the backend explicitly: on CPU without it accelerate believes it has one process while
+        # DeepSpeed's world has two, and both ranks silently read the same data. The timeout applies
+        # to every collective (a slow shard read on one node must not kill a 64-GPU job at 10 min).
+        handlers = [InitProcessGroupKwargs(backend=self.runtime.backend,
+                                           timeout=datetime.timedelta(seconds=self.runtime.timeout_s))] if distributed else []
+        plugin = DeepSpeedPlugin(hf_ds_config=ds) if ds is not None else None
+        return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers, mixed_precision=self.runtime.precision,
+                           gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+
+    def _setup_shards(self) -> Path:
+        """The recipe's shards. Generated (demo) recipes are built on the main process while the others
+        wait; a real-data recipe must be built beforehand in a multi-process job."""
+        cfg, acc, recipe = self.cfg, self.acc, self.recipe
+        out = Path(cfg.shards_root) / recipe.name
+        try:
+            fresh = read_manifest(out)["recipe_hash"] == recipe.content_hash()
+        except Exception:
+            fresh = False
+        generated = all(s.type in GENERATED_SOURCES for s in recipe.sources)
+        if not fresh and acc.num_processes > 1 and not generated:
+            raise ShardsMissing(
+                f"{out}: no up-to-date shards for recipe {recipe.name}. Building real data inside a "
+                f"{acc.num_processes}-process job would keep every other rank waiting until the collective "
+                f"timeout; build them first:\n    python -m data_recipes build {cfg.recipe} --out {out} --workers N")
+        if acc.is_main_process:
+            if not fresh:
+                acc.print(f"building shards for {recipe.name} in {out}")
+                build_shards(recipe, out, workers=1, progress=True)
+            if cfg.verify and (problems := verify(out)):
+                raise RuntimeError(f"--verify: shards of {out} do not match their manifest:\n  " + "\n  ".join(problems))
+        acc.wait_for_everyone()
+        self.manifest = read_manifest(out)
+        return out
+
+    def _setup_base_model(self) -> Path:
+        if self.acc.is_main_process:
+            path = resolve_base_model(self.cfg.base_model)
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            path = resolve_base_model(self.cfg.base_model, build=False)
+        return path
+
+    def _setup_model(self) -> None:
+        cfg, rt = self.cfg, self.runtime
+        model, self.processor, self.family = load_model(
+            self.base_dir, trust_remote_code=cfg.trust_remote_code, dtype=rt.dtype,
+            attn_implementation=rt.attn_implementation)
+        text_cfg = getattr(model.config, "text_config", model.config)
+        self.hidden, self.context = text_cfg.hidden_size, getattr(text_cfg, "max_position_embeddings", 0) or 0
+        model = wrap_lora(model, self.family, cfg)
+        if rt.ds_config is None and rt.precision != "no":
+            # Autocast computes in 16 bits; the trained weights and their Adam states stay in fp32.
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        # The dtype the forward really computes in, read off the first attention projection's output
+        # (accelerate casts the model's outputs back to fp32, so the logits would not tell).
+        probe = get_module(model, f"{self.family.language_model}.layers.0.self_attn.q_proj")
+        self._dtype_probe = probe.register_forward_hook(self._note_forward_dtype)
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.total_params = sum(p.numel() for p in model.parameters())
+        self.acc.print(f"{self.family.name} from {self.base_dir}: {self.trainable:,} trainable of {self.total_params:,}")
+        self.model = model
+
+    def _note_forward_dtype(self, module, args, output) -> None:
+        self.forward_dtype = str(output.dtype).removeprefix("torch.")
+        self._dtype_probe.remove()
+
+    def _setup_budget(self) -> budgets.Budget:
+        cfg = self.cfg
+        b = budgets.resolve_budget(cfg, self.tracking_uri)
+        per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * self.acc.num_processes
+
+        def per_sample():
+            mean = budgets.per_sample_from_manifest(self.manifest, b.unit, self.base_dir)
+            if mean is not None:
+                return mean, "manifest counts"
+            probe = ShardStream(shard_urls(self.shards), self.processor, batch_size=1, seed=cfg.seed)
+            return budgets.prescan_per_sample(shard_urls(self.shards), probe.collate, b.unit), \
+                f"prescan of the first {budgets.PRESCAN_SAMPLES} samples"
+        b = budgets.plan_schedule(b, cfg, per_step, per_sample)
+        self.acc.print(f"budget: {b.unit or 'steps'} {b.target or cfg.max_steps}; schedule {b.schedule_steps} steps "
+                       f"({b.schedule_source})")
+        return b
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
+        optimizer = make_optimizer(self.model, cfg, projector=self.family.projector)
+        self.schedule = {"total": self.budget.schedule_steps}
+        self.scheduler = make_scheduler(optimizer, cfg, self.schedule)
+        if self.acc.state.deepspeed_plugin is not None:
+            ds = self.acc.state.deepspeed_plugin.deepspeed_config
+            ds.update(fill_ds_config(ds, cfg, self.runtime.precision, hidden=self.hidden))
+        else:
+            self.acc.register_save_state_pre_hook(trainable_only(self.model))
+        # The scheduler stays outside prepare(): accelerate would step it once per process, and the
+        # schedule here is counted in optimizer steps. It drives the base optimizer's param groups,
+        # which DeepSpeed's ZeRO wrapper shares.
+        self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
+        self.acc.register_for_checkpointing(self.scheduler)
+        self.deepspeed = self.acc.state.deepspeed_plugin is not None
+
+    def _setup_tracking(self):
+        if not self.acc.is_main_process:
+            return NullTracker()
+        cfg, recipe = self.cfg, self.recipe
+        tags = {"recipe": recipe.name, "family": self.family.name, "manifest_hash": manifest_hash(self.shards),
+                "git_commit": git_commit(), "kind": recipe.kind, "stage": "train", "base_model": str(self.base_dir),
+                "mixed_precision": self.runtime.precision, "attn_implementation": self.runtime.attn_implementation}
+        tracker = Tracker(self.tracking_uri, cfg.experiment, self.run_dir.name, tags,
+                          resume_run_id=self.state.mlflow_run_id, system_metrics=cfg.system_metrics)
+        if not self.state.mlflow_run_id:
+            tracker.log_params(cfg.to_dict() | {f"schedule/{k}": v for k, v in self.budget.to_dict().items()})
+            tracker.log_artifact(self.shards / "manifest.json", "data")
+        self.state.mlflow_run_id = tracker.run_id
+        return tracker
+
+    def _setup_logs(self, resume_from) -> None:
+        if self.acc.is_main_process:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            for f in [self.run_dir / "metrics.jsonl", *(self.run_dir / "samples").glob("rank-*.txt")]:
+                # A fresh run starts fresh logs; a resumed one drops what came after its state.
+                keep = [] if not resume_from or not f.exists() else [
+                    line for line in f.read_text().splitlines(keepends=True) if _log_step(line) < self.state.step]
+                atomic_write_text(f, "".join(keep))
+        self.acc.wait_for_everyone()
+
+    def _setup_data(self):
+        cfg, state = self.cfg, self.state
+        self.stream = ShardStream(
+            shard_urls(self.shards), self.processor, batch_size=cfg.per_device_batch_size, seed=cfg.seed,
+            rank=self.acc.process_index, world=self.acc.num_processes, shuffle_buffer=cfg.shuffle_buffer,
+            shard_counts=[s["samples"] for s in self.manifest["shards"]],
+            max_length=cfg.max_length, context_length=self.context,
+            resume={"positions": state.positions, "batches": state.micro_batches} if state.micro_batches else None)
+        return iter(make_loader(self.stream, cfg.num_workers))
+
+    # --- one optimizer step ----------------------------------------------------------------------
+    def _fetch(self) -> tuple[list, float]:
+        """The step's micro-batches (gradient_accumulation_steps of them) and the time spent waiting."""
+        t, batches = time.perf_counter(), [next(self.batches) for _ in range(self.cfg.gradient_accumulation_steps)]
+        return batches, time.perf_counter() - t
+
+    def _plan(self, gathered: torch.Tensor) -> list[tuple[accounting.Decision, dict]]:
+        """Budget decision and kept counts of each micro-batch, until the budget is reached."""
+        state, b, B = self.state, self.budget, self.cfg.per_device_batch_size
+        remaining = None if b.unit is None else b.target - state.consumed[b.unit]
+        plans = []
+        for i in range(gathered.shape[1]):
+            decision = accounting.plan(gathered[:, i, :B], b.unit, remaining)
+            totals = accounting.kept_totals(gathered[:, i, :B], decision)
+            plans.append((decision, totals))
+            if remaining is not None:
+                remaining -= totals[b.unit]
+            if decision.done:
+                break
+        return plans
+
+    def train_step(self) -> dict:
+        """One optimizer step over up to gradient_accumulation_steps micro-batches; returns its record.
+
+        The loss is the mean over every supervised token of the step, across micro-batches and
+        processes: each micro-batch contributes its token-summed loss divided by the step's total.
+        (A mean of per-micro-batch means would weight a token of a short answer more than one of a long
+        answer, and an image run and a video run differently.) The backward scale undoes the 1/gas and
+        1/world averaging that accelerate/DeepSpeed and the data-parallel reduce apply.
+        """
+        cfg, acc, state = self.cfg, self.acc, self.state
+        t0 = time.perf_counter()
+        batches, wait = self._fetch()
+        # Every process sees every process's counts, so all take the same stop decision.
+        gathered = acc.gather(accounting.step_matrix(batches, cfg.per_device_batch_size).unsqueeze(0).to(acc.device)).cpu()
+        self._note_readers(gathered)
+        plans = self._plan(gathered)
+        supervised = sum(t["supervised_tokens"] for _, t in plans)
+        factor = acc.num_processes * cfg.gradient_accumulation_steps / max(supervised, 1)
+        loss_sum, grad_norm = torch.zeros((), device=acc.device), None
+        for i, ((decision, totals), batch) in enumerate(zip(plans, batches)):
+            mine, scale = decision.keep[acc.process_index], 1.0
+            if mine < len(batch.keys):
+                # Keep one sample even when none count, with a zero loss: every process must join the step.
+                batch, scale = trim(batch, max(mine, 1)), (1.0 if mine else 0.0)
+            if acc.process_index in decision.partial:
+                accounting.mask_supervised_tail(batch.inputs["labels"], mine - 1, decision.partial[acc.process_index])
+            if cfg.record_samples and mine:
+                with open(self.run_dir / "samples" / f"rank-{acc.process_index}.txt", "a") as f:
+                    f.write("".join(f"{state.step}\t{k}\n" for k in batch.keys[:mine]))
+            last = i == len(plans) - 1
+            acc.gradient_state._set_sync_gradients(last)  # the step ends here, early when the budget does
+            inputs = {k: v.to(acc.device) for k, v in batch.inputs.items() if k != "labels"}
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                logits = self.model(**inputs).logits
+                micro_loss = token_loss_sum(logits, batch.inputs["labels"]) * scale
+                acc.backward(micro_loss * factor)
+            loss_sum += micro_loss.detach()
+            state.micro_batches += 1
+            if last and not self.deepspeed:
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            for c in accounting.COUNTERS:
+                state.consumed[c] += totals[c]
+        lr_used = [g["lr"] for g in self.optimizer.param_groups]
+        self.scheduler.step()
+        state.step += 1
+        done = bool(plans[-1][0].done or (cfg.max_steps and state.step >= cfg.max_steps))
+        loss = acc.reduce(loss_sum.float(), "sum").item() / max(supervised, 1)
+        if self.deepspeed and hasattr(self.model, "get_global_grad_norm"):
+            grad_norm = self.model.get_global_grad_norm()
+        return {"loss": loss, "lr": lr_used[0], "lr_groups": lr_used, "grad_norm": grad_norm, "done": done,
+                "wait": wait, "time": time.perf_counter() - t0, "supervised_tokens": supervised,
+                **{c: sum(t[c] for _, t in plans) for c in accounting.COUNTERS}}
+
+    def _note_readers(self, gathered: torch.Tensor) -> None:
+        """Drops, reader positions and passes from the META rows of every process's micro-batches."""
+        meta = gathered[:, :, -1, :].reshape(-1, len(accounting.META)).tolist()
+        for too_long, over_context, reader, position, pass_index in meta:
+            self.state.dropped["too_long"] += too_long
+            self.state.dropped["over_context"] += over_context
+            self.state.positions[int(reader)] = int(position)
+            self.state.passes = max(self.state.passes, int(pass_index) + 1)
+
+    # --- the loop, logging, saving -------------------------------------------------------------
+    def train(self) -> None:
+        cfg, state = self.cfg, self.state
+        self.model.train()
+        done = state.step >= cfg.max_steps > 0
+        window: list[dict] = []
+        while not done:
+            record = self.train_step()
+            done = record["done"]
+            window.append(record)
+            if state.step % cfg.logging_steps == 0 or done:
+                self.log(window)
+                window = []
+            if cfg.save_steps and state.step % cfg.save_steps == 0 and not done:
+                self.tracker.flush()
+                save_state(self.acc, self.run_dir, state, cfg.save_total_limit)
+
+    def log(self, window: list[dict]) -> None:
+        """Metrics of the steps since the last log, to MLflow (in the background) and metrics.jsonl."""
+        state, dt = self.state, sum(r["time"] for r in window)
+        last = window[-1]
+        metrics = {"loss": sum(r["loss"] for r in window) / len(window), "lr": last["lr"],
+                   "samples_per_s": sum(r["samples"] for r in window) / dt,
+                   "tokens_per_s": sum(r["text_tokens"] + r["visual_tokens"] for r in window) / dt,
+                   "data_wait_share": sum(r["wait"] for r in window) / dt, "step_time_s": dt / len(window),
+                   "peak_mem_gb": peak_memory_gb(), "passes": state.passes,
+                   **{f"lr/{g['name']}": lr for g, lr in zip(self.optimizer.param_groups, last["lr_groups"])},
+                   **{f"consumed/{c}": state.consumed[c] for c in accounting.COUNTERS},
+                   **{f"dropped/{k}": v for k, v in state.dropped.items()}}
+        gn = last["grad_norm"]
+        if gn is not None and math.isfinite(float(gn)):
+            metrics["grad_norm"] = float(gn)
+        self.tracker.log_metrics(metrics, step=state.step)
+        if self.acc.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": state.step, **metrics}) + "\n")
+        self.acc.print(f"step {state.step:>5}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+                       f"{metrics['samples_per_s']:.0f} samples/s  wait {metrics['data_wait_share']:.0%}  "
+                       + "  ".join(f"{c} {state.consumed[c]}" for c in ("samples", "visual_tokens")))
+
+    def precision_record(self) -> dict:
+        """The dtypes the run really used (not what was asked for)."""
+        params = list(self.acc.unwrap_model(self.model).parameters())
+        trainable = {str(p.dtype).removeprefix("torch.") for p in params if p.requires_grad}
+        frozen = {str(p.dtype).removeprefix("torch.") for p in params if not p.requires_grad}
+        return {"mixed_precision": self.runtime.precision, "trainable_dtype": ",".join(sorted(trainable)),
+                "frozen_dtype": ",".join(sorted(frozen)), "forward_dtype": getattr(self, "forward_dtype", "")}
+
+    def finish(self) -> dict:
+        """Write ckpt/<run>/: the peft adapter, the processor and run.json; log them to MLflow."""
+        cfg, acc, state, b = self.cfg, self.acc, self.state, self.budget
+        weights = trainable_state_dict(acc, self.model)  # every process joins the ZeRO-3 gathers
+        info = {
+            "base_model": str(self.base_dir), "family": self.family.name, "recipe": self.recipe.name,
+            "kind": self.recipe.kind, "manifest_hash": manifest_hash(self.shards), "shards": str(self.shards),
+            "seed": cfg.seed, "mlflow_run_id": state.mlflow_run_id, "tracking_uri": self.tracking_uri,
+            "experiment": cfg.experiment, "consumed": state.consumed, "steps": state.step, "passes": state.passes,
+            "unique_samples": self.stream.unique_seen(state.positions, self.acc.num_processes * max(1, cfg.num_workers)),
+            "dropped": state.dropped, "precision": self.precision_record(), "runtime": self.runtime.describe(),
+            "parameters": {"trainable": self.trainable, "total": self.total_params},
+            "budget": b.to_dict(), "config": cfg.to_dict(),
+        }
+        if b.unit is not None and cfg.match_to:
+            achieved = state.consumed[b.unit]
+            info["match"] = {"reference": b.reference, "unit": b.unit, "target": b.target, "achieved": achieved,
+                             "rel_error": abs(achieved - b.target) / max(1, b.target)}
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            acc.unwrap_model(self.model).save_pretrained(self.run_dir, state_dict=weights, safe_serialization=True)
+            save_processor(self.processor, self.run_dir)
+            atomic_write_json(self.run_dir / "run.json", info)
+            t = self.tracker
+            t.log_metrics({f"consumed/{c}": v for c, v in state.consumed.items()} | {"steps": state.step,
+                          "unique_samples": info["unique_samples"]}, step=state.step)
+            t.set_tags({f"dtype/{k}": v for k, v in info["precision"].items()})
+            if "match" in info:
+                m = info["match"]
+                t.set_tags({"match_to": cfg.match_to, "match_by": b.unit})
+                t.log_metrics({"match/target": m["target"], "match/achieved": m["achieved"],
+                               "match/rel_error": m["rel_error"]}, step=state.step)
+            for f in ("run.json", "adapter_config.json", "adapter_model.safetensors"):
+                t.log_artifact(self.run_dir / f, "checkpoint")
+            t.end()
+            acc.print(f"wrote {self.run_dir}: {state.step} steps, consumed " +
+                      ", ".join(f"{c} {v}" for c, v in state.consumed.items()))
+        acc.wait_for_everyone()
+        return info
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = resolve(sys.argv[1:] if argv is None else argv, recipe_train=lambda r: load_recipe(r).train)
-    acc = make_accelerator(cfg)
-    recipe = load_recipe(cfg.recipe)
-    run_dir = cfg.run_dir
-    acc.print("resolved config:\n" + json.dumps(cfg.to_dict(), indent=1))
-    shards = ensure_shards(acc, cfg, recipe)
-    base_dir = ensure_base_model(acc, cfg)
-    # Seeded after the on-demand builds (which seed for themselves), so a run that had to build the
-    # tiny model and one that found it on disk draw the same LoRA init and dropout masks.
-    set_seed(cfg.seed)
-    model, processor, family = load_model(base_dir, trust_remote_code=cfg.trust_remote_code)
-    model = wrap_lora(model, family, cfg)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    acc.print(f"{family.name} from {base_dir}: {trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,}")
+    if cfg.dry_run:
+        from train.plan import dry_run
 
-    uri = cfg.tracking_uri or default_tracking_uri()
-    unit, target, reference = None, None, None
-    if cfg.match_to:
-        consumed_ref, reference = accounting.reference_consumption(cfg.match_to, uri)
-        if cfg.match_by not in consumed_ref:
-            raise ValueError(f"--match_to {cfg.match_to}: reference run has no '{cfg.match_by}' count")
-        unit, target = cfg.match_by, int(consumed_ref[cfg.match_by])
-    elif cfg.max_samples:
-        unit, target = "samples", cfg.max_samples
-
-    optimizer = make_optimizer(model, cfg)
-    schedule = {"total": cfg.schedule_steps or cfg.max_steps or 0}
-    scheduler = make_scheduler(optimizer, cfg, schedule)
-    if acc.state.deepspeed_plugin is not None:
-        text_cfg = getattr(model.config, "text_config", model.config)
-        fill_ds_autos(acc.state.deepspeed_plugin.deepspeed_config, cfg, hidden=text_cfg.hidden_size)
-    # The scheduler stays outside prepare(): accelerate would step it once per process, and the
-    # schedule here is counted in optimizer steps. It drives the base optimizer's param groups,
-    # which DeepSpeed's ZeRO wrapper shares.
-    model, optimizer = acc.prepare(model, optimizer)
-    acc.register_for_checkpointing(scheduler)
-
-    resume_from = find_resume(run_dir, cfg.resume)
-    state = {"step": 0, "micro_batches": 0, "consumed": dict.fromkeys(accounting.COUNTERS, 0), "passes": 1,
-             "mlflow_run_id": None, "schedule_total": schedule["total"]}
-    if resume_from:
-        state = read_state(resume_from)
-        schedule["total"] = state["schedule_total"]
-
-    tracker = NullTracker()
-    if acc.is_main_process:
-        tags = {"recipe": recipe.name, "family": family.name, "manifest_hash": manifest_hash(shards),
-                "git_commit": git_commit(), "kind": recipe.kind, "stage": "train", "base_model": str(base_dir)}
-        tracker = Tracker(uri, cfg.experiment, run_dir.name, tags, resume_run_id=state["mlflow_run_id"])
-        if not state["mlflow_run_id"]:
-            tracker.log_params(cfg.to_dict())
-            tracker.log_artifact(shards / "manifest.json", "data")
-        state["mlflow_run_id"] = tracker.run_id
-
-    if acc.is_main_process:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        logs = [run_dir / "metrics.jsonl", *(run_dir / "samples").glob("rank-*.txt")]
-        for f in logs:  # a fresh run starts fresh logs; a resumed one drops what came after its state
-            keep = [] if not resume_from or not f.exists() else [
-                line for line in f.read_text().splitlines(keepends=True) if _log_step(line) < state["step"]]
-            atomic_write_text(f, "".join(keep))
-    acc.wait_for_everyone()
-    stream = ShardStream(shard_urls(shards), processor, batch_size=cfg.per_device_batch_size, seed=cfg.seed,
-                         rank=acc.process_index, world=acc.num_processes, shuffle_buffer=cfg.shuffle_buffer,
-                         skip_batches=state["micro_batches"])
-    batches = iter(make_loader(stream, cfg.num_workers))
-    if resume_from:
-        # Restored last, after every bit of set-up that might draw random numbers, so that dropout
-        # continues exactly where the interrupted run left it.
-        load_state(acc, resume_from)
-        acc.print(f"resumed from {resume_from} at step {state['step']}")
-    gas = cfg.gradient_accumulation_steps
-    done = state["step"] >= cfg.max_steps > 0
-    model.train()
-    window = {"loss": 0.0, "micro": 0, "wait": 0.0, "t0": time.perf_counter(), **dict.fromkeys(accounting.COUNTERS, 0)}
-    while not done:
-        t = time.perf_counter()
-        batch = next(batches)
-        window["wait"] += time.perf_counter() - t
-
-        # Every process sees every process's counts, so all take the same stop decision.
-        gathered = acc.gather(accounting.batch_matrix(batch.counts, cfg.per_device_batch_size).unsqueeze(0).to(acc.device)).cpu()
-        remaining = None if unit is None else target - state["consumed"][unit]
-        decision = accounting.plan(gathered, unit, remaining)
-        mine = decision.keep[acc.process_index]
-        scale = 1.0
-        if mine < len(batch.keys):
-            # Keep one sample even when none count, with a zero loss: every process must join the step.
-            batch, scale = trim(batch, max(mine, 1)), (1.0 if mine else 0.0)
-        if acc.process_index in decision.partial:
-            accounting.mask_supervised_tail(batch.inputs["labels"], mine - 1, decision.partial[acc.process_index])
-
-        if cfg.record_samples and mine:
-            with open(run_dir / "samples" / f"rank-{acc.process_index}.txt", "a") as f:
-                f.write("".join(f"{state['step']}\t{k}\n" for k in batch.keys[:mine]))
-        lr_used = optimizer.param_groups[0]["lr"]
-
-        with acc.accumulate(model):
-            if decision.done and (state["micro_batches"] + 1) % gas:
-                acc.gradient_state._set_sync_gradients(True)  # the budget ends mid-window: step now
-            out = model(**{k: v.to(acc.device) for k, v in batch.inputs.items()})
-            acc.backward(out.loss * scale)
-            grad_norm = None
-            if acc.sync_gradients:
-                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-            if acc.sync_gradients:
-                scheduler.step()
-
-        state["micro_batches"] += 1
-        totals = accounting.kept_totals(gathered, decision)
-        for c in accounting.COUNTERS:
-            state["consumed"][c] += totals[c]
-            window[c] += totals[c]
-        state["passes"] = max(state["passes"], batch.pass_index + 1)
-        # Mean loss over the processes that trained on something (all must join the reduce).
-        loss_sum, n_sum = acc.reduce(torch.stack([out.loss.detach().float() * scale,
-                                                  torch.tensor(scale, device=acc.device)]), "sum").tolist()
-        window["loss"] += loss_sum / max(n_sum, 1e-9)
-        window["micro"] += 1
-        if not acc.sync_gradients:
-            continue
-        state["step"] += 1
-        if not schedule["total"] and unit and state["consumed"][unit]:
-            # Budget in data units: estimate the schedule length from the first step's consumption.
-            schedule["total"] = state["schedule_total"] = math.ceil(target * state["step"] / state["consumed"][unit])
-        done = bool(decision.done or (cfg.max_steps and state["step"] >= cfg.max_steps))
-
-        if state["step"] % cfg.logging_steps == 0 or done:
-            dt = time.perf_counter() - window["t0"]
-            gn = model.get_global_grad_norm() if hasattr(model, "get_global_grad_norm") else grad_norm
-            metrics = {"loss": window["loss"] / max(1, window["micro"]), "lr": lr_used,
-                       "samples_per_s": window["samples"] / dt, "tokens_per_s": (window["text_tokens"] + window["visual_tokens"]) / dt,
-                       "data_wait_share": window["wait"] / dt, "passes": state["passes"],
-                       **{f"consumed/{c}": state["consumed"][c] for c in accounting.COUNTERS}}
-            if gn is not None and math.isfinite(float(gn)):
-                metrics["grad_norm"] = float(gn)
-            tracker.log_metrics(metrics, step=state["step"])
-            if acc.is_main_process:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": state["step"], **metrics}) + "\n")
-            acc.print(f"step {state['step']:>5}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
-                      f"{metrics['samples_per_s']:.0f} samples/s  wait {metrics['data_wait_share']:.0%}  "
-                      + "  ".join(f"{c} {state['consumed'][c]}" for c in ("samples", "visual_tokens")))
-            window = {"loss": 0.0, "micro": 0, "wait": 0.0, "t0": time.perf_counter(), **dict.fromkeys(accounting.COUNTERS, 0)}
-        if cfg.save_steps and state["step"] % cfg.save_steps == 0 and not done:
-            save_state(acc, run_dir, state["step"], state, cfg.save_total_limit)
-
-    return finish(acc, cfg, model, processor, family, recipe, shards, base_dir, state, tracker, uri, unit, target, reference)
-
-
-def finish(acc, cfg, model, processor, family, recipe, shards, base_dir, state, tracker, uri, unit, target, reference) -> dict:
-    """Write ckpt/<run>/: the peft adapter, the processor and run.json; log them to MLflow."""
-    run_dir = cfg.run_dir
-    full_state = acc.get_state_dict(model)  # gathers ZeRO-3 partitions; all processes must call it
-    info = {
-        "base_model": str(base_dir), "family": family.name, "recipe": recipe.name, "kind": recipe.kind,
-        "manifest_hash": manifest_hash(shards), "shards": str(shards), "seed": cfg.seed,
-        "mlflow_run_id": state["mlflow_run_id"], "tracking_uri": uri, "experiment": cfg.experiment,
-        "consumed": state["consumed"], "steps": state["step"], "passes": state["passes"],
-        "config": cfg.to_dict(),
-    }
-    if unit is not None and cfg.match_to:
-        achieved = state["consumed"][unit]
-        info["match"] = {"reference": reference, "unit": unit, "target": target, "achieved": achieved,
-                         "rel_error": abs(achieved - target) / max(1, target)}
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        acc.unwrap_model(model).save_pretrained(run_dir, state_dict=full_state, safe_serialization=True)
-        save_processor(processor, run_dir)
-        atomic_write_json(run_dir / "run.json", info)
-        tracker.log_metrics({f"consumed/{c}": v for c, v in state["consumed"].items()} | {"steps": state["step"]},
-                            step=state["step"])
-        if "match" in info:
-            m = info["match"]
-            tracker.set_tags({"match_to": cfg.match_to, "match_by": unit})
-            tracker.log_metrics({"match/target": m["target"], "match/achieved": m["achieved"],
-                                 "match/rel_error": m["rel_error"]}, step=state["step"])
-        for f in ("run.json", "adapter_config.json", "adapter_model.safetensors"):
-            tracker.log_artifact(run_dir / f, "checkpoint")
-        tracker.end()
-        acc.print(f"wrote {run_dir}: {state['step']} steps, consumed " +
-                  ", ".join(f"{c} {v}" for c, v in state["consumed"].items()))
-    acc.wait_for_everyone()
-    acc.end_training()
+        return dry_run(cfg)
+    trainer = LoRATrainer(cfg).setup()
+    trainer.train()
+    info = trainer.finish()
+    trainer.acc.end_training()
     return info
 
 

@@ -12,6 +12,7 @@ A base model is named as
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
@@ -56,24 +57,59 @@ def resolve_base_model(spec: str, build: bool = True) -> Path:
                         f"Nothing is downloaded: put the checkpoint in a local directory and name it.")
 
 
-def lora_config(family: Family, *, r: int, alpha: int, dropout: float, targets: str = "",
-                train_projector: bool = True, train_vision_tower: bool = False,
+LM_MLP = ("gate_proj", "up_proj", "down_proj")
+LM_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def target_regex(family: Family, targets: str) -> str:
+    """peft `target_modules` for a `lora_targets` setting: attention | all_linear | a regex."""
+    lm = family.language_model.replace(".", r"\.")
+    if targets in ("", "attention"):
+        return rf"^{lm}\.layers\.\d+\.self_attn\.({'|'.join(LM_ATTENTION)})$"
+    if targets == "all_linear":
+        return rf"^{lm}\.layers\.\d+\.(self_attn\.({'|'.join(LM_ATTENTION)})|mlp\.({'|'.join(LM_MLP)}))$"
+    try:
+        re.compile(targets)
+    except re.error as e:
+        raise ValueError(f"lora_targets {targets!r}: not attention, all_linear or a valid regex ({e})") from None
+    return targets
+
+
+def lora_config(family: Family, *, r: int, alpha: int, dropout: float, targets: str = "attention",
+                freeze_projector: bool = False, freeze_vision_tower: bool = True,
                 train_embeddings: bool = False) -> LoraConfig:
-    """LoRA on the language model's attention; projector / vision tower / embeddings fully trained if asked."""
+    """LoRA on the language model; projector / vision tower / embeddings trained fully unless frozen."""
     full = []
-    if train_projector:
+    if not freeze_projector:
         full.append(family.projector.split(".")[-1])
-    if train_vision_tower:
+    if not freeze_vision_tower:
         full.append(family.vision_tower.split(".")[-1])
     if train_embeddings:
         full += ["embed_tokens", "lm_head"]
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or family.lora_target_regex,
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_regex(family, targets),
                       modules_to_save=full or None, bias="none")
 
 
-def wrap_lora(model, family: Family, cfg) -> object:
-    """The peft model for a TrainConfig; everything outside the adapter stays frozen."""
-    config = lora_config(family, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         targets=cfg.lora_targets, train_projector=cfg.train_projector,
-                         train_vision_tower=cfg.train_vision_tower, train_embeddings=cfg.train_embeddings)
-    return get_peft_model(model, config)
+def lora_config_of(family: Family, cfg) -> LoraConfig:
+    """The LoraConfig a TrainConfig asks for."""
+    return lora_config(family, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                       targets=cfg.lora_targets, freeze_projector=cfg.freeze_projector,
+                       freeze_vision_tower=cfg.freeze_vision_tower, train_embeddings=cfg.train_embeddings)
+
+
+def wrap_lora(model, family: Family, cfg, *, gradient_checkpointing: bool | None = None) -> object:
+    """The peft model for a TrainConfig; everything outside the adapter stays frozen.
+
+    Gradient checkpointing is non-reentrant (the reentrant variant drops the gradients of LoRA
+    parameters whose inputs do not require grad), and input embeddings are made to require grad so
+    that the first checkpointed layer has a graph to recompute into.
+    """
+    checkpointing = cfg.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model.config.use_cache = False  # a KV cache is useless in training and conflicts with recompute
+    peft_model = get_peft_model(model, lora_config_of(family, cfg))
+    if not any(True for _ in peft_model.named_modules() if _[0].endswith("lora_A")):
+        raise ValueError(f"lora_targets {cfg.lora_targets!r} matched no module of the {family.name} model")
+    return peft_model

@@ -1,8 +1,9 @@
 """Optimizer and learning-rate schedule of the LoRA trainer.
 
-The schedule's length can be unknown when the run starts (a budget in visual tokens, say): the lambda
-reads it from a mutable `schedule` dict that the trainer fills after the first step, from how much
-that step consumed. Warmup needs no length, so nothing is lost meanwhile.
+Parameter groups: the projector (when trained) gets `projector_lr`, everything else trainable (LoRA
+matrices, embeddings, a vision tower when unfrozen) gets `learning_rate`. One warmup + decay lambda
+scales every group. The schedule's length is decided before the first step from the budget
+(`train.budget`); the lambda reads it from the `schedule` dict so that a resumed run can restore it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,20 @@ import math
 import torch
 
 
-def make_optimizer(model, cfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+def param_groups(model, cfg, projector: str) -> list[dict]:
+    """Trainable parameters split into the projector's group and the rest (empty groups left out)."""
+    mark = "." + projector.split(".")[-1] + "."
+    groups = {"lora": [], "projector": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups["projector" if mark in f".{name}." else "lora"].append(p)
+    lrs = {"lora": cfg.learning_rate, "projector": cfg.projector_lr}
+    return [{"name": k, "params": v, "lr": lrs[k]} for k, v in groups.items() if v]
+
+
+def make_optimizer(model, cfg, projector: str = "multi_modal_projector") -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups(model, cfg, projector), lr=cfg.learning_rate,
+                             weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
 
 
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:

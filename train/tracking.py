@@ -9,13 +9,19 @@ Several processes (a training run, evaluations) may share one sqlite file at onc
   processes race: "table ... already exists");
 - `retry` repeats a write while another process holds the sqlite lock ("database is locked");
 - `experiment_id` creates an experiment or, when another process created it first, reads it.
+
+A training run's metrics never wait for the store: `Tracker.log_metrics` queues them and one
+background thread writes them (see `Tracker` for flush, errors and system metrics).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,10 +102,46 @@ def experiment_id(client, name: str, artifact_location: str | None) -> str:
     raise AssertionError("unreachable")
 
 
-class Tracker:
-    """One MLflow run. Construct only on the main process (see NullTracker)."""
+METRICS_PER_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict, resume_run_id: str | None = None):
+
+class MetricsWriteError(RuntimeError):
+    """The metrics writer thread is gone with points unwritten (a bug: store errors are raised as themselves)."""
+
+
+class Tracker:
+    """One MLflow run. Construct only on the main process (see NullTracker).
+
+    Metrics are written off the caller's thread: `log_metrics` queues the points and returns at
+    once, and one daemon thread writes what is queued in `log_batch` calls (every
+    `write_interval_s`, at once when `flush()` asks, or when a full batch of 1,000 points waits),
+    retrying while another process holds the sqlite lock. No point is dropped and each metric's
+    points reach the store in the order they were logged:
+
+    - `flush()` blocks until every point queued before the call is in the store. The trainer calls it
+      before saving a resumable state, so that a resumed run never misses a logged step;
+    - when a write fails even after `retry`, its points stay queued, the writer pauses, and the
+      store's own exception is raised by the next `flush()`, `end()` or `log_metrics()` (the points of
+      that `log_metrics` call are queued all the same); the writer then tries them again, after
+      `write_interval_s` or at the next `flush()`;
+    - at interpreter exit (a crashed trainer), whatever is still queued is flushed, for up to a minute;
+    - `end()` stops the system metrics monitor, flushes, stops the writer and marks the run terminated.
+
+    Timestamps are taken when a point is logged and made strictly increasing per metric (a burst
+    of more than one point per millisecond is spread a millisecond apart): MLflow orders a metric's
+    history by timestamp, so the history shows the points in the order they were logged.
+
+    With `system_metrics`, MLflow's system metrics monitor samples CPU, memory, disk, network and,
+    when `nvidia-ml-py` is installed (`pip install betweenframes[gpu]`), GPU utilisation and memory
+    every `system_metrics_interval_s` seconds into this run (`system/...` metrics, steps counting
+    samples and continuing after a resume); its points go through the same queue.
+
+    `log_params`, `set_tags` and `log_artifact` are rare and stay synchronous.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict, resume_run_id: str | None = None, *,
+                 system_metrics: bool = False, system_metrics_interval_s: float = 10,
+                 write_interval_s: float = 1.0):
         import mlflow
 
         self.uri = uri
@@ -114,7 +156,27 @@ class Tracker:
             run = retry(self.client.create_run, exp_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
         self._mlflow = mlflow
+        self.write_interval_s = write_interval_s
 
+        self._cond = threading.Condition()
+        self._pending: list = []      # points not yet in the store, in the order logged
+        self._logged = 0              # points queued since the start
+        self._written = 0             # of which in the store (always the oldest ones)
+        self._wanted = 0              # a flush waits for _written to reach this: write without delay
+        self._oldest = 0.0            # monotonic time the oldest pending point has waited since
+        self._error: BaseException | None = None  # a failed write, until raised to the caller
+        self._closed = False
+        self._last_ms: dict[str, int] = {}
+        self._pid = os.getpid()
+        # Started by the first point, not here: the trainer forks its loader workers in between, and
+        # a fork copies only the forking thread (and whatever lock another thread held).
+        self._writer: threading.Thread | None = None
+        atexit.register(self._flush_at_exit)
+        self._monitor = None
+        if system_metrics:
+            self._monitor = self._start_system_metrics(system_metrics_interval_s, resume=bool(resume_run_id))
+
+    # --- synchronous, rare -------------------------------------------------------------------------
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
@@ -127,13 +189,6 @@ class Tracker:
 
         retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_metrics(self, metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        retry(self.client.log_batch, self.run_id, metrics=items)
-
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         p = Path(path)
         if p.is_dir():
@@ -141,8 +196,172 @@ class Tracker:
         else:
             retry(self.client.log_artifact, self.run_id, str(p), artifact_path)
 
+    # --- metrics, written in the background --------------------------------------------------------
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        """Queue one point per metric at `step` and return; raises a write error held from before."""
+        self._enqueue(metrics, step)
+        with self._cond:
+            error = self._take_error()
+        if error is not None:
+            raise error
+
+    def _enqueue(self, metrics: dict, step) -> None:
+        from mlflow.entities import Metric
+
+        values = [(str(k), float(v)) for k, v in metrics.items()]  # a bad value fails here, in the caller
+        step = int(step)
+        now = int(time.time() * 1000)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"MLflow run {self.run_id}: log_metrics after end()")
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                name=f"mlflow-metrics-{self.run_id[:8]}")
+                self._writer.start()
+            if not self._pending:
+                self._oldest = time.monotonic()
+                self._cond.notify_all()  # the writer may be idle, waiting for a first point
+            for key, value in values:
+                ms = max(now, self._last_ms.get(key, -1) + 1)
+                self._last_ms[key] = ms
+                self._pending.append(Metric(key, value, ms, step))
+            self._logged += len(values)
+            if len(self._pending) >= METRICS_PER_BATCH:
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every point queued so far is in the store; raise a failed write's error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._logged
+            if self._wanted < target:
+                self._wanted = target
+                self._cond.notify_all()
+            while self._written < target and self._error is None:
+                if not self._writer.is_alive():
+                    raise MetricsWriteError(f"MLflow run {self.run_id}: the metrics writer stopped with "
+                                            f"{target - self._written} points unwritten")
+                wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError(f"MLflow run {self.run_id}: {target - self._written} metric points "
+                                       f"still unwritten after {timeout} s")
+                self._cond.wait(wait)
+            error = self._take_error()
+        if error is not None:
+            raise error
+
     def end(self, status: str = "FINISHED") -> None:
+        """Stop the system metrics monitor, write every queued point, stop the writer, end the run.
+
+        When the queued points cannot be written, the run is marked FAILED (when the store lets us),
+        the points stay queued and the store's error is raised."""
+        if self._monitor is not None:
+            self._monitor.finish()  # its last points join the queue
+            self._monitor = None
+        try:
+            self.flush()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(self.run_id, "FAILED")
+            raise
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+        atexit.unregister(self._flush_at_exit)
         retry(self.client.set_terminated, self.run_id, status)
+
+    def _take_error(self) -> BaseException | None:
+        """The held write error, if any, annotated (lock held). Taking it lets the writer try again,
+        after `write_interval_s` or at the next flush (the flush that raises it no longer waits)."""
+        error, self._error = self._error, None
+        if error is not None:
+            self._wanted = self._written
+            self._oldest = time.monotonic()
+            unwritten = self._logged - self._written
+            if hasattr(error, "add_note"):
+                error.add_note(f"MLflow run {self.run_id}: writing logged metrics failed; {unwritten} points are "
+                               f"still queued and will be tried again")
+            self._cond.notify_all()
+        return error
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._pending and self._error is None:
+                        wait = self._oldest + self.write_interval_s - time.monotonic()
+                        if wait <= 0 or self._closed or self._written < self._wanted \
+                                or len(self._pending) >= METRICS_PER_BATCH:
+                            break
+                        self._cond.wait(wait)
+                    elif self._closed:
+                        return
+                    else:
+                        self._cond.wait()
+                batch = self._pending[:METRICS_PER_BATCH]
+            try:
+                retry(self.client.log_batch, self.run_id, metrics=batch)
+            except BaseException as e:  # noqa: BLE001 - kept for the caller; the points stay queued
+                with self._cond:
+                    self._error = e
+                    self._cond.notify_all()
+                continue
+            with self._cond:
+                del self._pending[:len(batch)]
+                self._written += len(batch)
+                self._oldest = time.monotonic()
+                self._cond.notify_all()
+
+    def _flush_at_exit(self) -> None:
+        """atexit: a run that never reached end() (a crash) still gets the points it logged."""
+        if os.getpid() != self._pid or self._closed:  # a forked child inherited the handler
+            return
+        try:
+            self.flush(timeout=60)
+        except BaseException as e:  # noqa: BLE001 - nothing left to raise to at exit
+            print(f"[tracking] MLflow run {self.run_id}: {self._logged - self._written} metric points could not "
+                  f"be written at exit: {e}", file=sys.stderr, flush=True)
+
+    # --- system metrics ------------------------------------------------------------------------------
+    def _start_system_metrics(self, interval_s: float, resume: bool):
+        """MLflow's monitor, bound to this run (not to a global active run); its points join our queue.
+
+        System metrics are an aid, not the run's record: when the monitor cannot start (psutil
+        missing, say), the run goes on without them and says so on stderr."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, samples_before_logging=1,
+                                           resume_logging=resume, tracking_uri=self.uri)
+        except Exception as e:  # noqa: BLE001
+            print(f"[tracking] MLflow run {self.run_id}: no system metrics ({type(e).__name__}: {e})",
+                  file=sys.stderr, flush=True)
+            return None
+        if hasattr(monitor, "mlflow_logger"):
+            monitor.mlflow_logger = _QueuedSystemMetrics(self)
+        monitor.start()
+        return monitor
+
+
+class _QueuedSystemMetrics:
+    """Stands in for the system metrics monitor's own BatchMetricsLogger (which writes synchronously,
+    without retrying a locked store): its points join the tracker's queue instead. A held write error
+    is left for the trainer's next call, never raised in the monitor's thread."""
+
+    data: tuple = ()
+    total_training_time = 0.0
+    total_log_batch_time = 0.0
+
+    def __init__(self, tracker: Tracker):
+        self._tracker = tracker
+
+    def record_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self._tracker._enqueue(metrics, step or 0)
+
+    def flush(self) -> None:
+        pass
 
 
 class NullTracker:
@@ -150,6 +369,15 @@ class NullTracker:
 
     run_id = None
     uri = None
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
 
     def __getattr__(self, name):
         return lambda *a, **k: None
