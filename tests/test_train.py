@@ -317,3 +317,44 @@ def test_long_samples_are_dropped_and_counted(work):
     assert trained and all(lengths[k] <= limit for k in trained)
     assert info["dropped"]["too_long"] > 0 and info["dropped"]["over_context"] == 0
     assert info["consumed"]["samples"] == len(trained)
+
+
+@pytest.mark.slow
+def test_logged_loss_is_the_token_mean_over_micro_batches(work):
+    """gas=2 at learning rate 0 (LoRA's B starts at 0, so the model stays the base): each step's logged
+    loss equals a hand computation, the sum of token losses over both micro-batches / all their tokens,
+    not the mean of the two micro-batch means."""
+    import torch
+    import webdataset as wds
+
+    from data_recipes.build import shard_urls
+    from train.data import ShardStream
+    from train.families import load_model
+    from train.lora import token_loss_sum
+
+    steps = 4
+    run(work, "--recipe", str(work / "img.yaml"), "--run_name", "gas2", "--max_steps", str(steps), "--ds_config",
+        "none", "--gradient_accumulation_steps", "2", "--per_device_batch_size", "2", "--learning_rate", "0",
+        "--projector_lr", "0", "--record_samples", "true")
+    logged = [m["loss"] for m in metrics(work / "ckpt" / "gas2")]
+    keys = seen(work / "ckpt" / "gas2")[0]
+    assert len(keys) == 4 * steps
+    info = json.loads((work / "ckpt" / "gas2" / "run.json").read_text())
+    model, processor, _ = load_model(work / info["base_model"], dtype=torch.float32)
+    urls = shard_urls(work / "shards" / "img")
+    stream = ShardStream(urls, processor, batch_size=2, seed=0)
+    samples = {s["__key__"]: s for url in urls for s in wds.tarfile_to_samples()(iter([{"url": url}]))}
+    uneven = 0
+    with torch.no_grad():
+        for step in range(steps):
+            sums, counts = [], []
+            for pair in (keys[4 * step:4 * step + 2], keys[4 * step + 2:4 * step + 4]):
+                inputs, _, _ = stream.collate([samples[k] for k in pair])
+                labels = inputs.pop("labels")
+                sums.append(token_loss_sum(model(**inputs).logits, labels).item())
+                counts.append(int((labels[:, 1:] != -100).sum()))
+            assert logged[step] == pytest.approx(sum(sums) / sum(counts), rel=1e-5)
+            if counts[0] != counts[1]:
+                uneven += 1
+                assert logged[step] != pytest.approx((sums[0] / counts[0] + sums[1] / counts[1]) / 2, rel=1e-4)
+    assert uneven  # at least one step had micro-batches of different supervised-token counts
