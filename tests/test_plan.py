@@ -217,7 +217,7 @@ def test_missing_shards_still_plan(work, tmp_path):
 
 # --- memory --------------------------------------------------------------------------------------------
 def _memory(model, **kw):
-    from train.plan import estimate_memory
+    from train.memory import estimate_memory
 
     args = dict(precision="bf16", gpus_per_node=8, nodes=1, seq=4096, micro_batch=4, checkpointing=True,
                 attention="sdpa", gpu_memory_gb=80.0)
@@ -226,7 +226,7 @@ def _memory(model, **kw):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_memory_estimates_behave(plans, family):
-    from train.plan import GIB
+    from train.memory import GIB
 
     model = plans[family][0]["model"]
     one, eight, sixteen = (_memory(model, gpus_per_node=g)["stages"] for g in (1, 8, 16))
