@@ -252,13 +252,20 @@ def test_resume_from_a_trainable_only_state_under_zero2(work):
 
 @pytest.mark.slow
 def test_bf16_run_records_the_dtypes_it_used(work):
-    """mixed_precision bf16 on CPU: autocast computes in bf16 while the trained weights stay fp32;
-    run.json says so from the tensors, not from the flag."""
+    """mixed_precision bf16 on CPU, as on a GPU: without DeepSpeed autocast computes in bf16 while the
+    trained weights stay fp32; under ZeRO-2 DeepSpeed holds the model in bf16 (its optimizer keeps fp32
+    masters). run.json says so from the tensors, not from the flag."""
     run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16", "--max_steps", "2", "--ds_config", "none",
         "--mixed_precision", "bf16")
     p = json.loads((work / "ckpt" / "bf16" / "run.json").read_text())["precision"]
     assert p == {"mixed_precision": "bf16", "trainable_dtype": "float32", "frozen_dtype": "bfloat16",
                  "forward_dtype": "bfloat16"}
+    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16_z2", "--max_steps", "2", "--ds_config", "zero2",
+        "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2", "--gradient_checkpointing", "true")
+    info = json.loads((work / "ckpt" / "bf16_z2" / "run.json").read_text())
+    assert info["precision"] == {"mixed_precision": "bf16", "trainable_dtype": "bfloat16",
+                                 "frozen_dtype": "bfloat16", "forward_dtype": "bfloat16"}
+    assert all(0 < m["loss"] < 20 for m in metrics(work / "ckpt" / "bf16_z2"))
     run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "fp32", "--max_steps", "1", "--ds_config", "none")
     p = json.loads((work / "ckpt" / "fp32" / "run.json").read_text())["precision"]
     assert p["forward_dtype"] == p["trainable_dtype"] == p["frozen_dtype"] == "float32"
