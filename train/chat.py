@@ -10,6 +10,12 @@ assistant turn is found by rendering the conversation up to that turn (with and 
 moved through the processor's image-placeholder expansion (`text_replacement_offsets`) and matched to
 tokens by their offsets. A template that is not prefix-consistent falls back to finding the assistant
 text itself.
+
+Speed (this runs in every loader worker, for every sample): a batch's renderings are planned first and
+made in two `apply_chat_template` calls (one without and one with the generation prompt: each call
+renders every conversation on its own, with the same template and variables, so the strings are the
+ones one call per rendering gives); the rendering through a final assistant turn is the whole
+conversation, rendered once; labels are picked with tensor operations on the offsets.
 """
 
 from __future__ import annotations
@@ -58,27 +64,67 @@ def render(processor, messages: Sequence[dict], add_generation_prompt: bool = Fa
     return processor.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def render_many(processor, conversations: Sequence[Sequence[dict]], add_generation_prompt: bool = False) -> list[str]:
+    """`render` of every conversation, in one call of the chat template machinery."""
+    if len(conversations) <= 1:
+        return [render(processor, c, add_generation_prompt) for c in conversations]
+    return list(processor.apply_chat_template([list(c) for c in conversations], tokenize=False,
+                                              add_generation_prompt=add_generation_prompt))
+
+
 def assistant_char_spans(processor, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span of every assistant turn (end token included)."""
-    text = render(processor, messages)
-    spans, cursor = [], 0
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = render(processor, messages[:i], add_generation_prompt=True) if i else ""
-        through = render(processor, messages[: i + 1])
-        if text.startswith(before) and text.startswith(through) and len(before) >= cursor:
-            start, end = len(before), len(through)
-        else:  # not prefix-consistent: locate the turn's own text after the previous span
-            answer = m["content"] if isinstance(m["content"], str) else "".join(
-                p["text"] for p in m["content"] if p["type"] == "text")
-            start = text.find(answer, cursor)
-            if start < 0:
-                raise ConversationError(f"cannot find assistant turn {i} in the rendered conversation")
-            end = start + len(answer)
-        spans.append((start, end))
-        cursor = end
-    return text, spans
+    return assistant_char_spans_many(processor, [messages])[0]
+
+
+def assistant_char_spans_many(processor, conversations: Sequence[Sequence[dict]]
+                              ) -> list[tuple[str, list[tuple[int, int]]]]:
+    """`assistant_char_spans` of every conversation of a batch, rendering each text once."""
+    # The plan: for every assistant turn i, the conversation before it with the generation prompt
+    # (nothing for i = 0) and through it (the whole conversation, already planned, when i is last).
+    plain, prompted, plans = [], [], []
+    for msgs in conversations:
+        msgs = list(msgs)
+        whole = len(plain)
+        plain.append(msgs)
+        turns = []
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            before = None
+            if i:
+                before = len(prompted)
+                prompted.append(msgs[:i])
+            through = whole
+            if i + 1 < len(msgs):
+                through = len(plain)
+                plain.append(msgs[: i + 1])
+            turns.append((i, before, through))
+        plans.append((msgs, whole, turns))
+    plain_text = render_many(processor, plain)
+    prompted_text = render_many(processor, prompted, add_generation_prompt=True)
+
+    out = []
+    for msgs, whole, turns in plans:
+        text = plain_text[whole]
+        spans, cursor = [], 0
+        for i, b, t in turns:
+            before = "" if b is None else prompted_text[b]
+            through = plain_text[t]
+            if text.startswith(before) and text.startswith(through) and len(before) >= cursor:
+                start, end = len(before), len(through)
+            else:  # not prefix-consistent: locate the turn's own text after the previous span
+                m = msgs[i]
+                answer = m["content"] if isinstance(m["content"], str) else "".join(
+                    p["text"] for p in m["content"] if p["type"] == "text")
+                start = text.find(answer, cursor)
+                if start < 0:
+                    raise ConversationError(f"cannot find assistant turn {i} in the rendered conversation")
+                end = start + len(answer)
+            spans.append((start, end))
+            cursor = end
+        out.append((text, spans))
+    return out
 
 
 def _shift(char: int, ends: list[int], gained: list[int]) -> int:
@@ -86,15 +132,30 @@ def _shift(char: int, ends: list[int], gained: list[int]) -> int:
     return char + gained[bisect.bisect_right(ends, char)]
 
 
-def label_tokens(offsets, spans, replacements) -> list[bool]:
-    """True for every token overlapping an assistant span (spans in pre-expansion coordinates)."""
+def _moved_spans(spans, replacements) -> list[tuple[int, int]]:
+    """Assistant spans moved from the template's text into the placeholder-expanded one."""
     ends = [r["span"][1] for r in replacements]
     gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]
-    moved = [(_shift(s, ends, gained), _shift(e, ends, gained)) for s, e in spans]
+    return [(_shift(s, ends, gained), _shift(e, ends, gained)) for s, e in spans]
+
+
+def label_tokens(offsets, spans, replacements) -> list[bool]:
+    """True for every token overlapping an assistant span (spans in pre-expansion coordinates)."""
+    moved = _moved_spans(spans, replacements)
     keep = []
     for tok_start, tok_end in offsets:
         keep.append(tok_end > tok_start and any(tok_start < e and tok_end > s for s, e in moved))
     return keep
+
+
+def label_mask(offsets: torch.Tensor, spans, replacements) -> torch.Tensor:
+    """`label_tokens` of a whole batch at once: offsets (batch, tokens, 2) -> (batch, tokens) bool."""
+    starts, ends = offsets[..., 0], offsets[..., 1]
+    inside = torch.zeros(starts.shape, dtype=torch.bool)
+    for b, (sp, rep) in enumerate(zip(spans, replacements)):
+        for s, e in _moved_spans(sp, rep):
+            inside[b] |= (starts[b] < e) & (ends[b] > s)
+    return inside & (ends > starts)
 
 
 @dataclass
@@ -115,15 +176,13 @@ def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[
     """Tokenize a batch of interleaved conversations with their frames (right-padded)."""
     if len(conversations) != len(images):
         raise ConversationError(f"{len(conversations)} conversations but {len(images)} image lists")
-    texts, spans = [], []
     for i, (msgs, imgs) in enumerate(zip(conversations, images)):
         validate_messages(msgs, len(imgs), where=f"batch item {i}")
-        if with_labels:
-            t, s = assistant_char_spans(processor, msgs)
-        else:
-            t, s = render(processor, msgs, add_generation_prompt=True), []
-        texts.append(t)
-        spans.append(s)
+    if with_labels:
+        rendered = assistant_char_spans_many(processor, conversations)
+        texts, spans = [t for t, _ in rendered], [s for _, s in rendered]
+    else:
+        texts, spans = render_many(processor, conversations, add_generation_prompt=True), [[] for _ in conversations]
     has_images = any(len(x) for x in images)
     out = processor(
         text=texts, images=[list(x) for x in images] if has_images else None, padding=True, return_tensors="pt",
@@ -134,13 +193,13 @@ def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[
     visual = (ids == image_token_id(processor)).sum(1)
     text_tokens = mask.sum(1) - visual
     if with_labels:
-        offsets = out.pop("offset_mapping").tolist()
-        replacements = out.pop("text_replacement_offsets", None) or [[] for _ in texts]
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        for b in range(len(texts)):
-            keep = torch.tensor(label_tokens(offsets[b], spans[b], replacements[b]), dtype=torch.bool)
-            keep &= mask[b].bool()
-            labels[b][keep] = ids[b][keep]
+        offsets = torch.as_tensor(out.pop("offset_mapping"))
+        replacements = out.pop("text_replacement_offsets", None)
+        if replacements is None or isinstance(replacements, torch.Tensor):
+            # No placeholder was expanded (InternVL returns an empty tensor rather than nothing).
+            replacements = [[] for _ in texts]
+        keep = label_mask(offsets, spans, replacements) & mask.bool()
+        labels = torch.where(keep, ids, torch.full_like(ids, IGNORE_INDEX))
         out["labels"] = labels
         supervised = (labels != IGNORE_INDEX).sum(1).tolist()
     else:

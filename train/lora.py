@@ -256,6 +256,7 @@ class LoRATrainer:
         # schedule here is counted in optimizer steps. It drives the base optimizer's param groups,
         # which DeepSpeed's ZeRO wrapper shares.
         self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
+        self.trained_params = [p for p in self.model.parameters() if p.requires_grad]  # clipping skips frozen ones
         self.acc.register_for_checkpointing(self.scheduler)
         self.deepspeed = self.acc.state.deepspeed_plugin is not None
 
@@ -354,7 +355,7 @@ class LoRATrainer:
             loss_sum += micro_loss.detach()
             state.micro_batches += 1
             if last and not self.deepspeed:
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                grad_norm = acc.clip_grad_norm_(self.trained_params, cfg.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad()
             for c in accounting.COUNTERS:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from timing import interleave, interleave_measured
-from trainer_runs import trainer_step_seconds
+from trainer_runs import RUN_TIMEOUT_S, trainer_step_seconds
 
 # peft's get_peft_model calls a transformers API deprecated for v6: noise on every LoRA wrap
 pytestmark = [pytest.mark.bench,
@@ -81,8 +81,9 @@ def loader_samples_per_s(stream, batch_size: int, workers: int, warm: int = 8, t
         next(batches)
     rate = timed * batch_size / (time.perf_counter() - t0)
     handover = []
+    refill = max(0.1, 4 * batch_size / rate)  # the time the workers need for a few batches, on any machine
     for _ in range(10):
-        time.sleep(0.1)  # the workers refill the prefetch queue meanwhile
+        time.sleep(refill)  # the workers refill the prefetch queue meanwhile
         t1 = time.perf_counter()
         next(batches)
         handover.append(time.perf_counter() - t1)
@@ -113,11 +114,12 @@ def test_loader_against_the_trainer(train_work, table):
     ratio = t.ratio("trainer", "loader")
     loader_rate = train_work.batch_size / t.median("loader")
     trainer_rate = train_work.batch_size / t.median("trainer")
-    read_ms, collate_ms = worker_cost_per_sample(stream)
+    read_ms, collate_ms, encode_ms = worker_cost_per_sample(stream)
     table.check("Data", "loader samples/s (2 workers) / trainer samples/s", ratio, fmt="{:.1f}x", at_least=5,
                 detail=f"{loader_rate:.0f} vs {trainer_rate:.0f} samples/s",
                 note=f"a worker spends {read_ms:.1f} ms per sample reading the tar and {collate_ms:.1f} ms "
-                     f"collating it (JPEG decode, chat template, tokenizer, image processor)")
+                     f"collating it: JPEG decode, then {encode_ms:.1f} ms in train.chat.encode (chat template, "
+                     f"tokenizer, image processor, labels); the trainer logs every step")
     handover = statistics.median(t.results["loader"])
     table.add("Data", "hand-over of a prefetched batch to the trainer process",
               f"{handover * 1e3:.1f} ms ({handover / t.median('trainer'):.1%} of a trainer step)",
@@ -125,20 +127,34 @@ def test_loader_against_the_trainer(train_work, table):
                    "shared-memory tensors while the workers collate the next batches")
 
 
-def worker_cost_per_sample(stream, batches: int = 10) -> tuple[float, float]:
-    """(ms reading, ms collating) per sample, measured in this process on one reader's batches."""
-    from train.data import ShardStream
+def worker_cost_per_sample(stream, batches: int = 20) -> tuple[float, float, float]:
+    """(ms reading, ms collating, of which ms in `train.chat.encode`) per sample, measured in this
+    process on one reader's batches, after a first batch that pays the one-off costs (opening the
+    first shard, lazy imports, the chat template's compilation)."""
+    import train.data as data
 
     # no shuffle buffer: reading ahead to fill it would be charged to the few samples timed
-    stream = ShardStream(stream.urls, stream.processor, batch_size=stream.batch_size, seed=0, shuffle_buffer=1)
+    stream = data.ShardStream(stream.urls, stream.processor, batch_size=stream.batch_size, seed=0, shuffle_buffer=1)
+    reader = stream.batches_of_reader(0, 1, 1)
+    stream.collate(next(reader)[1])
     t0 = time.perf_counter()
-    raws = [raw for _, raw in itertools.islice(stream.batches_of_reader(0, 1, 1), batches)]
+    raws = [raw for _, raw in itertools.islice(reader, batches)]
     t1 = time.perf_counter()
-    for raw in raws:
-        stream.collate(raw)
+    encoding: list[float] = []
+    encode = data.encode
+
+    def timed_encode(*args, **kwargs):
+        t = time.perf_counter()
+        out = encode(*args, **kwargs)
+        encoding.append(time.perf_counter() - t)
+        return out
+
+    with mock.patch.object(data, "encode", timed_encode):
+        for raw in raws:
+            stream.collate(raw)
     t2 = time.perf_counter()
     n = sum(len(raw) for raw in raws)
-    return 1e3 * (t1 - t0) / n, 1e3 * (t2 - t1) / n
+    return 1e3 * (t1 - t0) / n, 1e3 * (t2 - t1) / n, 1e3 * sum(encoding) / n
 
 
 # Peak memory is read from /proc/self/status (VmHWM, the high-water mark of this process image), not
@@ -163,7 +179,7 @@ def test_build_memory_is_flat(bench_root, subprocess_env, table):
     for samples in (2_000, 20_000):
         recipe = write_recipe(bench_root / f"memory_{samples}.yaml", kind="image", samples=samples, shard_size=500)
         p = subprocess.run([sys.executable, "-c", BUILD_AND_REPORT, str(recipe), str(bench_root / f"mem{samples}")],
-                           env=subprocess_env, capture_output=True, text=True, timeout=600, check=True)
+                           env=subprocess_env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=True)
         peaks[samples] = json.loads(p.stdout.strip().splitlines()[-1])
         assert peaks[samples]["samples"] == samples
     small, big = peaks[2_000], peaks[20_000]

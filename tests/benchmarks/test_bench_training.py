@@ -1,7 +1,9 @@
 """Training: the trainer's loop against a bare PyTorch loop, time spent waiting for data, ZeRO-2/3.
 
 Everything runs the demo's training settings (`video_demo`'s `train:` section: LoRA r16 + projector +
-embeddings, batch 8 of 5 frames of 64 px) on the tiny Llava.
+embeddings, batch 8 of 5 frames of 64 px) on the tiny Llava, logging every step unless a row says
+otherwise. Every run is sized in steps (never in wall time) and medians skip the first steps by step
+number, so a slow machine gets the same rows, judged on their ratios only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from trainer_runs import WARMUP_STEPS, bare_step_seconds, samples_per_s, trainer
 pytestmark = [pytest.mark.bench,
               pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")]
 
-ROUNDS = 4
+ROUNDS = 6  # the 1.10x target leaves a few ms per step: more rounds steady the median on a shared machine
 LOOP_STEPS = 40
 WAIT_RUNS, WAIT_STEPS, WAIT_SKIP = 3, 60, 10
 ZERO_ROUNDS, ZERO_STEPS = 2, 30
@@ -34,19 +36,21 @@ def test_trainer_loop_against_a_bare_loop(train_work, table):
         return lambda: trainer_step_seconds(train_work, batch, LOOP_STEPS, f"loop-{next(runs)}", *extra)
 
     t = interleave_measured({
-        "trainer": trainer(),
+        "trainer": trainer("--logging_steps", "1"),
         "trainer, logging every 10 steps": trainer("--logging_steps", "10"),
         "bare": lambda: (bare_step_seconds(train_work, batch, LOOP_STEPS), None),
     }, rounds=ROUNDS)
     ratio = t.ratio("trainer", "bare")
     sparse = t.ratio("trainer, logging every 10 steps", "bare")
     logging_ms = 1e3 * statistics.median(t.results["trainer"])
-    note = f"{logging_ms:.0f} ms of each step is the MLflow log_metrics call (synchronous, sqlite, every step)"
-    table.check("Training", "step time: trainer loop / bare PyTorch loop (same model, batch in memory)", ratio,
-                fmt="{:.2f}x", at_most=1.15,
+    note = (f"logging every step: MLflow's log_metrics only queues the step's metrics ({logging_ms:.2f} ms); "
+            f"a background thread writes the queue to the sqlite store, one log_batch a second "
+            f"(train.tracking.Tracker; flushed before a checkpoint and at the end)")
+    table.check("Training", "step time: trainer loop, logging every step / bare PyTorch loop "
+                            "(same model, batch in memory)", ratio, fmt="{:.2f}x", at_most=1.10,
                 detail=f"{t.median('trainer') * 1e3:.0f} vs {t.median('bare') * 1e3:.0f} ms, {t.rounds} rounds",
                 note=note)
-    table.check("Training", "the same, --logging_steps 10", sparse, fmt="{:.2f}x", at_most=1.15,
+    table.check("Training", "the same, --logging_steps 10", sparse, fmt="{:.2f}x", at_most=1.10,
                 detail=f"{t.median('trainer, logging every 10 steps') * 1e3:.0f} ms")
 
 
