@@ -236,18 +236,22 @@ def test_resumable_state_holds_only_what_training_changes(work, ds_config):
 
 
 @pytest.mark.slow
-def test_resume_from_a_trainable_only_state_under_zero2(work):
-    """A ZeRO-2 state without the frozen weights resumes to the same losses as an uninterrupted run."""
-    args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "4", "--save_steps", "2", "--ds_config", "zero2",
-            "--record_samples", "true"]
-    run(work, *args, "--run_name", "z2")
-    full = metrics(work / "ckpt" / "z2")
+@pytest.mark.parametrize("launcher", [None, "cpu_zero3_2proc.yaml"], ids=["zero2_1proc", "zero3_2proc"])
+def test_resume_from_a_trainable_only_state_under_zero(work, launcher):
+    """A DeepSpeed state without the frozen weights resumes to the same losses and samples as an
+    uninterrupted run (ZeRO-2 in one process; ZeRO-3 partitions over two)."""
+    name = "z2" if launcher is None else "z3"
+    args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "4", "--save_steps", "2", "--record_samples", "true",
+            "--run_name", name] + (["--ds_config", "zero2"] if launcher is None else [])
+    run(work, *args, launcher=launcher)
+    full, full_seen = metrics(work / "ckpt" / name), seen(work / "ckpt" / name)
     # Rerun steps 3-4 from the step-2 state, in the same run directory.
-    run(work, *args, "--run_name", "z2", "--resume", str(work / "ckpt" / "z2" / "checkpoints" / "step-2"))
-    part = metrics(work / "ckpt" / "z2")
+    run(work, *args, "--resume", str(work / "ckpt" / name / "checkpoints" / "step-2"), launcher=launcher)
+    part = metrics(work / "ckpt" / name)
     assert [m["step"] for m in part] == [1, 2, 3, 4]
     for a, b in zip(full[2:], part[2:]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    assert seen(work / "ckpt" / name) == full_seen
 
 
 @pytest.mark.slow
