@@ -54,6 +54,8 @@ def cmd_build(args) -> int:
     print(f"wrote {len(m['shards'])} shards to {out}")
     if m["skipped"]:
         print(f"skipped {sum(m['skipped'].values())} bad records: {m['skipped']}")
+    if m.get("unsupported"):
+        print(f"left out {sum(m['unsupported'].values())} unsupported records: {m['unsupported']}")
     print(audit_table([m]))
     return 0
 

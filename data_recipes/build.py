@@ -5,6 +5,13 @@ into encoded samples by a process pool (or in-process with one worker), and the 
 them in plan order. Output therefore does not depend on the number of workers, memory does not grow
 with the number of samples, and the stop point (a sample count, or a match to another recipe in some
 unit) is decided sample by sample.
+
+The manifest audits what went in and what did not: `counts` (samples, images, frames, text
+characters, tokens), `kinds` (written samples by kind: image, multi_image, text_only, video), `bad`
+(= `skipped`, kept for older readers: broken records by reason, limited by `max_bad_fraction`) with
+`skipped_examples`, and `unsupported` (well-formed records of a kind the toolkit does not train on,
+by reason, see `sources.UNSUPPORTED`; not counted against `max_bad_fraction`) with
+`unsupported_examples`.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from tqdm import tqdm
 from data_recipes.recipe import Recipe, expand_path, load_recipe
 from data_recipes.files import atomic_write_json, file_sha256
 from data_recipes.shards import ShardWriter, sample_members
-from data_recipes.sources import Skip, mix_plan, open_sources
+from data_recipes.sources import Skip, Unsupported, mix_plan, open_sources
 
 MAX_MATCH_ERROR = 0.005
 MANIFEST = "manifest.json"
@@ -67,17 +74,38 @@ def _make(task):
 
 
 # --- main side ---------------------------------------------------------------------------------
+def sample_kind(counts: dict) -> str:
+    """video | image (one image) | multi_image | text_only, from a sample's counts."""
+    if counts.get("frames"):
+        return "video"
+    n = counts.get("images", 0)
+    return "text_only" if n == 0 else "image" if n == 1 else "multi_image"
+
+
 @dataclass
 class Audit:
     counts: dict = field(default_factory=lambda: dict(samples=0, images=0, frames=0, text_chars=0))
     skipped: dict = field(default_factory=dict)
+    """Bad records by reason (they count against max_bad_fraction)."""
     examples: list = field(default_factory=list)
+    kinds: dict = field(default_factory=lambda: dict(image=0, multi_image=0, text_only=0, video=0))
+    """Written samples by kind."""
+    unsupported: dict = field(default_factory=dict)
+    """Records of a kind the toolkit does not train on, by reason (outside max_bad_fraction)."""
+    unsupported_examples: list = field(default_factory=list)
 
     def add(self, counts: dict):
         for k, v in counts.items():
             self.counts[k] = self.counts.get(k, 0) + v
+        kind = sample_kind(counts)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
     def skip(self, s: Skip):
+        if isinstance(s, Unsupported):
+            self.unsupported[s.reason] = self.unsupported.get(s.reason, 0) + 1
+            if len(self.unsupported_examples) < _EXAMPLES:
+                self.unsupported_examples.append(s.detail)
+            return
         self.skipped[s.reason] = self.skipped.get(s.reason, 0) + 1
         if len(self.examples) < _EXAMPLES:
             self.examples.append(s.detail)
@@ -94,8 +122,10 @@ def _check_bad(recipe: Recipe, audit: Audit, final: bool):
     if (final or seen >= 200) and audit.bad_fraction > recipe.max_bad_fraction:
         raise BuildError(
             f"recipe {recipe.name}: {bad} of {seen} records are bad ({audit.bad_fraction:.1%} > "
-            f"max_bad_fraction {recipe.max_bad_fraction:.1%}); by reason {audit.skipped}. First ones:\n  "
-            + "\n  ".join(audit.examples))
+            f"max_bad_fraction {recipe.max_bad_fraction:.1%}); by reason {audit.skipped}"
+            + (f" (besides {sum(audit.unsupported.values())} unsupported records, not counted: {audit.unsupported})"
+               if audit.unsupported else "")
+            + ". First ones:\n  " + "\n  ".join(audit.examples))
 
 
 def manifest_hash(out_dir: Path) -> str:
@@ -177,7 +207,10 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
             tasks = list(islice(plan, chunk))
             if not tasks:
                 raise BuildError(f"recipe {recipe.name}: the sources ran out after {audit.counts['samples']} "
-                                 f"usable samples, short of the {target} {unit} asked for")
+                                 f"usable samples, short of the {target} {unit} asked for"
+                                 + (f" (bad records by reason: {audit.skipped})" if audit.skipped else "")
+                                 + (f" (unsupported records by reason: {audit.unsupported})" if audit.unsupported
+                                    else ""))
             results = pool.map(_make, tasks) if pool else [_make(t) for t in tasks]
             for res in results:
                 if isinstance(res, Skip):
@@ -207,6 +240,8 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
         "image_size": recipe.image_size, "counts": audit.counts, "tokens_model": model,
         "skipped": audit.skipped, "skipped_examples": audit.examples, "bad_fraction": audit.bad_fraction,
         "shards": shards, "limit": limit,
+        "kinds": audit.kinds, "bad": audit.skipped, "unsupported": audit.unsupported,
+        "unsupported_examples": audit.unsupported_examples,
     }
     if match:
         achieved = audit.counts[unit]

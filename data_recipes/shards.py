@@ -3,7 +3,19 @@
 A shard is a plain tar: members `KEY.json` and `KEY.jpg` (one image) or `KEY.000.jpg`,
 `KEY.001.jpg`, ... (frames, in order), which any WebDataset reader opens. Tar headers carry fixed
 mtime, owner and mode, and JPEGs are encoded with fixed settings, so the same recipe and seed give the
-same bytes (webdataset's own writer stamps the current time into every header).
+same bytes.
+
+Why not webdataset's own `TarWriter` / `ShardWriter` (webdataset 1.0.2, `webdataset/writer.py`)? With
+`mtime=0, user="", group="", mode=0o644, encoder=False` its tar headers are the same bytes as ours, but
+`TarWriter.write(sample)` writes a sample's fields in sorted order of their extensions, so `KEY.000.jpg`
+... `KEY.004.jpg` (or `KEY.jpg`) would come before `KEY.json`, where our shards have `KEY.json` first:
+every shard's bytes, and so every manifest's sha256, would change (checked on video_demo: same size,
+different hash). Writing each member as a one-field "sample" keeps our order and gives identical bytes,
+but then its `ShardWriter`, which counts `write()` calls as samples, cannot split shards by sample
+count, and nothing is left of its API but the tar headers written below. Two smaller differences: its
+`format` argument is ignored in 1.0.2 (the tar is tarfile's default PAX format, identical here only
+because our names are short ASCII and every header field fits USTAR; we ask for USTAR explicitly), and
+it opens the tar in stream mode ("w|").
 """
 
 from __future__ import annotations

@@ -5,9 +5,21 @@ why record i is unusable), a pure function of the recipe and i. That is what let
 several worker processes and still write byte-identical shards.
 
 - `synthetic_image` / `synthetic_video`: the generator in `data_recipes.synthetic` (endless).
-- `llava_image`: LLaVA-style JSON, a list of `{"id", "image", "conversations": [{"from": "human"|"gpt",
-  "value": "<image>\\n..."}]}`, images relative to `media_root`.
-- `llava_video`: the same with `"video"` (mp4, frames sampled uniformly with PyAV).
+- `llava_image` / `llava_video`: instruction data as published, a JSON list (or JSONL) of records,
+  media relative to `media_root`. Accepted per record:
+  * LLaVA (`llava_v1_5_mix665k.json`, LLaVA-Video-178K): `{"id", "image" | "video": path or [paths],
+    "conversations": [{"from": "human" | "gpt" | "system", "value": "<image>\\n..."}, ...]}`; no media key
+    (or null) is a text-only record;
+  * ShareGPT as LLaMA-Factory and TRL write it: `{"messages": [{"role": "user" | "assistant" |
+    "system", "content": "<image>..." or [{"type": "text", "text"}, {"type": "image"}]}],
+    "images" | "videos": [paths]}`, optional `"system"` text; a video may be a list of frame files.
+  The k-th media tag stands for the k-th file; a record with one file and no tag gets it before the
+  first question. A video (mp4 through PyAV, or frame files) gives the recipe's `frames` frames,
+  sampled uniformly, as that many image markers where its tag stood (`<video>`, or `<image>` as
+  LLaVA-Video-178K writes it). An image recipe takes single-image, multi-image and text-only
+  records; a video recipe takes video records.
+  Broken records are a `Skip` (bad, counted against `max_bad_fraction`); well-formed records the
+  toolkit does not train on are `Unsupported` (counted by reason apart; see `UNSUPPORTED`).
 Real sources are read in a seeded shuffled order so that `samples: N` takes a random subset.
 """
 
@@ -22,9 +34,7 @@ from PIL import Image
 
 from data_recipes import synthetic
 from data_recipes.recipe import Recipe, RecipeError, Source, expand_path
-from data_recipes.video import VideoError, read_frames
-
-MEDIA_TAG = re.compile(r"<image>|<video>")
+from data_recipes.video import VideoError, read_frames, uniform_indices
 
 
 @dataclass
@@ -36,9 +46,33 @@ class Sample:
 @dataclass
 class Skip:
     reason: str
-    """missing_image | unreadable_image | missing_video | unreadable_video | malformed_conversation"""
+    """missing_image | unreadable_image | missing_video | unreadable_video | malformed_conversation |
+    malformed_record"""
     record: str
     detail: str
+
+
+@dataclass
+class Unsupported(Skip):
+    """A well-formed record of a kind the toolkit does not train on (reason: a key of `UNSUPPORTED`).
+
+    The build counts these by reason in the manifest's `unsupported`, apart from bad records: they
+    do not use up `max_bad_fraction`."""
+
+
+UNSUPPORTED = {
+    "audio": "an `audio`/`audios` field or an <audio> tag",
+    "image_and_video": "images and videos in one record",
+    "video_in_image_recipe": "a video record in an image recipe",
+    "image_in_video_recipe": "an image record in a video recipe",
+    "text_only_in_video_recipe": "a record without media in a video recipe",
+    "media_tag_mismatch": "media tags that cannot be paired with the record's files (a count other than "
+                          "the files', except no tag for one file; a <video> tag with images; a tag without media)",
+    "media_tag_placement": "a media tag in an assistant or system turn",
+    "tool_turns": "function_call / observation / tool turns",
+    "remote_media": "a media URL (nothing is downloaded)",
+    "embedded_media": "a media object (e.g. {'bytes', 'path'}) instead of a file name",
+}
 
 
 def _fit(im: Image.Image, size: int) -> Image.Image:
@@ -66,64 +100,223 @@ class SyntheticSource:
         return Sample(js, ims)
 
 
-def conversation_to_messages(conv, n_images: int, where: str) -> list[dict]:
-    """LLaVA `conversations` -> chat messages with `n_images` image markers where the tag stood."""
-    if not isinstance(conv, list) or len(conv) < 2:
-        raise ValueError(f"{where}: 'conversations' must be a list of at least 2 turns")
-    messages, tags = [], 0
+# --- conversations ----------------------------------------------------------------------------------
+_TAG = re.compile(r"<(image|video|audio)>")
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+TOOL_ROLES = ("function_call", "observation", "tool", "function", "tool_call", "tool_response", "ipython")
+
+
+class UnsupportedRecord(ValueError):
+    """A well-formed record of a kind the toolkit does not train on; `reason` is its manifest key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class BadRecord(ValueError):
+    """A broken record (not a broken conversation); `reason` is its manifest key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _segments(content, where: str) -> list[tuple[str, str]]:
+    """A turn's content as ("text", str) and ("tag", "image"|"video"|"audio") pieces, in order.
+
+    Content is a string with `<image>` / `<video>` tags (LLaVA, ShareGPT) or a list of parts
+    `{"type": "text", "text": ...}` / `{"type": "image"|"video"|"audio"}` (TRL / HF chat format)."""
+    if isinstance(content, str):
+        pieces = _TAG.split(content)  # text, tag, text, tag, ..., text
+        return [("tag" if k % 2 else "text", p) for k, p in enumerate(pieces) if k % 2 or p]
+    if isinstance(content, list):
+        out = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                out += _segments(part["text"], where)
+            elif kind in ("image", "video", "audio"):
+                out.append(("tag", kind))
+            else:
+                raise ValueError(f"{where}: content[{j}] must be {{'type': 'text', 'text': str}} or "
+                                 f"{{'type': 'image'|'video'}}, got {str(part)[:80]}")
+        return out
+    raise ValueError(f"{where}: the turn's text must be a string or a list of parts, got {type(content).__name__}")
+
+
+def parse_turns(conv, where: str) -> list[tuple[str, list]]:
+    """`conversations` (`from`/`value`) or `messages` (`role`/`content`) -> [(role, segments)],
+    roles mapped to user | assistant | system."""
+    if not isinstance(conv, list) or not conv:
+        raise ValueError(f"{where}: the conversation must be a non-empty list of turns")
+    out = []
     for t, turn in enumerate(conv):
-        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(turn.get("value"), str):
-            raise ValueError(f"{where}: conversations[{t}] must be {{'from': 'human'|'gpt', 'value': str}}")
-        expected = "human" if t % 2 == 0 else "gpt"
-        if turn["from"] != expected:
-            raise ValueError(f"{where}: conversations[{t}] is from '{turn['from']}', expected '{expected}'")
-        if turn["from"] == "gpt":
-            if MEDIA_TAG.search(turn["value"]) or not turn["value"].strip():
-                raise ValueError(f"{where}: conversations[{t}] (gpt) must be non-empty text without media tags")
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": turn["value"].strip()}]})
+        if not isinstance(turn, dict):
+            raise ValueError(f"{where}: turn {t} must be an object, got {type(turn).__name__}")
+        who, content = (turn.get("from"), turn.get("value")) if "from" in turn or "value" in turn else (
+            turn.get("role"), turn.get("content"))
+        if isinstance(who, str) and who in TOOL_ROLES:
+            raise UnsupportedRecord("tool_turns", f"{where}: turn {t} is a '{who}' turn (tool use is not supported)")
+        if not isinstance(who, str) or who not in ROLES:
+            raise ValueError(f"{where}: turn {t}: role {str(who)[:40]!r} is not one of human, gpt, user, assistant, "
+                             "system")
+        out.append((ROLES[who], _segments(content, f"{where}: turn {t}")))
+    return out
+
+
+def turns_to_messages(turns: list[tuple[str, list]], media: list[int], media_kind: str | None, where: str,
+                      system: str | None = None) -> list[dict]:
+    """Parsed turns -> chat messages of the sample schema.
+
+    `media` holds the number of image markers each media item becomes (1 for an image, the recipe's
+    frames for a video), in the order of the record's list. The k-th media tag of the user turns
+    stands for item k; a record with one item and no tag gets it before the first question
+    (LLaVA's convention). In a video record `<image>` tags stand for the video too (LLaVA-Video-178K
+    writes `<image>`). Anything else that does not pair tags with items is an `UnsupportedRecord`.
+    """
+    if turns and turns[0][0] == "system":
+        system_turn, body = turns[0], turns[1:]
+    else:
+        system_turn, body = (("system", [("text", system)]) if isinstance(system, str) else None), turns
+    for t, (role, segs) in enumerate(body):
+        expected = "user" if t % 2 == 0 else "assistant"
+        if role != expected:
+            raise ValueError(f"{where}: turn {t + (len(turns) - len(body))} is a '{role}' turn, expected '{expected}'"
+                             + (" (a system turn may only come first)" if role == "system" else ""))
+    if len(body) < 2:
+        raise ValueError(f"{where}: the conversation needs a user turn and an assistant ('gpt') turn")
+    if body[-1][0] != "assistant":
+        raise ValueError(f"{where}: the last turn must be from 'gpt' (the assistant)")
+    accepted = {"image": ("image",), "video": ("video", "image")}.get(media_kind, ())
+    tags = []
+    for role, segs in ([system_turn] if system_turn else []) + body:
+        for kind, value in segs:
+            if kind != "tag":
+                continue
+            if value == "audio":
+                raise UnsupportedRecord("audio", f"{where}: an <audio> tag (audio is not supported)")
+            if role != "user":
+                article = "an" if role == "assistant" else "a"
+                raise UnsupportedRecord("media_tag_placement", f"{where}: a <{value}> tag in {article} {role} turn "
+                                                               "(media only go in user turns)")
+            if value not in accepted:
+                what = f"{media_kind} files" if media_kind else "no media"
+                raise UnsupportedRecord("media_tag_mismatch", f"{where}: a <{value}> tag in a record with {what}")
+            tags.append(value)
+    if len(tags) != len(media) and not (not tags and len(media) == 1):
+        noun = {"image": "image", "video": "video"}.get(media_kind, "media")
+        raise UnsupportedRecord("media_tag_mismatch", f"{where}: {len(tags)} media tags for {len(media)} "
+                                                      f"{noun} file(s)")
+    messages, k = [], 0
+    if system_turn:
+        text = "".join(v for _, v in system_turn[1]).strip()
+        if text:
+            messages.append({"role": "system", "content": [{"type": "text", "text": text}]})
+    for t, (role, segs) in enumerate(body):
+        if role == "assistant":
+            text = "".join(v for _, v in segs).strip()
+            if not text:
+                raise ValueError(f"{where}: turn {t} (assistant) must be non-empty text")
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
             continue
-        parts = MEDIA_TAG.split(turn["value"])
-        tags += len(parts) - 1
         content = []
-        for k, text in enumerate(parts):
-            if k:
-                content += [{"type": "image"}] * n_images
-            if text.strip():
-                content.append({"type": "text", "text": text.strip()})
+        if t == 0 and not tags:
+            content += [{"type": "image"}] * sum(media)
+        for kind, value in segs:
+            if kind == "tag":
+                content += [{"type": "image"}] * media[k]
+                k += 1
+            elif value.strip():
+                content.append({"type": "text", "text": value.strip()})
+        if not content:
+            raise ValueError(f"{where}: turn {t} (user) holds neither text nor media")
         messages.append({"role": "user", "content": content})
-    if conv[-1]["from"] != "gpt":
-        raise ValueError(f"{where}: the last turn must be from 'gpt'")
-    if tags > 1:
-        raise ValueError(f"{where}: {tags} media tags for one image/video")
-    if tags == 0:  # LLaVA data without a tag: the media go before the first question
-        messages[0]["content"] = [{"type": "image"}] * n_images + messages[0]["content"]
-    for t, m in enumerate(messages):
-        if not m["content"]:
-            raise ValueError(f"{where}: conversations[{t}] (human) holds neither text nor media")
     return messages
 
 
+def conversation_to_messages(conv, n_images: int, where: str) -> list[dict]:
+    """LLaVA `conversations` (human/gpt only) -> chat messages with `n_images` image markers where the
+    one media tag stood (or before the first question when there is none)."""
+    if not isinstance(conv, list) or len(conv) < 2:
+        raise ValueError(f"{where}: 'conversations' must be a list of at least 2 turns")
+    for t, turn in enumerate(conv):
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(turn.get("value"), str):
+            raise ValueError(f"{where}: conversations[{t}] must be {{'from': 'human'|'gpt', 'value': str}}")
+    return turns_to_messages(parse_turns(conv, where), [n_images], "video", where)
+
+
+# --- LLaVA / ShareGPT records ----------------------------------------------------------------------------
+@dataclass
+class _BadLine:
+    line: int
+    error: str
+
+
+def _media_list(rec: dict, keys: tuple[str, str], where: str, frames_ok: bool) -> list:
+    """The record's media paths under `image`/`images` (or `video`/`videos`): [] when absent or null."""
+    present = [k for k in keys if rec.get(k) not in (None, [], "")]
+    if len(present) > 1:
+        raise BadRecord("malformed_record", f"{where}: both '{keys[0]}' and '{keys[1]}' are given")
+    if not present:
+        return []
+    key = present[0]
+    value = rec[key]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise BadRecord("malformed_record", f"{where}: field '{key}' must be a file name or a list of them, "
+                                            f"got {type(value).__name__}")
+    for item in items:
+        if isinstance(item, dict):
+            raise UnsupportedRecord("embedded_media", f"{where}: field '{key}' holds an object ({str(item)[:60]}), "
+                                                      "not a file name (embedded media are not supported)")
+        names = item if frames_ok and isinstance(item, list) else [item]  # a video may be a list of frame files
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise BadRecord("malformed_record", f"{where}: field '{key}' must be a file name or a list of them, "
+                                                f"got {str(value)[:80]}")
+        if any(re.match(r"[a-z][a-z0-9+.-]*://", n) for n in names):
+            raise UnsupportedRecord("remote_media", f"{where}: {str(item)[:80]} is a URL (nothing is downloaded)")
+    return items
+
+
 class LlavaSource:
-    """LLaVA-style image or video instruction JSON with a media folder."""
+    """LLaVA-style or ShareGPT-style image or video instruction data (JSON list or JSONL) with a media folder.
+
+    Per record (see `make`): `conversations` (`from`/`value`) or `messages` (`role`/`content`); media under
+    `image`/`images` or `video`/`videos` (a file name or a list; a video may also be a list of frame
+    files); optional `system` (or `system_prompt`) text. An image recipe takes single-image,
+    multi-image and text-only records; a video recipe takes video records. Other records are
+    `Unsupported` (counted by reason, outside `max_bad_fraction`), broken ones a `Skip`.
+    """
 
     def __init__(self, recipe: Recipe, source: Source, where: str):
         self.recipe, self.video = recipe, source.type == "llava_video"
         self.path = expand_path(source.path, f"{where}.path")
         self.root = expand_path(source.media_root, f"{where}.media_root")
         field = "video" if self.video else "image"
-        layout = (f"expected a JSON list of {{'id', '{field}', 'conversations'}} records at {self.path} "
+        layout = (f"expected a JSON list of {{'id', '{field}', 'conversations'}} records (or ShareGPT "
+                  f"{{'messages', '{field}s'}} records; a .jsonl file holds one record a line) at {self.path} "
                   f"and the {field} files under {self.root}/")
         if not self.path.is_file():
             raise RecipeError(f"{where}: annotation file {self.path} does not exist; {layout}. "
                               "Without real data, try the generated recipes image_demo and video_demo.")
         if not self.root.is_dir():
             raise RecipeError(f"{where}: media folder {self.root} does not exist; {layout}")
-        try:
-            records = json.loads(self.path.read_text())
-        except json.JSONDecodeError as e:
-            raise RecipeError(f"{self.path}: not valid JSON ({e}); {layout}") from None
-        if not isinstance(records, list):
-            raise RecipeError(f"{self.path}: top level must be a list of records; {layout}")
+        if self.path.suffix == ".jsonl":
+            records = []
+            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        records.append(_BadLine(n, str(e)))
+        else:
+            try:
+                records = json.loads(self.path.read_text())
+            except json.JSONDecodeError as e:
+                raise RecipeError(f"{self.path}: not valid JSON ({e}); {layout}") from None
+            if not isinstance(records, list):
+                raise RecipeError(f"{self.path}: top level must be a list of records; {layout}")
         self.records, self.field = records, field
         self.order = list(range(len(records)))
         random.Random(f"{recipe.seed}:{source.path}").shuffle(self.order)
@@ -131,33 +324,110 @@ class LlavaSource:
     def __len__(self):
         return len(self.records)
 
-    def make(self, i: int) -> Sample | Skip:
-        rec = self.records[self.order[i]]
-        rid = str(rec.get("id", f"#{self.order[i]}")) if isinstance(rec, dict) else f"#{self.order[i]}"
-        where = f"{self.path} record {rid}"
-        if not isinstance(rec, dict) or not isinstance(rec.get(self.field), str):
-            return Skip("malformed_conversation", rid, f"{where}: field '{self.field}' must be a file name")
-        media = self.root / rec[self.field]
-        kind = self.field
+    def _plan(self, rec: dict, where: str):
+        """(image paths, videos, messages) of a record, or UnsupportedRecord / BadRecord / ValueError."""
+        for key in ("audio", "audios"):
+            if rec.get(key) not in (None, [], ""):
+                raise UnsupportedRecord("audio", f"{where}: field '{key}' (audio is not supported)")
+        images = _media_list(rec, ("image", "images"), where, frames_ok=False)
+        videos = _media_list(rec, ("video", "videos"), where, frames_ok=True)
+        if images and videos:
+            raise UnsupportedRecord("image_and_video", f"{where}: images and videos in one record")
+        if self.video and images:
+            raise UnsupportedRecord("image_in_video_recipe", f"{where}: an image record in a video recipe")
+        if self.video and not videos:
+            raise UnsupportedRecord("text_only_in_video_recipe", f"{where}: a text-only record in a video recipe")
+        if not self.video and videos:
+            raise UnsupportedRecord("video_in_image_recipe", f"{where}: a video record in an image recipe")
+        key = "conversations" if "conversations" in rec else "messages"
+        if key not in rec:
+            raise ValueError(f"{where}: the record has neither 'conversations' nor 'messages'")
+        system = next((rec[k] for k in ("system", "system_prompt") if isinstance(rec.get(k), str)), None)
+        media = [self.recipe.frames] * len(videos) if videos else [1] * len(images)
+        kind = "video" if videos else "image" if images else None
+        return images, videos, turns_to_messages(parse_turns(rec[key], where), media, kind, where, system)
+
+    def _read_video(self, item, rid: str, where: str):
+        """Frames of one video (an mp4, or a list of frame files sampled the same way), or a Skip."""
+        r = self.recipe
+        if isinstance(item, list):
+            picked = [item[j] for j in uniform_indices(len(item), r.frames)]
+            frames = []
+            for name in picked:
+                im = self._read_image(name, rid, where, "video")
+                if isinstance(im, Skip):
+                    return im
+                frames.append(im)
+            return frames
+        media = self.root / item
+        if not media.is_file():
+            return Skip("missing_video", rid, f"{where}: {media} does not exist")
+        try:
+            images = read_frames(media, num_frames=r.frames, size=None)
+            return [_fit(im, r.image_size) for im in images]
+        except (OSError, VideoError, ValueError) as e:
+            return Skip("unreadable_video", rid, f"{where}: {media}: {e}")
+
+    def _read_image(self, name: str, rid: str, where: str, kind: str = "image"):
+        media = self.root / name
         if not media.is_file():
             return Skip(f"missing_{kind}", rid, f"{where}: {media} does not exist")
         try:
-            if self.video:
-                images = read_frames(media, num_frames=self.recipe.frames, size=None)
-                images = [_fit(im, self.recipe.image_size) for im in images]
-            else:
-                with Image.open(media) as im:
-                    im.load()
-                    images = [_fit(im, self.recipe.image_size)]
-        except (OSError, VideoError, ValueError) as e:
+            with Image.open(media) as im:
+                im.load()
+                return _fit(im, self.recipe.image_size)
+        except (OSError, ValueError) as e:  # PIL raises OSError subclasses, and ValueError for some corrupt data
             return Skip(f"unreadable_{kind}", rid, f"{where}: {media}: {e}")
+
+    def make(self, i: int) -> Sample | Skip:
+        """The i-th record (in the seeded order) as a Sample, an Unsupported record, or a Skip (bad).
+
+        Bad (`Skip`, counted against `max_bad_fraction`): malformed_record (not an object, not JSON,
+        media field of the wrong type), malformed_conversation (roles out of order, no assistant turn,
+        an empty turn...), missing_image / unreadable_image / missing_video / unreadable_video.
+        Unsupported (`Unsupported`, counted apart): see `UNSUPPORTED`.
+        """
+        idx = self.order[i]
+        rec = self.records[idx]
+        if isinstance(rec, _BadLine):
+            return Skip("malformed_record", f"line {rec.line}",
+                        f"{self.path} line {rec.line}: not valid JSON ({rec.error})")
+        rid = str(rec.get("id", f"#{idx}")) if isinstance(rec, dict) else f"#{idx}"
+        where = f"{self.path} record {rid}"
+        if not isinstance(rec, dict):
+            return Skip("malformed_record", rid, f"{where}: a record must be a JSON object, got {type(rec).__name__}")
         try:
-            messages = conversation_to_messages(rec.get("conversations"), len(images), where)
+            images, videos, messages = self._plan(rec, where)
+        except UnsupportedRecord as e:
+            return Unsupported(e.reason, rid, str(e))
+        except BadRecord as e:
+            return Skip(e.reason, rid, str(e))
         except ValueError as e:
             return Skip("malformed_conversation", rid, str(e))
+        pixels = []
+        for item in videos:
+            frames = self._read_video(item, rid, where)
+            if isinstance(frames, Skip):
+                return frames
+            pixels += frames
+        for name in images:
+            im = self._read_image(name, rid, where)
+            if isinstance(im, Skip):
+                return im
+            pixels.append(im)
+        markers = sum(1 for m in messages for p in m["content"] if p["type"] == "image")
+        if markers != len(pixels):  # a video that gave fewer frames than asked for
+            return Skip("unreadable_video", rid, f"{where}: {len(pixels)} frames read, {markers} expected")
+        files = videos or images
+        if len(files) == 1 and isinstance(files[0], str):
+            meta = {"file": files[0]}
+        else:
+            meta = {"files": files} if files else {}
+        if isinstance(rec.get("data_source"), str):
+            meta["data_source"] = rec["data_source"]
         js = {"id": rid, "source": self.path.name, "kind": "video" if self.video else "image",
-              "messages": messages, "meta": {"file": rec[self.field]}}
-        return Sample(js, images)
+              "messages": messages, "meta": meta}
+        return Sample(js, pixels)
 
 
 def open_sources(recipe: Recipe) -> list:

@@ -8,10 +8,14 @@ Design choices:
 
 * Frame selection uses the EgoSchema/vCoT rule :func:`uniform_indices`, so training
   and evaluation see the same frames for the same clip.
-* :func:`read_frames` decodes sequentially from the start and stops after the last
-  frame it needs.  Seeking in long-GOP codecs lands on keyframes and needs
-  timestamp bookkeeping to hit an exact frame; for the short clips used here a
-  single sequential pass is both simpler and exact.
+* :func:`read_frames` seeks: for each wanted frame it jumps to the keyframe at or before
+  it and decodes forward, so 8 frames of a long clip cost a few GOPs rather than the
+  whole clip.  Frames are identified by presentation timestamp: the clip's packets are
+  demuxed once (no decoding) and their pts, sorted, give index -> pts, the same order
+  decoding from the start yields.  Every decoded run is checked against that index
+  (see :func:`_read_by_seeking`); when there is no usable index or a check fails, the
+  clip is decoded from the start instead (counted in :func:`seek_stats` and logged),
+  so a frame is never returned for the wrong index.
 * Every failure on the reading side raises :class:`VideoError` (a ``ValueError``)
   whose message starts with the file path, so a bad clip in a large dataset can be
   found and skipped from the log line alone.
@@ -19,10 +23,13 @@ Design choices:
 
 from __future__ import annotations
 
+import bisect
+import logging
 import math
 import os
 import uuid
 import warnings
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence, Union
@@ -36,6 +43,7 @@ __all__ = [
     "uniform_indices",
     "count_frames",
     "read_frames",
+    "seek_stats",
     "write_video",
     "CODECS",
 ]
@@ -145,19 +153,24 @@ def read_frames(
     indices: Sequence[int] | None = None,
     num_frames: int | None = None,
     size: int | None = None,
+    seek: bool = True,
 ) -> list[Image.Image]:
     """Decode ``path`` and return RGB frames as PIL images.
 
     Exactly one way of choosing frames may be given:
 
-    * ``indices``: explicit 0-based frame indices; the result follows their order and
-      repeats frames if an index repeats.
+    * ``indices``: explicit 0-based frame indices (frame ``i`` is the ``i``-th frame in
+      presentation order); the result follows their order and repeats frames if an
+      index repeats.
     * ``num_frames``: ``uniform_indices(count_frames(path), num_frames)``.
     * neither: every frame of the clip.
 
-    The file is decoded once from the start, and decoding stops after the highest
-    index needed.  ``size`` resizes every frame to ``size x size`` (bicubic, aspect
-    ratio not kept - the square input most vision encoders expect).
+    With ``seek`` (the default) chosen frames are reached by seeking to the keyframe
+    before each of them and decoding forward (see :func:`_read_by_seeking`); otherwise,
+    and whenever seeking cannot be trusted for the file, the clip is decoded once from
+    the start, stopping after the highest index needed.  Both give the same frames.
+    ``size`` resizes every frame to ``size x size`` (bicubic, aspect ratio not kept -
+    the square input most vision encoders expect).
 
     Raises:
         VideoError: missing, empty or undecodable file, or an index outside the clip
@@ -172,18 +185,40 @@ def read_frames(
 
     if num_frames is not None:
         indices = uniform_indices(count_frames(p), num_frames)
-    if indices is not None:
-        wanted = [int(i) for i in indices]
-        if not wanted:
-            return []
-        negative = [i for i in wanted if i < 0]
-        if negative:
-            raise VideoError(f"{p}: frame index {negative[0]} is negative; indices are 0-based frame numbers")
-        last = max(wanted)
-        needed = set(wanted)
-    else:
-        wanted, needed, last = None, None, math.inf
+    if indices is None:
+        decoded, n_seen = _read_from_start(p, None, size)
+        if not decoded:
+            raise VideoError(f"{p}: video stream has no decodable frames")
+        return [decoded[i] for i in range(n_seen)]
 
+    wanted = [int(i) for i in indices]
+    if not wanted:
+        return []
+    negative = [i for i in wanted if i < 0]
+    if negative:
+        raise VideoError(f"{p}: frame index {negative[0]} is negative; indices are 0-based frame numbers")
+    decoded = _read_by_seeking(p, sorted(set(wanted)), size) if seek else None
+    if decoded is None:
+        decoded, n_seen = _read_from_start(p, set(wanted), size)
+        last = max(wanted)
+        if last >= n_seen:
+            # The decoder reached the end of the stream without reaching `last`.
+            raise VideoError(
+                f"{p}: frame index {last} is out of range; the file has {n_seen} frames "
+                f"(valid indices 0..{n_seen - 1})"
+            )
+    return [decoded[i] for i in wanted]
+
+
+def _to_pil(frame: av.VideoFrame, size: int | None) -> Image.Image:
+    img = frame.to_image()  # converts from the codec's YUV to RGB
+    return img.resize((size, size), Image.BICUBIC) if size is not None else img
+
+
+def _read_from_start(p: Path, needed: set[int] | None, size: int | None) -> tuple[dict[int, Image.Image], int]:
+    """Decode from the first frame, keeping the frames in ``needed`` (all if None) and stopping
+    after the highest one.  Returns the kept frames by index and the number of frames decoded."""
+    last = max(needed) if needed is not None else math.inf
     decoded: dict[int, Image.Image] = {}
     container, stream = _open_input(p)
     # Frame threading speeds up sequential decoding and keeps output order.
@@ -194,25 +229,164 @@ def read_frames(
             for i, frame in enumerate(container.decode(stream)):
                 n_seen = i + 1
                 if needed is None or i in needed:
-                    img = frame.to_image()  # converts from the codec's YUV to RGB
-                    if size is not None:
-                        img = img.resize((size, size), Image.BICUBIC)
-                    decoded[i] = img
+                    decoded[i] = _to_pil(frame, size)
                 if i >= last:
                     break  # everything needed is decoded; skip the rest of the file
         except av.FFmpegError as exc:
             raise VideoError(f"{p}: undecodable video data after {n_seen} frames ({exc})") from exc
+    return decoded, n_seen
 
-    if wanted is None:
-        if not decoded:
-            raise VideoError(f"{p}: video stream has no decodable frames")
-        return [decoded[i] for i in range(n_seen)]
-    if last >= n_seen:
-        # The loop ran to the end of the stream without reaching `last`.
-        raise VideoError(
-            f"{p}: frame index {last} is out of range; the file has {n_seen} frames (valid indices 0..{n_seen - 1})"
-        )
-    return [decoded[i] for i in wanted]
+
+# ------------------------------------------------------------------ seeking to frames
+
+log = logging.getLogger(__name__)
+
+#: Seek only when it skips at least this many frames: a seek flushes the decoder (and refills its
+#: frame-threading pipeline) and re-reads from the keyframe, which costs about as much as decoding a
+#: few small frames, so short gaps are decoded through.
+MIN_SEEK_SKIP = 8
+
+#: How :func:`read_frames` calls with ``seek=True`` were served in this process: "seek" (by
+#: seeking), "fallback" (decoded from the start instead) and "fallback:REASON" per reason
+#: (no_index, inconsistent, decode_error, out_of_range).  See :func:`seek_stats`.
+_SEEK_STATS: Counter = Counter()
+
+
+def seek_stats() -> dict[str, int]:
+    """A copy of the per-process counts of seeking reads and of fallbacks to decoding from the start."""
+    return dict(_SEEK_STATS)
+
+
+class _NoSeek(Exception):
+    """Seeking cannot be trusted for this file (or this request): decode from the start."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def _frame_pts_index(container, stream) -> tuple[list[int], list[int], int]:
+    """(pts of every frame in presentation order, indices of the keyframes among them, packets discarded).
+
+    Built by demuxing the stream's packets without decoding them: one frame per packet, a
+    frame's place in presentation order is its packet's place among the packets sorted by pts.
+    Packets the demuxer marks as discard (e.g. samples an MP4 edit list hides) produce no
+    output frame and are left out.
+    """
+    entries, discarded = [], 0
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue  # the empty packet demux yields at the end of the stream
+        if packet.is_discard:
+            discarded += 1
+            continue
+        if packet.pts is None:
+            raise _NoSeek("no_index", "a packet has no presentation timestamp")
+        entries.append((packet.pts, packet.is_keyframe))
+    if not entries:
+        raise _NoSeek("no_index", "no packets")
+    entries.sort()
+    pts = [t for t, _ in entries]
+    if any(a == b for a, b in zip(pts, pts[1:])):
+        raise _NoSeek("no_index", "two packets share a presentation timestamp")
+    return pts, [i for i, (_, key) in enumerate(entries) if key], discarded
+
+
+def _read_by_seeking(p: Path, targets: list[int], size: int | None) -> dict[int, Image.Image] | None:
+    """Frames ``targets`` (sorted, distinct) by seeking, or None when the file must be decoded from
+    the start instead (the reason is counted in :func:`seek_stats` and logged).
+
+    Index -> pts comes from :func:`_frame_pts_index`.  For each target the decoder jumps to the last
+    keyframe at or before it (``container.seek`` to the keyframe's pts, backward, keyframes only)
+    unless that skips fewer than :data:`MIN_SEEK_SKIP` frames from the current position (then it
+    decodes on), and decodes forward until the frame whose pts is the target's.  What is checked, so that a frame is never
+    returned for the wrong index:
+
+    * the index has as many frames as the container counts, when it counts them (MP4's sample table);
+    * from the start of the stream, the decoder's first frame has the first pts of the index (no
+      frame dropped or added before it);
+    * after a seek, frames are counted only from the first keyframe the decoder outputs (earlier
+      output is an open GOP's leading pictures, which reference frames before the seek point), and
+      that keyframe must be at or before the target;
+    * from there every frame's pts must be the index's next one, up to the target (no frame
+      dropped, added or reordered in the run).
+
+    The one assumption not checked is that between these runs, too, decoding from the start gives
+    one frame per packet - what the MP4/MKV demuxers and the H.264/MPEG-4 decoders do.
+    """
+    try:
+        container, stream = _open_input(p)
+        with container:
+            pts, keys, discarded = _frame_pts_index(container, stream)
+            counted = stream.frames  # the container's own count (MP4: its sample table), 0 if it has none
+        if counted > 0 and counted != len(pts) + discarded:
+            raise _NoSeek("inconsistent", f"{len(pts) + discarded} packets demuxed, the container counts {counted}")
+        if targets[-1] >= len(pts):
+            raise _NoSeek("out_of_range", f"frame {targets[-1]} requested, the index has {len(pts)} frames")
+        position = {t: i for i, t in enumerate(pts)}
+        wanted = set(targets)
+        decoded: dict[int, Image.Image] = {}
+        container, stream = _open_input(p)
+        stream.thread_type = "AUTO"
+        with container:
+            frames = container.decode(stream)
+            first = next(frames, None)
+            if first is None or first.pts != pts[0]:
+                raise _NoSeek("inconsistent", f"the first decoded frame has pts {getattr(first, 'pts', None)}, "
+                                              f"the index starts at {pts[0]}")
+            if 0 in wanted:
+                decoded[0] = _to_pil(first, size)
+            cur: int | None = 0  # index of the last frame decoded in this run; None: not anchored yet
+            for t in targets:
+                k = bisect.bisect_right(keys, t) - 1
+                key = keys[k] if k >= 0 else 0  # no keyframe before t: only decoding from the start reaches it
+                if cur is not None and key - (cur + 1) >= MIN_SEEK_SKIP:
+                    container.seek(pts[key], stream=stream, backward=True, any_frame=False)
+                    frames = container.decode(stream)
+                    cur = None
+                while cur is None or cur < t:
+                    frame = next(frames, None)
+                    if frame is None:
+                        raise _NoSeek("inconsistent", f"the stream ended before frame {t}")
+                    j = position.get(frame.pts)
+                    if cur is None:  # just after a seek
+                        if j is None:
+                            raise _NoSeek("inconsistent", f"decoded pts {frame.pts} is not in the index")
+                        if j > t:
+                            raise _NoSeek("inconsistent", f"seeking for frame {t} landed after it (frame {j})")
+                        if not frame.key_frame:
+                            continue  # leading pictures before the keyframe the seek landed on
+                        cur = j
+                    elif j != cur + 1:
+                        raise _NoSeek("inconsistent", f"decoded pts {frame.pts} where the index has frame "
+                                                      f"{cur + 1} (pts {pts[cur + 1]})")
+                    else:
+                        cur = j
+                    if cur in wanted:
+                        decoded[cur] = _to_pil(frame, size)
+    except _NoSeek as why:
+        _SEEK_STATS["fallback"] += 1
+        _SEEK_STATS[f"fallback:{why.reason}"] += 1
+        if why.reason != "out_of_range":  # the from-start read raises the precise error
+            _log_fallback(p, why.reason, why.detail)
+        return None
+    except av.FFmpegError as exc:
+        _SEEK_STATS["fallback"] += 1
+        _SEEK_STATS["fallback:decode_error"] += 1
+        _log_fallback(p, "decode_error", str(exc))
+        return None
+    _SEEK_STATS["seek"] += 1
+    return decoded
+
+
+def _log_fallback(p: Path, reason: str, detail: str) -> None:
+    # The first fallback of each kind in a process is a warning, later ones debug lines: a dataset
+    # of raw streams without timestamps would otherwise log one warning per clip.
+    first = _SEEK_STATS[f"fallback:{reason}"] == 1
+    log.log(logging.WARNING if first else logging.DEBUG,
+            "%s: cannot seek to frames (%s: %s); decoding from the start%s", p, reason, detail,
+            " (later fallbacks of this kind are logged at debug level; counts in data_recipes.video.seek_stats())"
+            if first else "")
 
 
 # -------------------------------------------------------------------------- writing
