@@ -86,10 +86,36 @@ class Recipe:
     """The file this recipe was read from (not part of its content hash)."""
 
     def content_hash(self) -> str:
-        """sha256 of the recipe's content (what it builds), independent of where the file lives."""
+        """sha256 of the recipe's content (what it builds), independent of where the file lives.
+
+        For a source read from an annotation file, the file's own sha256 is part of it: a changed
+        annotation file rebuilds the shards instead of silently reusing the old ones."""
         d = dataclasses.asdict(self)
         d.pop("path"), d.pop("description"), d.pop("train")
+        annotations = [annotation_sha256(s.path) for s in self.sources if s.path]
+        if annotations:  # generated sources have none: their hash (and shards) stay as they were
+            d["annotation_sha256"] = annotations
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+_ANNOTATION_HASHES: dict = {}
+
+
+def annotation_sha256(path: str) -> str:
+    """sha256 of an annotation file ('absent' when it does not exist yet), cached per size and mtime."""
+    p = Path(os.path.expandvars(path)).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return "absent"
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _ANNOTATION_HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _ANNOTATION_HASHES[key] = h.hexdigest()
+    return _ANNOTATION_HASHES[key]
 
 
 def _did_you_mean(key, allowed) -> str:

@@ -239,3 +239,22 @@ def test_shards_are_plain_tars(tmp_path):
         assert all(m.mtime == 0 for m in t.getmembers())
         im = Image.open(t.extractfile(names[1]))
         assert np.asarray(im).shape == (64, 64, 3)
+
+
+def test_recipe_hash_covers_the_annotation_file(tmp_path, monkeypatch):
+    """Changed annotations change the hash (the trainer and the build then rebuild); generated recipes
+    keep their hash."""
+    from data_recipes.recipe import load_recipe
+
+    ann = tmp_path / "ann.json"
+    ann.write_text('[{"id": "1", "image": "a.jpg", "conversations": []}]')
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+    recipe = tmp_path / "real.yaml"
+    recipe.write_text("kind: image\nsources:\n  - {type: llava_image, path: $DATA_ROOT/ann.json, media_root: $DATA_ROOT}\n"
+                      "samples: 1\n")
+    before = load_recipe(recipe).content_hash()
+    assert load_recipe(recipe).content_hash() == before
+    ann.write_text('[{"id": "22", "image": "b.jpg", "conversations": []}]')
+    assert load_recipe(recipe).content_hash() != before
+    assert load_recipe("video_demo").content_hash() == \
+        "b33ed0199abdc91b55d2765b1eb18fcf7d164d1c967f71e9412ced1595d88dac"  # as before annotation hashing
