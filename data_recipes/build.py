@@ -20,8 +20,8 @@ import json
 import multiprocessing as mp
 import re
 import shutil
+from collections import deque
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 from tqdm import tqdm
@@ -71,6 +71,22 @@ def _make(task):
     if _W["counter"] is not None:
         counts.update(_W["counter"].count(js["messages"], out.images))
     return sample_members(key, js, out.images), counts
+
+
+def _in_order(pool, plan, window: int):
+    """Encoded samples (or Skips) in plan order. With a pool, up to `window` tasks are in flight and each
+    result is handed over as soon as it and those before it are done: no chunk waits for its slowest
+    sample, and a lazy plan is never read further ahead than the window."""
+    if pool is None:
+        yield from map(_make, plan)
+        return
+    pending = deque()
+    for task in plan:
+        pending.append(pool.apply_async(_make, (task,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 # --- main side ---------------------------------------------------------------------------------
@@ -200,34 +216,32 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
     if pool is None:
         _init_worker(recipe, model)
     bar = tqdm(total=target, desc=f"build {recipe.name} ({unit})", unit="", disable=not progress)
-    chunk = max(32, 16 * workers)
+    check_every = max(32, 16 * workers)
     done = False
     try:
-        while not done:
-            tasks = list(islice(plan, chunk))
-            if not tasks:
-                raise BuildError(f"recipe {recipe.name}: the sources ran out after {audit.counts['samples']} "
-                                 f"usable samples, short of the {target} {unit} asked for"
-                                 + (f" (bad records by reason: {audit.skipped})" if audit.skipped else "")
-                                 + (f" (unsupported records by reason: {audit.unsupported})" if audit.unsupported
-                                    else ""))
-            results = pool.map(_make, tasks) if pool else [_make(t) for t in tasks]
-            for res in results:
-                if isinstance(res, Skip):
-                    audit.skip(res)
-                    continue
-                members, counts = res
-                have, u = audit.counts.get(unit, 0), counts[unit]
-                if have + u > target and (have + u - target) >= (target - have):
-                    done = True  # the next sample would overshoot more than stopping undershoots
-                    break
-                writer.write(members)
-                audit.add(counts)
-                bar.update(u)
-                if audit.counts[unit] >= target:
-                    done = True
-                    break
-            _check_bad(recipe, audit, final=False)
+        for n, res in enumerate(_in_order(pool, plan, window=8 * workers), 1):
+            if n % check_every == 0:
+                _check_bad(recipe, audit, final=False)
+            if isinstance(res, Skip):
+                audit.skip(res)
+                continue
+            members, counts = res
+            have, u = audit.counts.get(unit, 0), counts[unit]
+            if have + u > target and (have + u - target) >= (target - have):
+                done = True  # the next sample would overshoot more than stopping undershoots
+                break
+            writer.write(members)
+            audit.add(counts)
+            bar.update(u)
+            if audit.counts[unit] >= target:
+                done = True
+                break
+        if not done:
+            raise BuildError(f"recipe {recipe.name}: the sources ran out after {audit.counts['samples']} "
+                             f"usable samples, short of the {target} {unit} asked for"
+                             + (f" (bad records by reason: {audit.skipped})" if audit.skipped else "")
+                             + (f" (unsupported records by reason: {audit.unsupported})" if audit.unsupported
+                                else ""))
     finally:
         bar.close()
         if pool:
