@@ -9,6 +9,11 @@ work beside the CPU torch (STACK.md), and a folder saved without a video part ca
 bare tokenizer. So the parts are assembled explicitly: the tokenizer, the PIL-backed variant of the
 saved image processor, the processor's own settings, and `video_processor=None` (frames are always
 fed as images).
+
+Both layouts transformers reads are understood: the one transformers 5's `save_pretrained` writes (one
+processor_config.json with the image and video processors nested inside, chat_template.jinja) and the
+hub's older one (preprocessor_config.json for the image processor, processor_config.json with the
+settings only or absent, chat_template.json or .jinja). A saved video processor is ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from pathlib import Path
 
 import transformers
 
+PROCESSOR_CONFIG = "processor_config.json"
+IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
 _PARTS = {"image_processor", "tokenizer", "video_processor", "feature_extractor", "audio_tokenizer"}
 
 
@@ -63,33 +70,200 @@ def make_processor(processor_class, image_processor, tokenizer, **settings):
     return cls(image_processor=image_processor, tokenizer=tokenizer, **settings)
 
 
-def load_processor(path: str | os.PathLike, trust_remote_code: bool = False):
-    """The processor of a local checkpoint directory (see the module docstring)."""
+def _read_json(file: Path, what: str) -> dict:
+    """A JSON object from `file`, or a ProcessorLoadError naming the file and what it should hold."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProcessorLoadError(f"{file}: cannot be read ({e}); expected {what}") from None
+    except json.JSONDecodeError as e:
+        raise ProcessorLoadError(f"{file}: not valid JSON ({e}); expected {what}") from None
+    if not isinstance(data, dict):
+        raise ProcessorLoadError(f"{file}: expected a JSON object ({what}), got {type(data).__name__}")
+    return data
+
+
+def has_processor(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a saved processor in either layout (see `load_processor`)."""
     path = Path(path)
-    cfg_file = path / "processor_config.json"
-    img_file = path / "preprocessor_config.json"
-    for f in (cfg_file, img_file):
-        if not f.exists():
-            raise ProcessorLoadError(f"{f} is missing: '{path}' has no saved processor")
-    cfg = json.loads(cfg_file.read_text())
-    if "processor_class" not in cfg:
-        raise ProcessorLoadError(f"{cfg_file}: field 'processor_class' is missing")
-    cls = getattr(transformers, cfg["processor_class"], None)
-    if cls is None:
-        raise ProcessorLoadError(f"{cfg_file}: processor_class '{cfg['processor_class']}' is not in transformers")
-    img_type = json.loads(img_file.read_text()).get("image_processor_type")
-    if not img_type:
-        raise ProcessorLoadError(f"{img_file}: field 'image_processor_type' is missing")
-    image_processor = _pil_image_processor_class(img_type).from_pretrained(path)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return (path / PROCESSOR_CONFIG).is_file() or (path / IMAGE_PROCESSOR_CONFIG).is_file()
+
+
+def _processor_class(path: Path, configs: dict[str, dict], default: str | None):
+    """The processor class the checkpoint names, and the file that names it."""
+    for name, cfg in configs.items():
+        value = cfg.get("processor_class")
+        if value is None:
+            continue
+        cls = getattr(transformers, value, None) if isinstance(value, str) else None
+        if cls is None or not (isinstance(cls, type) and issubclass(cls, transformers.ProcessorMixin)):
+            raise ProcessorLoadError(
+                f"{path / name}: processor_class {value!r} is not a processor class of transformers "
+                f"{transformers.__version__} (expected e.g. 'LlavaProcessor', 'Qwen2VLProcessor')")
+        return cls
+    if default is None:
+        raise ProcessorLoadError(
+            f"'{path}' names no processor class: expected 'processor_class' in {PROCESSOR_CONFIG}, "
+            f"{IMAGE_PROCESSOR_CONFIG} or tokenizer_config.json")
+    return getattr(transformers, default)
+
+
+def _image_processor(path: Path, processor_cfg: dict, default: str | None):
+    """The PIL-backed image processor, from the nested entry of processor_config.json (transformers 5's
+    layout) or from preprocessor_config.json (the older one)."""
+    nested = processor_cfg.get("image_processor")
+    if nested is not None:
+        where = f"{path / PROCESSOR_CONFIG} ('image_processor' entry)"
+        if not isinstance(nested, dict):
+            raise ProcessorLoadError(f"{where}: expected an object with the image processor settings, "
+                                     f"got {type(nested).__name__}")
+        cfg = nested
+    elif (path / IMAGE_PROCESSOR_CONFIG).is_file():
+        where = str(path / IMAGE_PROCESSOR_CONFIG)
+        cfg = _read_json(path / IMAGE_PROCESSOR_CONFIG, "the image processor settings")
+    else:
+        raise ProcessorLoadError(
+            f"'{path}' has no image processor: expected {IMAGE_PROCESSOR_CONFIG}, or an 'image_processor' "
+            f"entry in {PROCESSOR_CONFIG} (as transformers 5 saves it)")
+    type_name = cfg.get("image_processor_type") or default
+    if not type_name:
+        raise ProcessorLoadError(f"{where}: field 'image_processor_type' is missing")
+    try:
+        cls = _pil_image_processor_class(type_name)
+    except ProcessorLoadError as e:
+        raise ProcessorLoadError(f"{where}: {e}") from None
+    settings = {k: v for k, v in cfg.items() if k not in ("image_processor_type", "processor_class", "auto_map")}
+    try:
+        return cls.from_dict(settings)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ProcessorLoadError(f"{where}: {cls.__name__} does not accept these settings ({e})") from None
+
+
+def _chat_template(path: Path, processor_cfg: dict, tokenizer) -> str | None:
+    """chat_template.jinja (transformers 5), chat_template.json (older), the processor config, the tokenizer."""
+    jinja, legacy = path / "chat_template.jinja", path / "chat_template.json"
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ProcessorLoadError(f"{jinja}: cannot be read ({e}); expected a Jinja chat template") from None
+    if legacy.is_file():
+        template = _read_json(legacy, '{"chat_template": "..."}').get("chat_template")
+        if not isinstance(template, str):
+            raise ProcessorLoadError(f'{legacy}: expected {{"chat_template": "<jinja text>"}}')
+        return template
+    if isinstance(processor_cfg.get("chat_template"), str):
+        return processor_cfg["chat_template"]
+    template = getattr(tokenizer, "chat_template", None)
+    return template if isinstance(template, str) else None
+
+
+def _model_config(path: Path) -> dict:
+    """config.json of the checkpoint, or {} (the model loader reports a missing or broken one)."""
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _defaults_for_model_type(path: Path) -> tuple[str | None, str | None]:
+    """transformers' own processor and PIL image processor names for the checkpoint's model_type."""
+    model_type = _model_config(path).get("model_type")
+    if not isinstance(model_type, str):
+        return None, None
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    image = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+    if isinstance(image, dict):
+        image = image.get("pil") or next(iter(image.values()), None)
+    elif isinstance(image, (tuple, list)):
+        image = next((n for n in image if n), None)
+    return PROCESSOR_MAPPING_NAMES.get(model_type), image
+
+
+def _settings_from_model(path: Path, accepted) -> dict:
+    """Processor settings an older checkpoint may not have saved, derived from its config.json.
+
+    Hub checkpoints saved before processors had their own config (no processor_config.json) leave
+    e.g. LlavaProcessor's `patch_size` unset; transformers then cannot count the image tokens.
+    """
+    cfg = _model_config(path)
+    vision = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), dict) else {}
+    out = {}
+    strategy = cfg.get("vision_feature_select_strategy")
+    if strategy is not None:
+        out["vision_feature_select_strategy"] = strategy
+    patch, size = vision.get("patch_size"), vision.get("image_size")
+    if isinstance(patch, int):
+        out["patch_size"] = patch
+        if vision.get("model_type") == "clip_vision_model":
+            out["num_additional_image_tokens"] = 1  # CLIP's class token
+        if isinstance(size, int):
+            out["num_image_tokens"] = (size // patch) ** 2
+    patch = patch[0] if isinstance(patch, list) and patch else patch
+    size = size[0] if isinstance(size, list) and size else size
+    ratio = cfg.get("downsample_ratio")
+    if isinstance(patch, int) and isinstance(size, int) and isinstance(ratio, (int, float)):
+        out["image_seq_length"] = int((size // patch) ** 2 * ratio ** 2)
+    return {k: v for k, v in out.items() if k in accepted}
+
+
+def load_processor(path: str | os.PathLike, trust_remote_code: bool = False, *,
+                   default_class: str | None = None, default_image_processor: str | None = None):
+    """The processor of a local checkpoint directory, in either layout transformers reads.
+
+    - transformers 5's `save_pretrained`: processor_config.json holds the processor's settings and the
+      image (and video) processor nested inside it; chat_template.jinja.
+    - the older hub layout: preprocessor_config.json (the image processor, often with processor_class),
+      processor_config.json with the settings only or no processor_config.json at all,
+      chat_template.json or chat_template.jinja.
+
+    The processor class is the one the checkpoint names (processor_config.json, preprocessor_config.json
+    or tokenizer_config.json; else `default_class`, else transformers' choice for config.json's
+    model_type), built with the PIL variant of the saved image processor and no video part. Settings
+    an older checkpoint did not save (LLaVA's patch_size, ...) come from config.json. Errors name the
+    file and what was expected.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ProcessorLoadError(f"'{path}' is not a directory (expected a checkpoint with a saved processor)")
+    configs: dict[str, dict] = {}
+    for name, what in ((PROCESSOR_CONFIG, "the processor settings"),
+                       (IMAGE_PROCESSOR_CONFIG, "the image processor settings"),
+                       ("tokenizer_config.json", "the tokenizer settings")):
+        if (path / name).is_file():
+            configs[name] = _read_json(path / name, what)
+    if PROCESSOR_CONFIG not in configs and IMAGE_PROCESSOR_CONFIG not in configs:
+        raise ProcessorLoadError(
+            f"'{path}' has no saved processor: expected {PROCESSOR_CONFIG} (transformers 5) or "
+            f"{IMAGE_PROCESSOR_CONFIG} (older checkpoints)")
+    processor_cfg = configs.get(PROCESSOR_CONFIG, {})
+    if default_class is None or default_image_processor is None:
+        by_type = _defaults_for_model_type(path)
+        default_class, default_image_processor = default_class or by_type[0], default_image_processor or by_type[1]
+    cls = _processor_class(path, configs, default_class)
+    image_processor = _image_processor(path, processor_cfg, default_image_processor)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ProcessorLoadError(
+            f"'{path}': the tokenizer did not load (expected tokenizer.json, or tokenizer.model / vocab.json "
+            f"with tokenizer_config.json): {type(e).__name__}: {e}") from None
     accepted = inspect.signature(cls.__init__).parameters
-    settings = {k: v for k, v in cfg.items() if k in accepted and k not in _PARTS}
-    template = path / "chat_template.jinja"
-    if template.exists():
-        settings["chat_template"] = template.read_text()
-    elif getattr(tokenizer, "chat_template", None):
-        settings["chat_template"] = tokenizer.chat_template
-    return make_processor(cls, image_processor, tokenizer, **settings)
+    settings = {k: v for k, v in _settings_from_model(path, accepted).items() if processor_cfg.get(k) is None}
+    settings.update({k: v for k, v in processor_cfg.items()
+                     if k in accepted and k not in _PARTS | {"self", "chat_template", "kwargs"} and v is not None})
+    template = _chat_template(path, processor_cfg, tokenizer)
+    if template is not None:
+        settings["chat_template"] = template
+    try:
+        return make_processor(cls, image_processor, tokenizer, **settings)
+    except (AttributeError, TypeError, ValueError, KeyError) as e:
+        raise ProcessorLoadError(
+            f"'{path}': {cls.__name__} could not be built from the saved tokenizer and image processor "
+            f"({type(e).__name__}: {e})") from None
 
 
 def save_processor(processor, path: str | os.PathLike) -> None:

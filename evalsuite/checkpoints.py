@@ -114,8 +114,15 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
         return CheckpointRef(p, target, "model")
     if is_model_dir(p):
         return CheckpointRef(p, p, "model", run=run)
-    extra = (" It holds .bin weights only: weights load from safetensors only, convert them."
-             if (p / "config.json").is_file() and any(p.glob("*.bin")) else "")
+    has_config, has_weights = (p / "config.json").is_file(), any(p.glob("*.safetensors"))
+    if has_config and any(p.glob("*.bin")) and not has_weights:
+        extra = " It holds .bin weights only: weights load from safetensors only, convert them."
+    elif has_config and not has_weights:
+        extra = " It has config.json but no *.safetensors weights."
+    elif has_weights and not has_config:
+        extra = " It has *.safetensors weights but no config.json (the model's config, with its model_type)."
+    else:
+        extra = ""
     raise CheckpointError(f"'{p}' is not a checkpoint: no adapter_config.json + run.json, no config.json + "
                           f"*.safetensors, no base.json.{extra}")
 
@@ -204,7 +211,9 @@ def load_checkpoint(path: str | os.PathLike, trust_remote_code: bool = False, dt
         with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6: noise on every load
             warnings.simplefilter("ignore", FutureWarning)
             model = PeftModel.from_pretrained(model, ref.model_path).merge_and_unload()
-        if (ref.model_path / "processor_config.json").is_file():
+        from data_recipes.processors import has_processor
+
+        if has_processor(ref.model_path):
             # the trainer saves the processor beside the adapter; prefer it (it may add tokens)
             processor = family.load_processor(ref.model_path, trust_remote_code=trust_remote_code)
     else:

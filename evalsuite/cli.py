@@ -122,9 +122,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from evalsuite.infills import InfillError
     from evalsuite.iraven import IRavenFormatError
     from evalsuite.outputs import OutputError
+    from data_recipes.processors import ProcessorLoadError
     from train.families import FamilyError
 
-    return (BenchmarkError, CheckpointError, InfillError, IRavenFormatError, OutputError, FamilyError)
+    return (BenchmarkError, CheckpointError, InfillError, IRavenFormatError, OutputError, FamilyError,
+            ProcessorLoadError)
 
 
 def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:

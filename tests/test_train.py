@@ -369,3 +369,14 @@ def test_logged_loss_is_the_token_mean_over_micro_batches(work):
                 uneven += 1
                 assert logged[step] != pytest.approx((sums[0] / counts[0] + sums[1] / counts[1]) / 2, rel=1e-4)
     assert uneven  # at least one step had micro-batches of different supervised-token counts
+
+
+def test_cli_help_and_user_errors_without_tracebacks(tmp_path):
+    """--help renders every field's docstring; a settings mistake is one `error:` line, exit 2."""
+    p = subprocess.run([PY, LORA, "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "--mixed_precision" in p.stdout and "30% more compute" in p.stdout
+    for args, msg in ((["--recipe", "nosuch", "--max_steps", "1"], "error: unknown recipe 'nosuch'"),
+                      (["--recipe", "video_demo", "--lora_rank", "3"], "did you mean 'lora_r'"),
+                      (["--recipe", "video_demo", "--mixed_precision", "fp8"], "mixed_precision must be one of")):
+        p = subprocess.run([PY, LORA, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]

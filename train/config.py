@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, f in FIELDS.items():
         # Defaults are applied by resolve(), not argparse, so that a flag is "given" only if typed.
         bare = {"nargs": "?", "const": "true"} if _TYPES[name] is bool else {}  # `--dry_run` = `--dry_run true`
-        p.add_argument(f"--{name}", default=None, help=f"{docs.get(name, '')} [default: {f.default!r}]", **bare)
+        p.add_argument(f"--{name}", default=None, help=f"{docs.get(name, '')} [default: {f.default!r}]".replace("%", "%%"), **bare)
     return p
 
 

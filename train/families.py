@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import transformers
+from safetensors import SafetensorError
 
 from data_recipes.processors import load_processor
 
@@ -61,19 +62,33 @@ class Family:
         return getattr(transformers, self.image_processor_class)
 
     def load_processor(self, path: str | os.PathLike, trust_remote_code: bool = False):
-        """The processor of a local checkpoint, built without torchvision (`data_recipes.processors`)."""
-        return load_processor(path, trust_remote_code=trust_remote_code)
+        """The processor of a local checkpoint, built without torchvision (`data_recipes.processors`).
+
+        Either layout (transformers 5's processor_config.json with the image processor nested, or the
+        hub's older preprocessor_config.json); the class the checkpoint names, else the family's.
+        """
+        return load_processor(path, trust_remote_code=trust_remote_code, default_class=self.processor_class,
+                              default_image_processor=self.image_processor_class)
 
     def load(self, path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None,
              attn_implementation: str | None = None):
         """Load model and processor from a local checkpoint directory (safetensors weights only)."""
         path = Path(path)
         check_checkpoint_dir(path)
+        # The processor first: it is read in a moment, the weights of a 7B model take minutes.
+        processor = self.load_processor(path, trust_remote_code=trust_remote_code)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model = self.model_cls().from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype or "auto", **extra
-        )
-        return model, self.load_processor(path, trust_remote_code=trust_remote_code)
+        try:
+            model = self.model_cls().from_pretrained(
+                path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype or "auto", **extra
+            )
+        except (OSError, ValueError, TypeError, KeyError, SafetensorError) as e:
+            # A config.json the family's class rejects, a truncated or foreign .safetensors file, a shard
+            # index naming missing files: the user's to fix, so say what and where, not a traceback.
+            raise FamilyError(f"'{path}': {self.model_class} could not load this checkpoint (expected "
+                              f"config.json of model_type '{self.name}' and its *.safetensors weights): "
+                              f"{type(e).__name__}: {e}") from None
+        return model, processor
 
 
 FAMILIES: dict[str, Family] = {
@@ -146,9 +161,14 @@ def detect_family(path: str | os.PathLike) -> Family:
     if not cfg_file.exists():
         raise FamilyError(f"'{path}' has no config.json: cannot tell which model family it is.")
     try:
-        model_type = json.loads(cfg_file.read_text())["model_type"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise FamilyError(f"{cfg_file}: field 'model_type' missing or file unreadable ({e}).") from None
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FamilyError(f"{cfg_file}: not valid JSON ({e}); expected the model's config with a "
+                          f"'model_type' field.") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise FamilyError(f"{cfg_file}: field 'model_type' missing (expected a JSON object with model_type one of: "
+                          f"{', '.join(sorted(FAMILIES))}).")
+    model_type = cfg["model_type"]
     if model_type not in FAMILIES:
         raise FamilyError(
             f"{cfg_file}: model_type '{model_type}' is not a supported family. "

@@ -482,5 +482,23 @@ def main(argv: list[str] | None = None) -> dict:
     return info
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix (settings, recipe, data, base model), reported without a traceback."""
+    from data_recipes.build import BuildError
+    from data_recipes.processors import ProcessorLoadError
+    from data_recipes.recipe import RecipeError
+    from train.config import ConfigError
+    from train.families import FamilyError
+    from train.models import ModelNotFound
+    from train.runtime import RuntimeConfigError
+
+    return (FamilyError, ProcessorLoadError, ModelNotFound, ConfigError, RecipeError, BuildError, RuntimeConfigError,
+            ShardsMissing)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
