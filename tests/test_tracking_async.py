@@ -53,7 +53,9 @@ def test_log_metrics_returns_at_once_while_flush_waits_for_a_slow_store(uri):
             t0 = time.perf_counter()
             tracker.log_metrics({"loss": 1.0 / (step + 1), "lr": 1e-3}, step=step)
             calls.append(time.perf_counter() - t0)
-        assert max(calls) < 0.005, calls  # a queue append, not a 0.3 s write
+        # A queue append, not a 0.3 s write: all 20 calls together take less than one write would (a
+        # wall-clock bound far from the write's, so a loaded machine cannot make it flaky).
+        assert sum(calls) < 0.3 and max(calls) < 0.1, calls
         t0 = time.perf_counter()
         tracker.flush()
         assert time.perf_counter() - t0 >= 0.25  # flush waited for the slow write
