@@ -269,11 +269,11 @@ def test_plan_memory_table_uses_the_sampled_length(plans):
 # --- cost and output ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dry_run_is_cheap(plans, family):
-    """Config only: no weights are read or allocated, so a 7B plan fits in a laptop's spare memory and time
-    (the RSS is the peak of the process that planned all four models; the time includes its imports)."""
+    """Config only: no weights are read or allocated, so a 7B plan fits in a laptop's spare memory (the RSS
+    is the peak of the process that planned all four models; a 7B model's weights alone are 14 GB). Its
+    wall time (under 30 s) is a `make bench` row, not a timed test."""
     plan, text, wall, rss = plans[family]
     assert rss < 2 * 1024 ** 3, f"peak RSS {rss / 2 ** 20:.0f} MiB"
-    assert wall < 30, f"{wall:.1f} s"
     assert "memory per GPU" in text and "zero3_offload" in text and f"family {family}" in text
     assert plan["problems"] == []
 
