@@ -100,30 +100,9 @@ def test_read_with_resize(clip):
 
 
 def test_read_stops_after_last_needed_frame(clip, monkeypatch):
-    decoded = []
-    real_open = av.open
+    from test_video_seek import count_decoded
 
-    class CountingContainer:
-        """Wraps a real container and records every frame the decoder yields."""
-
-        def __init__(self, inner):
-            self._inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self._inner, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self._inner.__exit__(*exc)
-
-        def decode(self, *args, **kwargs):
-            for frame in self._inner.decode(*args, **kwargs):
-                decoded.append(frame)
-                yield frame
-
-    monkeypatch.setattr(video.av, "open", lambda *a, **k: CountingContainer(real_open(*a, **k)))
+    decoded = count_decoded(monkeypatch)
     frames = read_frames(clip, indices=[4, 1])
     assert [frame_id(f) for f in frames] == [4, 1]
     assert len(decoded) == 5  # frames 0..4, not all 12
