@@ -5,7 +5,7 @@ recipes (counting visual and text tokens for scale matching) and the family laye
 and `data_recipes` imports nothing from `train`.
 
 Why not `AutoProcessor.from_pretrained`: every HF *video* processor needs torchvision, which does not
-work beside the CPU torch (STACK.md), and a folder saved without a video part can come back as the
+work beside the CPU torch (README, Troubleshooting), and a folder saved without a video part can come back as the
 bare tokenizer. So the parts are assembled explicitly: the tokenizer, the PIL-backed variant of the
 saved image processor, the processor's own settings, and `video_processor=None` (frames are always
 fed as images).

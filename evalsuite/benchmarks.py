@@ -89,7 +89,7 @@ class Synthetic(Benchmark):
 
 
 class EgoSchema(Benchmark):
-    """questions.json + subset_answers.json + videos/<q_uid>.mp4 (see DESIGN.md)."""
+    """questions.json + subset_answers.json + videos/<q_uid>.mp4 (README, Evaluation)."""
     name = "egoschema"
 
     def __init__(self, data: str | Path, limit: int | None, image_size: int | None):

@@ -48,7 +48,8 @@ class Ranks:
         cpu = device == "cpu"
         # A bare PartialState does not read ACCELERATE_USE_CPU (Accelerator does): without cpu=True it
         # reports DistributedType.NO under `accelerate launch --multi_gpu` on CPU and its barrier returns
-        # at once. gloo is named for the same reason as in training (STACK.md).
+        # at once. gloo is named for the same reason as in training (train/lora.py): without it
+        # accelerate and the process group can disagree on the world size.
         state = PartialState(cpu=True, backend="gloo") if cpu else PartialState()
         if state.num_processes != world or state.distributed_type.name == "NO":
             raise RuntimeError(f"WORLD_SIZE={world} but accelerate set up {state.num_processes} process(es) "

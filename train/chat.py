@@ -1,7 +1,7 @@
 """Interleaved conversations -> model inputs, with labels on the assistant's tokens only.
 
 A conversation is a list of chat turns whose user content interleaves `{"type": "image"}` markers and
-`{"type": "text", "text": ...}` parts (the sample schema of DESIGN.md); the frames are PIL images, one
+`{"type": "text", "text": ...}` parts (the sample schema, `validate_messages` below); the frames are PIL images, one
 per marker, in order. Rendering always goes through the processor's own chat template, so a real
 checkpoint gets exactly its published prompt format.
 

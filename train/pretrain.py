@@ -2,7 +2,7 @@
 
     python -m train.pretrain --family llava --out models/tiny-llava-pretrained [--steps 1500] [--seed 0]
 
-LoRA on a random-init model stays at chance (STACK.md), so before the image-vs-video comparison the
+LoRA on a random-init model stays at chance (measured when the demo was designed), so before the image-vs-video comparison the
 tiny base learns static scenes: the language model and projector train fully on generated image
 samples (attributes, counting, positions, captions, multiple choice), the vision tower stays frozen at
 its random init (a trainable one collapsed). The held-out answer-token accuracy on validation scenes

@@ -3,7 +3,7 @@
     python -m train.tiny --family llava_next_video --out models/tiny-llava_next_video [--image-size 64] [--seed 0]
 
 The result loads with `AutoModelForImageTextToText.from_pretrained(DIR)` and with the family layer
-(`train.families.load_model`). Shapes follow STACK.md's experiment: a 64-wide, 2-layer vision encoder
+(`train.families.load_model`). Shapes are chosen for CPU speed: a 64-wide, 2-layer vision encoder
 giving 16 tokens per 64-px frame and a 128-wide, 2-layer language model, so that LoRA steps take tens
 of milliseconds on a CPU. Same family, size and seed -> the same weights (the tokenizer's BPE training
 is deterministic for a fixed corpus).
