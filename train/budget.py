@@ -16,7 +16,6 @@ step's consumption (what this trainer once did) changes with the first batch's l
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,7 +104,3 @@ def plan_schedule(budget: Budget, cfg, samples_per_step: int, per_sample=None) -
         steps, source = cfg.max_steps, "max_steps"
     budget.schedule_steps, budget.schedule_source = steps, source
     return budget
-
-
-def read_manifest_file(shards: Path) -> dict:
-    return json.loads((Path(shards) / "manifest.json").read_text())

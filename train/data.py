@@ -91,18 +91,16 @@ class ShardStream(IterableDataset):
     shard_counts: samples per shard, as in the manifest (None: read every shard once to count).
     max_length / context_length: drop samples with more tokens (0: no limit).
     resume: {"positions": {reader id: Batch.position of the last batch consumed from it},
-             "batches": loader batches consumed}; skip_batches (deprecated) is the same without drops.
+             "batches": loader batches consumed}.
     """
 
     def __init__(self, urls: list[str], processor, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  shuffle_buffer: int = 500, shard_counts: list[int] | None = None, max_length: int = 0,
-                 context_length: int = 0, resume: dict | None = None, skip_batches: int = 0):
+                 context_length: int = 0, resume: dict | None = None):
         self.urls, self.processor, self.batch_size = list(urls), processor, batch_size
         self.seed, self.rank, self.world, self.shuffle_buffer = seed, rank, world, shuffle_buffer
         self.max_length, self.context_length = max_length, context_length
-        if resume and skip_batches:
-            raise ValueError("give resume= or the deprecated skip_batches=, not both")
-        self.resume, self.skip_batches = resume, skip_batches
+        self.resume = resume or {}
         if shard_counts is not None and len(shard_counts) != len(self.urls):
             raise ValueError(f"{len(shard_counts)} shard counts for {len(self.urls)} shards")
         self._shard_counts = None if shard_counts is None else list(shard_counts)
@@ -200,10 +198,9 @@ class ShardStream(IterableDataset):
             if n == 0:
                 raise RuntimeError(f"reader {reader} of {readers} found no sound sample in {len(self.urls)} shards")
 
-    def batches_of_reader(self, reader: int, readers: int, _unused=None, *, position: int = 0):
+    def batches_of_reader(self, reader: int, readers: int, *, position: int = 0):
         """(pass, raw samples) batches of one reader after its first `position` samples, which are
-        taken from the buffer and thrown away undecoded (tar reads and json checks only). The third
-        argument (the old worker count) is ignored."""
+        taken from the buffer and thrown away undecoded (tar reads and json checks only)."""
         samples = itertools.islice(self._endless(reader, readers), position, None)
         while batch := list(itertools.islice(samples, self.batch_size)):
             yield batch[-1][0], [s for _, s in batch]
@@ -255,12 +252,8 @@ class ShardStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         w, n = (info.id, info.num_workers) if info else (0, 1)
-        if self.resume:
-            done = int(self.resume.get("batches", 0))
-            positions = {int(r): int(p) for r, p in self.resume.get("positions", {}).items()}
-        else:  # deprecated: batch counts only, exact when nothing is dropped
-            done = self.skip_batches
-            positions = {self.rank * n + s: len(range(s, done, n)) * self.batch_size for s in range(n)}
+        done = int(self.resume.get("batches", 0))
+        positions = {int(r): int(p) for r, p in self.resume.get("positions", {}).items()}
         # The DataLoader takes batches from its workers round-robin from worker 0: after `done`
         # batches, worker w must continue the reader whose turn comes w-th.
         reader = self.rank * n + (w + done) % n

@@ -109,7 +109,4 @@ def wrap_lora(model, family: Family, cfg, *, gradient_checkpointing: bool | None
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
         model.config.use_cache = False  # a KV cache is useless in training and conflicts with recompute
-    peft_model = get_peft_model(model, lora_config_of(family, cfg))
-    if not any(True for _ in peft_model.named_modules() if _[0].endswith("lora_A")):
-        raise ValueError(f"lora_targets {cfg.lora_targets!r} matched no module of the {family.name} model")
-    return peft_model
+    return get_peft_model(model, lora_config_of(family, cfg))  # peft refuses targets that match nothing

@@ -135,7 +135,7 @@ def worker_cost_per_sample(stream, batches: int = 20) -> tuple[float, float, flo
 
     # no shuffle buffer: reading ahead to fill it would be charged to the few samples timed
     stream = data.ShardStream(stream.urls, stream.processor, batch_size=stream.batch_size, seed=0, shuffle_buffer=1)
-    reader = stream.batches_of_reader(0, 1, 1)
+    reader = stream.batches_of_reader(0, 1)
     stream.collate(next(reader)[1])
     t0 = time.perf_counter()
     raws = [raw for _, raw in itertools.islice(reader, batches)]

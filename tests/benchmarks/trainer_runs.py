@@ -90,7 +90,7 @@ class TrainWork:
         _, processor, _ = load_model(self.model)
         stream = ShardStream(shard_urls(self.root / "shards" / self.recipe.stem), processor,
                              batch_size=self.batch_size, seed=0)
-        pass_index, raw = next(stream.batches_of_reader(0, 1, 1))
+        pass_index, raw = next(stream.batches_of_reader(0, 1))
         return Batch(*stream.collate(raw), pass_index)
 
 
