@@ -7,13 +7,17 @@ and `data_recipes` imports nothing from `train`.
 Why not `AutoProcessor.from_pretrained`: every HF *video* processor needs torchvision, which does not
 work beside the CPU torch (README, Troubleshooting), and a folder saved without a video part can come back as the
 bare tokenizer. So the parts are assembled explicitly: the tokenizer, the PIL-backed variant of the
-saved image processor, the processor's own settings, and `video_processor=None` (frames are always
-fed as images).
+saved image processor, the processor's own settings, and the video processor below.
 
 Both layouts transformers reads are understood: the one transformers 5's `save_pretrained` writes (one
 processor_config.json with the image and video processors nested inside, chat_template.jinja) and the
 hub's older one (preprocessor_config.json for the image processor, processor_config.json with the
-settings only or absent, chat_template.json or .jinja). A saved video processor is ignored.
+settings only or absent, chat_template.json or .jinja).
+
+The video part (families with a video path, for `video_input: native`) comes from
+`data_recipes.video_processors`: transformers' own class where torchvision works, the torch-only
+equivalent elsewhere, built from the saved video processor settings or, when the checkpoint saved
+none, from its image processor's (as transformers' AutoVideoProcessor falls back to them).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import os
 from pathlib import Path
 
 import transformers
+
+from data_recipes.video_processors import (FAMILY_VIDEO_PROCESSOR, TorchVideoProcessor, VideoProcessorError,
+                                           read_video_processor_settings, video_processor_for)
 
 PROCESSOR_CONFIG = "processor_config.json"
 IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -44,7 +51,7 @@ def _pil_image_processor_class(type_name: str):
 
 
 def without_video_processor(cls):
-    """`cls` accepting `video_processor=None`.
+    """`cls` accepting `video_processor=None` or a `TorchVideoProcessor`.
 
     The HF constructor type-checks each part against its base class, and the video base class cannot be
     resolved without torchvision, so the check fails even for None.
@@ -53,7 +60,7 @@ def without_video_processor(cls):
         return cls
 
     def check_argument_for_proper_class(self, argument_name, argument):
-        if argument is None and argument_name == "video_processor":
+        if argument_name == "video_processor" and (argument is None or isinstance(argument, TorchVideoProcessor)):
             return None
         return cls.check_argument_for_proper_class(self, argument_name, argument)
 
@@ -61,13 +68,21 @@ def without_video_processor(cls):
                                        "__module__": cls.__module__, "__doc__": cls.__doc__})
 
 
-def make_processor(processor_class, image_processor, tokenizer, **settings):
-    """Instantiate `processor_class` (a class or its transformers name) with no video part."""
+def make_processor(processor_class, image_processor, tokenizer, video_processor=None, **settings):
+    """Instantiate `processor_class` (a class or its transformers name); `video_processor` may be None."""
     cls = getattr(transformers, processor_class) if isinstance(processor_class, str) else processor_class
     cls = without_video_processor(cls)
     if "video_processor" in inspect.signature(cls.__init__).parameters:
-        settings["video_processor"] = None
+        settings["video_processor"] = video_processor
     return cls(image_processor=image_processor, tokenizer=tokenizer, **settings)
+
+
+def video_processor_from_image(image_processor, model_type: str | None):
+    """The family's video processor with the image processor's settings (size, patching, normalisation):
+    what a checkpoint that saved no video processor gets. None for a family without a video path."""
+    if model_type not in FAMILY_VIDEO_PROCESSOR:
+        return None
+    return video_processor_for(image_processor.to_dict(), model_type)
 
 
 def _read_json(file: Path, what: str) -> dict:
@@ -258,8 +273,17 @@ def load_processor(path: str | os.PathLike, trust_remote_code: bool = False, *,
     template = _chat_template(path, processor_cfg, tokenizer)
     if template is not None:
         settings["chat_template"] = template
+    video_processor = None
+    if "video_processor" in accepted:
+        model_type = _model_config(path).get("model_type")
+        try:
+            saved = read_video_processor_settings(path, processor_cfg)
+            video_processor = (video_processor_for(saved, model_type) if saved is not None
+                               else video_processor_from_image(image_processor, model_type))
+        except (VideoProcessorError, TypeError, ValueError, KeyError) as e:
+            raise ProcessorLoadError(f"'{path}': the video processor could not be built ({e})") from None
     try:
-        return make_processor(cls, image_processor, tokenizer, **settings)
+        return make_processor(cls, image_processor, tokenizer, video_processor, **settings)
     except (AttributeError, TypeError, ValueError, KeyError) as e:
         raise ProcessorLoadError(
             f"'{path}': {cls.__name__} could not be built from the saved tokenizer and image processor "
@@ -271,6 +295,8 @@ def save_processor(processor, path: str | os.PathLike) -> None:
     path = Path(path)
     processor.tokenizer.save_pretrained(path)
     processor.image_processor.save_pretrained(path)
+    if getattr(processor, "video_processor", None) is not None:
+        processor.video_processor.save_pretrained(path)
     if processor.chat_template:
         (path / "chat_template.jinja").write_text(processor.chat_template)
     accepted = inspect.signature(type(processor).__init__).parameters

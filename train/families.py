@@ -45,6 +45,8 @@ class Family:
     vision_tower: str
     """Dotted module name of the vision encoder."""
     language_model: str = "model.language_model"
+    video_placeholder: str | None = None
+    """What the chat template writes for one `{"type": "video"}` part; None: no video path."""
 
     @property
     def lora_target_regex(self) -> str:
@@ -105,27 +107,29 @@ FAMILIES: dict[str, Family] = {
     "llava_next_video": Family(
         "llava_next_video", "LlavaNextVideoForConditionalGeneration", "LlavaNextVideoProcessor",
         "LlavaNextImageProcessorPil", prompt_style="vicuna", image_placeholder="<image>\n",
-        projector="model.multi_modal_projector", vision_tower="model.vision_tower",
+        video_placeholder="<video>\n", projector="model.multi_modal_projector", vision_tower="model.vision_tower",
     ),
     "llava_onevision": Family(
         "llava_onevision", "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor",
         "LlavaOnevisionImageProcessorPil", prompt_style="chatml", image_placeholder="<image>\n",
-        projector="model.multi_modal_projector", vision_tower="model.vision_tower",
+        video_placeholder="<video>\n", projector="model.multi_modal_projector", vision_tower="model.vision_tower",
     ),
     "qwen2_vl": Family(
         "qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2VLImageProcessorPil",
         prompt_style="chatml", image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        video_placeholder="<|vision_start|><|video_pad|><|vision_end|>",
         projector="model.visual.merger", vision_tower="model.visual",
     ),
     "qwen2_5_vl": Family(
         "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessorPil",
         prompt_style="chatml", image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        video_placeholder="<|vision_start|><|video_pad|><|vision_end|>",
         projector="model.visual.merger", vision_tower="model.visual",
     ),
     "internvl": Family(
         "internvl", "InternVLForConditionalGeneration", "InternVLProcessor", "GotOcr2ImageProcessorPil",
         prompt_style="chatml", image_placeholder="<IMG_CONTEXT>\n",
-        projector="model.multi_modal_projector", vision_tower="model.vision_tower",
+        video_placeholder="<video>\n", projector="model.multi_modal_projector", vision_tower="model.vision_tower",
     ),
 }
 

@@ -8,8 +8,8 @@ are the same as those hit by the 7B checkpoints: in particular, label masking mu
 span in every style.
 
 Every template renders message content that is either a string or a list of
-`{"type": "image"}` / `{"type": "text", "text": ...}` parts, in order, which is how the toolkit
-interleaves frames with infills.
+`{"type": "image"}` / `{"type": "video"}` / `{"type": "text", "text": ...}` parts, in order, which is
+how the toolkit interleaves frames with infills (or passes a clip whole, `video_input: native`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _CONTENT = (
     "{%- if content is string -%}{{ content }}"
     "{%- else -%}{%- for part in content -%}"
     "{%- if part['type'] == 'image' -%}{IMAGE}"
+    "{%- elif part['type'] == 'video' -%}{VIDEO}"
     "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
@@ -55,10 +56,10 @@ _CHATML = (
 )
 
 
-def chat_template(style: str, image_placeholder: str) -> str:
-    """The Jinja chat template of a prompt style with the family's image placeholder."""
+def chat_template(style: str, image_placeholder: str, video_placeholder: str | None = None) -> str:
+    """The Jinja chat template of a prompt style with the family's image (and video) placeholder."""
     body = {"vicuna": _VICUNA, "mistral": _MISTRAL, "chatml": _CHATML}[style]
-    return body.replace("{IMAGE}", image_placeholder)
+    return body.replace("{IMAGE}", image_placeholder).replace("{VIDEO}", video_placeholder or "")
 
 
 # Tokens that each style needs in the vocabulary as single, never-split tokens.

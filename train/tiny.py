@@ -22,7 +22,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from data_recipes.processors import make_processor, save_processor
+from data_recipes.processors import make_processor, save_processor, video_processor_from_image
 from train.families import FAMILIES, Family, get_family
 from train.templates import STYLE_SPECIAL_TOKENS, chat_template
 
@@ -158,7 +158,7 @@ def build_image_processor(family: Family, image_size: int):
 
 
 def build_processor(family: Family, tok, image_size: int):
-    template = chat_template(family.prompt_style, family.image_placeholder)
+    template = chat_template(family.prompt_style, family.image_placeholder, family.video_placeholder)
     kwargs = {"chat_template": template}
     n = family.name
     if n in ("llava", "llava_next", "llava_next_video"):
@@ -167,7 +167,9 @@ def build_processor(family: Family, tok, image_size: int):
         kwargs.update(num_image_tokens=(image_size // 16) ** 2, vision_feature_select_strategy="full")
     elif n == "internvl":
         kwargs.update(image_seq_length=(image_size // 8) ** 2 // 4)
-    return make_processor(family.processor_class, build_image_processor(family, image_size), tok, **kwargs)
+    image_processor = build_image_processor(family, image_size)
+    return make_processor(family.processor_class, image_processor, tok,
+                          video_processor_from_image(image_processor, family.name), **kwargs)
 
 
 def build_tiny(family_name: str, out: str | Path, image_size: int = 64, seed: int = 0,
