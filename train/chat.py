@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+
 IGNORE_INDEX = -100
 
 
@@ -33,11 +34,15 @@ class ConversationError(ValueError):
     """A conversation that does not fit the sample schema (wrong roles, marker/image count...)."""
 
 
-def validate_messages(messages: Sequence[dict], num_images: int | None = None, where: str = "sample") -> int:
-    """Check the schema of a conversation; return the number of image markers it holds."""
+def validate_messages(messages: Sequence[dict], num_images: int | None = None, where: str = "sample",
+                      num_videos: int | None = None) -> int:
+    """Check the schema of a conversation; return the number of image markers it holds.
+
+    `{"type": "video"}` parts (one per clip, `video_input: native`) are counted apart and checked
+    against `num_videos` when given."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ConversationError(f"{where}: field 'messages' must be a non-empty list of turns")
-    markers = 0
+    markers = videos = 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
             raise ConversationError(f"{where}: messages[{i}] must be a dict with role system|user|assistant")
@@ -48,15 +53,18 @@ def validate_messages(messages: Sequence[dict], num_images: int | None = None, w
             raise ConversationError(f"{where}: messages[{i}].content must be a string or a list of parts")
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "image":
+            if kind in ("image", "video"):
                 if m["role"] == "assistant":
-                    raise ConversationError(f"{where}: messages[{i}] is an assistant turn with an image")
-                markers += 1
+                    raise ConversationError(f"{where}: messages[{i}] is an assistant turn with an {kind}")
+                markers += kind == "image"
+                videos += kind == "video"
             elif kind != "text" or not isinstance(part.get("text"), str):
                 raise ConversationError(
                     f"{where}: messages[{i}].content[{j}] must be {{'type': 'image'}} or {{'type': 'text', 'text': str}}")
     if num_images is not None and markers != num_images:
         raise ConversationError(f"{where}: {markers} image markers in 'messages' but {num_images} images")
+    if num_videos is not None and videos != num_videos:
+        raise ConversationError(f"{where}: {videos} video markers in 'messages' but {num_videos} clips")
     return markers
 
 
@@ -163,34 +171,60 @@ class Encoded:
     """A collated batch plus the per-sample counts that training accounting needs."""
     inputs: dict
     visual_tokens: list[int]
+    """Image and video placeholder tokens per sample (what the vision tower fed the language model)."""
     text_tokens: list[int]
     supervised_tokens: list[int]
+    video_tokens: list[int] | None = None
+    """The video placeholder tokens among them (None: no sample had a clip)."""
 
 
 def image_token_id(processor) -> int:
     return processor.image_token_id
 
 
+def video_token_id(processor) -> int | None:
+    """The token a clip's placeholder expands into (None where clips become image tokens, as InternVL's)."""
+    return getattr(processor, "video_token_id", None)
+
+
+def processor_inputs(processor, texts: list[str], images: Sequence[Sequence], videos: Sequence[Sequence] | None,
+                     **kwargs):
+    """`processor(...)` with each of images / videos passed only when a sample has some."""
+    has_images = any(len(x) for x in images)
+    has_videos = videos is not None and any(len(v) for v in videos)
+    if has_videos and getattr(processor, "video_processor", None) is None:
+        raise ConversationError(f"{type(processor).__name__} has no video processor: this family has no native "
+                                f"video path (use video_input: images)")
+    return processor(text=texts, images=[list(x) for x in images] if has_images else None,
+                     videos=[list(c) for v in videos for c in v] if has_videos else None, **kwargs)
+
+
 def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence], *,
-           with_labels: bool = True) -> Encoded:
-    """Tokenize a batch of interleaved conversations with their frames (right-padded)."""
+           with_labels: bool = True, videos: Sequence[Sequence] | None = None) -> Encoded:
+    """Tokenize a batch of interleaved conversations with their frames (right-padded).
+
+    `videos` (native video path, see `as_video`): per conversation, its clips (each a list of
+    frames), one per `{"type": "video"}` part."""
     if len(conversations) != len(images):
         raise ConversationError(f"{len(conversations)} conversations but {len(images)} image lists")
+    if videos is not None and len(videos) != len(conversations):
+        raise ConversationError(f"{len(conversations)} conversations but {len(videos)} clip lists")
     for i, (msgs, imgs) in enumerate(zip(conversations, images)):
-        validate_messages(msgs, len(imgs), where=f"batch item {i}")
+        validate_messages(msgs, len(imgs), where=f"batch item {i}", num_videos=len(videos[i]) if videos else 0)
     if with_labels:
         rendered = assistant_char_spans_many(processor, conversations)
         texts, spans = [t for t, _ in rendered], [s for _, s in rendered]
     else:
         texts, spans = render_many(processor, conversations, add_generation_prompt=True), [[] for _ in conversations]
-    has_images = any(len(x) for x in images)
-    out = processor(
-        text=texts, images=[list(x) for x in images] if has_images else None, padding=True, return_tensors="pt",
-        return_offsets_mapping=with_labels, return_text_replacement_offsets=with_labels,
-    )
+    out = processor_inputs(processor, texts, images, videos, padding=True, return_tensors="pt",
+                           return_offsets_mapping=with_labels, return_text_replacement_offsets=with_labels)
     out = dict(out)
     ids, mask = out["input_ids"], out["attention_mask"]
     visual = (ids == image_token_id(processor)).sum(1)
+    video = None
+    if videos is not None and any(videos) and video_token_id(processor) is not None:
+        video = (ids == video_token_id(processor)).sum(1)
+        visual = visual + video
     text_tokens = mask.sum(1) - visual
     if with_labels:
         offsets = torch.as_tensor(out.pop("offset_mapping"))
@@ -204,4 +238,5 @@ def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[
         supervised = (labels != IGNORE_INDEX).sum(1).tolist()
     else:
         supervised = [0] * len(texts)
-    return Encoded(out, visual.tolist(), text_tokens.tolist(), supervised)
+    return Encoded(out, visual.tolist(), text_tokens.tolist(), supervised,
+                   video.tolist() if video is not None else None)

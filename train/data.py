@@ -47,7 +47,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_recipes.build import read_manifest, shard_urls
-from train.chat import ConversationError, encode, validate_messages
+from data_recipes.resize import fit
+from data_recipes.clips import as_video
+from train.chat import ConversationError, encode, validate_messages, video_token_id
+
+VIDEO_INPUTS = ("images", "native")
 
 _EXAMPLES = 5
 
@@ -90,13 +94,20 @@ class ShardStream(IterableDataset):
 
     shard_counts: samples per shard, as in the manifest (None: read every shard once to count).
     max_length / context_length: drop samples with more tokens (0: no limit).
+    video_input: `images` feeds every frame as an image; `native` feeds a video sample's frames as
+        clips through the family's video processor (`train.chat.as_video`).
+    max_pixels: the resize rule (`data_recipes.resize`) applied to every image and frame read.
     resume: {"positions": {reader id: Batch.position of the last batch consumed from it},
              "batches": loader batches consumed}.
     """
 
     def __init__(self, urls: list[str], processor, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  shuffle_buffer: int = 500, shard_counts: list[int] | None = None, max_length: int = 0,
-                 context_length: int = 0, resume: dict | None = None):
+                 context_length: int = 0, resume: dict | None = None, video_input: str = "images",
+                 max_pixels: int | None = None):
+        if video_input not in VIDEO_INPUTS:
+            raise ValueError(f"video_input must be one of {', '.join(VIDEO_INPUTS)}, got {video_input!r}")
+        self.video_input, self.max_pixels = video_input, max_pixels
         self.urls, self.processor, self.batch_size = list(urls), processor, batch_size
         self.seed, self.rank, self.world, self.shuffle_buffer = seed, rank, world, shuffle_buffer
         self.max_length, self.context_length = max_length, context_length
@@ -207,16 +218,29 @@ class ShardStream(IterableDataset):
 
     # --- decoding, length limits, and the loader ------------------------------------------------
     def collate(self, raw: list[dict]) -> tuple[dict, dict, list[str]]:
-        convs, images, keys = [], [], []
+        convs, images, clips, keys, frames = [], [], [], [], []
         for s in raw:
             js = json.loads(s["json"])
-            convs.append(js["messages"])
-            images.append(_images(s))
+            ims = [fit(im, self.max_pixels) for im in _images(s)]
+            frames.append(len(ims))
+            if self.video_input == "native" and js.get("kind") == "video":
+                msgs, groups = as_video(js["messages"], ims, js.get("clips"), where=s["__key__"])
+                convs.append(msgs), images.append([]), clips.append(groups)
+            else:
+                convs.append(js["messages"]), images.append(ims), clips.append([])
             keys.append(s["__key__"])
-        enc = encode(self.processor, convs, images)
-        counts = {"samples": [1] * len(raw), "images": [len(x) for x in images],
+        enc = encode(self.processor, convs, images, videos=clips if any(clips) else None)
+        counts = {"samples": [1] * len(raw), "images": frames,
                   "visual_tokens": enc.visual_tokens, "text_tokens": enc.text_tokens,
                   "supervised_tokens": enc.supervised_tokens}
+        if any(clips):
+            # Which sample each image-input row belongs to (`select`): frames fed as clips are no image
+            # inputs, unless the family's processor turns clips into images (InternVL's frame labels).
+            clips_as_images = video_token_id(self.processor) is None
+            counts["image_inputs"] = [len(im) + (sum(map(len, c)) if clips_as_images else 0)
+                                      for im, c in zip(images, clips)]
+            if enc.video_tokens is not None:
+                counts["video_tokens"] = enc.video_tokens
         return enc.inputs, counts, keys
 
     def _drop_long(self, batch: Batch) -> tuple[Batch | None, Counter]:
@@ -316,7 +340,8 @@ def select(batch: Batch, rows) -> Batch:
         video_tokens = (src["mm_token_type_ids"] == 2).sum(1).tolist()
     images = ("image_grid_thw", "image_sizes", "batch_num_images")
     for pix, grid, per_item, items, tokens in (  # per_item: inputs with one row per image / video
-            ("pixel_values", "image_grid_thw", images, counts["images"], counts["visual_tokens"]),
+            ("pixel_values", "image_grid_thw", images, counts.get("image_inputs", counts["images"]),
+             counts["visual_tokens"]),
             ("pixel_values_videos", "video_grid_thw", ("video_grid_thw",), None, video_tokens)):
         if pix not in src:
             continue

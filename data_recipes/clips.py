@@ -1,0 +1,54 @@
+"""A video sample's frames as clips: the native video path's view of the sample schema.
+
+A sample stores a video as its sampled frames, one `{"type": "image"}` marker each (the schema every
+reader understands). On `video_input: native` the family's video processor wants each clip whole:
+`as_video` turns the markers of each clip into one `{"type": "video"}` part and groups the frames.
+Both the trainer's loader and the token counter of the recipe builder use it, so the visual tokens
+a build counts are the ones training feeds.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class ClipError(ValueError):
+    """Markers and frames (or the sample's `clips` field) that do not agree."""
+
+
+def as_video(messages: Sequence[dict], images: Sequence, clips: Sequence[int] | None = None,
+             where: str = "sample") -> tuple[list[dict], list[list]]:
+    """A clip's frames as one `{"type": "video"}` part each: (messages, clips of frames).
+
+    The image markers of a video sample are its frames, in order. `clips` gives the frames per clip
+    when a sample holds several clips (real sources record it); otherwise every run of consecutive
+    image markers (text between them ends a run) is one clip. Used on the native video path, where
+    the family's video processor turns each clip into its own video inputs."""
+    out, groups, k = [], [], 0
+    sizes = list(clips) if clips else None
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, str):
+            out.append(dict(m))
+            continue
+        parts = []
+        for part in content:
+            if part.get("type") != "image":
+                parts.append(part)
+                continue
+            starts_clip = not parts or parts[-1].get("type") != "video" or (
+                sizes is not None and len(groups[-1]) == sizes[len(groups) - 1])
+            if starts_clip:
+                parts.append({"type": "video"})
+                groups.append([])
+            if k >= len(images):
+                raise ClipError(f"{where}: more image markers than the {len(images)} frames")
+            groups[-1].append(images[k])
+            k += 1
+        out.append({**m, "content": parts})
+    if k != len(images):
+        raise ClipError(f"{where}: {k} image markers in 'messages' but {len(images)} frames")
+    if sizes is not None and [len(g) for g in groups] != sizes:
+        raise ClipError(f"{where}: field 'clips' gives {sizes} frames per clip, the markers give "
+                                f"{[len(g) for g in groups]}")
+    return out, groups
