@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+VIDEO_INPUTS = ("images", "native")
+"""How a video sample's frames reach a model: each as an image, or each clip through the video path."""
+
 
 class ClipError(ValueError):
     """Markers and frames (or the sample's `clips` field) that do not agree."""

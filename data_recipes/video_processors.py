@@ -291,7 +291,8 @@ def video_tokens(family: str, processor, num_frames: int, height: int, width: in
 
     The families' own arithmetic (what their processors write into the prompt): Qwen, patches over
     merge_size**2; LLaVA-NeXT-Video, (frame / patch)**2 pooled by 2 in each direction per frame;
-    LLaVA-OneVision, ceil-pooled patches per frame plus one newline; InternVL, image_seq_length per frame.
+    LLaVA-OneVision, the tower's patch grid ceil-pooled by 2 per frame plus one newline; InternVL,
+    image_seq_length per frame.
     """
     vp = processor.video_processor
     h, w = vp.frame_shape(height, width) if isinstance(vp, TorchVideoProcessor) else _frame_shape_hf(vp, height, width)
@@ -301,9 +302,8 @@ def video_tokens(family: str, processor, num_frames: int, height: int, width: in
     if family == "llava_next_video":
         per = (h // processor.patch_size) * (w // processor.patch_size)
         return per // 4 * num_frames
-    if family == "llava_onevision":
-        patches = h // processor.patch_size
-        pooled = math.ceil(patches / 2)
+    if family == "llava_onevision":  # the tower's patch grid, from the processor's tokens per image
+        pooled = math.ceil(int(math.sqrt(processor.num_image_tokens)) / 2)
         return num_frames * pooled * pooled + 1
     if family == "internvl":
         return num_frames * processor.image_seq_length

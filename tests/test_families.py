@@ -147,12 +147,20 @@ def test_checkpoint_without_safetensors_is_refused(tmp_path):
 @pytest.mark.parametrize("bad, msg", [
     ([], "non-empty list"),
     ([{"role": "robot", "content": "x"}], "role system\\|user\\|assistant"),
-    ([{"role": "user", "content": [{"type": "video"}]}], "content\\[0\\] must be"),
+    ([{"role": "user", "content": [{"type": "audio"}]}], "content\\[0\\] must be"),
     ([{"role": "assistant", "content": [{"type": "image"}]}], "assistant turn with an image"),
+    ([{"role": "assistant", "content": [{"type": "video"}]}], "assistant turn with a video"),
 ])
 def test_bad_conversations(bad, msg):
     with pytest.raises(ConversationError, match=msg):
         validate_messages(bad)
+
+
+def test_video_marker_count_must_match_clips():
+    conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}]
+    assert validate_messages(conv, 0, num_videos=1) == 0
+    with pytest.raises(ConversationError, match="1 video markers in 'messages' but 0 clips"):
+        validate_messages(conv, 0, num_videos=0)
 
 
 def test_marker_count_must_match_images():

@@ -50,8 +50,12 @@ def resolve_budget(cfg, tracking_uri: str) -> Budget:
     return Budget()
 
 
-def per_sample_from_manifest(manifest: dict, unit: str, model_dir: str | Path) -> float | None:
-    """Mean `unit` per sample from a manifest, when it counted that unit with this model's processor."""
+def per_sample_from_manifest(manifest: dict, unit: str, model_dir: str | Path, video_input: str = "images",
+                             max_pixels: int | None = None) -> float | None:
+    """Mean `unit` per sample from a manifest, when it counted that unit with this model's processor,
+    on the same video path and under the same resize budget as training feeds."""
+    from train.data import manifest_max_pixels
+
     counts = manifest.get("counts", {})
     n = counts.get("samples", 0)
     if not n or unit not in counts:
@@ -59,6 +63,8 @@ def per_sample_from_manifest(manifest: dict, unit: str, model_dir: str | Path) -
     if unit in ("visual_tokens", "text_tokens"):
         model = manifest.get("tokens_model")
         if not model or Path(str(model)).resolve() != Path(model_dir).resolve():
+            return None
+        if manifest.get("video_input", "images") != video_input or manifest_max_pixels(manifest) != max_pixels:
             return None
     return counts[unit] / n
 

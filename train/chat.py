@@ -55,7 +55,8 @@ def validate_messages(messages: Sequence[dict], num_images: int | None = None, w
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in ("image", "video"):
                 if m["role"] == "assistant":
-                    raise ConversationError(f"{where}: messages[{i}] is an assistant turn with an {kind}")
+                    what = "an image" if kind == "image" else "a video"
+                    raise ConversationError(f"{where}: messages[{i}] is an assistant turn with {what}")
                 markers += kind == "image"
                 videos += kind == "video"
             elif kind != "text" or not isinstance(part.get("text"), str):

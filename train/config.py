@@ -21,9 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from data_recipes.clips import VIDEO_INPUTS
+
 MATCH_UNITS = ("samples", "visual_tokens", "text_tokens", "supervised_tokens")
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
+VIDEO_INPUT_SETTINGS = ("auto", *VIDEO_INPUTS)
 
 
 class ConfigError(ValueError):
@@ -88,6 +91,13 @@ class TrainConfig:
     max_length: int = 0
     """Longest sample in tokens (text + visual); a longer one is dropped and counted, never cut
     (0: the language model's context)."""
+    video_input: str = "auto"
+    """auto | images | native. How a video sample's frames reach the model: `images`, each frame as an
+    image; `native`, the clip through the family's video processor (pooled video tokens, Qwen's temporal
+    patches, InternVL's frame labels). auto: the recipe's (manifest) video_input."""
+    max_pixels: int = -1
+    """The resize rule's budget for every image and frame fed (aspect kept, never upsampled): -1, the
+    build's (manifest); 0, no limit."""
 
     max_steps: int = 0
     """Stop after this many optimizer steps (0: no step limit)."""
@@ -266,7 +276,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("max_length must be >= 0 (0: the language model's context)")
     if not (cfg.max_steps or cfg.max_samples or cfg.match_to):
         raise ConfigError("no budget: give max_steps, max_samples or match_to (in the recipe, --config or flags)")
-    for name, allowed in (("mixed_precision", PRECISIONS), ("attn_implementation", ATTENTION)):
+    if cfg.max_pixels < -1 or 0 < cfg.max_pixels < 64:
+        raise ConfigError(f"max_pixels must be -1 (the build's), 0 (no limit) or at least 64, got {cfg.max_pixels}")
+    for name, allowed in (("mixed_precision", PRECISIONS), ("attn_implementation", ATTENTION),
+                          ("video_input", VIDEO_INPUT_SETTINGS)):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     for k in ("per_device_batch_size", "gradient_accumulation_steps", "lora_r", "process_group_timeout_s", "nodes"):

@@ -48,10 +48,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_recipes.build import read_manifest, shard_urls
 from data_recipes.resize import fit
-from data_recipes.clips import as_video
+from data_recipes.clips import VIDEO_INPUTS, as_video
 from train.chat import ConversationError, encode, validate_messages, video_token_id
 
-VIDEO_INPUTS = ("images", "native")
 
 _EXAMPLES = 5
 
@@ -73,6 +72,50 @@ def shard_counts_from_manifest(shards_dir) -> tuple[list[str], list[int]]:
     if not all(isinstance(c, int) and c >= 0 for c in counts):
         raise ValueError(f"{shards_dir}/manifest.json: every shard needs an integer 'samples'; rebuild the recipe")
     return shard_urls(shards_dir), counts
+
+
+def manifest_max_pixels(manifest: dict) -> int | None:
+    """The resize rule's budget a build applied (None: no limit recorded)."""
+    resize = manifest.get("resize")
+    value = resize.get("max_pixels") if isinstance(resize, dict) else manifest.get("max_pixels")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def resolve_frames(video_input: str, max_pixels: int, manifest: dict) -> tuple[str, int | None]:
+    """The trainer's (video_input, max_pixels) settings resolved against the build: `auto` and -1 take
+    the manifest's, 0 means no limit."""
+    path = manifest.get("video_input", "images") if video_input == "auto" else video_input
+    return path, (manifest_max_pixels(manifest) if max_pixels == -1 else (max_pixels or None))
+
+
+def encode_samples(processor, raw: list[dict], video_input: str = "images", max_pixels: int | None = None):
+    """Raw shard samples (`json` and image members) -> (`train.chat.Encoded`, per-sample counts).
+
+    The one place a sample becomes model inputs, for training batches, the budget's prescan and the
+    dry-run plan: images and frames under the resize rule, a video sample's frames as clips on the
+    native path."""
+    convs, images, clips, frames = [], [], [], []
+    for s in raw:
+        js = json.loads(s["json"])
+        ims = [fit(im, max_pixels) for im in _images(s)]
+        frames.append(len(ims))
+        if video_input == "native" and js.get("kind") == "video":
+            msgs, groups = as_video(js["messages"], ims, js.get("clips"), where=s.get("__key__", "sample"))
+            convs.append(msgs), images.append([]), clips.append(groups)
+        else:
+            convs.append(js["messages"]), images.append(ims), clips.append([])
+    enc = encode(processor, convs, images, videos=clips if any(clips) else None)
+    counts = {"samples": [1] * len(raw), "images": frames, "visual_tokens": enc.visual_tokens,
+              "text_tokens": enc.text_tokens, "supervised_tokens": enc.supervised_tokens}
+    if any(clips):
+        # Which sample each image-input row belongs to (`select`): frames fed as clips are no image
+        # inputs, unless the family's processor turns clips into images (InternVL's frame labels).
+        clips_as_images = video_token_id(processor) is None
+        counts["image_inputs"] = [len(im) + (sum(map(len, c)) if clips_as_images else 0)
+                                  for im, c in zip(images, clips)]
+        if enc.video_tokens is not None:
+            counts["video_tokens"] = enc.video_tokens
+    return enc, counts
 
 
 def _image_names(sample: dict) -> list[str]:
@@ -218,30 +261,8 @@ class ShardStream(IterableDataset):
 
     # --- decoding, length limits, and the loader ------------------------------------------------
     def collate(self, raw: list[dict]) -> tuple[dict, dict, list[str]]:
-        convs, images, clips, keys, frames = [], [], [], [], []
-        for s in raw:
-            js = json.loads(s["json"])
-            ims = [fit(im, self.max_pixels) for im in _images(s)]
-            frames.append(len(ims))
-            if self.video_input == "native" and js.get("kind") == "video":
-                msgs, groups = as_video(js["messages"], ims, js.get("clips"), where=s["__key__"])
-                convs.append(msgs), images.append([]), clips.append(groups)
-            else:
-                convs.append(js["messages"]), images.append(ims), clips.append([])
-            keys.append(s["__key__"])
-        enc = encode(self.processor, convs, images, videos=clips if any(clips) else None)
-        counts = {"samples": [1] * len(raw), "images": frames,
-                  "visual_tokens": enc.visual_tokens, "text_tokens": enc.text_tokens,
-                  "supervised_tokens": enc.supervised_tokens}
-        if any(clips):
-            # Which sample each image-input row belongs to (`select`): frames fed as clips are no image
-            # inputs, unless the family's processor turns clips into images (InternVL's frame labels).
-            clips_as_images = video_token_id(self.processor) is None
-            counts["image_inputs"] = [len(im) + (sum(map(len, c)) if clips_as_images else 0)
-                                      for im, c in zip(images, clips)]
-            if enc.video_tokens is not None:
-                counts["video_tokens"] = enc.video_tokens
-        return enc.inputs, counts, keys
+        enc, counts = encode_samples(self.processor, raw, self.video_input, self.max_pixels)
+        return enc.inputs, counts, [s["__key__"] for s in raw]
 
     def _drop_long(self, batch: Batch) -> tuple[Batch | None, Counter]:
         """The batch without its samples over the length limits (None if none is left), and drops by reason."""

@@ -55,8 +55,9 @@ from train import accounting, budget as budgets  # noqa: E402
 from train.chat import IGNORE_INDEX  # noqa: E402
 from train.checkpointing import (TrainingState, find_resume, load_state, read_state, save_state,  # noqa: E402
                                  trainable_only, trainable_state_dict)
-from train.config import TrainConfig, resolve  # noqa: E402
-from train.data import ShardStream, make_loader, trim  # noqa: E402
+from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
+from train.config import ConfigError, TrainConfig, resolve  # noqa: E402
+from train.data import ShardStream, make_loader, resolve_frames, trim  # noqa: E402
 from train.families import get_module, load_model  # noqa: E402
 from train.models import resolve_base_model, wrap_lora  # noqa: E402
 from train.runtime import fill_ds_config, resolve_runtime  # noqa: E402
@@ -128,6 +129,7 @@ class LoRATrainer:
         # tiny model and one that found it on disk draw the same LoRA init and dropout masks.
         set_seed(cfg.seed)
         self._setup_model()
+        self._setup_inputs()
         self.tracking_uri = cfg.tracking_uri or default_tracking_uri()
         self.budget = self._setup_budget()
         self._setup_optimizer()
@@ -221,6 +223,15 @@ class LoRATrainer:
         self.acc.print(f"{self.family.name} from {self.base_dir}: {self.trainable:,} trainable of {self.total_params:,}")
         self.model = model
 
+    def _setup_inputs(self) -> None:
+        """How frames reach the model (`video_input`) and at what size (`max_pixels`), resolved once."""
+        cfg, m = self.cfg, self.manifest
+        self.video_input, self.max_pixels = resolve_frames(cfg.video_input, cfg.max_pixels, m)
+        if self.video_input == "native" and getattr(self.processor, "video_processor", None) is None:
+            raise ConfigError(f"video_input native: {self.family.name} ({self.base_dir}) has no video path; "
+                              f"families with one: {', '.join(sorted(FAMILY_VIDEO_PROCESSOR))}. Use video_input: images")
+        self.acc.print(f"frames: video_input {self.video_input}, max_pixels {self.max_pixels or 'no limit'}")
+
     def _note_forward_dtype(self, module, args, output) -> None:
         self.forward_dtype = str(output.dtype).removeprefix("torch.")
         self._dtype_probe.remove()
@@ -231,10 +242,12 @@ class LoRATrainer:
         per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * self.acc.num_processes
 
         def per_sample():
-            mean = budgets.per_sample_from_manifest(self.manifest, b.unit, self.base_dir)
+            mean = budgets.per_sample_from_manifest(self.manifest, b.unit, self.base_dir, self.video_input,
+                                                    self.max_pixels)
             if mean is not None:
                 return mean, "manifest counts"
-            probe = ShardStream(shard_urls(self.shards), self.processor, batch_size=1, seed=cfg.seed)
+            probe = ShardStream(shard_urls(self.shards), self.processor, batch_size=1, seed=cfg.seed,
+                                video_input=self.video_input, max_pixels=self.max_pixels)
             return budgets.prescan_per_sample(shard_urls(self.shards), probe.collate, b.unit), \
                 f"prescan of the first {budgets.PRESCAN_SAMPLES} samples"
         b = budgets.plan_schedule(b, cfg, per_step, per_sample)
@@ -266,7 +279,8 @@ class LoRATrainer:
         cfg, recipe = self.cfg, self.recipe
         tags = {"recipe": recipe.name, "family": self.family.name, "manifest_hash": manifest_hash(self.shards),
                 "git_commit": git_commit(), "kind": recipe.kind, "stage": "train", "base_model": str(self.base_dir),
-                "mixed_precision": self.runtime.precision, "attn_implementation": self.runtime.attn_implementation}
+                "mixed_precision": self.runtime.precision, "attn_implementation": self.runtime.attn_implementation,
+                "video_input": self.video_input, "max_pixels": str(self.max_pixels or "none")}
         tracker = Tracker(self.tracking_uri, cfg.experiment, self.run_dir.name, tags,
                           resume_run_id=self.state.mlflow_run_id, system_metrics=cfg.system_metrics)
         if not self.state.mlflow_run_id:
@@ -292,6 +306,7 @@ class LoRATrainer:
             rank=self.acc.process_index, world=self.acc.num_processes, shuffle_buffer=cfg.shuffle_buffer,
             shard_counts=[s["samples"] for s in self.manifest["shards"]],
             max_length=cfg.max_length, context_length=self.context,
+            video_input=self.video_input, max_pixels=self.max_pixels,
             resume={"positions": state.positions, "batches": state.micro_batches} if state.micro_batches else None)
         return iter(make_loader(self.stream, cfg.num_workers))
 
@@ -435,6 +450,7 @@ class LoRATrainer:
         info = {
             "base_model": str(self.base_dir), "family": self.family.name, "recipe": self.recipe.name,
             "kind": self.recipe.kind, "manifest_hash": manifest_hash(self.shards), "shards": str(self.shards),
+            "video_input": self.video_input, "max_pixels": self.max_pixels,
             "seed": cfg.seed, "mlflow_run_id": state.mlflow_run_id, "tracking_uri": self.tracking_uri,
             "experiment": cfg.experiment, "consumed": state.consumed, "steps": state.step, "passes": state.passes,
             "unique_samples": self.stream.unique_seen(state.positions, self.acc.num_processes * max(1, cfg.num_workers)),

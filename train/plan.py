@@ -52,7 +52,6 @@ Memory per GPU
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -189,14 +188,6 @@ def _first_samples(shard_paths: list[Path], limit: int):
     return out
 
 
-def _decode(members: dict):
-    from PIL import Image
-
-    names = ["jpg"] if "jpg" in members else sorted(k for k in members if k.endswith(".jpg"))
-    images = [Image.open(io.BytesIO(members[k])).convert("RGB") for k in names]
-    return json.loads(members["json"])["messages"], images
-
-
 def _percentile(sorted_values: list[int], q: float) -> int:
     """Nearest-rank percentile."""
     if not sorted_values:
@@ -207,9 +198,10 @@ def _percentile(sorted_values: list[int], q: float) -> int:
 def sequence_stats(shards_dir: Path, manifest: dict, model_dir: Path, cfg, cap: int, context: int) -> dict:
     """Token lengths of the first samples, tokenized with the model's processor as the collator does."""
     from train.budget import PRESCAN_SAMPLES
-    from train.chat import encode
+    from train.data import encode_samples, resolve_frames
     from train.families import detect_family
 
+    video_input, max_pixels = resolve_frames(cfg.video_input, cfg.max_pixels, manifest)
     processor = detect_family(model_dir).load_processor(model_dir, trust_remote_code=cfg.trust_remote_code)
     paths = [shards_dir / s["name"] for s in manifest["shards"]]
     raw = _first_samples([p for p in paths if p.exists()], SAMPLE_LIMIT)
@@ -219,22 +211,16 @@ def sequence_stats(shards_dir: Path, manifest: dict, model_dir: Path, cfg, cap: 
         if time.perf_counter() - t0 > TOKENIZE_SECONDS:
             stopped_early = True
             break
-        chunk = raw[i:i + ENCODE_BATCH]
-        items = []
-        for key, members in chunk:
-            try:
-                items.append(_decode(members))
-            except Exception as e:  # a bad sample is counted, as the trainer counts it
-                errors.append(f"{key}: {type(e).__name__}: {e}"[:200])
+        chunk = [{**members, "__key__": key} for key, members in raw[i:i + ENCODE_BATCH]]
         try:
-            groups = [encode(processor, [m for m, _ in items], [im for _, im in items])] if items else []
+            groups = [encode_samples(processor, chunk, video_input, max_pixels)[0]] if chunk else []
         except Exception:  # one bad sample spoils the batch: encode one by one to count only it
             groups = []
-            for msgs, ims in items:
+            for sample in chunk:
                 try:
-                    groups.append(encode(processor, [msgs], [ims]))
-                except Exception as e:
-                    errors.append(f"{type(e).__name__}: {e}"[:200])
+                    groups.append(encode_samples(processor, [sample], video_input, max_pixels)[0])
+                except Exception as e:  # a bad sample is counted, as the trainer counts it
+                    errors.append(f"{sample['__key__']}: {type(e).__name__}: {e}"[:200])
         for enc in groups:
             lengths += enc.inputs["attention_mask"].sum(1).tolist()
             visual += enc.visual_tokens
@@ -254,6 +240,7 @@ def sequence_stats(shards_dir: Path, manifest: dict, model_dir: Path, cfg, cap: 
                    "max": s[-1] if s else 0, "mean": round(mean(s), 1)},
         "over_max_length": sum(x > cap for x in s) / n if n else 0.0,
         "over_context": sum(x > context for x in s) / n if n and context else 0.0,
+        "video_input": video_input, "max_pixels": max_pixels,
         "per_sample": {"visual_tokens": mean(visual), "text_tokens": mean(text),
                        "supervised_tokens": mean(supervised), "samples": 1.0},
         # The trainer's schedule prescan reads the same first samples; its mean is what the budget uses.
@@ -267,6 +254,7 @@ def plan_budget(cfg, world: int, manifest: dict | None, seqs: dict | None, model
                 notes: list[str], problems: list[str]) -> dict:
     """Steps, samples and passes of the budget, decided with the trainer's own `train.budget`."""
     from train import budget as budgets
+    from train.data import resolve_frames
 
     per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world
     out = {"per_step": per_step, "world": world, "unit": None, "target": None, "reference": None,
@@ -286,7 +274,8 @@ def plan_budget(cfg, world: int, manifest: dict | None, seqs: dict | None, model
 
     def per_sample() -> tuple[float, str]:
         """The trainer's mean of the unit per sample: the manifest's count for this model, else its prescan."""
-        mean = budgets.per_sample_from_manifest(manifest, b.unit, model_dir) if manifest else None
+        mean = None if not manifest else budgets.per_sample_from_manifest(
+            manifest, b.unit, model_dir, *resolve_frames(cfg.video_input, cfg.max_pixels, manifest))
         if mean is not None:
             return mean, "manifest counts"
         if seqs and seqs["prescan"]["samples"]:

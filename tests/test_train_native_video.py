@@ -1,0 +1,80 @@
+"""Training through the families' video path (`video_input: native`), end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_recipes.processors import load_processor
+from data_recipes.video_processors import video_tokens
+from train.config import ConfigError, resolve
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import run  # noqa: E402
+
+FRAMES, SIZE = 4, 64
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("native")
+    for family in ("qwen2_vl", "llava_next_video", "llava"):
+        train = {"base_model": f"tiny:{family}", "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
+                 "gradient_checkpointing": False, "num_workers": 0, "save_steps": 0, "learning_rate": 1e-3,
+                 "warmup_steps": 1, "video_input": "native", "ds_config": "none"}
+        (d / f"{family}.yaml").write_text(yaml.safe_dump({
+            "kind": "video", "sources": [{"type": "synthetic_video"}], "samples": 16, "frames": FRAMES,
+            "image_size": SIZE, "seed": 0, "split": "train", "shard_size": 8, "train": train}))
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next_video"])
+def test_three_steps_through_the_video_path(work, family):
+    run(work, "--recipe", str(work / f"{family}.yaml"), "--run_name", family, "--max_steps", "3")
+    info = json.loads((work / "ckpt" / family / "run.json").read_text())
+    assert info["video_input"] == "native" and info["config"]["video_input"] == "native"
+    assert info["steps"] == 3 and info["consumed"]["samples"] == 6
+    # every sample is one 4-frame 64x64 clip: its visual tokens are the family's own arithmetic, no more
+    proc = load_processor(work / "models" / f"tiny-{family}")
+    per_clip = video_tokens(family, proc, FRAMES, SIZE, SIZE)
+    assert info["consumed"]["visual_tokens"] == 6 * per_clip
+    assert info["consumed"]["images"] == 6 * FRAMES  # frames are still counted as images seen
+    # the same data as separate images costs more tokens per sample (LLaVA-NeXT-Video pools 4x, Qwen
+    # merges two frames into one temporal patch)
+    run(work, "--recipe", str(work / f"{family}.yaml"), "--run_name", f"{family}_img", "--max_steps", "1",
+        "--video_input", "images")
+    img = json.loads((work / "ckpt" / f"{family}_img" / "run.json").read_text())
+    assert img["video_input"] == "images"
+    assert img["consumed"]["visual_tokens"] / img["consumed"]["samples"] > per_clip
+
+
+@pytest.mark.slow
+def test_a_family_without_a_video_path_is_a_user_error(work):
+    p = run(work, "--recipe", str(work / "llava.yaml"), "--run_name", "llava", "--max_steps", "1", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "error: video_input native: llava" in p.stderr and "has no video path" in p.stderr
+
+
+def test_video_input_and_max_pixels_settings_are_checked(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"kind": "video", "sources": [{"type": "synthetic_video"}], "samples": 4}))
+    cfg = resolve(["--recipe", str(recipe), "--max_steps", "1"])
+    assert (cfg.video_input, cfg.max_pixels) == ("auto", -1)
+    with pytest.raises(ConfigError, match="video_input must be one of auto, images, native"):
+        resolve(["--recipe", str(recipe), "--max_steps", "1", "--video_input", "video"])
+    with pytest.raises(ConfigError, match="max_pixels must be -1"):
+        resolve(["--recipe", str(recipe), "--max_steps", "1", "--max_pixels", "10"])
+
+
+def test_resolve_frames_takes_the_builds_settings_unless_told():
+    from train.data import resolve_frames
+
+    built = {"video_input": "native", "resize": {"max_pixels": 4096}}
+    assert resolve_frames("auto", -1, built) == ("native", 4096)
+    assert resolve_frames("images", 0, built) == ("images", None)
+    assert resolve_frames("auto", 1024, {}) == ("images", 1024)
