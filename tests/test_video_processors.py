@@ -175,3 +175,21 @@ def _as_shard_sample(key, js, images):
         im.save(buf, format="PNG")  # lossless: the test compares token counts, not pixels
         members[f"{k:03d}.jpg"] = buf.getvalue()
     return members
+
+
+def test_frames_fed_as_images_take_the_family_frame_options(tiny, tmp_path):
+    """InternVL tiles a large image into crops (+ a thumbnail); a clip's frames go in one tile each."""
+    from data_recipes.synthetic import image_sample, video_sample
+    from train.data import encode_samples
+
+    d = tmp_path / "internvl_tiling"
+    shutil.copytree(tiny["internvl"], d)
+    cfg = json.loads((d / "preprocessor_config.json").read_text())
+    (d / "preprocessor_config.json").write_text(json.dumps({**cfg, "crop_to_patches": True, "max_patches": 12}))
+    proc = load_processor(d)
+    js, ims = video_sample(0, 0, "train", frames=3, image_size=128)  # 128 px frames: a 2x2 grid of 64 px tiles
+    enc, _ = encode_samples(proc, [_as_shard_sample("v", js, ims)], "images")
+    assert enc.inputs["pixel_values"].shape[0] == 3  # one tile per frame
+    js, im = image_sample(0, 0, "train", image_size=128)
+    enc, _ = encode_samples(proc, [_as_shard_sample("i", js, im if isinstance(im, list) else [im])], "images")
+    assert enc.inputs["pixel_values"].shape[0] == 5  # an image keeps the model's tiling: 4 crops + thumbnail

@@ -201,11 +201,13 @@ def processor_inputs(processor, texts: list[str], images: Sequence[Sequence], vi
 
 
 def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence], *,
-           with_labels: bool = True, videos: Sequence[Sequence] | None = None) -> Encoded:
+           with_labels: bool = True, videos: Sequence[Sequence] | None = None,
+           image_options: dict | None = None) -> Encoded:
     """Tokenize a batch of interleaved conversations with their frames (right-padded).
 
-    `videos` (native video path, see `as_video`): per conversation, its clips (each a list of
-    frames), one per `{"type": "video"}` part."""
+    `videos` (native video path, see `data_recipes.clips.as_video`): per conversation, its clips (each
+    a list of frames), one per `{"type": "video"}` part. `image_options` go to the image processor
+    (`train.families.frame_options` when the images are a clip's frames)."""
     if len(conversations) != len(images):
         raise ConversationError(f"{len(conversations)} conversations but {len(images)} image lists")
     if videos is not None and len(videos) != len(conversations):
@@ -218,7 +220,8 @@ def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[
     else:
         texts, spans = render_many(processor, conversations, add_generation_prompt=True), [[] for _ in conversations]
     out = processor_inputs(processor, texts, images, videos, padding=True, return_tensors="pt",
-                           return_offsets_mapping=with_labels, return_text_replacement_offsets=with_labels)
+                           return_offsets_mapping=with_labels, return_text_replacement_offsets=with_labels,
+                           **(image_options or {}))
     out = dict(out)
     ids, mask = out["input_ids"], out["attention_mask"]
     visual = (ids == image_token_id(processor)).sum(1)

@@ -50,6 +50,7 @@ from data_recipes.build import read_manifest, shard_urls
 from data_recipes.resize import fit
 from data_recipes.clips import VIDEO_INPUTS, as_video
 from train.chat import ConversationError, encode, validate_messages, video_token_id
+from train.families import frame_options
 
 
 _EXAMPLES = 5
@@ -94,9 +95,10 @@ def encode_samples(processor, raw: list[dict], video_input: str = "images", max_
     The one place a sample becomes model inputs, for training batches, the budget's prescan and the
     dry-run plan: images and frames under the resize rule, a video sample's frames as clips on the
     native path."""
-    convs, images, clips, frames = [], [], [], []
+    convs, images, clips, frames, kinds = [], [], [], [], []
     for s in raw:
         js = json.loads(s["json"])
+        kinds.append(js.get("kind"))
         ims = [fit(im, max_pixels) for im in _images(s)]
         frames.append(len(ims))
         if video_input == "native" and js.get("kind") == "video":
@@ -104,7 +106,11 @@ def encode_samples(processor, raw: list[dict], video_input: str = "images", max_
             convs.append(msgs), images.append([]), clips.append(groups)
         else:
             convs.append(js["messages"]), images.append(ims), clips.append([])
-    enc = encode(processor, convs, images, videos=clips if any(clips) else None)
+    # A batch of video samples fed as images takes the family's frame options (InternVL: one tile per
+    # frame); a batch with image samples keeps the processor's own settings.
+    frames_only = all(k == "video" for k in kinds)
+    enc = encode(processor, convs, images, videos=clips if any(clips) else None,
+                 image_options=frame_options(processor) if frames_only else None)
     counts = {"samples": [1] * len(raw), "images": frames, "visual_tokens": enc.visual_tokens,
               "text_tokens": enc.text_tokens, "supervised_tokens": enc.supervised_tokens}
     if any(clips):
