@@ -29,6 +29,11 @@ def work(tmp_path_factory):
         (d / f"{family}.yaml").write_text(yaml.safe_dump({
             "kind": "video", "sources": [{"type": "synthetic_video"}], "samples": 16, "frames": FRAMES,
             "image_size": SIZE, "seed": 0, "split": "train", "shard_size": 8, "train": train}))
+    image_train = {"base_model": "tiny:qwen2_vl", "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
+                   "gradient_checkpointing": False, "num_workers": 0, "save_steps": 0, "ds_config": "none"}
+    (d / "img.yaml").write_text(yaml.safe_dump({
+        "kind": "image", "sources": [{"type": "synthetic_image"}], "samples": 200, "image_size": SIZE, "seed": 0,
+        "split": "train", "shard_size": 50, "train": image_train}))
     return d
 
 
@@ -51,6 +56,22 @@ def test_three_steps_through_the_video_path(work, family):
     img = json.loads((work / "ckpt" / f"{family}_img" / "run.json").read_text())
     assert img["video_input"] == "images"
     assert img["consumed"]["visual_tokens"] / img["consumed"]["samples"] > per_clip
+
+
+@pytest.mark.slow
+def test_an_image_run_matches_a_native_video_run_in_visual_tokens(work):
+    """The video run's visual tokens are counted on its path (pooled/merged clips): the image run is
+    stopped at those, not at what the frames would have cost as images."""
+    ref = work / "ckpt" / "qwen2_vl"
+    if not (ref / "run.json").exists():
+        run(work, "--recipe", str(work / "qwen2_vl.yaml"), "--run_name", "qwen2_vl", "--max_steps", "3")
+    target = json.loads((ref / "run.json").read_text())["consumed"]["visual_tokens"]
+    run(work, "--recipe", str(work / "img.yaml"), "--run_name", "img_matched", "--match_to", str(ref),
+        "--match_by", "visual_tokens")
+    info = json.loads((work / "ckpt" / "img_matched" / "run.json").read_text())
+    assert info["video_input"] == "images" and info["match"]["target"] == target
+    per_image = info["consumed"]["visual_tokens"] / info["consumed"]["samples"]
+    assert abs(info["consumed"]["visual_tokens"] - target) < per_image  # stopped within one sample
 
 
 @pytest.mark.slow
