@@ -12,6 +12,13 @@ characters, tokens), `kinds` (written samples by kind: image, multi_image, text_
 `skipped_examples`, and `unsupported` (well-formed records of a kind the toolkit does not train on,
 by reason, see `sources.UNSUPPORTED`; not counted against `max_bad_fraction`) with
 `unsupported_examples`.
+
+How frames reach the model and at what size are recorded beside the counts: `video_input` (images |
+native, the recipe's; token counts are on that path) and `resize`, `{"rule": "fit", "max_pixels": N,
+"from": "max_pixels" | "image_size"}`: every stored image and frame has at most N pixels under
+`data_recipes.resize.fit` (aspect kept, never upsampled), N being the recipe's `max_pixels` or, when it
+gives none, image_size**2 (generated frames are rendered image_size x image_size, so within it). The
+trainer reads both (`video_input: auto`, `max_pixels: -1`).
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ def _init_worker(recipe: Recipe, model: str | None):
     if model:
         from data_recipes.tokens import TokenCounter
 
-        _W["counter"] = TokenCounter(model)
+        _W["counter"] = TokenCounter(model, recipe.video_input)  # counts on the recipe's video path
 
 
 def _make(task):
@@ -69,7 +76,7 @@ def _make(task):
                           if "text" in p),
     }
     if _W["counter"] is not None:
-        counts.update(_W["counter"].count(js["messages"], out.images))
+        counts.update(_W["counter"].count(js["messages"], out.images, js["kind"], js.get("clips")))
     return sample_members(key, js, out.images), counts
 
 
@@ -144,6 +151,12 @@ def _check_bad(recipe: Recipe, audit: Audit, final: bool):
             + ". First ones:\n  " + "\n  ".join(audit.examples))
 
 
+def resize_record(recipe: Recipe) -> dict:
+    """The manifest's `resize` entry: the rule and the budget the build applied, and where it came from."""
+    return {"rule": "fit", "max_pixels": recipe.pixel_budget(),
+            "from": "max_pixels" if recipe.max_pixels is not None else "image_size"}
+
+
 def manifest_hash(out_dir: Path) -> str:
     return file_sha256(Path(out_dir) / MANIFEST)
 
@@ -173,8 +186,10 @@ def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> d
     unit = recipe.match.by
     try:
         m = read_manifest(ref_dir)
+        # A build from before the resize rule (no `resize`) may hold other sizes: it is rebuilt.
         fresh = m["recipe_hash"] == ref.content_hash() and unit in m["counts"] and (
-            unit not in ("visual_tokens", "text_tokens") or m.get("tokens_model") == model)
+            unit not in ("visual_tokens", "text_tokens") or m.get("tokens_model") == model) and (
+            m.get("resize") == resize_record(ref))
     except BuildError:
         fresh = False
     if not fresh:
@@ -206,6 +221,8 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
         unit, target = "samples", min(recipe.samples, limit) if limit else recipe.samples
 
     sources = open_sources(recipe)  # opens real sources once here, so layout errors surface before forking
+    if model and recipe.video_input == "native" and recipe.kind == "video":
+        _check_native(recipe, model)  # here, not in a worker's initializer (a pool would retry it forever)
     plan = ((f"{i:09d}", k, pos) for i, (k, pos) in enumerate(mix_plan(recipe, [len(s) for s in sources])))
     tmp = root / f".{recipe.name}.building"
     if tmp.exists():
@@ -251,7 +268,8 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
     manifest = {
         "recipe": recipe.name, "recipe_hash": recipe.content_hash(), "recipe_file": recipe.path,
         "kind": recipe.kind, "seed": recipe.seed, "split": recipe.split, "frames": recipe.frames,
-        "image_size": recipe.image_size, "counts": audit.counts, "tokens_model": model,
+        "image_size": recipe.image_size, "video_input": recipe.video_input, "resize": resize_record(recipe),
+        "counts": audit.counts, "tokens_model": model,
         "skipped": audit.skipped, "skipped_examples": audit.examples, "bad_fraction": audit.bad_fraction,
         "shards": shards, "limit": limit,
         "kinds": audit.kinds, "bad": audit.skipped, "unsupported": audit.unsupported,
@@ -268,6 +286,16 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
     atomic_write_json(tmp / MANIFEST, manifest)
     _swap_in(tmp, out_dir)
     return manifest
+
+
+def _check_native(recipe: Recipe, model: str) -> None:
+    """`video_input: native` needs a model whose processor has a video path to count with."""
+    from data_recipes.tokens import TokenCountError, TokenCounter
+
+    try:
+        TokenCounter(model, recipe.video_input)
+    except TokenCountError as e:
+        raise BuildError(f"recipe {recipe.name}: {e}") from None
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

@@ -41,6 +41,21 @@ class ProcessorLoadError(ValueError):
     pass
 
 
+# Processor options for the frames of a clip fed as images (`video_input: images`), by model_type.
+# InternVL tiles a large image into up to 12 crops plus a thumbnail (13 x 256 tokens); the frames of a
+# video go in as one tile each, as InternVL's own video prompt feeds them.
+FRAME_OPTIONS: dict[str, dict] = {"internvl": {"crop_to_patches": False}}
+
+
+def frame_options(processor) -> dict:
+    """`FRAME_OPTIONS` of the family whose processor class `processor` is (empty for the others)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = type(processor).__name__
+    return next((dict(opts) for model_type, opts in FRAME_OPTIONS.items()
+                 if PROCESSOR_MAPPING_NAMES.get(model_type) == name), {})
+
+
 def _pil_image_processor_class(type_name: str):
     """The PIL-backed class for a saved image processor type (`CLIPImageProcessorFast` -> `...Pil`)."""
     base = type_name.removesuffix("Fast").removesuffix("Pil")

@@ -8,11 +8,20 @@ A recipe says what goes into a training set and how much of it:
     samples: 2000               # how many samples ... or, instead:
     match: {to: video_demo, by: images}   # as much as another recipe, in some unit
     frames: 5                   # frames per video sample
-    image_size: 64
+    image_size: 64              # side of generated frames; real media get at most image_size**2 pixels
+    max_pixels: 200704          # optional: the resize rule's pixel budget instead (448*448 here)
+    video_input: images         # images | native: how video samples reach the model (see below)
     seed: 0
     split: train
     max_bad_fraction: 0.01      # share of bad source records tolerated before the build fails
     train: {...}                # the recipe's own training section (read by train/lora.py)
+
+`max_pixels` and `image_size` set the one resize rule (`data_recipes.resize.fit`): every stored
+image and frame of a real source has at most `max_pixels` pixels (default `image_size**2`), aspect
+kept, never upsampled. Generated sources render `image_size` x `image_size` frames, which the rule
+then shrinks only when `max_pixels` is set below that. `video_input: native` feeds a video sample
+to the model as clips through its family's video processor (`data_recipes.clips.as_video`), so
+visual tokens are counted on that path; `images` (default) feeds every frame as an image.
 
 Unknown keys are errors with a "did you mean". Paths may use `$DATA_ROOT` (and any other
 environment variable); a missing variable or file is reported with the layout that was expected.
@@ -31,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from data_recipes.clips import VIDEO_INPUTS
+from data_recipes.resize import check_max_pixels
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SOURCE_TYPES = ("synthetic_image", "synthetic_video", "llava_image", "llava_video")
@@ -72,6 +84,13 @@ class Recipe:
     match: Match | None = None
     frames: int = 5
     image_size: int = 64
+    """Side of generated frames; without `max_pixels`, real media are shrunk to image_size**2 pixels."""
+    max_pixels: int | None = None
+    """The resize rule's pixel budget (`data_recipes.resize.fit`: aspect kept, never upsampled) for every
+    stored image and frame; None: image_size**2 (generated frames, image_size square, then pass untouched)."""
+    video_input: str = "images"
+    """images | native. How a video sample's frames reach the model, and so how its visual tokens are
+    counted: `images`, each frame as an image; `native`, each clip through the family's video processor."""
     seed: int = 0
     split: str = "train"
     max_bad_fraction: float = 0.01
@@ -85,18 +104,30 @@ class Recipe:
     path: str | None = None
     """The file this recipe was read from (not part of its content hash)."""
 
+    def pixel_budget(self) -> int:
+        """The resize rule's budget the build applies: `max_pixels`, else image_size**2."""
+        return self.max_pixels if self.max_pixels is not None else self.image_size ** 2
+
     def content_hash(self) -> str:
         """sha256 of the recipe's content (what it builds), independent of where the file lives.
 
         For a source read from an annotation file, the file's own sha256 is part of it: a changed
-        annotation file rebuilds the shards instead of silently reusing the old ones."""
+        annotation file rebuilds the shards instead of silently reusing the old ones. Fields added
+        later (`max_pixels`, `video_input`) count only when they differ from their default, so a recipe
+        that does not use them keeps the hash it had before they existed."""
         d = dataclasses.asdict(self)
         d.pop("path"), d.pop("description"), d.pop("train")
+        for name, default in _LATER_FIELDS.items():
+            if d[name] == default:
+                d.pop(name)
         annotations = [annotation_sha256(s.path) for s in self.sources if s.path]
         if annotations:  # generated sources have none: their hash (and shards) stay as they were
             d["annotation_sha256"] = annotations
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
+
+_LATER_FIELDS = {"max_pixels": None, "video_input": "images"}
+"""Fields left out of `content_hash` at their default (they were added after recipes were hashed)."""
 
 _ANNOTATION_HASHES: dict = {}
 
@@ -207,6 +238,18 @@ def parse_recipe(data: dict, name: str, where: str) -> Recipe:
     _expect(isinstance(r.split, str) and r.split in SPLITS, where, f"field 'split' must be one of {', '.join(SPLITS)}")
     _expect(_is_number(r.max_bad_fraction) and 0 <= r.max_bad_fraction < 1, where,
             "field 'max_bad_fraction' must be in [0, 1)")
+    if r.max_pixels is not None:
+        try:
+            check_max_pixels(r.max_pixels, where)
+        except ValueError:
+            raise RecipeError(f"{where}: field 'max_pixels' must be an integer of at least 64 (e.g. 200704 = 448*448), "
+                              f"or left out for image_size**2 ({r.image_size ** 2}), got {r.max_pixels!r}") from None
+    _expect(isinstance(r.video_input, str) and r.video_input in VIDEO_INPUTS, where,
+            f"field 'video_input' must be one of {', '.join(VIDEO_INPUTS)}, got {r.video_input!r}"
+            + (_did_you_mean(r.video_input, VIDEO_INPUTS) if isinstance(r.video_input, str) else ""))
+    _expect(r.video_input == "images" or r.kind == "video", where,
+            f"field 'video_input: {r.video_input}' is for video recipes (how clips reach the model); "
+            f"an image recipe has none")
     _expect(_is_opt_str(r.model), where, "field 'model' must be a model directory (a string)")
     _expect(isinstance(r.description, str), where, "field 'description' must be a string")
     _expect(_is_opt_str(r.path), where, "field 'path' must be a string")

@@ -21,7 +21,9 @@ def fit_size(width: int, height: int, max_pixels: int | None) -> tuple[int, int]
     if not max_pixels or width * height <= max_pixels:
         return width, height
     scale = math.sqrt(max_pixels / (width * height))
-    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    # A side held at one pixel (extreme aspect ratios) leaves the whole budget to the other.
+    return (min(w, max_pixels // h), h) if w >= h else (w, min(h, max_pixels // w))
 
 
 def fit(image: Image.Image, max_pixels: int | None) -> Image.Image:

@@ -16,11 +16,17 @@ several worker processes and still write byte-identical shards.
   The k-th media tag stands for the k-th file; a record with one file and no tag gets it before the
   first question. A video (mp4 through PyAV, or frame files) gives the recipe's `frames` frames,
   sampled uniformly, as that many image markers where its tag stood (`<video>`, or `<image>` as
-  LLaVA-Video-178K writes it). An image recipe takes single-image, multi-image and text-only
-  records; a video recipe takes video records.
+  LLaVA-Video-178K writes it); the sample's `clips` field lists the frames of each video (what
+  `data_recipes.clips.as_video` groups into clips on the native video path). An image recipe takes
+  single-image, multi-image and text-only records; a video recipe takes video records.
   Broken records are a `Skip` (bad, counted against `max_bad_fraction`); well-formed records the
   toolkit does not train on are `Unsupported` (counted by reason apart; see `UNSUPPORTED`).
 Real sources are read in a seeded shuffled order so that `samples: N` takes a random subset.
+
+Sizes follow the one resize rule (`data_recipes.resize.fit`): a real image or frame is stored with at
+most `recipe.pixel_budget()` pixels (`max_pixels`, or image_size**2 when the recipe gives none), aspect
+kept, never upsampled. Generated frames are rendered image_size x image_size and go through the rule
+only with the recipe's own `max_pixels`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from PIL import Image
 
 from data_recipes import synthetic
 from data_recipes.recipe import Recipe, RecipeError, Source, expand_path
+from data_recipes.resize import fit
 from data_recipes.video import VideoError, read_frames, uniform_indices
 
 
@@ -75,15 +82,6 @@ UNSUPPORTED = {
 }
 
 
-def _fit(im: Image.Image, size: int) -> Image.Image:
-    """RGB, longer side at most `size` (aspect ratio kept)."""
-    im = im.convert("RGB")
-    if max(im.size) > size:
-        scale = size / max(im.size)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-    return im
-
-
 class SyntheticSource:
     def __init__(self, recipe: Recipe, source: Source):
         self.recipe, self.video = recipe, source.type == "synthetic_video"
@@ -97,7 +95,9 @@ class SyntheticSource:
             js, ims = synthetic.video_sample(r.seed, i, r.split, frames=r.frames, image_size=r.image_size)
         else:
             js, ims = synthetic.image_sample(r.seed, i, r.split, image_size=r.image_size)
-        return Sample(js, ims)
+        # Rendered at image_size x image_size: within the default budget (image_size**2) already, so
+        # only a recipe's own max_pixels can shrink them (and without it the shards stay as they were).
+        return Sample(js, [fit(im, r.max_pixels) for im in ims])
 
 
 # --- conversations ----------------------------------------------------------------------------------
@@ -291,6 +291,7 @@ class LlavaSource:
 
     def __init__(self, recipe: Recipe, source: Source, where: str):
         self.recipe, self.video = recipe, source.type == "llava_video"
+        self.budget = recipe.pixel_budget()
         self.path = expand_path(source.path, f"{where}.path")
         self.root = expand_path(source.media_root, f"{where}.media_root")
         field = "video" if self.video else "image"
@@ -364,7 +365,7 @@ class LlavaSource:
             return Skip("missing_video", rid, f"{where}: {media} does not exist")
         try:
             images = read_frames(media, num_frames=r.frames, size=None)
-            return [_fit(im, r.image_size) for im in images]
+            return [fit(im.convert("RGB"), self.budget) for im in images]
         except (OSError, VideoError, ValueError) as e:
             return Skip("unreadable_video", rid, f"{where}: {media}: {e}")
 
@@ -375,7 +376,7 @@ class LlavaSource:
         try:
             with Image.open(media) as im:
                 im.load()
-                return _fit(im, self.recipe.image_size)
+                return fit(im.convert("RGB"), self.budget)
         except (OSError, ValueError) as e:  # PIL raises OSError subclasses, and ValueError for some corrupt data
             return Skip(f"unreadable_{kind}", rid, f"{where}: {media}: {e}")
 
@@ -427,6 +428,8 @@ class LlavaSource:
             meta["data_source"] = rec["data_source"]
         js = {"id": rid, "source": self.path.name, "kind": "video" if self.video else "image",
               "messages": messages, "meta": meta}
+        if videos:  # frames per clip: two videos whose tags stood side by side stay two clips (`as_video`)
+            js["clips"] = [self.recipe.frames] * len(videos)
         return Sample(js, pixels)
 
 

@@ -3,11 +3,14 @@
 Both give `Item`s (question, 5 options, answer, a video id) and the frames of an item at the
 EgoSchema sampling `int(i * n / (F + 1))`, i = 1..F (`data_recipes.video.uniform_indices`), so every
 task samples the same frames for the same F. Items are listed without decoding anything; frames are
-rendered or decoded when a task asks for them.
+rendered or decoded when a task asks for them, then go through the one resize rule
+(`data_recipes.resize.fit`: at most `max_pixels` pixels, aspect kept, never upsampled) with the budget
+of the checkpoint being evaluated. Synthetic frames are rendered square at `--image-size`; EgoSchema
+frames are decoded at the video's own size (no square squash).
 
     bench = load_benchmark(cfg)
     for item in bench.items:
-        idx = bench.indices(item, 5); frames = bench.frames(item, idx)
+        idx = bench.indices(item, 5); frames = bench.frames(item, idx, max_pixels=200704)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from data_recipes.resize import fit
 from data_recipes.video import count_frames, read_frames, uniform_indices
 from evalsuite.config import ConfigError, EvalConfig
 
@@ -47,7 +51,7 @@ class Item:
 
 class Benchmark:
     name = ""
-    size: int | None = None  # frame size the frames are delivered at (None: native)
+    size: int | None = None  # square size frames are rendered at (None: the video's own size)
 
     def __init__(self) -> None:
         self.items: list[Item] = []
@@ -59,7 +63,11 @@ class Benchmark:
     def indices(self, item: Item, num_frames: int) -> list[int]:
         return uniform_indices(self.clip_length(item), num_frames)
 
-    def frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
+    def frames(self, item: Item, indices: list[int], max_pixels: int | None = None) -> list[Image.Image]:
+        """The frames at `indices`, each within `max_pixels` pixels (aspect kept; None: as rendered or decoded)."""
+        return [fit(frame, max_pixels) for frame in self._frames(item, indices)]
+
+    def _frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -82,7 +90,7 @@ class Synthetic(Benchmark):
     def clip_length(self, item: Item) -> int:
         return SYNTHETIC_CLIP_FRAMES
 
-    def frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
+    def _frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
         from data_recipes.synthetic import item_scene, render_frames
 
         return render_frames(item_scene(item.meta), list(indices), self.size)
@@ -92,8 +100,11 @@ class EgoSchema(Benchmark):
     """questions.json + subset_answers.json + videos/<q_uid>.mp4 (README, Evaluation)."""
     name = "egoschema"
 
-    def __init__(self, data: str | Path, limit: int | None, image_size: int | None):
+    def __init__(self, data: str | Path, limit: int | None, image_size: int | None = None):
         super().__init__()
+        if image_size is not None:  # the old square squash; EvalConfig says the same for --image-size
+            raise BenchmarkError(f"EgoSchema frames keep their aspect: image_size {image_size} is not applied any "
+                                 f"more; bound them with max_pixels (frames(item, indices, max_pixels=N))")
         self.root = root = Path(data).expanduser().resolve()
         qfile, afile = root / "questions.json", root / "subset_answers.json"
         if not qfile.is_file():
@@ -105,7 +116,7 @@ class EgoSchema(Benchmark):
             raise BenchmarkError(f"{qfile}: expected a list of questions")
         if not isinstance(answers, dict):
             raise BenchmarkError(f"{afile}: expected a mapping {{q_uid: 0..4}}")
-        self.size, self._lengths = image_size, {}
+        self._lengths: dict[str, int] = {}
         answered = []
         for n, q in enumerate(questions):
             if not isinstance(q, dict):
@@ -140,8 +151,8 @@ class EgoSchema(Benchmark):
             self._lengths[item.id] = count_frames(item.path)
         return self._lengths[item.id]
 
-    def frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
-        return read_frames(item.path, indices=list(indices), size=self.size)
+    def _frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
+        return read_frames(item.path, indices=list(indices))  # the video's own size; `frames` applies the rule
 
     def describe(self) -> dict:
         return {**super().describe(), "unanswered": self.unanswered}
@@ -175,5 +186,5 @@ def load_benchmark(cfg: EvalConfig) -> Benchmark:
     if cfg.benchmark == "synthetic":
         return Synthetic(cfg.seed, cfg.limit, cfg.image_size)
     if cfg.benchmark == "egoschema":
-        return EgoSchema(cfg.data, cfg.limit, cfg.image_size)
+        return EgoSchema(cfg.data, cfg.limit)  # EvalConfig refuses --image-size here (--max-pixels instead)
     raise ConfigError(f"no loader for benchmark {cfg.benchmark!r}")  # EvalConfig validated the name

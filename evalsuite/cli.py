@@ -7,7 +7,8 @@
 
 Options (flag = EvalConfig field = MLflow param): --benchmark synthetic|egoschema, --data DIR,
 --frames 5 10, --limit N, --scoring loglik|generate, --infills self|oracle|file:PATH|model:DIR,
---rephraser DIR, --judge DIR, --seed N, ... (`--help` on a command lists them all).
+--rephraser DIR, --judge DIR, --seed N, --video-input auto|images|native, --max-pixels N, ... (`--help` on a
+command lists them all).
 
 Several processes split the items (CPU: gloo):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m evalsuite all ckpt/
@@ -49,6 +50,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", default=None, help=h("judge"))
     p.add_argument("--seed", type=int, default=d.seed, help=h("seed"))
     p.add_argument("--image-size", dest="image_size", type=int, default=None, help=h("image_size"))
+    p.add_argument("--video-input", dest="video_input", default=d.video_input, help=h("video_input"))
+    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=None, help=h("max_pixels"))
     p.add_argument("--n-boot", dest="n_boot", type=int, default=d.n_boot, help=h("n_boot"))
     p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help=h("batch_size"))
     p.add_argument("--infill-tokens", dest="infill_tokens", type=int, default=d.infill_tokens, help=h("infill_tokens"))

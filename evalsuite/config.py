@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from data_recipes.clips import VIDEO_INPUTS
+from data_recipes.resize import check_max_pixels
 
 BENCHMARKS = ("synthetic", "egoschema")
 SCORINGS = ("loglik", "generate")
 INFILL_KINDS = ("self", "oracle", "file", "model")
 IRAVEN_LAYOUTS = ("composite", "separate")
+VIDEO_INPUT_SETTINGS = ("auto", *VIDEO_INPUTS)
 
 
 class ConfigError(ValueError):
@@ -81,7 +86,16 @@ class EvalConfig:
     seed: int = 0
     """Seed of the synthetic items and of every bootstrap."""
     image_size: int | None = None
-    """Square frame size in pixels (synthetic default 64; EgoSchema frames are left to the processor)."""
+    """Synthetic benchmark only: the size its square frames are rendered at (default 64). EgoSchema frames
+    keep their aspect: bound them with --max-pixels."""
+    video_input: str = "auto"
+    """auto | images | native. How the `base` condition's frames (frames, then the question) reach the model:
+    `images`, each frame as an image; `native`, the F frames as one clip through the family's video processor
+    (families with a video path). caption and vcot put text between frames: always images. auto: the
+    checkpoint's run.json video_input (images for a model without one)."""
+    max_pixels: int | None = None
+    """The resize rule for every frame (at most N pixels, aspect kept, never upsampled). Default: the
+    checkpoint's run.json max_pixels, else no limit; 0: no limit."""
     n_boot: int = 2000
     """Bootstrap replicates per confidence interval."""
     batch_size: int = 8
@@ -117,10 +131,23 @@ class EvalConfig:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.iraven_limit is not None and self.iraven_limit < 1:
             raise ConfigError(f"--iraven-limit must be >= 1, got {self.iraven_limit}")
+        if self.video_input not in VIDEO_INPUT_SETTINGS:
+            raise did_you_mean("video input", self.video_input, VIDEO_INPUT_SETTINGS)
+        mp = self.max_pixels
+        if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or (mp != 0 and mp < 64)):
+            raise ConfigError(f"--max-pixels must be 0 (no limit) or an integer of at least 64 (e.g. 200704 = "
+                              f"448*448), got {self.max_pixels!r}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"--image-size must be >= 1, got {self.image_size}")
         spec = self.infill_spec  # validates the spelling and the path
         if self.benchmark == "egoschema":
             if not self.data:
                 raise ConfigError("--benchmark egoschema needs --data DIR (questions.json, subset_answers.json, videos/)")
+            if self.image_size is not None:
+                raise ConfigError(f"--image-size {self.image_size} is the synthetic benchmark's render size; EgoSchema "
+                                  f"frames are not squashed to a square any more. Bound their size with --max-pixels N "
+                                  f"(at most N pixels, aspect kept, e.g. {self.image_size ** 2} = "
+                                  f"{self.image_size}*{self.image_size})")
             if spec.kind == "oracle":
                 raise ConfigError("--infills oracle needs ground-truth transitions: synthetic benchmark only")
         elif self.data:
@@ -145,6 +172,43 @@ class EvalConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
 
+@dataclass(frozen=True)
+class FrameInputs:
+    """How one checkpoint's frames are fed: `--video-input` and `--max-pixels` resolved against its run.json."""
+    video_input: str = "images"
+    """`images` or `native` (what `base` uses; caption and vcot always feed images)."""
+    max_pixels: int | None = None
+    """The resize rule's budget (None: frames as rendered or decoded)."""
+    origin: str = "default"
+    """Where video_input came from (`--video-input`, a run.json path, or `default`), for error messages."""
+
+
+def resolve_frame_inputs(cfg: EvalConfig, run: dict, where: str | os.PathLike = "run.json") -> FrameInputs:
+    """`cfg.video_input` / `cfg.max_pixels` with `auto` and the default taken from a checkpoint's run.json.
+
+    A run.json without the fields (older trainers, base models) means images and no limit; a value the
+    trainer cannot have written is an error naming the file rather than a guess."""
+    if cfg.video_input != "auto":
+        video_input, origin = cfg.video_input, "--video-input"
+    else:
+        value = run.get("video_input")
+        if value is None:
+            video_input, origin = "images", "default"
+        elif value in VIDEO_INPUTS:
+            video_input, origin = value, str(where)
+        else:
+            raise ConfigError(f"{where}: video_input {value!r} is not one of {', '.join(VIDEO_INPUTS)}; "
+                              f"give --video-input images|native")
+    if cfg.max_pixels is not None:
+        max_pixels = cfg.max_pixels or None
+    else:
+        try:
+            max_pixels = check_max_pixels(run.get("max_pixels"), str(where))
+        except ValueError as e:
+            raise ConfigError(f"{e}; give --max-pixels N (0: no limit)") from None
+    return FrameInputs(video_input, max_pixels, origin)
+
+
 def field_help(name: str) -> str:
     """The docstring under a field (used as the CLI help), read from this module's source."""
     import ast
@@ -158,5 +222,5 @@ def field_help(name: str) -> str:
     return ""
 
 
-__all__ = ["BENCHMARKS", "IRAVEN_LAYOUTS", "SCORINGS", "ConfigError", "EvalConfig", "InfillSpec", "did_you_mean",
-           "field_help"]
+__all__ = ["BENCHMARKS", "IRAVEN_LAYOUTS", "SCORINGS", "VIDEO_INPUT_SETTINGS", "ConfigError", "EvalConfig",
+           "FrameInputs", "InfillSpec", "did_you_mean", "field_help", "resolve_frame_inputs"]

@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig
 
+from train.chat import processor_inputs
+
 
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
@@ -23,8 +25,8 @@ def _chunks(n: int, size: int):
 
 
 def _joined_text(content: list[dict]) -> str:
-    if any(p["type"] == "image" for p in content):
-        raise ValueError("a text-only model was given an image")
+    if any(p["type"] in ("image", "video") for p in content):
+        raise ValueError("a text-only model was given an image or a video")
     return "".join(p["text"] for p in content)
 
 
@@ -98,11 +100,16 @@ class ChatModel:
 
     @torch.no_grad()
     def generate(self, contents: Sequence[list[dict]], images: Sequence[list] | None = None, *,
-                 max_new_tokens: int, batch_size: int = 8) -> list[str]:
-        """Greedy answers to `contents` (one user turn each; `images[i]` fills the image markers of turn i)."""
+                 max_new_tokens: int, batch_size: int = 8, videos: Sequence[list] | None = None,
+                 image_options: dict | None = None) -> list[str]:
+        """Greedy answers to `contents` (one user turn each; `images[i]` fills the image markers of turn i,
+        `videos[i]` its `{"type": "video"}` parts, one clip of frames each: the family's video path;
+        `image_options` go to the image processor)."""
         images = list(images) if images is not None else [[] for _ in contents]
         if len(images) != len(contents):
             raise ValueError(f"{len(contents)} prompts but {len(images)} image lists")
+        if videos is not None and len(videos) != len(contents):
+            raise ValueError(f"{len(contents)} prompts but {len(videos)} clip lists")
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.pad_id, eos_token_id=self.stop_ids or None)
         out: list[str] = []
@@ -110,8 +117,9 @@ class ChatModel:
             texts = [self.render(contents[i]) for i in chunk]
             imgs = [list(images[i]) for i in chunk]
             if self.processor is not None:
-                enc = self.processor(text=texts, images=imgs if any(imgs) else None, padding=True,
-                                     padding_side="left", return_tensors="pt")
+                clips = [list(videos[i]) for i in chunk] if videos is not None else None
+                enc = processor_inputs(self.processor, texts, imgs, clips, padding=True, padding_side="left",
+                                       return_tensors="pt", **(image_options or {}))
             else:
                 enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
             enc = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}

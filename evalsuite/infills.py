@@ -8,10 +8,11 @@ Sources, chosen by `--infills`:
 - `file:PATH`: precomputed JSONL lines `{"video": id, "frames": [i, j], "text": ...}`; lines with a
   single frame index are captions. Captions missing from the file come from the evaluated model.
 
-Generated texts are cached by (video, frame indices, frame size, kind, generator identity, prompt
-hash) in `<cache_dir>/<generator>-<identity>.jsonl`, one JSON line per text, appended with a single
-`write` on an O_APPEND descriptor so that concurrent ranks never interleave lines. A second
-checkpoint evaluated with the same `model:DIR` generator therefore generates nothing.
+Generated texts are cached by (video, frame indices, frame size and max_pixels, kind, generator
+identity, prompt hash) in `<cache_dir>/<generator>-<identity>.jsonl`, one JSON line per text,
+appended with a single `write` on an O_APPEND descriptor so that concurrent ranks never interleave
+lines. A second checkpoint evaluated with the same `model:DIR` generator (and the same max_pixels)
+therefore generates nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from data_recipes.processors import frame_options
 from evalsuite import prompts
 from evalsuite.benchmarks import Item
 from evalsuite.generation import ChatModel
@@ -120,20 +122,26 @@ def _slug(name: str) -> str:
 
 class ModelSource(InfillSource):
     def __init__(self, generator: ChatModel, cache_dir: Path, *, rephraser: ChatModel | None = None,
-                 max_new_tokens: int = 48, batch_size: int = 8, size: int | None = None):
+                 max_new_tokens: int = 48, batch_size: int = 8, size: int | None = None,
+                 max_pixels: int | None = None):
         self.gen, self.rephraser = generator, rephraser
         self.max_new_tokens, self.batch_size, self.size = max_new_tokens, batch_size, size
+        self.max_pixels = max_pixels
         self.identity = f"{generator.name}-{generator.identity}" + (f"+{rephraser.identity}" if rephraser else "")
         digest = hashlib.sha256(self.identity.encode()).hexdigest()[:12]
         self.cache = InfillCache(Path(cache_dir) / f"{_slug(generator.name)}-{digest}.jsonl")
 
     def _key(self, item: Item, frames: tuple[int, ...], kind: str) -> str:
-        raw = json.dumps([item.video, list(frames), self.size, kind, self.identity, prompts.PROMPTS_HASH,
-                          self.max_new_tokens])
+        key = [item.video, list(frames), self.size, kind, self.identity, prompts.PROMPTS_HASH, self.max_new_tokens]
+        if self.max_pixels:  # frames shrunk by the resize rule (no limit: the key it always had)
+            key.append({"max_pixels": self.max_pixels})
+        raw = json.dumps(key)
         return hashlib.sha256(raw.encode()).hexdigest()
 
     def _ask(self, contents, images) -> list[str]:
-        return self.gen.generate(contents, images, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        options = frame_options(self.gen.processor) if self.gen.processor is not None else {}
+        return self.gen.generate(contents, images, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                 image_options=options)
 
     def transitions(self, item, pairs, frames):
         keys = {p: self._key(item, p, "transition") for p in pairs}

@@ -95,6 +95,39 @@ def gain_contrast(img: Checkpoint, vid: Checkpoint, f: int, seed: int = 0) -> di
     return contrast_of_differences(a1, b1, a2, b2, seed=seed).to_dict()
 
 
+_SHOWN = {"vcot": "vCoT"}
+
+
+def _names(conditions: list[str]) -> str:
+    names = [_SHOWN.get(c, c) for c in conditions]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def frames_fed(settings: dict) -> str:
+    """How one evaluation fed its frames, from its settings (video_input per condition, max_pixels).
+
+    Evaluations made before these were recorded fed every frame as an image, at its rendered or decoded size."""
+    paths = settings.get("video_input") or {}
+    native = [c for c, p in paths.items() if p == "native"]
+    parts = [f"{_names(native)} as one clip through the family's video path (native)"] if native else []
+    if not native:
+        parts.append("every frame as an image")
+    elif len(native) < len(paths):
+        parts.append(f"{_names([c for c in paths if c not in native])} as images")
+    budget = settings.get("max_pixels")
+    size = (f"at most {budget:,} pixels per frame (aspect kept)" if budget
+            else "no max_pixels (frames as rendered or decoded)")
+    return ", ".join(parts) + "; " + size
+
+
+def frames_line(ckpts: list[Checkpoint], task: str) -> str:
+    """One line: how each checkpoint's evaluation of `task` fed its frames (once when all agree)."""
+    fed = {c.name: frames_fed(c.metrics[task].get("settings", {})) for c in ckpts if task in c.metrics}
+    if len(set(fed.values())) == 1:
+        return f"Frames fed: {next(iter(fed.values()))}."
+    return "Frames fed: " + "; ".join(f"`{name}`: {how}" for name, how in fed.items()) + "."
+
+
 # --- sections ------------------------------------------------------------------------------------
 def vcot_section(ckpts: list[Checkpoint]) -> list[str]:
     rows = [c for c in ckpts if "vcot" in c.metrics]
@@ -103,7 +136,7 @@ def vcot_section(ckpts: list[Checkpoint]) -> list[str]:
     s = rows[0].metrics["vcot"].get("settings", {})
     out = [f"Benchmark `{s.get('benchmark')}`, scoring `{s.get('scoring')}`, infills `{s.get('infills')}`. "
            "Accuracy in % with bootstrap 95% CI; gain = vCoT - base in points (paired bootstrap CI, exact "
-           "McNemar p). Chance is 20%.", "",
+           "McNemar p). Chance is 20%.", "", frames_line(rows, "vcot"), "",
            "| model | kind | F | n | base | caption | vCoT | gain |", "|---|---|---|---|---|---|---|---|"]
     for c in rows:
         m = c.metrics["vcot"]["metrics"]
@@ -148,7 +181,7 @@ def shuffle_section(ckpts: list[Checkpoint]) -> list[str]:
         return ["No checkpoint has perturbation results yet."]
     out = ["Accuracy under each perturbation of the vCoT input and the drop from vCoT (points, paired CI, "
            "McNemar p). text = another video's infills; visual = another video's frames; words = the words "
-           "of each infill shuffled.", "",
+           "of each infill shuffled.", "", frames_line(rows, "shuffle"), "",
            "| model | F | vCoT | text | drop text | visual | drop visual | words | drop words |",
            "|---|---|---|---|---|---|---|---|---|"]
     for c in rows:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from evalsuite import prompts
 from evalsuite.checkpoints import CheckpointRef, fingerprint, load_checkpoint
-from evalsuite.config import EvalConfig
+from evalsuite.config import EvalConfig, FrameInputs, resolve_frame_inputs
 from evalsuite.generation import ChatModel
 from evalsuite.infills import FileSource, InfillSource, ModelSource, OracleSource
 
@@ -28,6 +28,18 @@ class Subject:
     @cached_property
     def info(self) -> dict:
         return self.ref.identity()
+
+    @cached_property
+    def inputs(self) -> FrameInputs:
+        """How this checkpoint's frames are fed (video_input, max_pixels): the flags, else its run.json."""
+        return resolve_frame_inputs(self.cfg, self.ref.run, self.ref.path / "run.json")
+
+    @cached_property
+    def family(self):
+        """The checkpoint's model family (`train.families.Family`), read from config.json without loading."""
+        from train.families import detect_family
+
+        return detect_family(self.ref.base_model or self.ref.model_path)
 
     def _load(self):
         if self._loaded is None:
@@ -86,25 +98,28 @@ class Resources:
             desc += f"+rephraser:{self.describe('rephraser')}"
         return desc
 
-    def _model_source(self, generator: ChatModel) -> ModelSource:
+    def _model_source(self, generator: ChatModel, max_pixels: int | None) -> ModelSource:
         rephraser = self.model("rephraser", self.cfg.rephraser) if self.cfg.rephraser else None
         return ModelSource(generator, self.cache_dir, rephraser=rephraser, max_new_tokens=self.cfg.infill_tokens,
-                           batch_size=self.cfg.batch_size, size=self.cfg.image_size)
+                           batch_size=self.cfg.batch_size, size=self.cfg.image_size, max_pixels=max_pixels)
 
     def infill_source(self, subject: Subject) -> InfillSource:
+        """Infills and captions for `subject`'s items; a generator sees the frames that checkpoint is shown
+        (its max_pixels), so its texts are cached per frame budget."""
         spec = self.cfg.infill_spec
         if spec.kind == "oracle":
             return OracleSource()
+        max_pixels = subject.inputs.max_pixels
         if spec.kind == "model":
-            key = "model"  # one generator for every checkpoint
+            key = f"model|{max_pixels}"  # one generator for every checkpoint
             if key not in self._sources:
-                self._sources[key] = self._model_source(self.model("generator", str(spec.path)))
+                self._sources[key] = self._model_source(self.model("generator", str(spec.path)), max_pixels)
             return self._sources[key]
-        key = str(subject.ref.path)
+        key = f"{subject.ref.path}|{max_pixels}"
         if key not in self._sources:
             # drop the previous checkpoint's source: it holds that model
-            self._sources = {k: v for k, v in self._sources.items() if k == "model"}
-            own = self._model_source(subject.chat)
+            self._sources = {k: v for k, v in self._sources.items() if k.startswith("model|")}
+            own = self._model_source(subject.chat, max_pixels)
             self._sources[key] = FileSource(spec.path, own) if spec.kind == "file" else own
         return self._sources[key]
 

@@ -30,7 +30,7 @@ def log(msg: str) -> None:
 
 def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) -> tuple[str, dict]:
     """("skipped" | "done", metrics.json content) of one task on one checkpoint."""
-    settings = task.settings(subject.info)
+    settings = task.settings(subject.info, subject.inputs)
     out = TaskOutputs(subject.ref.path, task.name, ranks.rank, ranks.world_size)
     if out.is_done(settings):
         return "skipped", json.loads(out.metrics.read_text())
@@ -85,9 +85,12 @@ def evaluate(refs: list[CheckpointRef], task_names: list[str], cfg: EvalConfig, 
         from evalsuite.tracking import EvalTracker
 
         tracker = EvalTracker(experiment=cfg.experiment)
+    subjects = [Subject(ref, cfg, device=ranks.device) for ref in refs]
+    for subject in subjects:  # e.g. --video-input native on a family without a video path: before any work
+        for task in tasks:
+            task.check(subject)
     results: dict[str, dict[str, dict]] = {}
-    for ref in refs:
-        subject = Subject(ref, cfg, device=ranks.device)
+    for ref, subject in zip(refs, subjects):
         results[str(ref.path)] = {}
         fresh = []
         for task in tasks:

@@ -10,6 +10,9 @@ are right-padded, so under causal attention padding only follows the real tokens
 them. Passing a mask would also send Qwen2-VL into a branch that rebuilds M-RoPE positions from the
 mask's full length; without it the model continues positions from its cached rope deltas, as in
 generation. Tests check that this gives the same log-probabilities as scoring each option from scratch.
+
+A prompt may hold `{"type": "video"}` parts (`video_input: native`): their clips go through the
+family's video processor (`train.chat.processor_inputs`), exactly as the trainer feeds them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from evalsuite import prompts
-from train.chat import render
+from train.chat import processor_inputs, render
 
 
 @dataclass
@@ -63,10 +66,14 @@ def option_continuations(processor, messages: list[dict], options: list[str]) ->
 
 
 @torch.no_grad()
-def score_options(model, processor, content: list[dict], images: list, options: list[str]) -> OptionScores:
-    """Log-likelihood of every option after the user turn `content` (with `images`)."""
+def score_options(model, processor, content: list[dict], images: list, options: list[str],
+                  videos: list[list] | None = None, image_options: dict | None = None) -> OptionScores:
+    """Log-likelihood of every option after the user turn `content` (with `images`, and `videos`: one clip
+    of frames per `{"type": "video"}` part). `image_options` go to the image processor (a clip's frames
+    fed as images take `data_recipes.processors.frame_options`)."""
     prefix, conts = option_continuations(processor, prompts.conversation(content), options)
-    enc = processor(text=[prefix], images=[list(images)] if images else None, return_tensors="pt")
+    enc = processor_inputs(processor, [prefix], [list(images)], [list(videos)] if videos else None,
+                           return_tensors="pt", **(image_options or {}))
     enc = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
     # Only the last prefix position predicts an option token: at real scale the full logits of a
     # 2k-token prefix over a 32k vocabulary would cost a large matmul and ~256 MB for nothing.

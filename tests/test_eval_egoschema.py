@@ -39,13 +39,14 @@ def test_egoschema_end_to_end_with_missing_and_broken_videos(egoschema_dir, tmp_
                                                                one_thread):  # noqa: F811
     root, items = egoschema_dir
     ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "m")
-    cfg = fast_config(benchmark="egoschema", data=str(root), limit=None, frames=(3, 5), image_size=64)
+    cfg = fast_config(benchmark="egoschema", data=str(root), limit=None, frames=(3, 5), max_pixels=64 * 64)
     evaluate([checkpoint_ref(ckpt)], ["vcot"], cfg, tmp_path / "cache")
     m = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
     # answered: q0..q3; q3 has no video (reported, not dropped silently), q2 cannot be decoded
     assert m["problems"] == [{"id": "q3", "reason": f"missing video {root / 'videos' / 'q3.mp4'}"}]
     assert [e["id"] for e in m["errors"]] == ["q2"] and "q2.mp4" in m["errors"][0]["reason"]
     assert m["settings"]["unanswered"] == 1 and m["settings"]["benchmark"] == "egoschema"
+    assert m["settings"]["max_pixels"] == 64 * 64 and m["settings"]["image_size"] is None
     assert m["metrics"]["f3"]["n_items"] == m["metrics"]["f5"]["n_items"] == 2
     rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
     assert {r["item"] for r in rows} == {"q0", "q1", "q2"} and len(rows) == 3 * 2 * 3

@@ -13,6 +13,7 @@ import pytest
 import evalsuite.resources
 import evalsuite.tasks.vcot as vcot_mod  # the shuffle task answers through VCoTTask.answer
 from evalsuite.checkpoints import checkpoint_ref
+from evalsuite.config import FrameInputs
 from evalsuite.outputs import read_rows
 from evalsuite.perturb import derangement, shuffle_words
 from evalsuite.resources import Resources
@@ -50,7 +51,8 @@ def _captured_task(tmp_path, monkeypatch, **cfg):
     task = ShuffleTask(fast_config(infills="oracle", **cfg), Resources(fast_config(infills="oracle"), tmp_path))
     seen = []
 
-    def score(model, processor, content, images, options):
+    def score(model, processor, content, images, options, videos=None, image_options=None):
+        assert not videos  # every perturbation is a vCoT input: frames go in as images
         seen.append((content, images))
         return OptionScores([0.0] * len(options), [1] * len(options))
 
@@ -66,7 +68,8 @@ def test_each_perturbation_feeds_what_it_says(tmp_path, monkeypatch):
     from data_recipes.synthetic import item_transition_caption
 
     task, seen = _captured_task(tmp_path, monkeypatch, limit=4, frames=(3, 4))
-    subject = SimpleNamespace(model=None, processor=None)
+    # native requested: shuffle still feeds images (text sits between the frames in every condition)
+    subject = SimpleNamespace(model=None, processor=None, inputs=FrameInputs("native", None))
     differs = False
     for item in task.items():
         partner = task.partner[item.id]
@@ -74,6 +77,7 @@ def test_each_perturbation_feeds_what_it_says(tmp_path, monkeypatch):
         seen.clear()
         rows = task.predict(subject, item, task.keys(item))
         by = {(r["frames"], r["condition"]): (r, content, imgs) for r, (content, imgs) in zip(rows, seen)}
+        assert {r["video_input"] for r in rows} == {"images"}
         for f in task.cfg.frames:
             idx, pidx = task.bench.indices(item, f), task.bench.indices(partner, f)
             own = [item_transition_caption(item.meta, a, b) for a, b in zip(idx, idx[1:])]

@@ -123,7 +123,7 @@ def test_every_sample_fits_the_schema(built, name):
         e = fx.expected[js["id"]]
         assert len(names) == (FRAMES if e[2] is None else e[2])
         assert js["kind"] == BUILDERS[name][1]
-        assert all(max(s[k].size) <= 32 for k in names)
+        assert all(s[k].width * s[k].height <= 32 * 32 for k in names)  # the resize rule's default budget
         roles = [msg["role"] for msg in js["messages"]]
         body = roles[1:] if roles[0] == "system" else roles
         assert body == ["user", "assistant"] * (len(body) // 2)

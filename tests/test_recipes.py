@@ -15,6 +15,7 @@ from PIL import Image
 from data_recipes.__main__ import main as cli
 from data_recipes.build import BuildError, build, read_manifest, shard_urls, verify
 from data_recipes.recipe import RECIPES_DIR, RecipeError, load_recipe, parse_recipe, recipe_names
+from data_recipes.resize import fit_size
 from data_recipes.sources import conversation_to_messages
 from data_recipes.video import write_video
 
@@ -155,7 +156,9 @@ def test_real_sources_build_and_count_bad_records(tmp_path, monkeypatch, video):
     assert n_img == (4 if video else 1)
     user = s["json"]["messages"][0]["content"]
     assert [p["type"] for p in user] == ["image"] * n_img + ["text"]
-    assert max(s[[k for k in s if k.endswith("jpg")][0]].size) <= 32
+    # the resize rule at the default budget image_size**2: 48x40 images shrink to 1024 pixels, aspect kept
+    assert s[[k for k in s if k.endswith("jpg")][0]].size == ((32, 32) if video else fit_size(48, 40, 32 * 32))
+    assert m["resize"] == {"rule": "fit", "max_pixels": 32 * 32, "from": "image_size"}
 
     strict = write_recipe(tmp_path, "strict", kind=kind, samples=20, frames=4, image_size=32, max_bad_fraction=0.05,
                           sources=[{"type": src, "path": str(root / "annotations.json"),

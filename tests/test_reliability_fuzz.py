@@ -90,7 +90,7 @@ def test_conversation_to_messages_output_always_validates(conv, n_images):
 
 # --- recipes -----------------------------------------------------------------------------------------
 RECIPE_KEYS = ["kind", "sources", "samples", "match", "frames", "image_size", "seed", "split", "max_bad_fraction",
-               "shard_size", "model", "description", "train", "name", "path", "bogus"]
+               "shard_size", "model", "description", "train", "name", "path", "max_pixels", "video_input", "bogus"]
 sources = st.lists(st.fixed_dictionaries({}, optional={
     "type": st.sampled_from(["synthetic_image", "synthetic_video", "llava_image", "llava_video"]) | yaml_values,
     "weight": st.floats(allow_nan=True) | st.integers() | yaml_values,
@@ -110,6 +110,8 @@ recipes = st.fixed_dictionaries({}, optional={
     "split": st.sampled_from(["train", "test"]) | yaml_values,
     "max_bad_fraction": st.floats() | yaml_values,
     "shard_size": st.integers(-1, 5) | yaml_values,
+    "max_pixels": st.integers(-1, 10**7) | st.floats() | yaml_values,
+    "video_input": st.sampled_from(["images", "native"]) | yaml_values,
     "model": yaml_values,
     "description": yaml_values,
     "train": st.dictionaries(st.text(max_size=6), yaml_values, max_size=2) | yaml_values,

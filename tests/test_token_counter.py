@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import webdataset as wds
+import yaml
 from PIL import Image
 
-from data_recipes.tokens import CHECKED_SAMPLES, TokenCounter
+from data_recipes.build import build, read_manifest, shard_urls
+from data_recipes.clips import as_video
+from data_recipes.processors import load_processor
+from data_recipes.tokens import CHECKED_SAMPLES, TokenCounter, TokenCountError
+from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR
+from fixtures_real_data import mp4
+from train.chat import encode
 from train.families import FAMILIES
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -39,3 +49,139 @@ def test_arithmetic_counts_equal_the_processor(family, tiny_dirs):
     # OneVision's disagrees with its own processor on non-square images: the counter notices within the
     # checked samples and keeps counting with the processor. The others switch to arithmetic.
     assert counter.mode == ("processor" if family in ("internvl", "llava_onevision") else "arithmetic"), family
+
+
+# --- the native video path (`video_input: native`) -------------------------------------------------------
+VIDEO_FAMILIES = sorted(FAMILY_VIDEO_PROCESSOR)
+FRAMES = 4
+
+
+def video_samples(n: int):
+    """Video samples as a build writes them: FRAMES frames per clip, one clip or two (with `clips`)."""
+    sizes = [(64, 64), (96, 48), (40, 120), (128, 96), (50, 50)]
+    for i in range(n):
+        n_clips = 1 + (i % 3 == 2)
+        content = [{"type": "text", "text": f"clip {i}:"}] + [{"type": "image"}] * (FRAMES * n_clips)
+        content.append({"type": "text", "text": "what changes between the frames?"})
+        messages = [{"role": "user", "content": content},
+                    {"role": "assistant", "content": [{"type": "text", "text": "the disc moves " * (1 + i % 3)}]}]
+        frames = [Image.new("RGB", sizes[i % len(sizes)], (30 * j % 256, 90, 160)) for j in range(FRAMES * n_clips)]
+        yield messages, frames, [FRAMES] * n_clips
+
+
+def encoded_counts(processor, messages, frames, clips) -> dict:
+    """What the trainer's encoding reports for the sample on the native path."""
+    msgs, groups = as_video(messages, frames, clips)
+    enc = encode(processor, [msgs], [[]], videos=[groups])
+    return {"visual_tokens": enc.visual_tokens[0], "text_tokens": enc.text_tokens[0]}
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_native_counts_equal_encode(family, tiny_dirs):
+    native, images = TokenCounter(tiny_dirs[family], "native"), TokenCounter(tiny_dirs[family], "images")
+    for messages, frames, clips in video_samples(3 * CHECKED_SAMPLES):
+        got = native.count(messages, frames, "video", clips)
+        assert got == encoded_counts(native.processor, messages, frames, clips), family
+        on_images = images.count(messages, frames, "video", clips)
+        assert on_images != got, family
+        if family != "internvl":  # InternVL writes a clip's frames as images (same tokens, plus Frame labels)
+            assert on_images["visual_tokens"] != got["visual_tokens"], family
+        # the image path of the native counter is untouched: image samples count as on the images path
+        assert native.count(messages, frames) == images.count(messages, frames)
+    # The family's clip arithmetic agrees with its processor and takes over after the checked samples.
+    assert native.video_mode == "arithmetic", family
+
+
+def test_native_needs_a_video_path(tiny_dirs):
+    with pytest.raises(TokenCountError, match=r"no video processor.*video_input: images"):
+        TokenCounter(tiny_dirs["llava"], "native")
+    with pytest.raises(TokenCountError, match=r"video_input must be one of images, native"):
+        TokenCounter(tiny_dirs["qwen2_vl"], "clips")
+
+
+def _shard_samples(out):
+    return list(wds.WebDataset(shard_urls(out), shardshuffle=False).decode("pil"))
+
+
+def _frames(s) -> list:
+    return [s[k] for k in sorted(k for k in s if k.endswith(".jpg"))]
+
+
+def _encode_build(processor, out, video_input: str) -> dict:
+    """Visual and text tokens of a build's samples, as `train.chat.encode` reports them on the path."""
+    total = {"visual_tokens": 0, "text_tokens": 0}
+    for s in _shard_samples(out):
+        js, frames = s["json"], _frames(s)
+        if video_input == "native":
+            c = encoded_counts(processor, js["messages"], frames, js.get("clips"))
+        else:
+            enc = encode(processor, [js["messages"]], [frames])
+            c = {"visual_tokens": enc.visual_tokens[0], "text_tokens": enc.text_tokens[0]}
+        for k in total:
+            total[k] += c[k]
+    return total
+
+
+def _recipe(tmp, name, **fields):
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(fields))
+    return p
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next_video"])
+def test_native_build_counts_what_training_encodes(family, tiny_dirs, tmp_path):
+    model = str(tiny_dirs[family])
+    common = dict(kind="video", sources=[{"type": "synthetic_video"}], samples=6, frames=FRAMES, model=model)
+    native = build(str(_recipe(tmp_path, "nat", video_input="native", **common)), tmp_path / "nat")
+    plain = build(str(_recipe(tmp_path, "img", **common)), tmp_path / "img")
+    assert native["video_input"] == "native" and plain["video_input"] == "images"
+    processor = load_processor(model)
+    assert {k: native["counts"][k] for k in ("visual_tokens", "text_tokens")} == _encode_build(
+        processor, tmp_path / "nat", "native")
+    assert {k: plain["counts"][k] for k in ("visual_tokens", "text_tokens")} == _encode_build(
+        processor, tmp_path / "img", "images")
+    assert native["counts"]["visual_tokens"] != plain["counts"]["visual_tokens"]
+
+
+def test_native_build_of_real_videos_keeps_each_clip(tiny_dirs, tmp_path):
+    """Two videos whose tags stand side by side stay two clips (the sample's `clips`), in the count too."""
+    media = tmp_path / "videos"
+    for i in range(4):
+        mp4(media / f"{i}.mp4", i, n_frames=8, size=(48, 32))
+    recs = [{"id": f"one{i}", "video": f"{i}.mp4",
+             "conversations": [{"from": "human", "value": "<video>\nWhat happens?"},
+                               {"from": "gpt", "value": f"The colour shifts {i}."}]} for i in range(3)]
+    recs.append({"id": "two", "videos": ["0.mp4", "3.mp4"],
+                 "conversations": [{"from": "human", "value": "<video><video>\nAre these the same clip?"},
+                                   {"from": "gpt", "value": "No."}]})
+    (tmp_path / "ann.json").write_text(json.dumps(recs))
+    model = str(tiny_dirs["qwen2_vl"])
+    rec = _recipe(tmp_path, "real", kind="video", samples=4, frames=3, model=model, video_input="native",
+                  sources=[{"type": "llava_video", "path": str(tmp_path / "ann.json"), "media_root": str(media)}])
+    m = build(str(rec), tmp_path / "out")
+    samples = {s["json"]["id"]: s for s in _shard_samples(tmp_path / "out")}
+    assert samples["two"]["json"]["clips"] == [3, 3] and samples["one0"]["json"]["clips"] == [3]
+    msgs, groups = as_video(samples["two"]["json"]["messages"], _frames(samples["two"]), [3, 3])
+    assert [len(g) for g in groups] == [3, 3]
+    assert m["counts"]["visual_tokens"] == _encode_build(load_processor(model), tmp_path / "out", "native")[
+        "visual_tokens"]
+
+
+def test_match_by_visual_tokens_uses_the_references_video_path(tiny_dirs, tmp_path):
+    model = str(tiny_dirs["qwen2_vl"])
+    video = dict(kind="video", sources=[{"type": "synthetic_video"}], samples=10, frames=FRAMES, model=model)
+    ref_native = _recipe(tmp_path, "vnat", video_input="native", **video)
+    ref_images = _recipe(tmp_path, "vimg", **video)
+    img = dict(kind="image", sources=[{"type": "synthetic_image"}], model=model)
+    to_native = build(str(_recipe(tmp_path, "m1", match={"to": str(ref_native), "by": "visual_tokens"}, **img)),
+                      tmp_path / "m1")
+    to_images = build(str(_recipe(tmp_path, "m2", match={"to": str(ref_images), "by": "visual_tokens"}, **img)),
+                      tmp_path / "m2")
+    native_ref = read_manifest(tmp_path / "vnat")
+    assert native_ref["video_input"] == "native"
+    assert to_native["match"]["target"] == native_ref["counts"]["visual_tokens"]
+    assert to_native["match"]["target"] == _encode_build(load_processor(model), tmp_path / "vnat", "native")[
+        "visual_tokens"]
+    assert to_images["match"]["target"] == read_manifest(tmp_path / "vimg")["counts"]["visual_tokens"]
+    assert to_native["match"]["target"] < to_images["match"]["target"]  # Qwen merges frame pairs on native
+    assert to_native["counts"]["samples"] < to_images["counts"]["samples"]

@@ -49,8 +49,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_recipes.build import read_manifest, shard_urls
 from data_recipes.resize import fit
 from data_recipes.clips import VIDEO_INPUTS, as_video
+from data_recipes.processors import frame_options
 from train.chat import ConversationError, encode, validate_messages, video_token_id
-from train.families import frame_options
 
 
 _EXAMPLES = 5

@@ -134,21 +134,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-# Processor options for frames of a clip fed as images (`video_input: images`), per family. InternVL
-# tiles a large image into up to 12 crops plus a thumbnail (13 x 256 tokens); frames of a video go in
-# as one tile each, as InternVL's own video prompt feeds them.
-FRAME_OPTIONS: dict[str, dict] = {"internvl": {"crop_to_patches": False}}
-
-
-def frame_options(processor) -> dict:
-    """`FRAME_OPTIONS` of the family whose processor class `processor` is (empty for the others)."""
-    name = type(processor).__name__
-    for fam in FAMILIES.values():
-        if name == fam.processor_class:
-            return dict(FRAME_OPTIONS.get(fam.name, {}))
-    return {}
-
-
 def get_family(name: str) -> Family:
     """The registry entry for `name`; an unknown name lists the supported ones."""
     try:

@@ -5,7 +5,10 @@ is the same for every task: finding what is already done, splitting items across
 and merging predictions, resuming, writing metrics.json, MLflow. A task only says
 
 - `settings()`  which settings its results depend on (a finished evaluation with equal settings is
-                skipped; other settings start over);
+                skipped; other settings start over), given the checkpoint's identity and how its frames
+                are fed (`FrameInputs`: video_input and max_pixels resolved against its run.json);
+- `check(subject)` (optional) refuses a checkpoint the task cannot run on, for every checkpoint
+                before any item of any checkpoint runs;
 - `items()`     the items to evaluate (listed cheaply; `self.problems` lists items that cannot be);
 - `keys(item)`  the prediction rows one item yields (unique strings, in the canonical order);
 - `predict(subject, item, todo)` the rows for the keys in `todo` (each row a JSON dict with `key`);
@@ -21,7 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Sequence
 
-from evalsuite.config import EvalConfig
+from evalsuite.config import EvalConfig, FrameInputs
 
 
 class Task(ABC):
@@ -33,8 +36,12 @@ class Task(ABC):
         self.problems: list[dict] = []
 
     @abstractmethod
-    def settings(self, subject_info: dict) -> dict:
-        """JSON-able settings the results depend on (includes the checkpoint's identity)."""
+    def settings(self, subject_info: dict, inputs: FrameInputs | None = None) -> dict:
+        """JSON-able settings the results depend on (includes the checkpoint's identity; `inputs`: how its
+        frames are fed, default images at their rendered or decoded size)."""
+
+    def check(self, subject) -> None:
+        """Raise `ConfigError` when this task cannot run on `subject` (called before any item runs)."""
 
     @abstractmethod
     def items(self) -> Sequence[Any]:

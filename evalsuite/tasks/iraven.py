@@ -47,7 +47,8 @@ class IRavenTask(Task):
 
     _puzzles: list[Puzzle] | None = None  # listed on first use: a finished checkpoint needs no data
 
-    def settings(self, subject_info: dict) -> dict:
+    def settings(self, subject_info: dict, inputs=None) -> dict:
+        # I-RAVEN panels are rendered at the model's input size: neither video_input nor max_pixels apply
         cfg = self.cfg
         data = {"data": str(Path(cfg.iraven_data).expanduser().resolve()), "per_config": cfg.iraven_limit or cfg.limit} \
             if cfg.iraven_data else {"data": "generated", "generator_seed": SEED, "per_config": cfg.iraven_limit or cfg.limit or PER_CONFIG}

@@ -9,7 +9,9 @@ Every item starts from its vCoT input (same benchmark, frames, infill source and
     words   own frames, own infills with the words inside each infill shuffled (seeded)
 
 Metrics per F: the four accuracies and `drop_<p>` = acc_vcot - acc_<p> (positive: accuracy lost),
-a paired difference over the same items with bootstrap CI and exact McNemar p. A model that reads
+a paired difference over the same items with bootstrap CI and exact McNemar p. Every condition is a
+vCoT input (text between the frames), so frames are always fed as images, whatever `--video-input`
+says; they go through the checkpoint's `max_pixels` like vcot's. A model that reads
 its infills loses under `text`: in the paper the image LLaVA-NeXT lost 9.4 points under the text
 perturbation at F=5, the video model (LLaVA-NeXT-Video) 1.6.
 
@@ -41,8 +43,12 @@ class ShuffleTask(VCoTTask):
         else:
             self.partner = {it.id: items[j] for it, j in zip(items, derangement(len(items), cfg.seed))}
 
-    def settings(self, subject_info: dict) -> dict:
-        return super().settings(subject_info) | {"conditions": list(CONDITIONS)}
+    def video_inputs(self, inputs) -> dict[str, str]:
+        """Infills sit between the frames in every condition: images only (and no video path needed)."""
+        return {c: "images" for c in CONDITIONS}
+
+    def settings(self, subject_info: dict, inputs=None) -> dict:
+        return super().settings(subject_info, inputs) | {"conditions": list(CONDITIONS)}
 
     def items(self) -> list[Item]:
         return self.bench.items if self.partner else []
@@ -54,7 +60,7 @@ class ShuffleTask(VCoTTask):
         """Per F: the item's frame indices, its frames and its F-1 infills."""
         idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
         wanted = sorted({i for v in idx.values() for i in v})
-        frames = dict(zip(wanted, self.bench.frames(item, wanted)))
+        frames = dict(zip(wanted, self.bench.frames(item, wanted, max_pixels=subject.inputs.max_pixels)))
         # The same pairs in the same order as VCoTTask.predict asks for: the same generation batches,
         # hence cache hits and identical texts whether or not `vcot` ran first.
         pairs = [(a, b) for f in self.cfg.frames for a, b in zip(idx[f], idx[f][1:])]
@@ -80,7 +86,7 @@ class ShuffleTask(VCoTTask):
             images.append(frames[f])
             rows.append({"key": key, **where, "frames_from": partner.id if cond == "visual" else item.id,
                          "infills_from": partner.id if cond == "text" else item.id, "indices": idx[f],
-                         "answer": item.answer, "texts": texts})
+                         "answer": item.answer, "texts": texts, "video_input": "images"})
         return self.answer(subject, item, rows, contents, images)
 
     def summarize(self, rows: list[dict]) -> dict:

@@ -5,19 +5,31 @@ then question), `caption` (each frame followed by a static description), `vcot` 
 with what happened between consecutive frames). Metrics per F: the three accuracies and the paired
 differences `gain` = vcot - base, `caption_gain` = caption - base, `vcot_vs_caption` = vcot - caption.
 
+How frames reach the model (`--video-input`, default the checkpoint's run.json): on `native` the `base`
+condition, whose frames are one uninterrupted run, feeds them as one clip through the family's video
+path (a `{"type": "video"}` part, `data_recipes.clips.as_video`), as a model trained with
+`video_input: native` saw its videos; caption and vcot put text between the frames, so they always feed
+images. Each row says which path its prompt took (`video_input`), and the settings record it per
+condition with the frames' `max_pixels`.
+
     python -m evalsuite vcot ckpt/video_100k --frames 5 10 --infills model:models/generator
 """
 
 from __future__ import annotations
 
+from data_recipes.clips import as_video
+from data_recipes.processors import frame_options
 from data_recipes.video import VideoError
 from evalsuite import comparisons, prompts
 from evalsuite.benchmarks import Item, load_benchmark
+from evalsuite.config import ConfigError, FrameInputs
 from evalsuite.extraction import extract_choice
 from evalsuite.scoring import score_options
 from evalsuite.tasks.base import Task
 
 CONTRASTS = {"gain": ("vcot", "base"), "caption_gain": ("caption", "base"), "vcot_vs_caption": ("vcot", "caption")}
+CLIP_CONDITIONS = ("base",)
+"""Conditions whose frames are one run with no text between them: the ones that can be fed as a clip."""
 
 
 class VCoTTask(Task):
@@ -29,10 +41,29 @@ class VCoTTask(Task):
         self.bench = load_benchmark(cfg)
         self.problems = list(self.bench.problems)
 
-    def settings(self, subject_info: dict) -> dict:
-        cfg = self.cfg
+    def video_inputs(self, inputs: FrameInputs) -> dict[str, str]:
+        """The path each condition's frames take: `native` (one clip) or `images`."""
+        return {c: inputs.video_input if c in CLIP_CONDITIONS else "images" for c in prompts.CONDITIONS}
+
+    def check(self, subject) -> None:
+        inputs = subject.inputs
+        if "native" not in self.video_inputs(inputs).values():
+            return
+        family = subject.family
+        if family.video_placeholder is None:
+            from train.families import FAMILIES
+
+            asked = ("--video-input native" if inputs.origin == "--video-input"
+                     else f"{inputs.origin} says video_input native")
+            with_path = ", ".join(sorted(n for n, f in FAMILIES.items() if f.video_placeholder is not None))
+            raise ConfigError(f"{asked}, but {subject.ref.name} is a {family.name} model, which has no native video "
+                              f"path (families with one: {with_path}); evaluate it with --video-input images")
+
+    def settings(self, subject_info: dict, inputs: FrameInputs | None = None) -> dict:
+        cfg, inputs = self.cfg, inputs or FrameInputs()
         out = {"task": self.name, **self.bench.describe(), "frames": list(cfg.frames), "limit": cfg.limit,
-               "seed": cfg.seed, "image_size": self.bench.size, "scoring": cfg.scoring, "n_boot": cfg.n_boot,
+               "seed": cfg.seed, "image_size": self.bench.size, "max_pixels": inputs.max_pixels,
+               "video_input": self.video_inputs(inputs), "scoring": cfg.scoring, "n_boot": cfg.n_boot,
                "infills": self.resources.describe_infills(), "infill_tokens": cfg.infill_tokens,
                "prompts": prompts.PROMPTS_HASH,
                # the weights, not the path: a moved or renamed checkpoint is not evaluated again
@@ -51,10 +82,12 @@ class VCoTTask(Task):
         return [f"{item.id}|f{f}|{c}" for f in self.cfg.frames for c in prompts.CONDITIONS]
 
     def predict(self, subject, item: Item, todo: list[str]) -> list[dict]:
+        inputs = subject.inputs
+        paths = self.video_inputs(inputs)
         try:
             idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
             wanted = sorted({i for v in idx.values() for i in v})
-            frames = dict(zip(wanted, self.bench.frames(item, wanted)))
+            frames = dict(zip(wanted, self.bench.frames(item, wanted, max_pixels=inputs.max_pixels)))
         except VideoError as e:
             return [{"key": k, **self._where(k, item), "error": str(e)} for k in todo]
         source = self.resources.infill_source(subject)
@@ -62,26 +95,40 @@ class VCoTTask(Task):
         pairs = [(a, b) for f in self.cfg.frames for a, b in zip(idx[f], idx[f][1:])]
         transitions = source.transitions(item, pairs, frames)
         captions = source.captions(item, wanted, frames)
-        rows, contents, images = [], [], []
+        rows, contents, images, videos = [], [], [], []
         for key in todo:
             where = self._where(key, item)
             f, cond = where["frames"], where["condition"]
             texts = {"base": None, "caption": [captions[i] for i in idx[f]],
                      "vcot": [transitions[p] for p in zip(idx[f], idx[f][1:])]}[cond]
-            contents.append(prompts.user_content(cond, f, item.question, item.options, texts))
-            images.append([frames[i] for i in idx[f]])
-            rows.append({"key": key, **where, "indices": idx[f], "answer": item.answer, "texts": texts})
-        return self.answer(subject, item, rows, contents, images)
+            content = prompts.user_content(cond, f, item.question, item.options, texts)
+            imgs, clips = [frames[i] for i in idx[f]], []
+            if paths[cond] == "native":  # the F image markers become one video part, the frames one clip
+                (turn,), clips = as_video(prompts.conversation(content), imgs, where=key)
+                content, imgs = turn["content"], []
+            contents.append(content)
+            images.append(imgs)
+            videos.append(clips)
+            rows.append({"key": key, **where, "indices": idx[f], "answer": item.answer, "texts": texts,
+                         "video_input": paths[cond]})
+        return self.answer(subject, item, rows, contents, images, videos)
 
-    def answer(self, subject, item: Item, rows: list[dict], contents: list, images: list) -> list[dict]:
-        """Fill each row's prediction for its prompt (loglik or generate + extraction) and correctness."""
+    def answer(self, subject, item: Item, rows: list[dict], contents: list, images: list,
+               videos: list | None = None) -> list[dict]:
+        """Fill each row's prediction for its prompt (loglik or generate + extraction) and correctness.
+
+        `images[i]` fills prompt i's image markers, `videos[i]` (when given) its video parts, one clip each."""
+        videos = videos if videos is not None else [[] for _ in contents]
+        options = frame_options(subject.processor)  # frames fed as images: the family's frame options
         if self.cfg.scoring == "loglik":
-            for row, content, imgs in zip(rows, contents, images):
-                scores = score_options(subject.model, subject.processor, content, imgs, item.options)
+            for row, content, imgs, clips in zip(rows, contents, images, videos):
+                scores = score_options(subject.model, subject.processor, content, imgs, item.options, videos=clips,
+                                       image_options=options)
                 row |= {"pred": scores.choice, "logliks": scores.logliks}
         else:
             answers = subject.chat.generate(contents, images, max_new_tokens=self.cfg.answer_tokens,
-                                            batch_size=self.cfg.batch_size)
+                                            batch_size=self.cfg.batch_size,
+                                            videos=videos if any(videos) else None, image_options=options)
             judge = self.resources.judge_for(item.question, item.options)
             for row, answer in zip(rows, answers):
                 ext = extract_choice(answer, item.options, judge)
