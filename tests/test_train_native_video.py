@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import run  # noqa: E402
 
 FRAMES, SIZE = 4, 64
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,19 @@ def test_three_steps_through_the_video_path(work, family):
     per_clip = video_tokens(family, proc, FRAMES, SIZE, SIZE)
     assert info["consumed"]["visual_tokens"] == 6 * per_clip
     assert info["consumed"]["images"] == 6 * FRAMES  # frames are still counted as images seen
+    # ... and is evaluated through the same path, read from its run.json
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}", PYTHONPATH=str(REPO))
+    p = subprocess.run([sys.executable, "-m", "evalsuite", "vcot", str(work / "ckpt" / family), "--limit", "3",
+                        "--frames", str(FRAMES), "--infills", "oracle", "--n-boot", "50"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = work / "ckpt" / family / "eval" / "vcot"
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {r["condition"]: r["video_input"] for r in rows} == {"base": "native", "caption": "images",
+                                                                 "vcot": "images"}
+    assert len(rows) == 9 and all("pred" in r for r in rows)
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["video_input"]["base"] == "native"
     # the same data as separate images costs more tokens per sample (LLaVA-NeXT-Video pools 4x, Qwen
     # merges two frames into one temporal patch)
     run(work, "--recipe", str(work / f"{family}.yaml"), "--run_name", f"{family}_img", "--max_steps", "1",
