@@ -55,3 +55,18 @@ def as_video(messages: Sequence[dict], images: Sequence, clips: Sequence[int] | 
         raise ClipError(f"{where}: field 'clips' gives {sizes} frames per clip, the markers give "
                                 f"{[len(g) for g in groups]}")
     return out, groups
+
+
+def clip_metadata(groups: Sequence[Sequence], clip_fps: Sequence[float | None] | None) -> list[dict] | None:
+    """transformers' `video_metadata` for clips whose sampled frame rate is known (None when none is).
+
+    A clip's frames were sampled from a longer video; `clip_fps` gives, per clip, how many of them fall
+    in a second of it (`data_recipes.video.sampled_fps`). Qwen2.5-VL spaces its temporal position ids
+    by that time; without it, transformers assumes 24 frames a second."""
+    if not clip_fps or not any(clip_fps):
+        return None
+    if len(clip_fps) != len(groups):
+        raise ClipError(f"field 'clip_fps' gives {len(clip_fps)} rates for {len(groups)} clips")
+    return [{"total_num_frames": len(g), "fps": fps, "frames_indices": list(range(len(g)))}
+            for g, fps in zip(groups, clip_fps)]
+

@@ -17,7 +17,9 @@ several worker processes and still write byte-identical shards.
   first question. A video (mp4 through PyAV, or frame files) gives the recipe's `frames` frames,
   sampled uniformly, as that many image markers where its tag stood (`<video>`, or `<image>` as
   LLaVA-Video-178K writes it); the sample's `clips` field lists the frames of each video (what
-  `data_recipes.clips.as_video` groups into clips on the native video path). An image recipe takes
+  `data_recipes.clips.as_video` groups into clips on the native video path) and, for an mp4,
+  `clip_fps` how many of the sampled frames fall in one second of the video (Qwen2.5-VL spaces its
+  temporal positions by it). An image recipe takes
   single-image, multi-image and text-only records; a video recipe takes video records.
   Broken records are a `Skip` (bad, counted against `max_bad_fraction`); well-formed records the
   toolkit does not train on are `Unsupported` (counted by reason apart; see `UNSUPPORTED`).
@@ -41,7 +43,7 @@ from PIL import Image
 from data_recipes import synthetic
 from data_recipes.recipe import Recipe, RecipeError, Source, expand_path
 from data_recipes.resize import fit
-from data_recipes.video import VideoError, read_frames, uniform_indices
+from data_recipes.video import VideoError, count_frames, frame_rate, read_frames, sampled_fps, uniform_indices
 
 
 @dataclass
@@ -349,7 +351,8 @@ class LlavaSource:
         return images, videos, turns_to_messages(parse_turns(rec[key], where), media, kind, where, system)
 
     def _read_video(self, item, rid: str, where: str):
-        """Frames of one video (an mp4, or a list of frame files sampled the same way), or a Skip."""
+        """(frames, sampled frames per second or None) of one video (an mp4, or a list of frame files
+        sampled the same way), or a Skip."""
         r = self.recipe
         if isinstance(item, list):
             picked = [item[j] for j in uniform_indices(len(item), r.frames)]
@@ -359,13 +362,14 @@ class LlavaSource:
                 if isinstance(im, Skip):
                     return im
                 frames.append(im)
-            return frames
+            return frames, None  # frame files carry no timing
         media = self.root / item
         if not media.is_file():
             return Skip("missing_video", rid, f"{where}: {media} does not exist")
         try:
             images = read_frames(media, num_frames=r.frames, size=None)
-            return [fit(im.convert("RGB"), self.budget) for im in images]
+            rate = sampled_fps(len(images), count_frames(media), frame_rate(media))
+            return [fit(im.convert("RGB"), self.budget) for im in images], rate
         except (OSError, VideoError, ValueError) as e:
             return Skip("unreadable_video", rid, f"{where}: {media}: {e}")
 
@@ -405,12 +409,13 @@ class LlavaSource:
             return Skip(e.reason, rid, str(e))
         except ValueError as e:
             return Skip("malformed_conversation", rid, str(e))
-        pixels = []
+        pixels, rates = [], []
         for item in videos:
-            frames = self._read_video(item, rid, where)
-            if isinstance(frames, Skip):
-                return frames
-            pixels += frames
+            got = self._read_video(item, rid, where)
+            if isinstance(got, Skip):
+                return got
+            pixels += got[0]
+            rates.append(got[1])
         for name in images:
             im = self._read_image(name, rid, where)
             if isinstance(im, Skip):
@@ -430,6 +435,8 @@ class LlavaSource:
               "messages": messages, "meta": meta}
         if videos:  # frames per clip: two videos whose tags stood side by side stay two clips (`as_video`)
             js["clips"] = [self.recipe.frames] * len(videos)
+            if any(rates):  # sampled frames per second of each clip (None: unknown), for Qwen2.5-VL's time ids
+                js["clip_fps"] = [round(x, 6) if x else None for x in rates]
         return Sample(js, pixels)
 
 

@@ -148,6 +148,21 @@ def count_frames(path: PathLike, exact: bool = False) -> int:
     return int(n)
 
 
+def frame_rate(path: PathLike) -> float | None:
+    """Frames per second of the first video stream (None when the container does not say)."""
+    p = Path(path)
+    container, stream = _open_input(p)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
+
+
+def sampled_fps(num_frames: int, total_frames: int, fps: float | None) -> float | None:
+    """Frames per second of `num_frames` frames sampled across a whole clip of `total_frames` at `fps`:
+    what Qwen2.5-VL needs to space its temporal positions by real time."""
+    return num_frames * fps / total_frames if fps and total_frames else None
+
+
 def read_frames(
     path: PathLike,
     indices: Sequence[int] | None = None,

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from data_recipes.resize import fit
-from data_recipes.video import count_frames, read_frames, uniform_indices
+from data_recipes.video import count_frames, frame_rate, read_frames, sampled_fps, uniform_indices
 from evalsuite.config import ConfigError, EvalConfig
 
 SYNTHETIC_ITEMS = 200  # default size of the synthetic benchmark when --limit is not given
@@ -62,6 +62,10 @@ class Benchmark:
 
     def indices(self, item: Item, num_frames: int) -> list[int]:
         return uniform_indices(self.clip_length(item), num_frames)
+
+    def clip_fps(self, item: Item, num_frames: int) -> float | None:
+        """How many of `num_frames` sampled frames fall in one second of the video (None: no timing)."""
+        return None
 
     def frames(self, item: Item, indices: list[int], max_pixels: int | None = None) -> list[Image.Image]:
         """The frames at `indices`, each within `max_pixels` pixels (aspect kept; None: as rendered or decoded)."""
@@ -117,6 +121,7 @@ class EgoSchema(Benchmark):
         if not isinstance(answers, dict):
             raise BenchmarkError(f"{afile}: expected a mapping {{q_uid: 0..4}}")
         self._lengths: dict[str, int] = {}
+        self._rates: dict[str, float | None] = {}
         answered = []
         for n, q in enumerate(questions):
             if not isinstance(q, dict):
@@ -150,6 +155,11 @@ class EgoSchema(Benchmark):
         if item.id not in self._lengths:
             self._lengths[item.id] = count_frames(item.path)
         return self._lengths[item.id]
+
+    def clip_fps(self, item: Item, num_frames: int) -> float | None:
+        if item.id not in self._rates:
+            self._rates[item.id] = frame_rate(item.path)
+        return sampled_fps(num_frames, self.clip_length(item), self._rates[item.id])
 
     def _frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
         return read_frames(item.path, indices=list(indices))  # the video's own size; `frames` applies the rule

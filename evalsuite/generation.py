@@ -101,10 +101,10 @@ class ChatModel:
     @torch.no_grad()
     def generate(self, contents: Sequence[list[dict]], images: Sequence[list] | None = None, *,
                  max_new_tokens: int, batch_size: int = 8, videos: Sequence[list] | None = None,
-                 image_options: dict | None = None) -> list[str]:
+                 image_options: dict | None = None, video_fps: Sequence[list | None] | None = None) -> list[str]:
         """Greedy answers to `contents` (one user turn each; `images[i]` fills the image markers of turn i,
         `videos[i]` its `{"type": "video"}` parts, one clip of frames each: the family's video path;
-        `image_options` go to the image processor)."""
+        `video_fps[i]` their sampled frame rates; `image_options` go to the image processor)."""
         images = list(images) if images is not None else [[] for _ in contents]
         if len(images) != len(contents):
             raise ValueError(f"{len(contents)} prompts but {len(images)} image lists")
@@ -118,8 +118,9 @@ class ChatModel:
             imgs = [list(images[i]) for i in chunk]
             if self.processor is not None:
                 clips = [list(videos[i]) for i in chunk] if videos is not None else None
-                enc = processor_inputs(self.processor, texts, imgs, clips, padding=True, padding_side="left",
-                                       return_tensors="pt", **(image_options or {}))
+                rates = [video_fps[i] for i in chunk] if video_fps is not None else None
+                enc = processor_inputs(self.processor, texts, imgs, clips, video_fps=rates, padding=True,
+                                       padding_side="left", return_tensors="pt", **(image_options or {}))
             else:
                 enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
             enc = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}

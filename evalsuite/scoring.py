@@ -67,13 +67,15 @@ def option_continuations(processor, messages: list[dict], options: list[str]) ->
 
 @torch.no_grad()
 def score_options(model, processor, content: list[dict], images: list, options: list[str],
-                  videos: list[list] | None = None, image_options: dict | None = None) -> OptionScores:
+                  videos: list[list] | None = None, image_options: dict | None = None,
+                  video_fps: list | None = None) -> OptionScores:
     """Log-likelihood of every option after the user turn `content` (with `images`, and `videos`: one clip
     of frames per `{"type": "video"}` part). `image_options` go to the image processor (a clip's frames
-    fed as images take `data_recipes.processors.frame_options`)."""
+    fed as images take `data_recipes.processors.frame_options`); `video_fps` the clips' sampled frame
+    rates (None where unknown)."""
     prefix, conts = option_continuations(processor, prompts.conversation(content), options)
     enc = processor_inputs(processor, [prefix], [list(images)], [list(videos)] if videos else None,
-                           return_tensors="pt", **(image_options or {}))
+                           video_fps=[video_fps] if videos else None, return_tensors="pt", **(image_options or {}))
     enc = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
     # Only the last prefix position predicts an option token: at real scale the full logits of a
     # 2k-token prefix over a 32k vocabulary would cost a large matmul and ~256 MB for nothing.

@@ -334,3 +334,22 @@ def test_infill_cache_key_follows_the_frame_budget(tmp_path):
     assert len(set(keys.values())) == 3
     old = json.dumps([item.video, [3, 9], 64, "transition", "gen-abc", prompts.PROMPTS_HASH, 48])
     assert keys[None] == hashlib.sha256(old.encode()).hexdigest()
+
+
+def test_egoschema_clips_carry_their_sampled_rate(tmp_path, tmp_path_factory, monkeypatch, one_thread):  # noqa: F811
+    """A native base prompt on EgoSchema tells the processor how many sampled frames fall in a second
+    (Qwen2.5-VL's temporal ids); the synthetic benchmark, with no timing, tells nothing."""
+    root = _egoschema(tmp_path)  # 12 frames written at write_video's 8 frames/s
+    ckpt = _checkpoint("qwen2_5_vl", tmp_path, tmp_path_factory, {"video_input": "native"})
+    rates = []
+    real = evalsuite.scoring.processor_inputs
+
+    def spy(processor, texts, images, videos, **kwargs):
+        if videos:
+            rates.append(kwargs.get("video_fps"))
+        return real(processor, texts, images, videos, **kwargs)
+
+    monkeypatch.setattr(evalsuite.scoring, "processor_inputs", spy)
+    evaluate([checkpoint_ref(ckpt)], ["vcot"], fast_config(benchmark="egoschema", data=str(root), limit=None,
+                                                          frames=(2,)), tmp_path / "cache")
+    assert rates == [[[pytest.approx(2 * 8 / 12)]]]

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from data_recipes.clips import clip_metadata
 
 IGNORE_INDEX = -100
 
@@ -189,20 +190,30 @@ def video_token_id(processor) -> int | None:
 
 
 def processor_inputs(processor, texts: list[str], images: Sequence[Sequence], videos: Sequence[Sequence] | None,
-                     **kwargs):
-    """`processor(...)` with each of images / videos passed only when a sample has some."""
+                     video_fps: Sequence[Sequence] | None = None, **kwargs):
+    """`processor(...)` with each of images / videos passed only when a sample has some.
+
+    `videos[i]` are prompt i's clips; `video_fps[i]` (optional) their sampled frame rates, None where
+    unknown (`data_recipes.clips.clip_metadata`)."""
     has_images = any(len(x) for x in images)
     has_videos = videos is not None and any(len(v) for v in videos)
     if has_videos and getattr(processor, "video_processor", None) is None:
         raise ConversationError(f"{type(processor).__name__} has no video processor: this family has no native "
                                 f"video path (use video_input: images)")
+    if has_videos:
+        clips = [list(c) for v in videos for c in v]
+        rates = [r for i, v in enumerate(videos) for r in (video_fps[i] if video_fps and video_fps[i] else
+                                                            [None] * len(v))]
+        metadata = clip_metadata(clips, rates)
+        if metadata is not None:
+            kwargs["video_metadata"] = metadata
     return processor(text=texts, images=[list(x) for x in images] if has_images else None,
-                     videos=[list(c) for v in videos for c in v] if has_videos else None, **kwargs)
+                     videos=clips if has_videos else None, **kwargs)
 
 
 def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence], *,
            with_labels: bool = True, videos: Sequence[Sequence] | None = None,
-           image_options: dict | None = None) -> Encoded:
+           video_fps: Sequence[Sequence] | None = None, image_options: dict | None = None) -> Encoded:
     """Tokenize a batch of interleaved conversations with their frames (right-padded).
 
     `videos` (native video path, see `data_recipes.clips.as_video`): per conversation, its clips (each
@@ -219,7 +230,7 @@ def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[
         texts, spans = [t for t, _ in rendered], [s for _, s in rendered]
     else:
         texts, spans = render_many(processor, conversations, add_generation_prompt=True), [[] for _ in conversations]
-    out = processor_inputs(processor, texts, images, videos, padding=True, return_tensors="pt",
+    out = processor_inputs(processor, texts, images, videos, video_fps=video_fps, padding=True, return_tensors="pt",
                            return_offsets_mapping=with_labels, return_text_replacement_offsets=with_labels,
                            **(image_options or {}))
     out = dict(out)

@@ -95,7 +95,7 @@ def encode_samples(processor, raw: list[dict], video_input: str = "images", max_
     The one place a sample becomes model inputs, for training batches, the budget's prescan and the
     dry-run plan: images and frames under the resize rule, a video sample's frames as clips on the
     native path."""
-    convs, images, clips, frames, kinds = [], [], [], [], []
+    convs, images, clips, frames, kinds, rates = [], [], [], [], [], []
     for s in raw:
         js = json.loads(s["json"])
         kinds.append(js.get("kind"))
@@ -103,13 +103,13 @@ def encode_samples(processor, raw: list[dict], video_input: str = "images", max_
         frames.append(len(ims))
         if video_input == "native" and js.get("kind") == "video":
             msgs, groups = as_video(js["messages"], ims, js.get("clips"), where=s.get("__key__", "sample"))
-            convs.append(msgs), images.append([]), clips.append(groups)
+            convs.append(msgs), images.append([]), clips.append(groups), rates.append(js.get("clip_fps"))
         else:
-            convs.append(js["messages"]), images.append(ims), clips.append([])
+            convs.append(js["messages"]), images.append(ims), clips.append([]), rates.append(None)
     # A batch of video samples fed as images takes the family's frame options (InternVL: one tile per
     # frame); a batch with image samples keeps the processor's own settings.
     frames_only = all(k == "video" for k in kinds)
-    enc = encode(processor, convs, images, videos=clips if any(clips) else None,
+    enc = encode(processor, convs, images, videos=clips if any(clips) else None, video_fps=rates,
                  image_options=frame_options(processor) if frames_only else None)
     counts = {"samples": [1] * len(raw), "images": frames, "visual_tokens": enc.visual_tokens,
               "text_tokens": enc.text_tokens, "supervised_tokens": enc.supervised_tokens}

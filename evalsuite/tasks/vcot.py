@@ -95,7 +95,7 @@ class VCoTTask(Task):
         pairs = [(a, b) for f in self.cfg.frames for a, b in zip(idx[f], idx[f][1:])]
         transitions = source.transitions(item, pairs, frames)
         captions = source.captions(item, wanted, frames)
-        rows, contents, images, videos = [], [], [], []
+        rows, contents, images, videos, rates = [], [], [], [], []
         for key in todo:
             where = self._where(key, item)
             f, cond = where["frames"], where["condition"]
@@ -109,26 +109,30 @@ class VCoTTask(Task):
             contents.append(content)
             images.append(imgs)
             videos.append(clips)
+            rates.append([self.bench.clip_fps(item, f)] if clips else None)
             rows.append({"key": key, **where, "indices": idx[f], "answer": item.answer, "texts": texts,
                          "video_input": paths[cond]})
-        return self.answer(subject, item, rows, contents, images, videos)
+        return self.answer(subject, item, rows, contents, images, videos, rates)
 
     def answer(self, subject, item: Item, rows: list[dict], contents: list, images: list,
-               videos: list | None = None) -> list[dict]:
+               videos: list | None = None, rates: list | None = None) -> list[dict]:
         """Fill each row's prediction for its prompt (loglik or generate + extraction) and correctness.
 
-        `images[i]` fills prompt i's image markers, `videos[i]` (when given) its video parts, one clip each."""
+        `images[i]` fills prompt i's image markers, `videos[i]` (when given) its video parts, one clip each,
+        `rates[i]` their sampled frames per second (None: unknown)."""
         videos = videos if videos is not None else [[] for _ in contents]
+        rates = rates if rates is not None else [None for _ in contents]
         options = frame_options(subject.processor)  # frames fed as images: the family's frame options
         if self.cfg.scoring == "loglik":
-            for row, content, imgs, clips in zip(rows, contents, images, videos):
+            for row, content, imgs, clips, fps in zip(rows, contents, images, videos, rates):
                 scores = score_options(subject.model, subject.processor, content, imgs, item.options, videos=clips,
-                                       image_options=options)
+                                       image_options=options, video_fps=fps)
                 row |= {"pred": scores.choice, "logliks": scores.logliks}
         else:
             answers = subject.chat.generate(contents, images, max_new_tokens=self.cfg.answer_tokens,
                                             batch_size=self.cfg.batch_size,
-                                            videos=videos if any(videos) else None, image_options=options)
+                                            videos=videos if any(videos) else None, image_options=options,
+                                            video_fps=rates)
             judge = self.resources.judge_for(item.question, item.options)
             for row, answer in zip(rows, answers):
                 ext = extract_choice(answer, item.options, judge)
