@@ -322,7 +322,8 @@ class LlavaSource:
                 raise RecipeError(f"{self.path}: top level must be a list of records; {layout}")
         self.records, self.field = records, field
         self.order = list(range(len(records)))
-        random.Random(f"{recipe.seed}:{source.path}").shuffle(self.order)
+        # Seeded by the file's name, not its path: the same data gives the same shards wherever it is mounted.
+        random.Random(f"{recipe.seed}:{self.path.name}").shuffle(self.order)
 
     def __len__(self):
         return len(self.records)

@@ -272,3 +272,20 @@ def test_worker_processes_give_the_same_build(built, tmp_path):
     m2 = build(str(recipe), tmp_path / "out", workers=2)
     assert [s["sha256"] for s in m2["shards"]] == [s["sha256"] for s in m["shards"]]
     assert (m2["kinds"], m2["bad"], m2["unsupported"]) == (m["kinds"], m["bad"], m["unsupported"])
+
+
+def test_the_same_data_builds_the_same_shards_wherever_it_lies(built, tmp_path):
+    """The record order is seeded by the recipe's seed and the annotation file's name, not by where the
+    data is mounted: a copy elsewhere builds byte-identical shards."""
+    import shutil
+
+    fx, recipe, m, _ = built["llava_video_178k"]
+    moved = tmp_path / "elsewhere" / "deeper"
+    shutil.copytree(fx.annotations.parent, moved)
+    fields = yaml.safe_load(Path(recipe).read_text())
+    src = fields["sources"][0]
+    src["path"] = str(moved / Path(src["path"]).relative_to(fx.annotations.parent))
+    src["media_root"] = str(moved / Path(src["media_root"]).relative_to(fx.annotations.parent))
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(fields))
+    m2 = build(str(tmp_path / "moved.yaml"), tmp_path / "out")
+    assert [s["sha256"] for s in m2["shards"]] == [s["sha256"] for s in m["shards"]]
