@@ -8,6 +8,12 @@ rendered or decoded when a task asks for them, then go through the one resize ru
 of the checkpoint being evaluated. Synthetic frames are rendered square at `--image-size`; EgoSchema
 frames are decoded at the video's own size (no square squash).
 
+Decoded frames go through a `FrameCache` when the benchmark has one (`frame_cache`, given by the runner:
+`<cache_dir>/frames`): a frame decoded once at a given `max_pixels` is read back by every later task,
+condition and checkpoint, and so are each video's frame count and rate. Rendered (synthetic) frames are
+not cached: rendering costs less than a PNG round trip. `decoded` counts the frames this benchmark
+decoded or rendered; the cache counts its hits.
+
     bench = load_benchmark(cfg)
     for item in bench.items:
         idx = bench.indices(item, 5); frames = bench.frames(item, idx, max_pixels=200704)
@@ -25,6 +31,7 @@ from PIL import Image
 from data_recipes.resize import fit
 from data_recipes.video import count_frames, frame_rate, read_frames, sampled_fps, uniform_indices
 from evalsuite.config import ConfigError, EvalConfig
+from evalsuite.framecache import FrameCache
 
 SYNTHETIC_ITEMS = 200  # default size of the synthetic benchmark when --limit is not given
 SYNTHETIC_CLIP_FRAMES = 32
@@ -52,10 +59,15 @@ class Item:
 class Benchmark:
     name = ""
     size: int | None = None  # square size frames are rendered at (None: the video's own size)
+    cacheable = False
+    """Whether `frames` goes through `frame_cache` (decoded frames; rendered ones are cheaper to make again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, frame_cache: FrameCache | None = None) -> None:
         self.items: list[Item] = []
         self.problems: list[dict] = []  # items that could not be scored: {"id", "reason"}
+        self.frame_cache = frame_cache
+        self.decoded = 0
+        """Frames this benchmark decoded (or rendered), i.e. did not read back from the frame cache."""
 
     def clip_length(self, item: Item) -> int:
         raise NotImplementedError
@@ -68,8 +80,17 @@ class Benchmark:
         return None
 
     def frames(self, item: Item, indices: list[int], max_pixels: int | None = None) -> list[Image.Image]:
-        """The frames at `indices`, each within `max_pixels` pixels (aspect kept; None: as rendered or decoded)."""
-        return [fit(frame, max_pixels) for frame in self._frames(item, indices)]
+        """The frames at `indices`, each within `max_pixels` pixels (aspect kept; None: as rendered or decoded);
+        from the frame cache when it holds them."""
+        if self.cacheable and self.frame_cache is not None and item.path is not None:
+            return self.frame_cache.frames(item.path, indices, max_pixels,
+                                           lambda missing: self._made(item, missing, max_pixels))
+        return self._made(item, indices, max_pixels)
+
+    def _made(self, item: Item, indices: list[int], max_pixels: int | None) -> list[Image.Image]:
+        frames = self._frames(item, list(indices))
+        self.decoded += len(frames)
+        return [fit(frame, max_pixels) for frame in frames]
 
     def _frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
         raise NotImplementedError
@@ -82,8 +103,8 @@ class Synthetic(Benchmark):
     """The generator's evaluation split (`data_recipes.synthetic.eval_record`), rendered on demand."""
     name = "synthetic"
 
-    def __init__(self, seed: int, limit: int | None, image_size: int | None):
-        super().__init__()
+    def __init__(self, seed: int, limit: int | None, image_size: int | None, frame_cache: FrameCache | None = None):
+        super().__init__(frame_cache)
         from data_recipes.synthetic import eval_record
 
         self.seed, self.size = seed, image_size or SYNTHETIC_IMAGE_SIZE
@@ -103,9 +124,11 @@ class Synthetic(Benchmark):
 class EgoSchema(Benchmark):
     """questions.json + subset_answers.json + videos/<q_uid>.mp4 (README, Evaluation)."""
     name = "egoschema"
+    cacheable = True
 
-    def __init__(self, data: str | Path, limit: int | None, image_size: int | None = None):
-        super().__init__()
+    def __init__(self, data: str | Path, limit: int | None, image_size: int | None = None,
+                 frame_cache: FrameCache | None = None):
+        super().__init__(frame_cache)
         if image_size is not None:  # the old square squash; EvalConfig says the same for --image-size
             raise BenchmarkError(f"EgoSchema frames keep their aspect: image_size {image_size} is not applied any "
                                  f"more; bound them with max_pixels (frames(item, indices, max_pixels=N))")
@@ -151,14 +174,22 @@ class EgoSchema(Benchmark):
             else:
                 self.problems.append({"id": item.id, "reason": f"missing video {item.path}"})
 
+    def _meta(self, item: Item) -> None:
+        """The video's frame count and rate, from the frame cache when it knows them (no container opened)."""
+        def read() -> dict:
+            return {"frames": count_frames(item.path), "fps": frame_rate(item.path)}
+
+        meta = self.frame_cache.meta(item.path, read) if self.frame_cache is not None else read()
+        self._lengths[item.id], self._rates[item.id] = int(meta["frames"]), meta["fps"]
+
     def clip_length(self, item: Item) -> int:
         if item.id not in self._lengths:
-            self._lengths[item.id] = count_frames(item.path)
+            self._meta(item)
         return self._lengths[item.id]
 
     def clip_fps(self, item: Item, num_frames: int) -> float | None:
         if item.id not in self._rates:
-            self._rates[item.id] = frame_rate(item.path)
+            self._meta(item)
         return sampled_fps(num_frames, self.clip_length(item), self._rates[item.id])
 
     def _frames(self, item: Item, indices: list[int]) -> list[Image.Image]:
@@ -192,9 +223,11 @@ def _options(q: dict, qfile: Path, uid: str) -> list[str]:
     return [str(found[i]) for i in range(5)]
 
 
-def load_benchmark(cfg: EvalConfig) -> Benchmark:
+def load_benchmark(cfg: EvalConfig, frame_cache: FrameCache | None = None) -> Benchmark:
+    """The benchmark `cfg` names; decoded frames go through `frame_cache` when given."""
     if cfg.benchmark == "synthetic":
-        return Synthetic(cfg.seed, cfg.limit, cfg.image_size)
+        return Synthetic(cfg.seed, cfg.limit, cfg.image_size, frame_cache)
     if cfg.benchmark == "egoschema":
-        return EgoSchema(cfg.data, cfg.limit)  # EvalConfig refuses --image-size here (--max-pixels instead)
+        # EvalConfig refuses --image-size here (--max-pixels instead)
+        return EgoSchema(cfg.data, cfg.limit, frame_cache=frame_cache)
     raise ConfigError(f"no loader for benchmark {cfg.benchmark!r}")  # EvalConfig validated the name

@@ -7,6 +7,10 @@ Three kinds of directory are a checkpoint:
 - `base.json` (`{"model": PATH}`): written by `evalsuite all` for a base model named in a run.json
   that lives outside CKPT_DIR, so its evaluation outputs have a home without writing into the model.
 
+A directory in a format the suite cannot run is refused when it is classified, with what to use instead:
+InternVL's remote-code checkpoints (`model_type: internvl_chat`, e.g. OpenGVLab/InternVL2-8B) name the
+converted `-hf` checkpoints (`train.families.detect_family` words it).
+
     refs = discover("ckpt/")                  # bases first, then the runs, sorted by name
     model, processor, info = load_checkpoint("ckpt/video_100k")
 """
@@ -21,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP_DIRS = {"eval", "checkpoints", "report", ".infill_cache"}  # never checkpoints, never descended into
+# never checkpoints, never descended into (lmms-eval: the default output of `python -m evalsuite export`)
+SKIP_DIRS = {"eval", "checkpoints", "report", ".infill_cache", "lmms-eval"}
+REMOTE_CODE_ONLY = ("internvl_chat",)
+"""model_types whose checkpoints only run through their own remote code: refused with the -hf alternative."""
 _FULL_HASH_LIMIT = 64 << 20
 _SAMPLE = 1 << 20
 
@@ -96,6 +103,13 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
         raise CheckpointError(f"{p / 'run.json'}: not valid JSON ({e})") from None
     if not isinstance(run, dict):
         raise CheckpointError(f"{p / 'run.json'}: expected an object (base_model, recipe, ...), got {type(run).__name__}")
+    if remote_code_only(p):
+        from train.families import FamilyError, detect_family
+
+        try:
+            detect_family(p)
+        except FamilyError as e:  # the registry's words: not supported, and which -hf checkpoints to use
+            raise CheckpointError(str(e)) from None
     if (p / "adapter_config.json").is_file():
         if not isinstance(run.get("base_model"), str):
             raise CheckpointError(f"{p}: an adapter needs run.json with 'base_model' to know what to load it on")
@@ -127,11 +141,21 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
                           f"*.safetensors, no base.json.{extra}")
 
 
+def remote_code_only(p: Path) -> str | None:
+    """The model_type of a directory whose config.json names a remote-code-only format, else None."""
+    try:
+        model_type = json.loads((p / "config.json").read_text()).get("model_type")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None  # no config.json, or one the loader will complain about in its own words
+    return model_type if model_type in REMOTE_CODE_ONLY else None
+
+
 def discover(root: str | os.PathLike, broken: list[str] | None = None) -> list[CheckpointRef]:
     """Every checkpoint under `root`, plus a base.json entry for each outside base model (bases first).
 
     A directory that looks like a checkpoint but cannot be used (run.json without weights, an adapter
-    whose base model is gone) raises, or, when a `broken` list is given, is described there and skipped.
+    whose base model is gone, an InternVL remote-code model) raises, or, when a `broken` list is given,
+    is described there and skipped.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -144,7 +168,8 @@ def discover(root: str | os.PathLike, broken: list[str] | None = None) -> list[C
             dirnames.clear()  # a checkpoint's subfolders (training states, eval outputs) are not checkpoints
             continue
         except CheckpointError as e:
-            if any((d / f).is_file() for f in ("adapter_config.json", "base.json", "run.json")):
+            marked = any((d / f).is_file() for f in ("adapter_config.json", "base.json", "run.json"))
+            if marked or remote_code_only(d):
                 if broken is None:
                     raise  # looks like a checkpoint but is broken: say so rather than skip it
                 broken.append(str(e))

@@ -3,12 +3,13 @@
     python -m evalsuite all CKPT_DIR [options]          every checkpoint under CKPT_DIR, every task, then the report
     python -m evalsuite vcot CKPT [CKPT ...] [options]  one task on the given checkpoints
     python -m evalsuite report CKPT_DIR                 rewrite CKPT_DIR/report.md from the metrics found
+    python -m evalsuite export CKPT_DIR --format lmms-eval   the EgoSchema (vcot) results in lmms-eval's layout
     python -m evalsuite list                            tasks and benchmarks
 
 Options (flag = EvalConfig field = MLflow param): --benchmark synthetic|egoschema, --data DIR,
---frames 5 10, --limit N, --scoring loglik|generate, --infills self|oracle|file:PATH|model:DIR,
---rephraser DIR, --judge DIR, --seed N, --video-input auto|images|native, --max-pixels N, ... (`--help` on a
-command lists them all).
+--protocol paper|custom, --frames 5 10, --limit N, --scoring loglik|generate,
+--infills self|oracle|file:PATH|model:DIR, --rephraser DIR, --judge DIR, --seed N,
+--video-input auto|images|native, --max-pixels N, ... (`--help` on a command lists them all).
 
 Several processes split the items (CPU: gloo):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m evalsuite all ckpt/
@@ -27,7 +28,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 from evalsuite.config import BENCHMARKS, ConfigError, EvalConfig, did_you_mean, field_help  # noqa: E402
 
-COMMANDS = ("all", "report", "list")
+COMMANDS = ("all", "report", "export", "list")
 
 
 def _task_names() -> list[str]:
@@ -44,7 +45,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, nargs="+", default=list(d.frames), help=h("frames"))
     p.add_argument("--limit", type=int, default=None, help=h("limit"))
     p.add_argument("--iraven-limit", dest="iraven_limit", type=int, default=None, help=h("iraven_limit"))
-    p.add_argument("--scoring", default=d.scoring, help=h("scoring"))
+    p.add_argument("--protocol", default=None, help=h("protocol"))
+    p.add_argument("--scoring", default=None, help=h("scoring"))  # None: the protocol's
+    p.add_argument("--loglik-norm", dest="loglik_norm", default=d.loglik_norm, help=h("loglik_norm"))
     p.add_argument("--infills", default=d.infills, help=h("infills"))
     p.add_argument("--rephraser", default=None, help=h("rephraser"))
     p.add_argument("--judge", default=None, help=h("judge"))
@@ -80,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write CKPT_DIR/report.md from the metrics under it")
     r.add_argument("ckpt_dir")
     r.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log a comparison run")
+    x = sub.add_parser("export", help="write the EgoSchema (vcot) results under CKPT_DIR in another tool's format")
+    x.add_argument("ckpt_dir", help="a checkpoint, or a directory of checkpoints (every eval/vcot/metrics.json under it)")
+    x.add_argument("--format", dest="format", default="lmms-eval", choices=["lmms-eval"],
+                   help="lmms-eval: OUT/<model>/<date>_results.json and <date>_samples_<task>.jsonl per F and condition")
+    x.add_argument("--out", default=None, help="output directory (default: CKPT_DIR/lmms-eval)")
     sub.add_parser("list", help="list tasks and benchmarks")
     return p
 
@@ -103,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"task       {name:<10} {cls.description}")
         for b in BENCHMARKS:
             print(f"benchmark  {b}")
+        return 0
+    if args.command == "export":
+        from evalsuite.export import ExportError, export_lmms_eval
+
+        try:
+            written = export_lmms_eval(args.ckpt_dir, args.out)
+        except ExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(f"wrote {path}")
         return 0
     if args.command == "report":
         from evalsuite.report import summary_text, write_report

@@ -8,11 +8,20 @@ differences the `paired_gain` metric (bootstrap CI + exact McNemar), both seeded
 
 A task names its contrasts: vCoT has `gain` = vcot - base and `caption_gain` = caption - base; the
 perturbation task `shuffle` has drops such as `drop_text` = vcot - text (positive: accuracy lost).
+
+Generate scoring (rows with an `extraction`) can fail to read an answer. Per condition it adds
+`failed_<cond>` (the share of failed extractions) and `random_fill_<cond>` (accuracy with each failure
+scored 1/n_options, the expectation of a uniform guess: what evaluations that fill unreadable answers
+with a random option, as VLMEvalKit does, report on average), each with its bootstrap CI; `acc_<cond>`
+is then the "strict" accuracy (a failure counts wrong) and the gains compare strict accuracies. Loglik
+scoring always picks an option: it has no failures and neither key, strict = random-fill = `acc_<cond>`.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+
+from evalsuite.stats import accuracy_ci, random_fill_accuracy_ci
 
 FAILED = -1  # a failed extraction: never equal to a reference in 0..4, so it counts as wrong
 
@@ -42,8 +51,10 @@ def _vectors(rows: list[dict], f: int, conditions: tuple[str, ...]) -> tuple[lis
 
 
 def summarize(rows: list[dict], frames: tuple[int, ...], conditions: tuple[str, ...],
-              contrasts: dict[str, tuple[str, str]], *, n_boot: int, seed: int) -> dict:
-    """{f"f{F}": {"n_items", "acc_<cond>": {...}, "<contrast>": {...}, "failed_<cond>": {...}}}."""
+              contrasts: dict[str, tuple[str, str]], *, n_boot: int, seed: int, n_options: int = 5) -> dict:
+    """{f"f{F}": {"n_items", "acc_<cond>": {...}, "<contrast>": {...}}}, and for generate scoring
+    "failed_<cond>" and "random_fill_<cond>" (`n_options` options per item: a failure scores 1/n_options)."""
+    generated = any(r.get("extraction") for r in rows)
     out = {}
     for f in frames:
         items, preds, refs = _vectors(rows, f, conditions)
@@ -54,9 +65,8 @@ def summarize(rows: list[dict], frames: tuple[int, ...], conditions: tuple[str, 
         for c in conditions:
             m = _metric("accuracy_ci").compute(predictions=preds[c], references=refs, n_boot=n_boot, seed=seed)
             block[f"acc_{c}"] = {"value": m["accuracy"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"]}
-            failed = sum(p == FAILED for p in preds[c])
-            if any(r.get("extraction") for r in rows):
-                block[f"failed_{c}"] = {"value": failed / len(items), "n": len(items), "count": failed}
+            if generated:
+                block.update(_failures(c, preds[c], refs, n_options, n_boot=n_boot, seed=seed))
         for name, (a, b) in contrasts.items():
             m = _metric("paired_gain").compute(predictions1=preds[a], predictions2=preds[b], references=refs,
                                                n_boot=n_boot, seed=seed)
@@ -64,6 +74,20 @@ def summarize(rows: list[dict], frames: tuple[int, ...], conditions: tuple[str, 
                            "p_value": m["p_value"], "discordant": m["discordant"]}
         out[f"f{f}"] = block
     return out
+
+
+def _failures(condition: str, preds: list[int], refs: list[int], n_options: int, *, n_boot: int,
+              seed: int) -> dict:
+    """`failed_<cond>` (share of failed extractions) and `random_fill_<cond>`, with bootstrap CIs seeded as
+    the accuracies are (the same items are resampled for all three)."""
+    failed = [int(p == FAILED) for p in preds]
+    correct = [int(p == r) for p, r in zip(preds, refs)]
+    rate = accuracy_ci(failed, n_boot=n_boot, seed=seed)
+    fill = random_fill_accuracy_ci(correct, failed, n_options, n_boot=n_boot, seed=seed)
+    return {f"failed_{condition}": {"value": rate.value, "ci_low": rate.ci_low, "ci_high": rate.ci_high,
+                                    "n": rate.n, "count": sum(failed)},
+            f"random_fill_{condition}": {"value": fill.value, "ci_low": fill.ci_low, "ci_high": fill.ci_high,
+                                         "n": fill.n}}
 
 
 def flatten(task: str, summary: dict) -> dict[str, float]:

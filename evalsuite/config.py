@@ -17,6 +17,11 @@ from data_recipes.resize import check_max_pixels
 
 BENCHMARKS = ("synthetic", "egoschema")
 SCORINGS = ("loglik", "generate")
+LOGLIK_NORMS = ("sum", "mean", "chars")
+"""How loglik scoring compares options (`--loglik-norm`, `evalsuite.scoring.OptionScores`)."""
+PROTOCOLS = ("paper", "custom")
+PAPER_FRAMES = (5, 10)
+"""The numbers of frames of the paper's EgoSchema table."""
 INFILL_KINDS = ("self", "oracle", "file", "model")
 IRAVEN_LAYOUTS = ("composite", "separate")
 VIDEO_INPUT_SETTINGS = ("auto", *VIDEO_INPUTS)
@@ -75,8 +80,22 @@ class EvalConfig:
     configuration unless iraven_limit is set."""
     iraven_limit: int | None = None
     """Puzzles per I-RAVEN configuration (overrides limit for the iraven task)."""
-    scoring: str = "loglik"
-    """`loglik`: most likely option text; `generate`: greedy answer + option extraction."""
+    protocol: str | None = None
+    """`paper` | `custom`. `paper`, the paper's EgoSchema protocol: generate scoring with a letter-answer
+    instruction after the options, rule extraction, then the --judge model for answers no rule reads;
+    infills from one fixed generator (--infills model:DIR) shortened by --rephraser; F in {5, 10}, uniform
+    frame sampling. A missing --judge, --rephraser or fixed generator is an error, and so is a --scoring or
+    --frames that contradicts it. `custom`: whatever the other flags say. Default: paper for egoschema,
+    custom for synthetic."""
+    scoring: str | None = None
+    """`loglik`: most likely option text; `generate`: greedy answer + option extraction. Default: the
+    protocol's (paper: generate; custom: loglik)."""
+    loglik_norm: str = "mean"
+    """sum | mean | chars: how loglik scoring compares the options' log-likelihoods (each option's assistant turn
+    after the prompt). `mean`: per scored token (the option's tokens and the template's end-of-turn tokens), so a
+    long option is not penalised for its length; `chars`: per character of the option's text (independent of
+    the tokenizer); `sum`: the total (the suite's behaviour before this flag; favours short options). Rows keep
+    the raw totals and token counts either way."""
     infills: str = "self"
     """Infill generator: self | oracle | file:PATH | model:DIR (a fixed generator for every checkpoint)."""
     rephraser: str | None = None
@@ -122,8 +141,17 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
             raise did_you_mean("benchmark", self.benchmark, BENCHMARKS)
+        implicit_protocol, explicit_scoring = self.protocol is None, self.scoring
+        if implicit_protocol:  # the paper's protocol for its benchmark; the suite's own on synthetic items
+            self.protocol = "paper" if self.benchmark == "egoschema" else "custom"
+        if self.protocol not in PROTOCOLS:
+            raise did_you_mean("protocol", self.protocol, PROTOCOLS)
+        if self.scoring is None:
+            self.scoring = "generate" if self.protocol == "paper" else "loglik"
         if self.scoring not in SCORINGS:
             raise did_you_mean("scoring mode", self.scoring, SCORINGS)
+        if self.loglik_norm not in LOGLIK_NORMS:
+            raise did_you_mean("loglik normalisation", self.loglik_norm, LOGLIK_NORMS)
         self.frames = tuple(int(f) for f in self.frames)
         if not self.frames or any(f < 2 for f in self.frames):
             raise ConfigError(f"--frames {self.frames}: need at least 2 frames per video (infills go between frames)")
@@ -162,6 +190,36 @@ class EvalConfig:
                 raise ConfigError(f"--{name} {value}: no such model directory")
         if self.batch_size < 1 or self.n_boot < 1 or self.infill_tokens < 1 or self.answer_tokens < 1:
             raise ConfigError("--batch-size, --n-boot, --infill-tokens and --answer-tokens must be >= 1")
+        if self.protocol == "paper":
+            self._check_paper(spec, explicit_scoring, implicit_protocol)
+
+    def _check_paper(self, spec: "InfillSpec", explicit_scoring: str | None, implicit: bool) -> None:
+        """--protocol paper with every piece it needs, and no flag that contradicts it.
+
+        A contradicting flag is an error, not a warning plus an override: a run recorded as `paper` must be
+        the paper's protocol, and a user who typed --scoring loglik must not get generate scoring (or the
+        other way round) with a warning scrolled away above an hour of output."""
+        missing, conflicts = [], []
+        if not self.judge:
+            missing.append("--judge DIR (the local chat model that maps an answer no rule can read to an option; "
+                           "the paper used Qwen2.5-7B-Instruct)")
+        if spec.kind != "model":
+            missing.append(f"--infills model:DIR (one fixed infill generator shared by every checkpoint; got "
+                           f"--infills {self.infills})")
+        if not self.rephraser:
+            missing.append("--rephraser DIR (the text model that shortens each generated infill; the paper used "
+                           "a Qwen2.5 instruct model)")
+        if explicit_scoring is not None and explicit_scoring != "generate":
+            conflicts.append(f"--scoring {explicit_scoring} (the paper generates the answer: --scoring generate)")
+        if not set(self.frames) <= set(PAPER_FRAMES):
+            conflicts.append(f"--frames {' '.join(map(str, self.frames))} (the paper's table has F = "
+                             f"{' and '.join(map(str, PAPER_FRAMES))}: give those, or one of them)")
+        if missing or conflicts:
+            origin = " (the default for --benchmark egoschema)" if implicit else ""
+            parts = ([f"needs {'; '.join(missing)}"] if missing else []) + \
+                    ([f"contradicts {'; '.join(conflicts)}"] if conflicts else [])
+            raise ConfigError(f"--protocol paper{origin} {', and '.join(parts)}. Give them to reproduce the paper's "
+                              f"table, or pass --protocol custom to run another protocol on purpose.")
 
     @property
     def infill_spec(self) -> InfillSpec:
@@ -222,5 +280,5 @@ def field_help(name: str) -> str:
     return ""
 
 
-__all__ = ["BENCHMARKS", "IRAVEN_LAYOUTS", "SCORINGS", "VIDEO_INPUT_SETTINGS", "ConfigError", "EvalConfig",
-           "FrameInputs", "InfillSpec", "did_you_mean", "field_help", "resolve_frame_inputs"]
+__all__ = ["BENCHMARKS", "IRAVEN_LAYOUTS", "PAPER_FRAMES", "PROTOCOLS", "SCORINGS", "VIDEO_INPUT_SETTINGS",
+           "ConfigError", "EvalConfig", "FrameInputs", "InfillSpec", "did_you_mean", "field_help", "resolve_frame_inputs"]

@@ -53,6 +53,10 @@ class ChatModel:
             identity = info["fingerprint"] + info.get("base_fingerprint", "")
             return cls(model, processor=processor, name=name or path.name, identity=identity)
         except (FamilyError, CheckpointError) as e:
+            from evalsuite.checkpoints import remote_code_only
+
+            if remote_code_only(path):
+                raise  # InternVL's remote-code format: the error names the -hf checkpoints to use
             if not (path / "config.json").is_file():
                 raise CheckpointError(f"{path}: neither a VLM checkpoint nor a text model ({e})") from None
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -13,6 +13,14 @@ Infills come from two questions about each pair of consecutive frames (what they
 then what happened in between given that answer), optionally shortened by a text model.
 `PROMPTS_HASH` changes whenever any template here changes; it is part of the infill cache key and of
 the settings a finished evaluation is matched against.
+
+The paper's protocol (`--protocol paper`) generates the answer: the question block then gets one more
+line, `ANSWER_LETTER`, asking for the option's letter. An answer that the rules of
+`evalsuite.extraction` cannot map to an option goes to a local chat judge with `JUDGE`, which follows
+the logic of VLMEvalKit's multiple-choice matching prompt: the judge sees the question, the options and
+the model's answer, two worked examples (one answer that matches an option, one that matches none), and
+replies with one letter, or Z when the answer fits no option (a recorded failure, never a guess).
+`ANSWER_HASH` and `JUDGE_HASH` follow these two texts into the settings.
 """
 
 from __future__ import annotations
@@ -27,9 +35,28 @@ BETWEEN = ("The two frames have this in common: {common}\n"
 DESCRIBE = "Describe the image in one sentence."
 REPHRASE = ("Shorten this description of what happens between two video frames to one short sentence. "
             "Reply with the sentence only.\n{text}")
-JUDGE = ("A model answered a multiple-choice question.\n{question_block}\n"
-         "The model's answer: {answer}\n"
-         "Which option does the answer choose? Reply with the letter A, B, C, D or E only, or X if none.")
+ANSWER_LETTER = "Answer with the option's letter from the given choices directly."
+"""Appended to the question block under `--protocol paper` (generate scoring): the usual instruction of
+multiple-choice video benchmarks, so a model answers with a letter that extraction can read."""
+JUDGE = ("Your job is to decide which option of a single-choice question a given answer stands for. "
+         "You will see the question, its options and the answer someone gave. Pick the option whose meaning "
+         "is closest to the answer. If the answer means something clearly different from every option, or "
+         "picks no option at all, reply Z. Reply with one capital letter only: {letters} or Z.\n\n"
+         "Example 1:\n"
+         "Question: What is the person holding?\n"
+         "Options:\nA. a cup\nB. a phone\nC. a knife\nD. a book\nE. nothing\n"
+         "Answer: She has a mobile phone in her hand.\n"
+         "Your reply: B\n\n"
+         "Example 2:\n"
+         "Question: What is the person holding?\n"
+         "Options:\nA. a cup\nB. a phone\nC. a knife\nD. a book\nE. nothing\n"
+         "Answer: The weather is sunny.\n"
+         "Your reply: Z\n\n"
+         "Now you:\n"
+         "Question: {question}\n"
+         "Options:\n{options}\n"
+         "Answer: {answer}\n"
+         "Your reply:")
 # What goes after a frame: an infill or a caption, each closed by a newline so that the next frame
 # (or the question) starts on a line of its own.
 INTERLEAVED = "{text}\n"
@@ -38,6 +65,7 @@ CONDITIONS = ("base", "caption", "vcot")
 
 PROMPTS_HASH = hashlib.sha256("\x00".join([COMMON, BETWEEN, DESCRIBE, REPHRASE, INTERLEAVED]).encode()).hexdigest()[:12]
 JUDGE_HASH = hashlib.sha256(JUDGE.encode()).hexdigest()[:12]
+ANSWER_HASH = hashlib.sha256(ANSWER_LETTER.encode()).hexdigest()[:12]
 
 
 def _image() -> dict:
@@ -53,8 +81,9 @@ def question_block(question: str, options: list[str]) -> str:
 
 
 def user_content(condition: str, n_frames: int, question: str, options: list[str],
-                 texts: list[str] | None = None) -> list[dict]:
-    """The user turn of one condition; `texts` are the F captions or the F-1 infills."""
+                 texts: list[str] | None = None, instruction: str | None = None) -> list[dict]:
+    """The user turn of one condition; `texts` are the F captions or the F-1 infills; `instruction` (e.g.
+    `ANSWER_LETTER`) is one more line after the options."""
     content: list[dict] = []
     if condition == "base":
         content = [_image() for _ in range(n_frames)]
@@ -71,7 +100,8 @@ def user_content(condition: str, n_frames: int, question: str, options: list[str
         content.append(_image())
     else:
         raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
-    return content + [_text(question_block(question, options))]
+    block = question_block(question, options)
+    return content + [_text(f"{block}\n{instruction}" if instruction else block)]
 
 
 def conversation(content: list[dict]) -> list[dict]:
@@ -100,4 +130,8 @@ def rephrase_prompt(text: str) -> list[dict]:
 
 
 def judge_prompt(question: str, options: list[str], answer: str) -> list[dict]:
-    return [_text(JUDGE.format(question_block=question_block(question, options), answer=answer.strip()))]
+    """The judge's user turn for one answer (`JUDGE`: letters A.. for the options, Z for none of them)."""
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    listed = "\n".join(f"{letter}. {option.strip()}" for letter, option in zip(letters, options))
+    return [_text(JUDGE.format(letters=", ".join(letters), question=question.strip(), options=listed,
+                               answer=answer.strip()))]

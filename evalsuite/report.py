@@ -3,9 +3,12 @@
     python -m evalsuite report ckpt/          (also the last step of `python -m evalsuite all`)
 
 Sections: the vCoT table in the paper's layout (model, F, base, caption, vCoT, gain, each with its
-95% CI); for each matched pair of training runs, the key contrast gain(image run) - gain(video run)
-as a paired bootstrap over the same items, with the scale-match audit of what each run consumed side
-by side; the perturbation drops; I-RAVEN per configuration with chance and position bias. Every
+95% CI), with how each checkpoint was evaluated (protocol, scoring, infills) and, for generate scoring,
+the extraction failure rate with "strict" and "random-fill" accuracy per condition; for each matched
+pair of training runs, the key contrast gain(image run) - gain(video run) as a paired bootstrap over the
+same items, with the scale-match audit of what each run consumed side by side (refused, with the
+settings that differ, when the two were evaluated differently: `evaluation_differences`); the
+perturbation drops; I-RAVEN per configuration with chance and position bias. Every
 number comes from the checkpoints' `eval/<task>/metrics.json` and `predictions.jsonl` and their
 `run.json`; the report is also logged as artifacts of a "comparison" MLflow run.
 """
@@ -25,7 +28,11 @@ AUDIT = ("samples", "images", "text_tokens", "supervised_tokens", "visual_tokens
 
 
 def _pct(e: dict | None) -> str:
-    return "" if not e else f"{100 * e['value']:.1f} [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
+    if not e:
+        return ""
+    if "ci_low" not in e:  # recorded without an interval (failure rates before they had one)
+        return f"{100 * e['value']:.1f}"
+    return f"{100 * e['value']:.1f} [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
 
 
 def _pts(e: dict | None) -> str:
@@ -85,6 +92,62 @@ def _correct(c: Checkpoint, f: int, condition: str) -> dict[str, int]:
             if r["frames"] == f and r["condition"] == condition and not r.get("error")}
 
 
+# --- how a checkpoint was evaluated ------------------------------------------------------------------
+ITEM_SET = ("benchmark", "limit", "frames", "seed", "data")
+"""Settings that pick the evaluated items: two evaluations pair item by item only when these agree."""
+NORMS = {"sum": "total log-likelihood", "mean": "log-likelihood per token", "chars": "log-likelihood per character"}
+
+
+def _loglik_norm(settings: dict) -> str | None:
+    """The loglik normalisation of an evaluation; None for generate scoring (it does not apply). An
+    evaluation that did not record one summed the option's log-probabilities (the only way before the flag)."""
+    return settings.get("loglik_norm", "sum") if settings.get("scoring") == "loglik" else None
+
+
+def compared_settings(settings: dict) -> dict:
+    """The settings of a vcot evaluation that must agree for two checkpoints' gains to be contrasted.
+
+    `protocol` missing means `custom` (evaluations before presets); `loglik_norm` counts for loglik scoring
+    only. `video_input` and `max_pixels` are deliberately absent: an image run and a video run may feed
+    frames differently by design (the report says how each did). The recorded `item_set` digest, when
+    both evaluations have one, checks the items themselves."""
+    out = {"protocol": settings.get("protocol", "custom"), "scoring": settings.get("scoring"),
+           "loglik_norm": _loglik_norm(settings), "infills": settings.get("infills")}
+    out |= {k: settings.get(k) for k in ITEM_SET}
+    if "item_set" in settings:
+        out["item_set"] = settings["item_set"]
+    return out
+
+
+def evaluation_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """(setting, value in a, value in b) for every compared setting in which two vcot evaluations differ."""
+    ca, cb = compared_settings(a), compared_settings(b)
+    return [(k, ca.get(k), cb.get(k)) for k in dict.fromkeys([*ca, *cb])
+            if (k != "item_set" or k in ca and k in cb) and ca.get(k) != cb.get(k)]
+
+
+def _show(value, setting: str = "") -> str:
+    if value is None:
+        return "not used (generate scoring)" if setting == "loglik_norm" else "not set"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _scoring(settings: dict) -> str:
+    norm = _loglik_norm(settings)
+    if not norm:
+        return f"`{settings.get('scoring')}`"
+    unrecorded = "" if "loglik_norm" in settings else ": evaluated before --loglik-norm"
+    return f"`{settings.get('scoring')}` ({NORMS.get(norm, norm)}{unrecorded})"
+
+
+def evaluated_as(settings: dict) -> str:
+    """`benchmark `egoschema`, protocol `paper`, scoring `generate`, infills `...``: one evaluation's setup."""
+    return (f"benchmark `{settings.get('benchmark')}`, protocol `{settings.get('protocol', 'custom')}`, "
+            f"scoring {_scoring(settings)}, infills `{settings.get('infills')}`")
+
+
 def gain_contrast(img: Checkpoint, vid: Checkpoint, f: int, seed: int = 0) -> dict | None:
     """gain(image) - gain(video) at F, paired over the items both evaluated in both conditions."""
     vecs = [_correct(img, f, "vcot"), _correct(img, f, "base"), _correct(vid, f, "vcot"), _correct(vid, f, "base")]
@@ -133,10 +196,18 @@ def vcot_section(ckpts: list[Checkpoint]) -> list[str]:
     rows = [c for c in ckpts if "vcot" in c.metrics]
     if not rows:
         return ["No checkpoint has vCoT results yet."]
-    s = rows[0].metrics["vcot"].get("settings", {})
-    out = [f"Benchmark `{s.get('benchmark')}`, scoring `{s.get('scoring')}`, infills `{s.get('infills')}`. "
-           "Accuracy in % with bootstrap 95% CI; gain = vCoT - base in points (paired bootstrap CI, exact "
-           "McNemar p). Chance is 20%.", "", frames_line(rows, "vcot"), "",
+    setups = {c.name: evaluated_as(c.metrics["vcot"].get("settings", {})) for c in rows}
+    if len(set(setups.values())) == 1:
+        setup = [f"Evaluated with {next(iter(setups.values()))}."]
+    else:
+        setup = ["The checkpoints were evaluated differently: compare their rows with care.", "",
+                 *[f"- `{name}`: {how}" for name, how in setups.items()]]
+    generated = [c for c in rows if c.metrics["vcot"].get("settings", {}).get("scoring") == "generate"]
+    strict = "" if not generated else (" With generate scoring base, caption and vCoT are strict accuracies: an "
+                                       "answer that no rule or judge maps to an option counts wrong (failure rates "
+                                       "and random-fill accuracy below).")
+    out = [*setup, "", "Accuracy in % with bootstrap 95% CI; gain = vCoT - base in points (paired bootstrap CI, "
+           f"exact McNemar p). Chance is 20%.{strict}", "", frames_line(rows, "vcot"), "",
            "| model | kind | F | n | base | caption | vCoT | gain |", "|---|---|---|---|---|---|---|---|"]
     for c in rows:
         m = c.metrics["vcot"]["metrics"]
@@ -144,6 +215,35 @@ def vcot_section(ckpts: list[Checkpoint]) -> list[str]:
             b = m[fk]
             out.append(f"| {c.name} | {c.kind} | {fk[1:]} | {b.get('n_items', '')} | {_pct(b.get('acc_base'))} | "
                        f"{_pct(b.get('acc_caption'))} | {_pct(b.get('acc_vcot'))} | {_pts(b.get('gain'))} |")
+    return out + ["", *extraction_lines(rows, "vcot")]
+
+
+def extraction_lines(rows: list[Checkpoint], task: str) -> list[str]:
+    """Per condition: failure rate, strict and random-fill accuracy of generate scoring; what loglik has instead."""
+    out = []
+    generated = [c for c in rows if c.metrics[task].get("settings", {}).get("scoring") == "generate"]
+    loglik = [c for c in rows if c not in generated]
+    if generated:
+        out += ["Answer extraction (generate scoring), in % with bootstrap 95% CI: **failed**, the share of answers "
+                "that no rule or judge could map to one option (an answer naming two letters is a failure); "
+                "**strict** accuracy counts them wrong; **random-fill** accuracy scores each as 1/5, the expected "
+                "accuracy of a uniform guess, which is what evaluations that fill an unmatched answer with a random "
+                "option (VLMEvalKit) report on average: put that column beside such tables.", "",
+                "| model | F | condition | failed | strict | random-fill |", "|---|---|---|---|---|---|"]
+        for c in generated:
+            m = c.metrics[task]["metrics"]
+            for fk in _fkeys(m):
+                b = m[fk]
+                for cond in (k.removeprefix("acc_") for k in b if k.startswith("acc_")):
+                    failed = b.get(f"failed_{cond}")
+                    count = f" ({failed['count']}/{failed['n']})" if failed and "count" in failed else ""
+                    out.append(f"| {c.name} | {fk[1:]} | {_SHOWN.get(cond, cond)} | {_pct(failed)}{count} | "
+                               f"{_pct(b.get(f'acc_{cond}'))} | {_pct(b.get(f'random_fill_{cond}'))} |")
+        out.append("")
+    if loglik:
+        names = ", ".join(f"`{c.name}`" for c in loglik)
+        out += [f"{names}: loglik scoring picks an option for every prompt, so there are no extraction failures: "
+                "strict and random-fill accuracy are both the accuracy in the table above.", ""]
     return out
 
 
@@ -161,7 +261,19 @@ def pairs_section(pairs) -> tuple[list[str], dict]:
             a, b = img.run.get("consumed", {}).get(u), vid.run.get("consumed", {}).get(u)
             ratio = f"{a / b:.3f}" if a is not None and b else ""
             out.append(f"| {u} | {a if a is not None else ''} | {b if b is not None else ''} | {ratio} |")
-        out += ["", "| F | gain image | gain video | gain(image) - gain(video) |", "|---|---|---|---|"]
+        out.append("")
+        if "vcot" in img.metrics and "vcot" in vid.metrics:
+            differ = evaluation_differences(img.metrics["vcot"].get("settings", {}),
+                                            vid.metrics["vcot"].get("settings", {}))
+            if differ:
+                out += ["**No contrast**: the two checkpoints' vCoT evaluations differ in "
+                        + ", ".join(f"`{k}`" for k, _, _ in differ)
+                        + ", so gain(image) - gain(video) would mix the training difference with the evaluation "
+                        "difference. Evaluate both with the same settings to contrast them.", "",
+                        f"| setting | {img.name} | {vid.name} |", "|---|---|---|",
+                        *[f"| {k} | {_show(a, k)} | {_show(b, k)} |" for k, a, b in differ], ""]
+                continue
+        out += ["| F | gain image | gain video | gain(image) - gain(video) |", "|---|---|---|---|"]
         for fk in _fkeys(img.metrics.get("vcot", {}).get("metrics", {})):
             f = int(fk[1:])
             c = gain_contrast(img, vid, f)

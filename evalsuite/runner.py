@@ -5,6 +5,12 @@ For each checkpoint and task: the task's settings are compared with `eval/<task>
 still lack predictions is evaluated item by item, each item's rows appended as soon as they exist;
 after a barrier the main process merges the ranks' rows, computes the metrics and writes
 metrics.json. Once a checkpoint's tasks are through, the main process logs one MLflow run for it.
+
+Before anything runs the main process prints the plan: per checkpoint and task, the items, prompts,
+forward passes (loglik) or generations (generate, plus judge calls at most), and the infill generations
+and frame decodes the caches do not already hold (`Task.plan`). Progress bars show the time left (ETA),
+from the average time per item so far. When a task of a checkpoint is done the generator, rephraser and
+judge are freed (`Resources.release`); the checkpoint itself once all its tasks are.
 """
 
 from __future__ import annotations
@@ -15,17 +21,29 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from evalsuite.benchmarks import Benchmark
 from evalsuite.checkpoints import CheckpointRef
 from evalsuite.config import EvalConfig
 from evalsuite.distributed import Ranks
-from evalsuite.outputs import OutputError, TaskOutputs, write_json_atomic
+from evalsuite.outputs import OutputError, TaskOutputs, read_rows, write_json_atomic
 from evalsuite.resources import Resources, Subject
 from evalsuite.tasks import get_task
-from evalsuite.tasks.base import Task
+from evalsuite.tasks.base import Task, Workload
+
+BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit}s "
+              "[{elapsed} elapsed, ETA {remaining}, {rate_fmt}]")
+"""tqdm's layout with the time left spelled out as an ETA; `smoothing=0` estimates it from the average time
+per item since the start (items differ a lot: the first ones also generate infills and decode frames)."""
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def progress_bar(work, desc: str, position: int = 0, disable: bool = False, leave: bool = True):
+    """A tqdm bar over `work` (items) that shows the time left (ETA)."""
+    return tqdm(work, desc=desc, unit="item", position=position, disable=disable, leave=leave,
+                bar_format=BAR_FORMAT, smoothing=0, dynamic_ncols=True)
 
 
 def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) -> tuple[str, dict]:
@@ -45,15 +63,21 @@ def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) 
         raise OutputError(f"task {task.name}: duplicate prediction keys across items")
     done = out.done_keys()
     work = [(item, todo) for item in ranks.shard(items) if (todo := [k for k in task.keys(item) if k not in done])]
-    bar = tqdm(work, desc=f"{task.name} {subject.ref.name}" + (f" [rank {ranks.rank}]" if ranks.world_size > 1 else ""),
-               unit="item", position=ranks.rank, disable=not progress, leave=ranks.is_main)
-    for item, todo in bar:
-        rows = task.predict(subject, item, todo)
-        got = [r["key"] for r in rows]
-        if sorted(got) != sorted(todo):
-            raise OutputError(f"task {task.name} returned rows {got} for keys {todo} of item {item.id}")
-        out.append(rows)
-    bar.close()
+    desc = f"{task.name} {subject.ref.name}" + (f" [rank {ranks.rank}]" if ranks.world_size > 1 else "")
+    bar = progress_bar(work, desc, position=ranks.rank, disable=not progress, leave=ranks.is_main)
+    try:
+        for item, todo in bar:
+            rows = task.predict(subject, item, todo)
+            got = [r["key"] for r in rows]
+            if sorted(got) != sorted(todo):
+                raise OutputError(f"task {task.name} returned rows {got} for keys {todo} of item {item.id}")
+            out.append(rows)
+    finally:
+        bar.close()
+        # this checkpoint's infills for the task are made and its answers judged: free those models
+        resources = getattr(task, "resources", None)
+        if isinstance(resources, Resources):
+            resources.release()
     ranks.barrier()
     metrics: dict = {}
     if ranks.is_main:
@@ -75,6 +99,10 @@ def evaluate(refs: list[CheckpointRef], task_names: list[str], cfg: EvalConfig, 
     ranks = ranks or Ranks.from_env()
     resources = Resources(cfg, cache_dir, device=ranks.device)
     tasks = [get_task(name)(cfg, resources) for name in task_names]
+    for task in tasks:  # one frame cache for every task's benchmark: a second task decodes nothing
+        bench = getattr(task, "bench", None)
+        if isinstance(bench, Benchmark) and bench.frame_cache is None:
+            bench.frame_cache = resources.frame_cache
     for task in tasks:
         if task.problems and ranks.is_main:  # e.g. missing EgoSchema videos: said once, counted in metrics.json
             shown = "; ".join(f"{p['id']}: {p['reason']}" for p in task.problems[:3])
@@ -89,6 +117,8 @@ def evaluate(refs: list[CheckpointRef], task_names: list[str], cfg: EvalConfig, 
     for subject in subjects:  # e.g. --video-input native on a family without a video path: before any work
         for task in tasks:
             task.check(subject)
+    if ranks.is_main:
+        log(format_plan(plan_run(subjects, tasks), cfg))
     results: dict[str, dict[str, dict]] = {}
     for ref, subject in zip(refs, subjects):
         results[str(ref.path)] = {}
@@ -107,6 +137,66 @@ def evaluate(refs: list[CheckpointRef], task_names: list[str], cfg: EvalConfig, 
             except Exception as e:  # noqa: BLE001 - the metrics are on disk; the next run logs them again
                 log(f"[mlflow] {ref.name}: logging failed ({type(e).__name__}: {e}); will retry on the next run")
     return results
+
+
+def _planned_done(out: TaskOutputs, settings: dict) -> set[str] | None:
+    """Keys `run_task` will find already predicted (None: the task is done and will be skipped)."""
+    if out.is_done(settings):
+        return None
+    if out.settings.is_file():
+        try:
+            if json.loads(out.settings.read_text()) != settings:
+                return set()  # outputs made with other settings are moved aside: everything is redone
+        except json.JSONDecodeError:
+            return set()
+    try:
+        return {r["key"] for p in [out.predictions, *sorted(out.dir.glob("predictions.part*.jsonl"))]
+                for r in read_rows(p)}
+    except OutputError:
+        return set()  # a corrupt file: run_task says so; the plan counts everything
+
+
+def plan_run(subjects: list[Subject], tasks: list[Task]) -> list[tuple[str, str, Workload | None]]:
+    """(checkpoint name, task, its `Workload`, None when done) for every checkpoint and task, in run order.
+
+    Loads no model. Infills and frames are counted once, where they will be made: an infill a fixed
+    generator makes for the first checkpoint is not counted again for the second, nor a frame vcot
+    decodes for shuffle."""
+    seen: set = set()
+    rows = []
+    for subject in subjects:
+        for task in tasks:
+            done = _planned_done(TaskOutputs(subject.ref.path, task.name), task.settings(subject.info, subject.inputs))
+            if done is None:
+                rows.append((subject.ref.name, task.name, None))
+                continue
+            work = [(item, todo) for item in task.items() if (todo := [k for k in task.keys(item) if k not in done])]
+            rows.append((subject.ref.name, task.name, task.plan(subject, work, seen)))
+    return rows
+
+
+def format_plan(rows: list[tuple[str, str, Workload | None]], cfg: EvalConfig) -> str:
+    """The plan as printed before a run: one line per checkpoint and task, then the total."""
+    def describe(w: Workload) -> str:
+        parts = [f"{w.items} items", f"{w.prompts} prompts"]
+        if cfg.scoring == "loglik":
+            parts.append(f"{w.forwards} forward passes")
+        else:
+            parts.append(f"{w.generations} generations" + (f" (+ at most {w.judge_calls} judge calls)"
+                                                           if w.judge_calls else ""))
+        parts.append(f"{w.infills} infill generations" + (f" + {w.rephrasings} rephrasings" if w.rephrasings else ""))
+        parts.append(f"{w.frame_decodes} frame decodes")
+        return ", ".join(parts)
+
+    lines = ["[plan] what this run will do, per checkpoint and task. A prompt per prediction row; forward passes "
+             "are loglik scoring's model calls (the prompt, then each option against its cache); judge calls are "
+             "an upper bound; infill generations and frame decodes are what the caches do not hold yet"]
+    total = Workload()
+    for ckpt, task, w in rows:
+        lines.append(f"[plan] {ckpt} {task}: " + ("done, skipped" if w is None else describe(w)))
+        total = total + (w or Workload())
+    lines.append(f"[plan] total: {describe(total)}")
+    return "\n".join(lines)
 
 
 def _tracked(ref: CheckpointRef, tasks: list[Task], uri: str) -> bool:

@@ -12,6 +12,9 @@ the *item*.  Three estimators cover the comparisons the reports make:
 * :func:`contrast_of_differences` - a difference of two paired gains
   (e.g. ``gain_image - gain_video``), again resampling the same items for all four
   vectors.
+* :func:`random_fill_accuracy_ci` - the accuracy of a generate-scored run whose
+  unreadable answers (extraction failures) each score ``1 / n_options``, the expected
+  accuracy of a uniform guess, with the same percentile bootstrap.
 
 Inputs are per-item correctness vectors (bools or 0/1 ints).  Only numpy and the
 standard library are used, and results are deterministic for a given ``seed``.
@@ -38,6 +41,7 @@ __all__ = [
     "paired_difference",
     "contrast_of_differences",
     "mcnemar_exact",
+    "random_fill_accuracy_ci",
 ]
 
 # Upper bound on the number of resampled indices held in memory at once
@@ -138,11 +142,12 @@ def _bootstrap_sums(scores: np.ndarray, n_boot: int, seed: int | None) -> np.nda
     return sums
 
 
-def _percentile_estimate(scores: np.ndarray, n_boot: int, seed: int | None, alpha: float) -> Estimate:
-    """Mean of integer per-item ``scores`` with a percentile-bootstrap interval."""
+def _percentile_estimate(scores: np.ndarray, n_boot: int, seed: int | None, alpha: float,
+                         scale: int = 1) -> Estimate:
+    """Mean of integer per-item ``scores`` / ``scale`` with a percentile-bootstrap interval."""
     n = scores.size
-    value = int(scores.sum()) / n
-    boot = _bootstrap_sums(scores, n_boot, seed) / n
+    value = int(scores.sum()) / (n * scale)
+    boot = _bootstrap_sums(scores, n_boot, seed) / (n * scale)
     low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
     return Estimate(value=float(value), ci_low=float(low), ci_high=float(high), n=int(n))
 
@@ -256,3 +261,41 @@ def contrast_of_differences(
     _check_params(n_boot, alpha)
     va1, vb1, va2, vb2 = _as_binary_group(a1=a1, b1=b1, a2=a2, b2=b2)
     return _percentile_estimate((va1 - vb1) - (va2 - vb2), n_boot, seed, alpha)
+
+
+def random_fill_accuracy_ci(
+    correct: Sequence[bool | int],
+    failed: Sequence[bool | int],
+    n_options: int,
+    n_boot: int = 2000,
+    seed: int | None = 0,
+    alpha: float = 0.05,
+) -> Estimate:
+    """Accuracy with every failed item scored ``1 / n_options``: the expectation of a uniform guess.
+
+    "Strict" accuracy (:func:`accuracy_ci` on ``correct``) counts an answer no rule or
+    judge could map to an option as wrong; evaluations that fill such answers with a
+    random option (VLMEvalKit does) report, on average, this number instead.  Each item
+    scores ``n_options`` (right), ``1`` (failed) or ``0`` (wrong) in integers and the mean
+    is divided by ``n_options`` once, so the bootstrap is the one of :func:`accuracy_ci`:
+    with the same ``seed`` both resample the same items, and ``value`` equals the strict
+    accuracy plus ``failed_share / n_options``.
+
+    Args:
+        correct: Per-item correctness (a failed item is not correct).
+        failed: Per-item extraction failure, aligned with ``correct``.
+        n_options: Options per item (5 for EgoSchema).
+        n_boot, seed, alpha: As in :func:`accuracy_ci`.
+
+    Raises:
+        ValueError: as :func:`accuracy_ci`, a length mismatch, an item both correct and
+            failed, or ``n_options < 2``.
+    """
+    _check_params(n_boot, alpha)
+    if isinstance(n_options, bool) or not isinstance(n_options, (int, np.integer)) or n_options < 2:
+        raise ValueError(f"n_options must be an integer >= 2, got {n_options!r}")
+    c, f = _as_binary_group(correct=correct, failed=failed)
+    both = (c == 1) & (f == 1)
+    if both.any():
+        raise ValueError(f"item {int(np.argmax(both))} is both correct and failed: a failed extraction has no answer")
+    return _percentile_estimate(int(n_options) * c + f, n_boot, seed, alpha, scale=int(n_options))

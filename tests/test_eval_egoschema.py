@@ -39,7 +39,7 @@ def test_egoschema_end_to_end_with_missing_and_broken_videos(egoschema_dir, tmp_
                                                                one_thread):  # noqa: F811
     root, items = egoschema_dir
     ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "m")
-    cfg = fast_config(benchmark="egoschema", data=str(root), limit=None, frames=(3, 5), max_pixels=64 * 64)
+    cfg = fast_config(benchmark="egoschema", data=str(root), protocol="custom", limit=None, frames=(3, 5), max_pixels=64 * 64)
     evaluate([checkpoint_ref(ckpt)], ["vcot"], cfg, tmp_path / "cache")
     m = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
     # answered: q0..q3; q3 has no video (reported, not dropped silently), q2 cannot be decoded

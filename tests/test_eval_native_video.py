@@ -281,7 +281,7 @@ def test_max_pixels_shrinks_egoschema_frames_with_aspect_kept(tmp_path, tmp_path
             return real(processor, texts, images, videos, **kwargs)
 
         monkeypatch.setattr(module, "processor_inputs", spy)
-    cfg = fast_config(benchmark="egoschema", data=str(root), limit=None, frames=(2,), max_pixels=1152)
+    cfg = fast_config(benchmark="egoschema", data=str(root), protocol="custom", limit=None, frames=(2,), max_pixels=1152)
     evaluate([checkpoint_ref(ckpt)], ["vcot"], cfg, tmp_path / "cache")
     m = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
     assert m["settings"]["max_pixels"] == 1152 and m["settings"]["image_size"] is None and not m["errors"]
@@ -350,6 +350,6 @@ def test_egoschema_clips_carry_their_sampled_rate(tmp_path, tmp_path_factory, mo
         return real(processor, texts, images, videos, **kwargs)
 
     monkeypatch.setattr(evalsuite.scoring, "processor_inputs", spy)
-    evaluate([checkpoint_ref(ckpt)], ["vcot"], fast_config(benchmark="egoschema", data=str(root), limit=None,
+    evaluate([checkpoint_ref(ckpt)], ["vcot"], fast_config(benchmark="egoschema", data=str(root), protocol="custom", limit=None,
                                                           frames=(2,)), tmp_path / "cache")
     assert rates == [[[pytest.approx(2 * 8 / 12)]]]

@@ -1,15 +1,21 @@
-"""Shared-prefix loglik scoring equals naive scoring; batched greedy generation equals one at a time."""
+"""Shared-prefix loglik scoring equals naive scoring (images and the native video path), against ONE prompt
+cache (never repeated per option); the loglik normalisations; batched greedy generation equals one at a time."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
 
+from data_recipes.clips import as_video
 from data_recipes.synthetic import eval_item
 from evalsuite import prompts
+from evalsuite.config import ConfigError, EvalConfig, field_help
 from evalsuite.generation import ChatModel
-from evalsuite.scoring import continuation_ids, score_options
+from evalsuite.scoring import OptionScores, continuation_ids, score_options
 from test_eval_support import one_thread, tiny_model  # noqa: F401 - fixture
+from train.chat import IGNORE_INDEX, encode
 
 FAMILIES = ["llava", "qwen2_vl"]
 
@@ -40,23 +46,154 @@ def naive_logliks(model, processor, content, images, options):
     return out
 
 
+def argmax(values) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def _case(index: int, condition: str):
+    item = eval_item(0, index)
+    frames = [item["frames"][i] for i in (6, 13, 20)]
+    texts = ["the square moves.", "nothing changes at all."] if condition == "vcot" else None
+    return prompts.user_content(condition, 3, item["question"], item["options"], texts), frames, item["options"]
+
+
 @pytest.mark.parametrize("condition", ["base", "vcot"])
 def test_shared_prefix_scoring_equals_naive_scoring(loaded, condition, one_thread):  # noqa: F811
     model, processor = loaded
     lengths = set()
     for index in (0, 3):  # item 3's options have different token lengths
-        item = eval_item(0, index)
-        idx = [6, 13, 20]
-        frames = [item["frames"][i] for i in idx]
-        texts = ["the square moves.", "nothing changes at all."] if condition == "vcot" else None
-        content = prompts.user_content(condition, 3, item["question"], item["options"], texts)
-        shared = score_options(model, processor, content, frames, item["options"])
-        naive = naive_logliks(model, processor, content, frames, item["options"])
-        assert shared.logliks == pytest.approx(naive, abs=1e-4)
-        assert shared.choice == max(range(5), key=lambda i: naive[i])
+        content, frames, options = _case(index, condition)
+        naive = naive_logliks(model, processor, content, frames, options)
+        for norm in ("sum", "mean", "chars"):
+            shared = score_options(model, processor, content, frames, options, norm=norm)
+            assert shared.logliks == pytest.approx(naive, abs=1e-4)  # raw totals, whatever the norm
+            assert shared.n_chars == [len(o) for o in options]
+            per = {"sum": [1] * 5, "mean": shared.n_tokens, "chars": shared.n_chars}[norm]
+            assert shared.choice == argmax([ll / n for ll, n in zip(naive, per)])
         lengths.add(len(set(shared.n_tokens)))
-    # options of different lengths were padded together: the padding did not leak into the scores
+        # the options one after another against one cache: any order gives the same scores
+        backwards = score_options(model, processor, content, frames, options[::-1])
+        assert backwards.logliks[::-1] == pytest.approx(naive, abs=1e-4)
+    # options of different lengths were scored: the rolled-back cache did not leak one option into the next
     assert max(lengths) > 1
+
+
+@pytest.fixture
+def cache_seen(monkeypatch):
+    """For every forward that continues from a cache: the cache's batch size and length when it was called."""
+    seen = []
+
+    def spy_on(model):
+        cls = type(model)
+        real = cls.forward
+
+        @functools.wraps(real)
+        def spy(self, *args, **kwargs):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            if cache is not None and cache.get_seq_length() > 0:
+                keys = cache.layers[0].keys
+                seen.append({"cache": id(cache), "batch": keys.shape[0], "length": cache.get_seq_length(),
+                             "layers_batches": {layer.keys.shape[0] for layer in cache.layers},
+                             "input_batch": kwargs["input_ids"].shape[0]})
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "forward", spy)
+
+    return seen, spy_on
+
+
+def test_options_continue_one_prompt_cache_without_copies(loaded, cache_seen, one_thread):  # noqa: F811
+    model, processor = loaded
+    seen, spy_on = cache_seen
+    spy_on(model)
+    content, frames, options = _case(3, "vcot")
+    scores = score_options(model, processor, content, frames, options)
+    multi = [i for i, n in enumerate(scores.n_tokens) if n > 1]
+    assert len(seen) == len(multi) >= 2  # one continuation forward per option with more than one token
+    assert len({s["cache"] for s in seen}) == 1  # the same cache object every time
+    # never repeated along the batch dimension, and back at the prompt's length before every option
+    assert all(s["batch"] == 1 and s["layers_batches"] == {1} and s["input_batch"] == 1 for s in seen)
+    assert len({s["length"] for s in seen}) == 1
+
+
+def test_native_video_prompt_scores_as_the_trainer_encodes_it(tmp_path_factory, one_thread):  # noqa: F811
+    """qwen2_vl through its video path (M-RoPE over a clip, rope deltas carried into every option)."""
+    from train.families import load_model
+
+    model, processor, _ = load_model(tiny_model("qwen2_vl", tmp_path_factory))
+    model.eval()
+    item = eval_item(0, 3)
+    content = prompts.user_content("base", 4, item["question"], item["options"])
+    (turn,), clips = as_video(prompts.conversation(content), [item["frames"][i] for i in (0, 8, 16, 24)])
+    scores = score_options(model, processor, turn["content"], [], item["options"], videos=clips)
+    by_hand = []
+    with torch.no_grad():
+        for option in item["options"]:
+            enc = dict(encode(processor, [[turn, prompts.answer_turn(option)]], [[]], videos=[clips]).inputs)
+            labels = enc.pop("labels")[0]
+            logp = torch.log_softmax(model(**enc).logits[0].float(), dim=-1)
+            pos = (labels[1:] != IGNORE_INDEX).nonzero().flatten()
+            by_hand.append(float(logp[pos, labels[1:][pos]].sum()))
+    assert scores.logliks == pytest.approx(by_hand, abs=1e-4)
+    assert len(set(scores.n_tokens)) > 1
+
+
+def test_normalisations_pick_different_options_by_hand():
+    # option 0: short and likely in total; option 1: long, likelier per token; option 2: likeliest per character
+    s = dict(logliks=[-3.0, -5.0, -6.0], n_tokens=[2, 5, 4], n_chars=[5, 20, 30])
+    assert OptionScores(**s, norm="sum").choice == 0  # -3 > -5 > -6
+    assert OptionScores(**s, norm="mean").scores == [-1.5, -1.0, -1.5]
+    assert OptionScores(**s, norm="mean").choice == 1
+    assert OptionScores(**s, norm="chars").scores == pytest.approx([-0.6, -0.25, -0.2])
+    assert OptionScores(**s, norm="chars").choice == 2
+    assert OptionScores([-2.0, -2.0], [1, 1]).choice == 0  # a tie goes to the first option
+    row = OptionScores(**s, norm="mean").as_row()
+    assert row == {"pred": 1, "logliks": [-3.0, -5.0, -6.0], "n_tokens": [2, 5, 4], "n_chars": [5, 20, 30]}
+    with pytest.raises(ValueError, match="character count"):
+        OptionScores([-1.0, -2.0], [1, 2], norm="chars").choice
+    with pytest.raises(ValueError, match="unknown loglik normalisation"):
+        OptionScores([-1.0], [1], norm="tokens")
+
+
+def test_loglik_norm_setting_and_flag():
+    from evalsuite.cli import build_parser, config_from
+
+    assert EvalConfig().loglik_norm == "mean"
+    with pytest.raises(ConfigError, match="Did you mean 'chars'"):
+        EvalConfig(loglik_norm="char")
+    cfg = config_from(build_parser().parse_args(["vcot", "ckpt", "--loglik-norm", "sum"]))
+    assert cfg.loglik_norm == "sum"
+    assert config_from(build_parser().parse_args(["vcot", "ckpt"])).loglik_norm == "mean"
+    doc = field_help("loglik_norm")
+    assert all(name in doc for name in ("`sum`", "`mean`", "`chars`"))
+    with pytest.raises(ValueError, match="unknown loglik normalisation"):
+        score_options(None, None, [], [], ["a"], norm="total")
+
+
+@pytest.mark.parametrize("norm, expected", [("sum", 0), ("mean", 1), ("chars", 2)])
+def test_the_vcot_task_scores_with_the_configured_norm_and_records_the_counts(monkeypatch, norm, expected):
+    """The task hands `--loglik-norm` to the scoring and its rows keep raw totals and counts
+    (evalsuite/tasks/vcot.py: `score_options(..., norm=self.cfg.loglik_norm)`, `row |= scores.as_row()`)."""
+    from types import SimpleNamespace
+
+    from evalsuite.benchmarks import Item
+    from evalsuite.tasks import vcot
+
+    asked = []
+
+    def fake_scores(model, processor, content, images, options, **kwargs):
+        asked.append(kwargs.get("norm"))
+        return OptionScores([-3.0, -5.0, -6.0, -9.0, -9.0], [2, 5, 4, 5, 5], [5, 20, 30, 5, 5],
+                            kwargs.get("norm", "mean"))
+
+    monkeypatch.setattr(vcot, "score_options", fake_scores)
+    task = vcot.VCoTTask.__new__(vcot.VCoTTask)
+    task.cfg, task.resources, task.instruction = EvalConfig(loglik_norm=norm), None, None
+    item = Item("q0", "what happens?", ["a", "b", "c", "d", "e"], expected, "q0")
+    (row,) = task.answer(SimpleNamespace(model=None, processor=object()), item, [{}], [[]], [[]])
+    assert asked == [norm]
+    assert (row["pred"], row["correct"]) == (expected, True)
+    assert row["logliks"] == [-3.0, -5.0, -6.0, -9.0, -9.0] and row["n_tokens"] == [2, 5, 4, 5, 5]
 
 
 def test_batched_generation_equals_one_at_a_time(loaded, one_thread):  # noqa: F811

@@ -51,7 +51,8 @@ def _captured_task(tmp_path, monkeypatch, **cfg):
     task = ShuffleTask(fast_config(infills="oracle", **cfg), Resources(fast_config(infills="oracle"), tmp_path))
     seen = []
 
-    def score(model, processor, content, images, options, videos=None, image_options=None, video_fps=None):
+    def score(model, processor, content, images, options, videos=None, image_options=None, video_fps=None,
+              norm="mean"):
         assert not videos  # every perturbation is a vCoT input: frames go in as images
         seen.append((content, images))
         return OptionScores([0.0] * len(options), [1] * len(options))

@@ -173,6 +173,18 @@ def detect_family(path: str | os.PathLike) -> Family:
         raise FamilyError(f"{cfg_file}: field 'model_type' missing (expected a JSON object with model_type one of: "
                           f"{', '.join(sorted(FAMILIES))}).")
     model_type = cfg["model_type"]
+    if model_type == "internvl_chat":
+        # OpenGVLab's own format (InternVL 1.x, 2, 2.5 and 3 without an -hf suffix): modeling code shipped
+        # with the checkpoint, a chat() API instead of the HF processor + generate. Not run here, even with
+        # trust_remote_code: the converted -hf checkpoints load with the HF-native `internvl` family.
+        raise FamilyError(
+            f"{cfg_file}: model_type 'internvl_chat' is InternVL's remote-code format (e.g. OpenGVLab/InternVL2-8B, "
+            f"the paper's checkpoints): its own modeling code and chat() API are not supported yet, with or "
+            f"without trust_remote_code. Use a checkpoint converted to the HF-native InternVL classes "
+            f"(model_type 'internvl'): OpenGVLab/InternVL2_5-8B-MPO-hf (InternViT-300M + InternLM2.5-7B, the "
+            f"design of InternVL2-8B) or OpenGVLab/InternVL3-8B-hf (InternViT-300M + Qwen2.5-7B); InternVL2 "
+            f"itself has no official -hf conversion."
+        )
     if model_type not in FAMILIES:
         raise FamilyError(
             f"{cfg_file}: model_type '{model_type}' is not a supported family. "

@@ -12,7 +12,10 @@ and merging predictions, resuming, writing metrics.json, MLflow. A task only say
 - `items()`     the items to evaluate (listed cheaply; `self.problems` lists items that cannot be);
 - `keys(item)`  the prediction rows one item yields (unique strings, in the canonical order);
 - `predict(subject, item, todo)` the rows for the keys in `todo` (each row a JSON dict with `key`);
-- `summarize(rows)` the metrics from all rows, and `flat_metrics(summary)` their MLflow names.
+- `summarize(rows)` the metrics from all rows, and `flat_metrics(summary)` their MLflow names;
+- `plan(subject, work, seen)` (optional) how much work the rows of `work` will cost (`Workload`): the
+                runner prints it per checkpoint and task before anything runs. The default counts one
+                prompt per row and derives infills and frames from the task's attributes (see `plan`).
 
 `subject` is the evaluated checkpoint (`evalsuite.runner.Subject`: `.model`, `.processor`, `.chat`,
 `.info`), loaded on first use so that a finished checkpoint is never loaded. `resources` holds what
@@ -22,14 +25,57 @@ is shared across checkpoints (a fixed infill generator, the rephraser, the judge
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Sequence
 
 from evalsuite.config import EvalConfig, FrameInputs
+
+# Model calls of one `evalsuite.scoring.score_options`: the prompt once (its KV cache kept), then each
+# option's continuation, one after another, against that cache (an option is always at least two tokens,
+# its text and the template's end of turn). `scoring.forward_passes(n_options)`, when scoring defines it,
+# takes precedence; with the number of options unknown the count assumes one option call.
+
+
+def loglik_forwards(n_options: int | None) -> int:
+    """Forward passes (model calls) that loglik scoring makes for one prompt with `n_options` options."""
+    from evalsuite import scoring
+
+    count = getattr(scoring, "forward_passes", None)
+    if count is not None and n_options:
+        return int(count(n_options))
+    return 1 + (n_options or 1)
+
+
+@dataclass
+class Workload:
+    """What evaluating some rows of one task on one checkpoint will cost (`Task.plan`)."""
+    items: int = 0
+    prompts: int = 0
+    """Rows to predict: one prompt each."""
+    forwards: int = 0
+    """loglik scoring: model forward passes (calls)."""
+    generations: int = 0
+    """generate scoring: answers generated (one per prompt)."""
+    judge_calls: int = 0
+    """At most: the judge is asked only about answers extraction cannot read."""
+    infills: int = 0
+    """Generator prompts for infills and captions the infill cache lacks (2 per pair of frames, 1 per caption)."""
+    rephrasings: int = 0
+    """Rephraser prompts (1 per generated infill, with --rephraser)."""
+    frame_decodes: int = 0
+    """Video frames to decode (not in the frame cache); rendered synthetic frames are not counted."""
+
+    def __add__(self, other: "Workload") -> "Workload":
+        return Workload(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
 class Task(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
+    n_options: ClassVar[int | None] = None
+    """Options scored per prompt when items carry no `options` list (I-RAVEN: 8 letters)."""
+    uses_judge: ClassVar[bool] = True
+    """Whether generate scoring may ask `--judge` about an answer (`Resources.judge_for`)."""
 
     def __init__(self, cfg: EvalConfig, resources: Any):
         self.cfg, self.resources = cfg, resources
@@ -71,3 +117,74 @@ class Task(ABC):
     def extra_outputs(self) -> dict:
         """Anything else metrics.json should hold (e.g. the benchmark's unusable items)."""
         return {"problems": self.problems}
+
+    # ------------------------------------------------------------------ the plan printed before a run
+
+    def conditions(self) -> tuple[str, ...]:
+        """The prompt conditions an item is asked in: by default those `video_inputs` names (vcot, shuffle),
+        else none (a task without frames)."""
+        video_inputs = getattr(self, "video_inputs", None)
+        return tuple(video_inputs(FrameInputs())) if video_inputs is not None else ()
+
+    def related_items(self, item) -> list:
+        """The items whose frames and infills answering `item` uses: itself, and its partner when the task
+        pairs items (shuffle's `partner`)."""
+        partner = (getattr(self, "partner", None) or {}).get(getattr(item, "id", None))
+        return [item] if partner is None else [item, partner]
+
+    def infill_requests(self, item) -> tuple[list[tuple[int, int]], list[int]]:
+        """(frame pairs whose transitions, frame indices whose captions) answering `item` asks the infill
+        source for. Default, for a task with a benchmark (`bench`): over every F of `--frames`, the pairs
+        of consecutive sampled frames when a condition other than `base`/`caption` is asked (they all put
+        infills between the frames) and the sampled frames when `caption` is."""
+        bench, conds = getattr(self, "bench", None), set(self.conditions())
+        if bench is None or not conds:
+            return [], []
+        idx = {f: bench.indices(item, f) for f in self.cfg.frames}
+        pairs = [p for f in self.cfg.frames for p in zip(idx[f], idx[f][1:])] if conds - {"base", "caption"} else []
+        captions = sorted({i for v in idx.values() for i in v}) if "caption" in conds else []
+        return list(dict.fromkeys(pairs)), captions
+
+    def plan(self, subject, work: Sequence[tuple[Any, list[str]]], seen: set) -> Workload:
+        """The cost of predicting `work` ((item, keys still to predict) pairs) on `subject`, without loading
+        or running anything. `seen` collects the infills and frames counted so far in this plan (by earlier
+        tasks and checkpoints), so that each is counted once, where it will be made.
+
+        Default: one prompt per key; loglik makes `loglik_forwards(options)` forward passes per prompt,
+        generate one generation per prompt (and, with --judge and `uses_judge`, at most one judge call
+        each). Infills: what `infill_requests` asks of each related item, less what the infill cache holds
+        (`Resources.infill_work`). Frames: the sampled frames of each related item that the benchmark's
+        frame cache lacks."""
+        from data_recipes.video import VideoError
+
+        w = Workload(items=len(work), prompts=sum(len(todo) for _, todo in work))
+        for item, todo in work:
+            if self.cfg.scoring == "loglik":
+                options = getattr(item, "options", None)
+                w.forwards += len(todo) * loglik_forwards(len(options) if options else self.n_options)
+            else:
+                w.generations += len(todo)
+                w.judge_calls += len(todo) if self.cfg.judge and self.uses_judge else 0
+        bench = getattr(self, "bench", None)
+        if bench is None:
+            return w
+        max_pixels = subject.inputs.max_pixels
+        for item, _ in work:
+            for it in self.related_items(item):
+                try:
+                    pairs, captions = self.infill_requests(it)
+                    frames = sorted({i for f in self.cfg.frames for i in bench.indices(it, f)})
+                except (VideoError, OSError):
+                    continue  # an unreadable video: the item is recorded as an error, nothing is made
+                if pairs or captions:
+                    made = self.resources.infill_work(subject, it, pairs, captions, seen)
+                    w.infills += made["infills"]
+                    w.rephrasings += made["rephrasings"]
+                cache = getattr(bench, "frame_cache", None)
+                if bench.cacheable and cache is not None and it.path is not None:
+                    for i in frames:
+                        key = ("frame", cache.video_key(it.path), i, max_pixels)
+                        if key not in seen and not cache.has(it.path, i, max_pixels):
+                            seen.add(key)
+                            w.frame_decodes += 1
+        return w

@@ -44,6 +44,8 @@ class Puzzle:
 class IRavenTask(Task):
     name = "iraven"
     description = "Raven's progressive matrices (I-RAVEN, 8 candidates): accuracy per configuration, position bias"
+    n_options = len(LETTERS)  # the run plan's forward passes: 8 letters scored per puzzle
+    uses_judge = False        # answers are read by raven_prompt.letter_choice, never by the judge
 
     _puzzles: list[Puzzle] | None = None  # listed on first use: a finished checkpoint needs no data
 
@@ -52,7 +54,7 @@ class IRavenTask(Task):
         cfg = self.cfg
         data = {"data": str(Path(cfg.iraven_data).expanduser().resolve()), "per_config": cfg.iraven_limit or cfg.limit} \
             if cfg.iraven_data else {"data": "generated", "generator_seed": SEED, "per_config": cfg.iraven_limit or cfg.limit or PER_CONFIG}
-        out = {"task": self.name, **data, "layout": cfg.iraven_layout, "scoring": cfg.scoring, "seed": cfg.seed,
+        out = {"task": self.name, **data, "layout": cfg.iraven_layout, "protocol": cfg.protocol, "scoring": cfg.scoring, "seed": cfg.seed,
                "n_boot": cfg.n_boot, "prompts": raven_prompt.RAVEN_HASH,
                "checkpoint": {k: v for k, v in subject_info.items() if k.endswith("fingerprint")}}
         return out | ({"answer_tokens": cfg.answer_tokens} if cfg.scoring == "generate" else {})

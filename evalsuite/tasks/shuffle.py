@@ -11,9 +11,10 @@ Every item starts from its vCoT input (same benchmark, frames, infill source and
 Metrics per F: the four accuracies and `drop_<p>` = acc_vcot - acc_<p> (positive: accuracy lost),
 a paired difference over the same items with bootstrap CI and exact McNemar p. Every condition is a
 vCoT input (text between the frames), so frames are always fed as images, whatever `--video-input`
-says; they go through the checkpoint's `max_pixels` like vcot's. A model that reads
-its infills loses under `text`: in the paper the image LLaVA-NeXT lost 9.4 points under the text
-perturbation at F=5, the video model (LLaVA-NeXT-Video) 1.6.
+says; they go through the checkpoint's `max_pixels` like vcot's. Prompts, scoring and the settings'
+protocol are vcot's (`--protocol paper`: the letter-answer instruction, generate scoring, the judge).
+A model that reads its infills loses under `text`: in the paper the image LLaVA-NeXT lost 9.4 points
+under the text perturbation at F=5, the video model (LLaVA-NeXT-Video) 1.6.
 
     python -m evalsuite shuffle ckpt/video_100k --frames 5 10 --infills model:models/generator
 """
@@ -82,7 +83,7 @@ class ShuffleTask(VCoTTask):
             texts = (other if cond == "text" else own)[2][f]
             if cond == "words":
                 texts = [shuffle_words(t, f"{self.cfg.seed}|{item.id}|f{f}|{k}") for k, t in enumerate(texts)]
-            contents.append(prompts.user_content("vcot", f, item.question, item.options, texts))
+            contents.append(prompts.user_content("vcot", f, item.question, item.options, texts, self.instruction))
             images.append(frames[f])
             rows.append({"key": key, **where, "frames_from": partner.id if cond == "visual" else item.id,
                          "infills_from": partner.id if cond == "text" else item.id, "indices": idx[f],

@@ -12,10 +12,17 @@ path (a `{"type": "video"}` part, `data_recipes.clips.as_video`), as a model tra
 images. Each row says which path its prompt took (`video_input`), and the settings record it per
 condition with the frames' `max_pixels`.
 
+The settings name the protocol (`--protocol paper | custom`, `evalsuite.config`), the scoring and what it
+depends on: `loglik_norm` for loglik scoring; for generate scoring the answer instruction
+(`answer_instruction`: the hash of `prompts.ANSWER_LETTER` under the paper's protocol, else None), the
+answer length and the judge. The report contrasts two checkpoints only when these agree.
+
     python -m evalsuite vcot ckpt/video_100k --frames 5 10 --infills model:models/generator
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from data_recipes.clips import as_video
 from data_recipes.processors import frame_options
@@ -40,6 +47,8 @@ class VCoTTask(Task):
         super().__init__(cfg, resources)
         self.bench = load_benchmark(cfg)
         self.problems = list(self.bench.problems)
+        # the paper asks for the option's letter when the answer is generated; loglik scores the option text
+        self.instruction = prompts.ANSWER_LETTER if cfg.protocol == "paper" and cfg.scoring == "generate" else None
 
     def video_inputs(self, inputs: FrameInputs) -> dict[str, str]:
         """The path each condition's frames take: `native` (one clip) or `images`."""
@@ -61,10 +70,10 @@ class VCoTTask(Task):
 
     def settings(self, subject_info: dict, inputs: FrameInputs | None = None) -> dict:
         cfg, inputs = self.cfg, inputs or FrameInputs()
-        out = {"task": self.name, **self.bench.describe(), "frames": list(cfg.frames), "limit": cfg.limit,
-               "seed": cfg.seed, "image_size": self.bench.size, "max_pixels": inputs.max_pixels,
-               "video_input": self.video_inputs(inputs), "scoring": cfg.scoring, "n_boot": cfg.n_boot,
-               "infills": self.resources.describe_infills(), "infill_tokens": cfg.infill_tokens,
+        out = {"task": self.name, **self.bench.describe(), "item_set": self.item_set(), "frames": list(cfg.frames),
+               "limit": cfg.limit, "seed": cfg.seed, "image_size": self.bench.size, "max_pixels": inputs.max_pixels,
+               "video_input": self.video_inputs(inputs), "protocol": cfg.protocol, "scoring": cfg.scoring,
+               "n_boot": cfg.n_boot, "infills": self.resources.describe_infills(), "infill_tokens": cfg.infill_tokens,
                "prompts": prompts.PROMPTS_HASH,
                # the weights, not the path: a moved or renamed checkpoint is not evaluated again
                "checkpoint": {k: v for k, v in subject_info.items() if k.endswith("fingerprint")}}
@@ -72,8 +81,16 @@ class VCoTTask(Task):
         if cfg.benchmark == "egoschema":
             out["data"] = str(self.bench.root)
         if cfg.scoring == "generate":
-            out |= {"answer_tokens": cfg.answer_tokens, "judge": self.resources.describe("judge")}
+            out |= {"answer_tokens": cfg.answer_tokens, "judge": self.resources.describe("judge"),
+                    "answer_instruction": prompts.ANSWER_HASH if self.instruction else None}
+        else:
+            out["loglik_norm"] = cfg.loglik_norm
         return out
+
+    def item_set(self) -> str:
+        """`<n>@<hash>` of the evaluated items and their answers: two evaluations compare only on equal sets."""
+        listed = "\n".join(f"{it.id}={it.answer}" for it in self.bench.items)
+        return f"{len(self.bench.items)}@{hashlib.sha256(listed.encode()).hexdigest()[:12]}"
 
     def items(self) -> list[Item]:
         return self.bench.items
@@ -101,7 +118,7 @@ class VCoTTask(Task):
             f, cond = where["frames"], where["condition"]
             texts = {"base": None, "caption": [captions[i] for i in idx[f]],
                      "vcot": [transitions[p] for p in zip(idx[f], idx[f][1:])]}[cond]
-            content = prompts.user_content(cond, f, item.question, item.options, texts)
+            content = prompts.user_content(cond, f, item.question, item.options, texts, self.instruction)
             imgs, clips = [frames[i] for i in idx[f]], []
             if paths[cond] == "native":  # the F image markers become one video part, the frames one clip
                 (turn,), clips = as_video(prompts.conversation(content), imgs, where=key)
@@ -126,8 +143,8 @@ class VCoTTask(Task):
         if self.cfg.scoring == "loglik":
             for row, content, imgs, clips, fps in zip(rows, contents, images, videos, rates):
                 scores = score_options(subject.model, subject.processor, content, imgs, item.options, videos=clips,
-                                       image_options=options, video_fps=fps)
-                row |= {"pred": scores.choice, "logliks": scores.logliks}
+                                       image_options=options, video_fps=fps, norm=self.cfg.loglik_norm)
+                row |= scores.as_row()  # pred, raw logliks, n_tokens, n_chars
         else:
             answers = subject.chat.generate(contents, images, max_new_tokens=self.cfg.answer_tokens,
                                             batch_size=self.cfg.batch_size,

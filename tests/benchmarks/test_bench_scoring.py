@@ -1,4 +1,5 @@
-"""Option scoring: shared-prefix loglik scoring against scoring each option from scratch; the vcot task's rate.
+"""Option scoring: shared-prefix loglik scoring against scoring each option from scratch, its peak memory for
+5 options against 1; the vcot task's rate.
 
 Items are the synthetic benchmark's (`data_recipes.synthetic.eval_item`), frames sampled as the task
 samples them (`uniform_indices(32, F)`), prompts in the vcot condition with the oracle infills between
@@ -9,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
+import subprocess
+import sys
+import textwrap
 import time
 from unittest import mock
 
@@ -80,7 +85,8 @@ def test_shared_prefix_against_from_scratch(loaded, n_frames, table):
         "from scratch": lambda: [from_scratch(model, processor, *case) for case in cases],
     }, rounds=ROUNDS)
     shared = t.results["shared prefix"][-1]
-    naive = [OptionScores(logliks, []) for logliks in t.results["from scratch"][-1]]
+    naive = [OptionScores(logliks, s.n_tokens, s.n_chars, s.norm)  # the same counts and normalisation
+             for s, logliks in zip(shared, t.results["from scratch"][-1])]
     assert [s.choice for s in shared] == [n.choice for n in naive]  # same answers
     for s, n in zip(shared, naive):
         assert s.logliks == pytest.approx(n.logliks, abs=1e-3)
@@ -89,6 +95,108 @@ def test_shared_prefix_against_from_scratch(loaded, n_frames, table):
                 t.ratio("from scratch", "shared prefix"), fmt="{:.2f}x", at_least=3,
                 detail=f"{per_item('shared prefix'):.0f} vs {per_item('from scratch'):.0f} ms per item, "
                        f"{ITEMS} items x {t.rounds} rounds; same choices")
+
+
+# Run in a fresh process per measurement (see test_option_scoring_memory for how memory is read).
+SCORE_MEMORY = textwrap.dedent("""
+    import gc, json, re, sys
+    from pathlib import Path
+    import torch
+    from transformers import AutoConfig
+    from data_recipes.processors import load_processor
+    from data_recipes.synthetic import eval_item
+    from evalsuite import prompts
+    from evalsuite.scoring import _cache_kwarg, option_continuations, score_options
+    from train.chat import processor_inputs
+    from train.families import get_family
+
+    def status(field):
+        return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+    @torch.no_grad()
+    def per_option_copies(model, processor, content, images, options):
+        # the previous implementation: the prompt cache repeated along the batch for the k options
+        prefix, conts = option_continuations(processor, prompts.conversation(content), options)
+        out = model(**dict(processor_inputs(processor, [prefix], [list(images)], None, return_tensors="pt")),
+                    use_cache=True, logits_to_keep=1)
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        del out
+        ids = torch.zeros((len(conts), max(len(c) for c in conts)), dtype=torch.long)
+        for i, c in enumerate(conts):
+            ids[i, :len(c)] = torch.tensor(c)
+        cache.batch_repeat_interleave(len(conts))
+        model(input_ids=ids[:, :-1], use_cache=True, **{_cache_kwarg(model): cache})
+
+    model_dir, method, k, n_frames = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(1)
+    config = AutoConfig.from_pretrained(model_dir)
+    text = config.text_config
+    text.num_hidden_layers, text.num_key_value_heads = LAYERS, KV_HEADS
+    torch.manual_seed(0)
+    model = get_family(config.model_type).model_cls()(config).eval()
+    processor = load_processor(model_dir)
+    item = eval_item(0, 3)
+    frames = [item["frames"][i % len(item["frames"])] for i in range(n_frames)]
+    content = prompts.user_content("base", n_frames, item["question"], item["options"])
+    options = item["options"][:k]
+    score = score_options if method == "one cache" else per_option_copies
+    score(model, processor, content, frames, options)  # first call: one-off allocations out of the way
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = status("VmRSS")
+    score(model, processor, content, frames, options)
+    peak = status("VmHWM")
+    prefix, _ = option_continuations(processor, prompts.conversation(content), options)
+    tokens = processor(text=[prefix], images=[frames], return_tensors="pt")["input_ids"].shape[1]
+    head_dim = text.hidden_size // text.num_attention_heads
+    cache_mb = tokens * text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim * 4 / 2**20
+    print(json.dumps({"peak_mb": (peak - before) / 1024, "tokens": tokens, "cache_mb": cache_mb}))
+""")
+MEMORY_FRAMES = 128
+MEMORY_LAYERS, MEMORY_KV_HEADS = 16, 4
+
+
+def test_option_scoring_memory(tiny_llava, subprocess_env, table):
+    """Peak memory of scoring 5 options against scoring 1, on one prompt of 128 frames (about 2.1k tokens).
+
+    Model: the tiny Llava with a deeper language model (16 layers, 4 KV heads instead of 2 and 2, random
+    weights, built in the measuring process). The stock tiny model's KV cache (1 KiB per token) is smaller
+    than transient buffers of the prompt's forward (the causal mask alone is tokens^2 bytes), so copies of
+    it would not show; here the cache (16 KiB per token, about 33 MB) is the largest allocation of the
+    scoring, as at 7B (Qwen2-VL-7B: 56 KiB per token in bf16).
+
+    Method: each measurement runs in a fresh process that builds the model, scores the prompt once (so
+    one-off allocations are out of the way), then resets the high-water mark of its resident set (writing
+    5 to /proc/self/clear_refs sets VmHWM to VmRSS), reads VmRSS, scores again and reads VmHWM from
+    /proc/self/status: the row's numbers are VmHWM - VmRSS, what the scoring call added at its peak above
+    the loaded model. glibc is told to serve every allocation above 64 KiB with mmap
+    (MALLOC_MMAP_THRESHOLD_, which also turns its adaptive threshold off), so a freed tensor returns to the
+    kernel at once and the resident set follows the live tensors rather than what the heap keeps: the CPU
+    counterpart of a GPU allocator's max_memory_allocated. The previous implementation (the prompt cache
+    repeated along the batch, one copy per option) is measured the same way for reference."""
+    env = dict(subprocess_env, MALLOC_MMAP_THRESHOLD_="65536")
+    script = SCORE_MEMORY.replace("LAYERS, KV_HEADS", f"{MEMORY_LAYERS}, {MEMORY_KV_HEADS}")
+    peaks = {}
+    for method in ("one cache", "per-option copies"):
+        for k in (1, 5):
+            p = subprocess.run([sys.executable, "-c", script, str(tiny_llava), method, str(k), str(MEMORY_FRAMES)],
+                               env=env, capture_output=True, text=True, timeout=600)
+            assert p.returncode == 0, p.stderr[-3000:]
+            peaks[method, k] = json.loads(p.stdout.strip().splitlines()[-1])
+    info = peaks["one cache", 5]
+    assert info["tokens"] > 2000  # a long prompt: the cache, not the options, is what could be copied
+    ratio = peaks["one cache", 5]["peak_mb"] / peaks["one cache", 1]["peak_mb"]
+    old = peaks["per-option copies", 5]["peak_mb"] / peaks["per-option copies", 1]["peak_mb"]
+    table.check("Option scoring", f"peak memory, 5 options / 1 option, one shared prompt cache "
+                                  f"({MEMORY_FRAMES}-frame prompt, {info['tokens']} tokens)",
+                ratio, fmt="{:.2f}x", at_most=1.3,
+                detail=f"{peaks['one cache', 5]['peak_mb']:.0f} vs {peaks['one cache', 1]['peak_mb']:.0f} MB "
+                       f"above the loaded model; the cache is {info['cache_mb']:.0f} MB",
+                note=f"previous implementation (one cache copy per option): {old:.2f}x "
+                     f"({peaks['per-option copies', 5]['peak_mb']:.0f} vs "
+                     f"{peaks['per-option copies', 1]['peak_mb']:.0f} MB); tiny Llava with {MEMORY_LAYERS} "
+                     f"language layers x {MEMORY_KV_HEADS} KV heads so that the cache dominates, as at 7B; "
+                     f"peak RSS of a fresh process, see the test's docstring")
 
 
 def test_vcot_task_rate(tiny_llava, bench_root, table):

@@ -1,0 +1,179 @@
+"""The report from hand-written metrics.json files: the image-vs-video contrast only between checkpoints
+evaluated the same way (else the settings that differ, and no number), and the failure rate with strict and
+random-fill accuracy of generate scoring (no models run)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from evalsuite import stats
+from evalsuite.comparisons import summarize
+from evalsuite.report import discover, evaluation_differences, matched_pairs, pairs_section, write_report
+
+CONDITIONS = ("base", "caption", "vcot")
+CONTRASTS = {"gain": ("vcot", "base")}
+ANSWERS = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
+# image run: vcot right on items 0-5, base on 0-1 (gain +0.4); video run: vcot = base on items 0-2 (gain 0)
+PATTERNS = {"image": {"base": [1, 1, 0, 0, 0, 0, 0, 0, 0, 0], "vcot": [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]},
+            "video": {"base": [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], "vcot": [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]}}
+
+SETTINGS = {"task": "vcot", "benchmark": "egoschema", "data": "/data/egoschema", "limit": 10, "frames": [5],
+            "seed": 0, "protocol": "paper", "scoring": "generate", "infills": "model:/models/gen@abc+rephraser:x",
+            "answer_tokens": 24, "judge": "/models/judge@def", "n_boot": 200, "max_pixels": 200704}
+
+
+def _rows(kind: str, failed_vcot: tuple[int, ...] = ()) -> list[dict]:
+    rows = []
+    for cond in CONDITIONS:
+        right = PATTERNS[kind]["base" if cond == "caption" else cond]
+        for i, (ok, answer) in enumerate(zip(right, ANSWERS)):
+            pred = answer if ok else (answer + 1) % 5
+            extraction = "letter"
+            if cond == "vcot" and i in failed_vcot:
+                pred, extraction = None, "failed"
+            rows.append({"item": f"q{i}", "frames": 5, "condition": cond, "answer": answer, "pred": pred,
+                         "correct": pred == answer, "extraction": extraction})
+    return rows
+
+
+def _checkpoint(root, name: str, kind: str, settings: dict, failed_vcot: tuple[int, ...] = (), match=None):
+    """A checkpoint dir: run.json, eval/vcot/predictions.jsonl and a metrics.json with the given settings."""
+    d = root / name
+    (d / "eval" / "vcot").mkdir(parents=True)
+    run = {"kind": kind, "consumed": {"samples": 100, "visual_tokens": 5000}}
+    if match:
+        run["match"] = {"reference": {"checkpoint": str(root / match)}, "unit": "visual_tokens", "target": 5000,
+                        "achieved": 5000, "rel_error": 0.0}
+    (d / "run.json").write_text(json.dumps(run))
+    rows = _rows(kind, failed_vcot)
+    if settings.get("scoring") == "loglik":
+        for r in rows:
+            del r["extraction"]
+    (d / "eval/vcot/predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = summarize(rows, (5,), CONDITIONS, CONTRASTS, n_boot=200, seed=0)
+    (d / "eval/vcot/metrics.json").write_text(json.dumps({"settings": settings, "metrics": metrics}))
+    return d
+
+
+def _pair(root, image_settings: dict, video_settings: dict, **kw):
+    _checkpoint(root, "video_run", "video", video_settings)
+    _checkpoint(root, "image_run", "image", image_settings, match="video_run", **kw)
+    (pair,) = matched_pairs(discover(root))
+    return pair
+
+
+def _contrast_section(report: str) -> str:
+    return report.split("## Image run vs video run")[1].split("\n## ")[0]
+
+
+def test_same_evaluation_gives_the_contrast_even_when_frames_took_different_paths(tmp_path):
+    image = SETTINGS | {"video_input": {c: "images" for c in CONDITIONS}}
+    video = SETTINGS | {"video_input": {"base": "native", "caption": "images", "vcot": "images"}}
+    pair = _pair(tmp_path, image, video)
+    assert evaluation_differences(image, video) == []
+    lines, metrics = pairs_section([pair])
+    expected = stats.contrast_of_differences(PATTERNS["image"]["vcot"], PATTERNS["image"]["base"],
+                                             PATTERNS["video"]["vcot"], PATTERNS["video"]["base"], seed=0)
+    assert expected.value == pytest.approx(0.4)
+    assert metrics["contrast/image_run_vs_video_run/f5/value"] == expected.value
+    assert metrics["contrast/image_run_vs_video_run/f5/ci_low"] == expected.ci_low
+    section = _contrast_section(write_report(tmp_path, track=False).read_text())
+    assert "| 5 | +40.0 [" in section and "No contrast" not in section
+    assert "gain(image) - gain(video) |" in section
+
+
+@pytest.mark.parametrize("change, setting, shown", [
+    ({"protocol": "custom"}, "protocol", ("paper", "custom")),
+    ({"scoring": "loglik", "loglik_norm": "mean"}, "scoring", ("generate", "loglik")),
+    ({"infills": "self"}, "infills", ("model:/models/gen@abc+rephraser:x", "self")),
+    ({"limit": 20}, "limit", ("10", "20")),
+    ({"frames": [5, 10]}, "frames", ("5", "5, 10")),
+    ({"seed": 1}, "seed", ("0", "1")),
+    ({"data": "/other/egoschema"}, "data", ("/data/egoschema", "/other/egoschema")),
+    ({"benchmark": "synthetic", "data": None}, "benchmark", ("egoschema", "synthetic")),
+])
+def test_a_contrast_between_different_evaluations_is_refused_with_what_differs(tmp_path, change, setting, shown):
+    video = SETTINGS | change
+    pair = _pair(tmp_path, SETTINGS, video)
+    differ = evaluation_differences(SETTINGS, video)
+    assert setting in [k for k, _, _ in differ]
+    lines, metrics = pairs_section([pair])
+    assert metrics == {}  # no contrast is logged either
+    section = _contrast_section(write_report(tmp_path, track=False).read_text())
+    assert "**No contrast**" in section and f"`{setting}`" in section
+    assert f"| {setting} | {shown[0]} | {shown[1]} |" in section
+    if setting == "scoring":  # the normalisation the loglik side used is named, the generate side has none
+        assert "| loglik_norm | not used (generate scoring) | mean |" in section
+    assert "gain(image) - gain(video) |" not in section  # no table, no number
+    assert not re.search(r"\| 5 \| [+-]\d", section)
+    # the scale-match audit is still shown
+    assert "| visual_tokens | 5000 | 5000 | 1.000 |" in section
+
+
+def test_loglik_normalisations_must_agree_and_an_unrecorded_one_was_a_sum(tmp_path):
+    loglik = SETTINGS | {"protocol": "custom", "scoring": "loglik"}
+    for norm in ("mean", "chars"):
+        assert evaluation_differences(loglik | {"loglik_norm": "sum"}, loglik | {"loglik_norm": norm}) == [
+            ("loglik_norm", "sum", norm)]
+    assert evaluation_differences(loglik, loglik | {"loglik_norm": "sum"}) == []  # before the flag: summed
+    assert evaluation_differences(loglik, loglik | {"loglik_norm": "mean"}) == [("loglik_norm", "sum", "mean")]
+    # generate scoring does not use it, whatever is recorded
+    assert evaluation_differences(SETTINGS | {"loglik_norm": "sum"}, SETTINGS | {"loglik_norm": "mean"}) == []
+    pair = _pair(tmp_path, loglik | {"loglik_norm": "sum"}, loglik | {"loglik_norm": "mean"})
+    assert pairs_section([pair])[1] == {}
+    section = _contrast_section(write_report(tmp_path, track=False).read_text())
+    assert "| loglik_norm | sum | mean |" in section
+
+
+def test_a_missing_protocol_is_custom_and_item_digests_are_compared_when_both_have_one(tmp_path):
+    custom = {k: v for k, v in SETTINGS.items() if k != "protocol"}
+    assert evaluation_differences(custom, SETTINGS | {"protocol": "custom"}) == []
+    assert evaluation_differences(custom, SETTINGS) == [("protocol", "custom", "paper")]
+    assert evaluation_differences(SETTINGS | {"item_set": "10@aaa"}, SETTINGS | {"item_set": "10@bbb"}) == [
+        ("item_set", "10@aaa", "10@bbb")]
+    assert evaluation_differences(SETTINGS | {"item_set": "10@aaa"}, SETTINGS) == []  # recorded on one side only
+    # several differences are all named
+    assert [k for k, _, _ in evaluation_differences(SETTINGS, SETTINGS | {"seed": 3, "scoring": "loglik"})] == [
+        "scoring", "loglik_norm", "seed"]
+
+
+def test_generate_scoring_shows_failures_strict_and_random_fill_accuracy(tmp_path):
+    _checkpoint(tmp_path, "gen", "image", SETTINGS, failed_vcot=(6, 7, 8))
+    _checkpoint(tmp_path, "ll", "video", SETTINGS | {"protocol": "custom", "scoring": "loglik", "loglik_norm": "mean"})
+    text = write_report(tmp_path, track=False).read_text()
+    vcot = text.split("## vCoT")[1].split("\n## ")[0]
+    assert "evaluated differently" in vcot
+    assert "`gen`: benchmark `egoschema`, protocol `paper`, scoring `generate`" in vcot
+    assert "`ll`: benchmark `egoschema`, protocol `custom`, scoring `loglik` (log-likelihood per token)" in vcot
+    m = json.loads((tmp_path / "gen/eval/vcot/metrics.json").read_text())["metrics"]["f5"]
+    assert m["failed_vcot"]["value"] == pytest.approx(0.3) and m["acc_vcot"]["value"] == pytest.approx(0.6)
+    assert m["random_fill_vcot"]["value"] == pytest.approx(0.66)
+    fill = m["random_fill_vcot"]
+    row = (f"| gen | 5 | vCoT | 30.0 [{100 * m['failed_vcot']['ci_low']:.1f}, "
+           f"{100 * m['failed_vcot']['ci_high']:.1f}] (3/10) | 60.0 [{100 * m['acc_vcot']['ci_low']:.1f}, "
+           f"{100 * m['acc_vcot']['ci_high']:.1f}] | 66.0 [{100 * fill['ci_low']:.1f}, {100 * fill['ci_high']:.1f}] |")
+    assert row in vcot
+    assert "| gen | 5 | base | 0.0 [0.0, 0.0] (0/10) | 20.0 [" in vcot
+    assert "| failed | strict | random-fill |" in vcot
+    assert "`ll`: loglik scoring picks an option for every prompt, so there are no extraction failures" in vcot
+    assert "| ll | 5 |" not in vcot.split("| failed | strict | random-fill |")[1]  # loglik has no failure rows
+    csv_text = (tmp_path / "report/metrics.csv").read_text()
+    assert "gen,image,vcot,f5/random_fill_vcot,0.66" in csv_text
+
+
+def test_an_unrecorded_loglik_norm_is_reported_as_the_old_sum(tmp_path):
+    _checkpoint(tmp_path, "old", "video", SETTINGS | {"protocol": "custom", "scoring": "loglik"})
+    text = write_report(tmp_path, track=False).read_text()
+    assert "scoring `loglik` (total log-likelihood: evaluated before --loglik-norm)" in text
+
+
+def test_a_single_setup_is_stated_once(tmp_path):
+    _checkpoint(tmp_path, "a", "image", SETTINGS)
+    _checkpoint(tmp_path, "b", "video", SETTINGS | {"video_input": {"base": "native"}})
+    vcot = write_report(tmp_path, track=False).read_text().split("## vCoT")[1].split("\n## ")[0]
+    assert ("Evaluated with benchmark `egoschema`, protocol `paper`, scoring `generate`, infills "
+            "`model:/models/gen@abc+rephraser:x`.") in vcot
+    assert "evaluated differently" not in vcot
