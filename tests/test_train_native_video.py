@@ -88,6 +88,8 @@ def test_an_image_run_matches_a_native_video_run_in_visual_tokens(work):
     assert info["video_input"] == "images" and info["match"]["target"] == target
     per_image = info["consumed"]["visual_tokens"] / info["consumed"]["samples"]
     assert abs(info["consumed"]["visual_tokens"] - target) < per_image  # stopped within one sample
+    # the schedule was planned from a prescan counted the way batches are (no token counts in this build)
+    assert "prescan" in info["budget"]["schedule_source"] and info["budget"]["per_sample"] == per_image
 
 
 @pytest.mark.slow

@@ -69,9 +69,9 @@ def per_sample_from_manifest(manifest: dict, unit: str, model_dir: str | Path, v
     return counts[unit] / n
 
 
-def prescan_per_sample(urls: list[str], collate, unit: str, n: int = PRESCAN_SAMPLES, chunk: int = 8) -> float:
-    """Mean `unit` per sample over the first `n` samples of the shards (in manifest order), encoded
-    by `collate(raw samples) -> (inputs, counts, keys)` exactly like training batches."""
+def prescan_per_sample(urls: list[str], count, unit: str, n: int = PRESCAN_SAMPLES, chunk: int = 8) -> float:
+    """Mean `unit` per sample over the first `n` samples of the shards (in manifest order), counted by
+    `count(raw samples) -> per-sample counts` exactly as training batches are (`train.data.encode_samples`)."""
     import webdataset as wds
 
     raw = []
@@ -87,8 +87,7 @@ def prescan_per_sample(urls: list[str], collate, unit: str, n: int = PRESCAN_SAM
         raise ValueError(f"prescan found no samples in {len(urls)} shards")
     total = 0
     for i in range(0, len(raw), chunk):
-        _, counts, _ = collate(raw[i:i + chunk])
-        total += sum(counts[unit])
+        total += sum(count(raw[i:i + chunk])[unit])
     return total / len(raw)
 
 

@@ -57,7 +57,7 @@ from train.checkpointing import (TrainingState, find_resume, load_state, read_st
                                  trainable_only, trainable_state_dict)
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
 from train.config import ConfigError, TrainConfig, resolve  # noqa: E402
-from train.data import ShardStream, make_loader, resolve_frames, trim  # noqa: E402
+from train.data import ShardStream, encode_samples, make_loader, resolve_frames, trim  # noqa: E402
 from train.families import get_module, load_model  # noqa: E402
 from train.models import resolve_base_model, wrap_lora  # noqa: E402
 from train.runtime import fill_ds_config, resolve_runtime  # noqa: E402
@@ -241,14 +241,15 @@ class LoRATrainer:
         b = budgets.resolve_budget(cfg, self.tracking_uri)
         per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * self.acc.num_processes
 
+        def count(raw):  # per-sample counts of raw shard samples, as the training batches count them
+            return encode_samples(self.processor, raw, self.video_input, self.max_pixels)[1]
+
         def per_sample():
             mean = budgets.per_sample_from_manifest(self.manifest, b.unit, self.base_dir, self.video_input,
                                                     self.max_pixels)
             if mean is not None:
                 return mean, "manifest counts"
-            probe = ShardStream(shard_urls(self.shards), self.processor, batch_size=1, seed=cfg.seed,
-                                video_input=self.video_input, max_pixels=self.max_pixels)
-            return budgets.prescan_per_sample(shard_urls(self.shards), probe.collate, b.unit), \
+            return budgets.prescan_per_sample(shard_urls(self.shards), count, b.unit), \
                 f"prescan of the first {budgets.PRESCAN_SAMPLES} samples"
         b = budgets.plan_schedule(b, cfg, per_step, per_sample)
         self.acc.print(f"budget: {b.unit or 'steps'} {b.target or cfg.max_steps}; schedule {b.schedule_steps} steps "
