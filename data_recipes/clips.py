@@ -13,6 +13,8 @@ from typing import Sequence
 
 VIDEO_INPUTS = ("images", "native")
 """How a video sample's frames reach a model: each as an image, or each clip through the video path."""
+VIDEO_INPUT_SETTINGS = ("auto", *VIDEO_INPUTS)
+"""What the trainer and the evaluation accept: `auto` takes the build's (manifest) or the run's (run.json)."""
 
 
 class ClipError(ValueError):

@@ -83,14 +83,6 @@ class TokenCounter:
         self._images.mode = value
 
     @property
-    def checked(self) -> int:
-        return self._images.checked
-
-    @property
-    def extra_per_image(self) -> int | None:
-        return self._images.extra
-
-    @property
     def video_mode(self) -> str:
         """The native video path's mode (check | arithmetic | processor)."""
         return self._clips.mode

@@ -69,6 +69,12 @@ class CheckpointRef:
         return out
 
 
+def weights_identity(info: dict) -> str:
+    """The identity of a checkpoint's weights from its `CheckpointRef.identity()`: its fingerprint, plus
+    its base model's for an adapter (the key of the infill cache and of `ChatModel.identity`)."""
+    return info["fingerprint"] + info.get("base_fingerprint", "")
+
+
 def is_model_dir(p: Path) -> bool:
     return (p / "config.json").is_file() and any(p.glob("*.safetensors"))
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_recipes.clips import VIDEO_INPUTS
+from data_recipes.clips import VIDEO_INPUT_SETTINGS, VIDEO_INPUTS
 from data_recipes.resize import check_max_pixels
 
 BENCHMARKS = ("synthetic", "egoschema")
@@ -24,7 +24,6 @@ PAPER_FRAMES = (5, 10)
 """The numbers of frames of the paper's EgoSchema table."""
 INFILL_KINDS = ("self", "oracle", "file", "model")
 IRAVEN_LAYOUTS = ("composite", "separate")
-VIDEO_INPUT_SETTINGS = ("auto", *VIDEO_INPUTS)
 
 
 class ConfigError(ValueError):

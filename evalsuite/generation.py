@@ -43,15 +43,15 @@ class ChatModel:
     def load(cls, path: str | os.PathLike, trust_remote_code: bool = False, name: str | None = None,
              device: str | None = None) -> "ChatModel":
         """A VLM checkpoint (adapter or model dir of a known family) or a text-only causal LM."""
-        from evalsuite.checkpoints import CheckpointError, checkpoint_ref, fingerprint, load_checkpoint
+        from evalsuite.checkpoints import (CheckpointError, checkpoint_ref, fingerprint, load_checkpoint,
+                                           weights_identity)
         from train.families import FamilyError
 
         path = Path(path).expanduser().resolve()
         try:
             ref = checkpoint_ref(path)
             model, processor, info = load_checkpoint(ref, trust_remote_code=trust_remote_code, device=device)
-            identity = info["fingerprint"] + info.get("base_fingerprint", "")
-            return cls(model, processor=processor, name=name or path.name, identity=identity)
+            return cls(model, processor=processor, name=name or path.name, identity=weights_identity(info))
         except (FamilyError, CheckpointError) as e:
             from evalsuite.checkpoints import remote_code_only
 

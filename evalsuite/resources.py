@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from evalsuite import prompts
-from evalsuite.checkpoints import CheckpointRef, fingerprint, load_checkpoint
+from evalsuite.checkpoints import CheckpointRef, fingerprint, load_checkpoint, weights_identity
 from evalsuite.config import EvalConfig, FrameInputs, resolve_frame_inputs
 from evalsuite.framecache import FrameCache
 from evalsuite.generation import ChatModel
@@ -37,10 +37,9 @@ def model_identity(path: str | Path) -> str:
 
     p = Path(path).expanduser().resolve()
     try:
-        ident = checkpoint_ref(p).identity()
+        return weights_identity(checkpoint_ref(p).identity())
     except CheckpointError:
         return fingerprint(p)
-    return ident["fingerprint"] + ident.get("base_fingerprint", "")
 
 
 class LazyChat:
@@ -112,7 +111,7 @@ class Subject:
             model, processor, info = load_checkpoint(self.ref, trust_remote_code=self.cfg.trust_remote_code,
                                                      device=self.device)
             chat = ChatModel(model, processor=processor, name=self.ref.name,
-                             identity=info["fingerprint"] + info.get("base_fingerprint", ""))
+                             identity=weights_identity(info))
             self._loaded = (model, processor, chat)
         return self._loaded
 
@@ -132,8 +131,7 @@ class Subject:
     def lazy_chat(self) -> LazyChat:
         """`chat` as a `LazyChat`: the checkpoint loads at the first generation (a self-infill source whose
         texts are all cached does not load it); it is freed by `release()` below, not by the LazyChat's."""
-        info = self.info
-        return LazyChat(self.ref.name, info["fingerprint"] + info.get("base_fingerprint", ""), lambda: self.chat)
+        return LazyChat(self.ref.name, weights_identity(self.info), lambda: self.chat)
 
     def release(self) -> None:
         held, self._loaded = self._loaded is not None, None

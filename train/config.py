@@ -21,12 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from data_recipes.clips import VIDEO_INPUTS
+from data_recipes.clips import VIDEO_INPUT_SETTINGS
 
 MATCH_UNITS = ("samples", "visual_tokens", "text_tokens", "supervised_tokens")
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
-VIDEO_INPUT_SETTINGS = ("auto", *VIDEO_INPUTS)
 
 
 class ConfigError(ValueError):

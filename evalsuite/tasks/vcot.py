@@ -26,6 +26,7 @@ import hashlib
 
 from data_recipes.clips import as_video
 from data_recipes.processors import frame_options
+from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR
 from data_recipes.video import VideoError
 from evalsuite import comparisons, prompts
 from evalsuite.benchmarks import Item, load_benchmark
@@ -59,12 +60,10 @@ class VCoTTask(Task):
         if "native" not in self.video_inputs(inputs).values():
             return
         family = subject.family
-        if family.video_placeholder is None:
-            from train.families import FAMILIES
-
+        if family.name not in FAMILY_VIDEO_PROCESSOR:  # the one list of families with a video path
             asked = ("--video-input native" if inputs.origin == "--video-input"
                      else f"{inputs.origin} says video_input native")
-            with_path = ", ".join(sorted(n for n, f in FAMILIES.items() if f.video_placeholder is not None))
+            with_path = ", ".join(sorted(FAMILY_VIDEO_PROCESSOR))
             raise ConfigError(f"{asked}, but {subject.ref.name} is a {family.name} model, which has no native video "
                               f"path (families with one: {with_path}); evaluate it with --video-input images")
 

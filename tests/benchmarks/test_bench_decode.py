@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from clips import write_moving_clip
 from timing import interleave_measured
 
 pytestmark = pytest.mark.bench
@@ -20,30 +21,11 @@ FRAMES = 8
 @pytest.fixture(scope="module")
 def long_clip(bench_root):
     """60 s of 720p at 30 fps: a gradient that scrolls and a square that moves (libx264, ultrafast, B-frames)."""
-    import av
-
     path = bench_root / "decode_60s_720p.mp4"
     if path.exists():
         return path
-    base = np.zeros((HEIGHT, 2 * WIDTH, 3), np.uint8)
-    x = np.arange(2 * WIDTH)
-    base[..., 0] = (x * 255 // (2 * WIDTH))[None, :]
-    base[..., 1] = (np.arange(HEIGHT) * 255 // HEIGHT)[:, None]
-    base[..., 2] = ((x // 40) % 2 * 120)[None, :]
     t0 = time.perf_counter()
-    with av.open(str(path), "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "crf": "23", "g": str(GOP),
-                                                       "bf": "2", "sc_threshold": "0"})
-        s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for i in range(SECONDS * FPS):
-            off = (i * 7) % WIDTH
-            arr = np.ascontiguousarray(base[:, off:off + WIDTH])
-            y, xx = (i * 5) % (HEIGHT - 80), (i * 11) % (WIDTH - 80)
-            arr[y:y + 80, xx:xx + 80] = 255
-            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-            frame.pts = i
-            c.mux(s.encode(frame))
-        c.mux(s.encode(None))
+    write_moving_clip(path, width=WIDTH, height=HEIGHT, seconds=SECONDS, fps=FPS, gop=GOP)
     print(f"\n[decode bench] wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     return path
 

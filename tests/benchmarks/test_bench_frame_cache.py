@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from clips import write_moving_clip
 from timing import interleave
 
 pytestmark = pytest.mark.bench
@@ -23,32 +24,14 @@ MAX_PIXELS = 448 * 448  # a 7B model's budget: the 640x360 frames are shrunk to 
 @pytest.fixture(scope="module")
 def egoschema(bench_root):
     """An EgoSchema directory of VIDEOS clips (20 s of 360p at 30 fps, libx264, keyframe every 2 s)."""
-    import av
-
     root = bench_root / "frame-cache-egoschema"
     if (root / "questions.json").exists():
         return root
     (root / "videos").mkdir(parents=True)
-    x, y = np.arange(2 * WIDTH), np.arange(HEIGHT)
     questions = []
     for v in range(VIDEOS):
-        base = np.zeros((HEIGHT, 2 * WIDTH, 3), np.uint8)
-        base[..., 0] = (x * 255 // (2 * WIDTH))[None, :]
-        base[..., 1] = (y * 255 // HEIGHT)[:, None]
-        base[..., 2] = ((x // (20 + 10 * v)) % 2 * 120)[None, :]
-        with av.open(str(root / "videos" / f"q{v}.mp4"), "w", format="mp4") as c:
-            s = c.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "crf": "23", "g": str(GOP),
-                                                           "bf": "2", "sc_threshold": "0"})
-            s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-            for i in range(SECONDS * FPS):
-                off = (i * (5 + v)) % WIDTH
-                arr = np.ascontiguousarray(base[:, off:off + WIDTH])
-                top, left = (i * 5) % (HEIGHT - 60), (i * 11) % (WIDTH - 60)
-                arr[top:top + 60, left:left + 60] = 255
-                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-                frame.pts = i
-                c.mux(s.encode(frame))
-            c.mux(s.encode(None))
+        write_moving_clip(root / "videos" / f"q{v}.mp4", width=WIDTH, height=HEIGHT, seconds=SECONDS, fps=FPS,
+                          gop=GOP, stripe=20 + 10 * v, shift=5 + v, square=60)
         options = {f"option {k}": f"thing {k}" for k in range(5)}
         questions.append({"q_uid": f"q{v}", "question": "What moves?", **options})
     (root / "questions.json").write_text(json.dumps(questions))
