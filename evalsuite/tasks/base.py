@@ -120,31 +120,6 @@ class Task(ABC):
 
     # ------------------------------------------------------------------ the plan printed before a run
 
-    def conditions(self) -> tuple[str, ...]:
-        """The prompt conditions an item is asked in: by default those `video_inputs` names (vcot, shuffle),
-        else none (a task without frames)."""
-        video_inputs = getattr(self, "video_inputs", None)
-        return tuple(video_inputs(FrameInputs())) if video_inputs is not None else ()
-
-    def related_items(self, item) -> list:
-        """The items whose frames and infills answering `item` uses: itself, and its partner when the task
-        pairs items (shuffle's `partner`)."""
-        partner = (getattr(self, "partner", None) or {}).get(getattr(item, "id", None))
-        return [item] if partner is None else [item, partner]
-
-    def infill_requests(self, item) -> tuple[list[tuple[int, int]], list[int]]:
-        """(frame pairs whose transitions, frame indices whose captions) answering `item` asks the infill
-        source for. Default, for a task with a benchmark (`bench`): over every F of `--frames`, the pairs
-        of consecutive sampled frames when a condition other than `base`/`caption` is asked (they all put
-        infills between the frames) and the sampled frames when `caption` is."""
-        bench, conds = getattr(self, "bench", None), set(self.conditions())
-        if bench is None or not conds:
-            return [], []
-        idx = {f: bench.indices(item, f) for f in self.cfg.frames}
-        pairs = [p for f in self.cfg.frames for p in zip(idx[f], idx[f][1:])] if conds - {"base", "caption"} else []
-        captions = sorted({i for v in idx.values() for i in v}) if "caption" in conds else []
-        return list(dict.fromkeys(pairs)), captions
-
     def plan(self, subject, work: Sequence[tuple[Any, list[str]]], seen: set) -> Workload:
         """The cost of predicting `work` ((item, keys still to predict) pairs) on `subject`, without loading
         or running anything. `seen` collects the infills and frames counted so far in this plan (by earlier
@@ -152,11 +127,7 @@ class Task(ABC):
 
         Default: one prompt per key; loglik makes `loglik_forwards(options)` forward passes per prompt,
         generate one generation per prompt (and, with --judge and `uses_judge`, at most one judge call
-        each). Infills: what `infill_requests` asks of each related item, less what the infill cache holds
-        (`Resources.infill_work`). Frames: the sampled frames of each related item that the benchmark's
-        frame cache lacks."""
-        from data_recipes.video import VideoError
-
+        each). Tasks over videos add the infills and frame decodes they will cause (`VCoTTask.plan`)."""
         w = Workload(items=len(work), prompts=sum(len(todo) for _, todo in work))
         for item, todo in work:
             if self.cfg.scoring == "loglik":
@@ -165,26 +136,4 @@ class Task(ABC):
             else:
                 w.generations += len(todo)
                 w.judge_calls += len(todo) if self.cfg.judge and self.uses_judge else 0
-        bench = getattr(self, "bench", None)
-        if bench is None:
-            return w
-        max_pixels = subject.inputs.max_pixels
-        for item, _ in work:
-            for it in self.related_items(item):
-                try:
-                    pairs, captions = self.infill_requests(it)
-                    frames = sorted({i for f in self.cfg.frames for i in bench.indices(it, f)})
-                except (VideoError, OSError):
-                    continue  # an unreadable video: the item is recorded as an error, nothing is made
-                if pairs or captions:
-                    made = self.resources.infill_work(subject, it, pairs, captions, seen)
-                    w.infills += made["infills"]
-                    w.rephrasings += made["rephrasings"]
-                cache = getattr(bench, "frame_cache", None)
-                if bench.cacheable and cache is not None and it.path is not None:
-                    for i in frames:
-                        key = ("frame", cache.video_key(it.path), i, max_pixels)
-                        if key not in seen and not cache.has(it.path, i, max_pixels):
-                            seen.add(key)
-                            w.frame_decodes += 1
         return w

@@ -44,6 +44,11 @@ class ShuffleTask(VCoTTask):
         else:
             self.partner = {it.id: items[j] for it, j in zip(items, derangement(len(items), cfg.seed))}
 
+    def related_items(self, item: Item) -> list[Item]:
+        """The item and its partner: the text and visual perturbations use the partner's infills and frames."""
+        partner = self.partner.get(item.id)
+        return [item] if partner is None else [item, partner]
+
     def video_inputs(self, inputs) -> dict[str, str]:
         """Infills sit between the frames in every condition: images only (and no video path needed)."""
         return {c: "images" for c in CONDITIONS}

@@ -33,7 +33,7 @@ from evalsuite.benchmarks import Item, load_benchmark
 from evalsuite.config import ConfigError, FrameInputs
 from evalsuite.extraction import extract_choice
 from evalsuite.scoring import score_options
-from evalsuite.tasks.base import Task
+from evalsuite.tasks.base import Task, Workload
 
 CONTRASTS = {"gain": ("vcot", "base"), "caption_gain": ("caption", "base"), "vcot_vs_caption": ("vcot", "caption")}
 CLIP_CONDITIONS = ("base",)
@@ -168,5 +168,49 @@ class VCoTTask(Task):
 
     def flat_metrics(self, summary: dict) -> dict[str, float]:
         return comparisons.flatten(self.name, summary)
+
+    # --- the plan printed before a run: what answering items will make besides the prompts ---------
+    def conditions(self) -> tuple[str, ...]:
+        """The prompt conditions an item is asked in."""
+        return tuple(self.video_inputs(FrameInputs()))
+
+    def related_items(self, item: Item) -> list[Item]:
+        """The items whose frames and infills answering `item` uses (shuffle adds its partner)."""
+        return [item]
+
+    def infill_requests(self, item: Item) -> tuple[list[tuple[int, int]], list[int]]:
+        """(frame pairs whose transitions, frame indices whose captions) answering `item` asks the infill
+        source for: over every F of `--frames`, the pairs of consecutive sampled frames when a condition
+        other than `base`/`caption` is asked (they all put infills between the frames) and the sampled
+        frames when `caption` is."""
+        conds = set(self.conditions())
+        idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
+        pairs = [p for f in self.cfg.frames for p in zip(idx[f], idx[f][1:])] if conds - {"base", "caption"} else []
+        captions = sorted({i for v in idx.values() for i in v}) if "caption" in conds else []
+        return list(dict.fromkeys(pairs)), captions
+
+    def plan(self, subject, work, seen: set) -> Workload:
+        """`Task.plan`, plus the infill generations and frame decodes the caches do not hold yet."""
+        w = super().plan(subject, work, seen)
+        bench, max_pixels = self.bench, subject.inputs.max_pixels
+        for item, _ in work:
+            for it in self.related_items(item):
+                try:
+                    pairs, captions = self.infill_requests(it)
+                    frames = sorted({i for f in self.cfg.frames for i in bench.indices(it, f)})
+                except (VideoError, OSError):
+                    continue  # an unreadable video: the item is recorded as an error, nothing is made
+                if pairs or captions:
+                    made = self.resources.infill_work(subject, it, pairs, captions, seen)
+                    w.infills += made["infills"]
+                    w.rephrasings += made["rephrasings"]
+                cache = getattr(bench, "frame_cache", None)
+                if bench.cacheable and cache is not None and it.path is not None:
+                    for i in frames:
+                        key = ("frame", cache.video_key(it.path), i, max_pixels)
+                        if key not in seen and not cache.has(it.path, i, max_pixels):
+                            seen.add(key)
+                            w.frame_decodes += 1
+        return w
 
     headline = staticmethod(comparisons.headline)
