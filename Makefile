@@ -20,7 +20,7 @@ export OMP_NUM_THREADS ?= 1
 # faster than one (500 vs 352 samples/s).
 BASE_THREADS ?= 2
 
-.PHONY: setup test demo bench ui clean
+.PHONY: setup test demo control bench ui clean
 
 setup: $(STAMP)
 
@@ -37,22 +37,21 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
-ACCEL := $(VENV)/bin/accelerate launch --config_file ds_configs/accelerate/cpu_zero2_2proc.yaml
-
 # The whole study on the embedded default: tiny base -> scale-matched image and video shards ->
 # two LoRA runs (2 processes, ZeRO-2), the image run stopped at the video run's visual tokens ->
-# every evaluation on every checkpoint (2 ranks) -> report. 300 items per F: at 150 a 95% CI is
-# +-7 points, too wide to tell a 25%-accurate model from the 20% of chance.
+# every evaluation on every checkpoint (2 ranks) -> report. train/demo.py runs these stages as the
+# commands `python -m train.demo --dry-run` prints (300 items per F: at 150 a 95% CI is +-7 points,
+# too wide to tell a 25%-accurate model from the 20% of chance), times each one, and first estimates
+# the whole run's time from a few seconds of calibration.
 demo: setup
-	$(PY) -m data_recipes build video_demo
-	$(PY) -m data_recipes build image_demo
-	$(PY) -m data_recipes audit shards/video_demo shards/image_demo
-	@test -f models/tiny-llava-pretrained/config.json || OMP_NUM_THREADS=$(BASE_THREADS) $(PY) -m train.pretrain --family llava --out models/tiny-llava-pretrained
-	$(ACCEL) train/lora.py --recipe video_demo
-	$(ACCEL) train/lora.py --recipe image_demo --match_to ckpt/video_demo --match_by visual_tokens
-	ACCELERATE_USE_CPU=1 $(VENV)/bin/accelerate launch --multi_gpu --num_processes 2 -m evalsuite all ckpt/ \
-	  --infills oracle --limit 300 --iraven-limit 20
+	$(PY) -m train.demo --base-threads $(BASE_THREADS)
 	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$${PORT:-5000})"
+
+# The shuffled-frames control, after `make demo`: builds video_shuffled_demo (video_demo's clips with
+# their frames out of order), trains it to exactly ckpt/video_demo's visual tokens, evaluates it with
+# the demo's settings (the demo's checkpoints are not evaluated again) and rewrites ckpt/report.md.
+control: setup
+	$(PY) -m train.demo --control
 
 # Speed against the obvious alternatives, measured side by side in one run (about 10 minutes on
 # 2 cores); prints one table and writes it to bench-results.md. Not part of `make test`.

@@ -268,7 +268,8 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
     manifest = {
         "recipe": recipe.name, "recipe_hash": recipe.content_hash(), "recipe_file": recipe.path,
         "kind": recipe.kind, "seed": recipe.seed, "split": recipe.split, "frames": recipe.frames,
-        "image_size": recipe.image_size, "video_input": recipe.video_input, "resize": resize_record(recipe),
+        "image_size": recipe.image_size, "video_input": recipe.video_input, "frame_order": recipe.frame_order,
+        "resize": resize_record(recipe),
         "counts": audit.counts, "tokens_model": model,
         "skipped": audit.skipped, "skipped_examples": audit.examples, "bad_fraction": audit.bad_fraction,
         "shards": shards, "limit": limit,

@@ -11,6 +11,7 @@ A recipe says what goes into a training set and how much of it:
     image_size: 64              # side of generated frames; real media get at most image_size**2 pixels
     max_pixels: 200704          # optional: the resize rule's pixel budget instead (448*448 here)
     video_input: images         # images | native: how video samples reach the model (see below)
+    frame_order: ordered        # ordered | shuffled: generated clips' frames in time order or not (see below)
     seed: 0
     split: train
     max_bad_fraction: 0.01      # share of bad source records tolerated before the build fails
@@ -22,6 +23,13 @@ kept, never upsampled. Generated sources render `image_size` x `image_size` fram
 then shrinks only when `max_pixels` is set below that. `video_input: native` feeds a video sample
 to the model as clips through its family's video processor (`data_recipes.clips.as_video`), so
 visual tokens are counted on that path; `images` (default) feeds every frame as an image.
+
+`frame_order: shuffled` is the "more frames, no order" control: the same generated clips, questions
+and answers as the ordered recipe with the same seed, but each clip's frames stored in a seeded
+non-identity order (`data_recipes.synthetic.video_sample(..., shuffle_frames=True)`). A model trained
+on it sees as many frames as the video run but cannot learn what happens between them. It exists only
+for video recipes fed by generated sources: the generator shuffles a clip whose timeline it knows and
+keeps the true clip's question and answer.
 
 Unknown keys are errors with a "did you mean". Paths may use `$DATA_ROOT` (and any other
 environment variable); a missing variable or file is reported with the layout that was expected.
@@ -47,6 +55,7 @@ from data_recipes.resize import check_max_pixels
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SOURCE_TYPES = ("synthetic_image", "synthetic_video", "llava_image", "llava_video")
 MATCH_UNITS = ("samples", "images", "visual_tokens", "text_tokens")
+FRAME_ORDERS = ("ordered", "shuffled")
 SPLITS = ("train", "val", "test")
 
 
@@ -91,6 +100,9 @@ class Recipe:
     video_input: str = "images"
     """images | native. How a video sample's frames reach the model, and so how its visual tokens are
     counted: `images`, each frame as an image; `native`, each clip through the family's video processor."""
+    frame_order: str = "ordered"
+    """ordered | shuffled. `shuffled`: each generated clip's frames in a seeded non-identity order, the
+    question and answer those of the true clip (video recipes with synthetic sources only)."""
     seed: int = 0
     split: str = "train"
     max_bad_fraction: float = 0.01
@@ -112,21 +124,28 @@ class Recipe:
         """sha256 of the recipe's content (what it builds), independent of where the file lives.
 
         For a source read from an annotation file, the file's own sha256 is part of it: a changed
-        annotation file rebuilds the shards instead of silently reusing the old ones. Fields added
-        later (`max_pixels`, `video_input`) count only when they differ from their default, so a recipe
-        that does not use them keeps the hash it had before they existed."""
+        annotation file rebuilds the shards instead of silently reusing the old ones; for a generated
+        source, `data_recipes.synthetic.GENERATOR_VERSION` plays that part. Fields added
+        later (`max_pixels`, `video_input`, `frame_order`) count only when they differ from their
+        default, so a recipe that does not use them keeps the hash it had before they existed."""
         d = dataclasses.asdict(self)
         d.pop("path"), d.pop("description"), d.pop("train")
         for name, default in _LATER_FIELDS.items():
             if d[name] == default:
                 d.pop(name)
         annotations = [annotation_sha256(s.path) for s in self.sources if s.path]
-        if annotations:  # generated sources have none: their hash (and shards) stay as they were
+        if annotations:
             d["annotation_sha256"] = annotations
+        if any(s.type.startswith("synthetic") for s in self.sources):
+            # Generated sources have no file to hash: the generator's version stands for it, so shards
+            # built by an older generator are rebuilt, never silently reused.
+            from data_recipes.synthetic import GENERATOR_VERSION
+
+            d["generator_version"] = GENERATOR_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-_LATER_FIELDS = {"max_pixels": None, "video_input": "images"}
+_LATER_FIELDS = {"max_pixels": None, "video_input": "images", "frame_order": "ordered"}
 """Fields left out of `content_hash` at their default (they were added after recipes were hashed)."""
 
 _ANNOTATION_HASHES: dict = {}
@@ -250,6 +269,17 @@ def parse_recipe(data: dict, name: str, where: str) -> Recipe:
     _expect(r.video_input == "images" or r.kind == "video", where,
             f"field 'video_input: {r.video_input}' is for video recipes (how clips reach the model); "
             f"an image recipe has none")
+    _expect(isinstance(r.frame_order, str) and r.frame_order in FRAME_ORDERS, where,
+            f"field 'frame_order' must be one of {', '.join(FRAME_ORDERS)}, got {r.frame_order!r}"
+            + (_did_you_mean(r.frame_order, FRAME_ORDERS) if isinstance(r.frame_order, str) else ""))
+    if r.frame_order == "shuffled":
+        _expect(r.kind == "video", where,
+                "field 'frame_order: shuffled' is for video recipes (it reorders a clip's frames); "
+                "an image recipe has no frame order")
+        real = [s.type for s in r.sources if not s.type.startswith("synthetic")]
+        _expect(not real, where,
+                f"field 'frame_order: shuffled' needs generated sources (synthetic_video), whose clips are "
+                f"shuffled from their known time order; got {', '.join(real)}")
     _expect(_is_opt_str(r.model), where, "field 'model' must be a model directory (a string)")
     _expect(isinstance(r.description, str), where, "field 'description' must be a string")
     _expect(_is_opt_str(r.path), where, "field 'path' must be a string")

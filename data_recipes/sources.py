@@ -85,6 +85,12 @@ UNSUPPORTED = {
 
 
 class SyntheticSource:
+    """The generator's i-th image or video sample of the recipe's seed and split.
+
+    A `frame_order: shuffled` recipe asks for the same clip with its frames in a seeded non-identity
+    order (`shuffle_frames=True`): the question and answer stay the true clip's, and the sample's
+    `meta["frame_order"]` records the permutation."""
+
     def __init__(self, recipe: Recipe, source: Source):
         self.recipe, self.video = recipe, source.type == "synthetic_video"
 
@@ -94,7 +100,8 @@ class SyntheticSource:
     def make(self, i: int) -> Sample:
         r = self.recipe
         if self.video:
-            js, ims = synthetic.video_sample(r.seed, i, r.split, frames=r.frames, image_size=r.image_size)
+            js, ims = synthetic.video_sample(r.seed, i, r.split, frames=r.frames, image_size=r.image_size,
+                                             shuffle_frames=r.frame_order == "shuffled")
         else:
             js, ims = synthetic.image_sample(r.seed, i, r.split, image_size=r.image_size)
         # Rendered at image_size x image_size: within the default budget (image_size**2) already, so

@@ -8,7 +8,7 @@
 
 Options (flag = EvalConfig field = MLflow param): --benchmark synthetic|egoschema, --data DIR,
 --protocol paper|custom, --frames 5 10, --limit N, --scoring loglik|generate,
---infills self|oracle|file:PATH|model:DIR, --rephraser DIR, --judge DIR, --seed N,
+--infills self|oracle|oracle_noisy:P|file:PATH|model:DIR, --rephraser DIR, --judge DIR, --seed N,
 --video-input auto|images|native, --max-pixels N, ... (`--help` on a command lists them all).
 
 Several processes split the items (CPU: gloo):

@@ -22,8 +22,9 @@ LOGLIK_NORMS = ("sum", "mean", "chars")
 PROTOCOLS = ("paper", "custom")
 PAPER_FRAMES = (5, 10)
 """The numbers of frames of the paper's EgoSchema table."""
-INFILL_KINDS = ("self", "oracle", "file", "model")
-IRAVEN_LAYOUTS = ("composite", "separate")
+INFILL_KINDS = ("self", "oracle", "oracle_noisy", "file", "model")
+IRAVEN_LAYOUTS = ("composite", "separate", "candidates")
+"""How an I-RAVEN puzzle is shown (`--iraven-layout`, `evalsuite.raven_prompt` renders each)."""
 
 
 class ConfigError(ValueError):
@@ -40,19 +41,25 @@ def did_you_mean(kind: str, name: str, known) -> ConfigError:
 
 @dataclass(frozen=True)
 class InfillSpec:
-    """Where vCoT infills (and captions) come from: `self`, `oracle`, `file:PATH` or `model:DIR`."""
+    """Where vCoT infills (and captions) come from: `self`, `oracle`, `oracle_noisy:P`, `file:PATH` or `model:DIR`.
+
+    `oracle_noisy:P` (0 <= P <= 1) is the synthetic ground truth with a share P of the infills corrupted
+    (`p`): a controlled dose of wrong infills between the perfect oracle (P = 0) and all wrong (P = 1)."""
     kind: str
     path: Path | None = None
+    p: float | None = None
 
     @classmethod
     def parse(cls, spec: str) -> "InfillSpec":
         kind, _, rest = spec.partition(":")
         if kind not in INFILL_KINDS:
-            raise did_you_mean("infill source", kind, ["self", "oracle", "file:PATH", "model:DIR"])
+            raise did_you_mean("infill source", kind, ["self", "oracle", "oracle_noisy:P", "file:PATH", "model:DIR"])
         if kind in ("self", "oracle"):
             if rest:
                 raise ConfigError(f"--infills {spec}: '{kind}' takes no path")
             return cls(kind)
+        if kind == "oracle_noisy":
+            return cls(kind, p=_share(spec, rest))
         if not rest:
             raise ConfigError(f"--infills {spec}: '{kind}' needs a path, e.g. {kind}:/path/to/it")
         path = Path(rest).expanduser().resolve()
@@ -62,8 +69,27 @@ class InfillSpec:
             raise ConfigError(f"--infills {spec}: no such model directory {path}")
         return cls(kind, path)
 
+    @property
+    def oracle(self) -> bool:
+        """Whether the texts come from the synthetic generator's ground truth (synthetic items only)."""
+        return self.kind in ("oracle", "oracle_noisy")
+
     def __str__(self) -> str:
+        if self.kind == "oracle_noisy":
+            return f"{self.kind}:{self.p!r}"  # one spelling per share: 0.5, .5 and 0.50 are the same setting
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+def _share(spec: str, text: str) -> float:
+    """P of `oracle_noisy:P`: a number from 0 to 1."""
+    try:
+        p = float(text)
+    except ValueError:
+        p = None
+    if p is None or not 0.0 <= p <= 1.0:  # also refuses nan
+        raise ConfigError(f"--infills {spec}: oracle_noisy needs the share of corrupted infills, a number from 0 to "
+                          f"1 (e.g. oracle_noisy:0.25), got {text!r}")
+    return p + 0.0  # -0.0 -> 0.0
 
 
 @dataclass
@@ -96,7 +122,9 @@ class EvalConfig:
     the tokenizer); `sum`: the total (the suite's behaviour before this flag; favours short options). Rows keep
     the raw totals and token counts either way."""
     infills: str = "self"
-    """Infill generator: self | oracle | file:PATH | model:DIR (a fixed generator for every checkpoint)."""
+    """Infill generator: self | oracle | oracle_noisy:P | file:PATH | model:DIR (a fixed generator for every
+    checkpoint). `oracle` is the synthetic generator's ground truth; `oracle_noisy:P` corrupts a share P
+    (0..1) of those infills, each chosen by item and frame pair (synthetic benchmark only, like oracle)."""
     rephraser: str | None = None
     """Optional text model directory that shortens each generated infill."""
     judge: str | None = None
@@ -107,10 +135,11 @@ class EvalConfig:
     """Synthetic benchmark only: the size its square frames are rendered at (default 64). EgoSchema frames
     keep their aspect: bound them with --max-pixels."""
     video_input: str = "auto"
-    """auto | images | native. How the `base` condition's frames (frames, then the question) reach the model:
-    `images`, each frame as an image; `native`, the F frames as one clip through the family's video processor
-    (families with a video path). caption and vcot put text between frames: always images. auto: the
-    checkpoint's run.json video_input (images for a model without one)."""
+    """auto | images | native. How the frames of the `base` and `reversed` conditions (frames, then the question)
+    reach the model: `images`, each frame as an image; `native`, the F frames as one clip through the family's
+    video processor (families with a video path). caption and vcot put text between frames: always images;
+    blind and text_only show no frame. auto: the checkpoint's run.json video_input (images for a model without
+    one)."""
     max_pixels: int | None = None
     """The resize rule for every frame (at most N pixels, aspect kept, never upsampled). Default: the
     checkpoint's run.json max_pixels, else no limit; 0: no limit."""
@@ -125,7 +154,9 @@ class EvalConfig:
     iraven_data: str | None = None
     """I-RAVEN directory in the official layout (<config>/RAVEN_<k>_test.npz); default: a generated test split."""
     iraven_layout: str = "composite"
-    """I-RAVEN input: `composite` (one image: 3x3 grid with '?' above candidates A-H) or `separate` (16 images)."""
+    """I-RAVEN input: `composite` (one image: 3x3 grid with '?' above candidates A-H), `separate` (16 images),
+    both answered with a letter; or `candidates` (each candidate judged on its own: the full matrix with it as
+    the ninth panel, 9 images at the model's input size, answered yes/no; for small-input models)."""
     cache_dir: str | None = None
     """Infill cache directory (default: CKPT_DIR/.infill_cache, or beside the first checkpoint)."""
     tracking: bool = True
@@ -175,8 +206,8 @@ class EvalConfig:
                                   f"frames are not squashed to a square any more. Bound their size with --max-pixels N "
                                   f"(at most N pixels, aspect kept, e.g. {self.image_size ** 2} = "
                                   f"{self.image_size}*{self.image_size})")
-            if spec.kind == "oracle":
-                raise ConfigError("--infills oracle needs ground-truth transitions: synthetic benchmark only")
+            if spec.oracle:
+                raise ConfigError(f"--infills {self.infills} needs ground-truth transitions: synthetic benchmark only")
         elif self.data:
             raise ConfigError("--data is only read by --benchmark egoschema (synthetic items are generated)")
         if self.iraven_layout not in IRAVEN_LAYOUTS:
@@ -233,7 +264,7 @@ class EvalConfig:
 class FrameInputs:
     """How one checkpoint's frames are fed: `--video-input` and `--max-pixels` resolved against its run.json."""
     video_input: str = "images"
-    """`images` or `native` (what `base` uses; caption and vcot always feed images)."""
+    """`images` or `native` (what `base` and `reversed` use; caption and vcot always feed images)."""
     max_pixels: int | None = None
     """The resize rule's budget (None: frames as rendered or decoded)."""
     origin: str = "default"

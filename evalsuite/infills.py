@@ -4,7 +4,11 @@ Sources, chosen by `--infills`:
 - `self` / `model:DIR`: a `ChatModel` answers the two-step procedure of `evalsuite.prompts` for each
   pair of consecutive sampled frames (optionally shortened by `--rephraser`), and describes each
   frame for the caption condition. Generation is batched over all pairs of an item.
-- `oracle`: ground truth of the synthetic generator (`item_transition_caption`, `item_static_caption`).
+- `oracle`: ground truth of the synthetic generator: each transition in the narration's own words
+  (`narration.item_oracle_transition`), each frame described alone (`item_static_caption`).
+- `oracle_noisy:P`: the oracle with a share P of its transitions corrupted (`narration.noisy_transition`),
+  which ones decided by the item id and the frame pair, so every checkpoint, rank and resume sees the
+  same corrupted texts; captions are the oracle's.
 - `file:PATH`: precomputed JSONL lines `{"video": id, "frames": [i, j], "text": ...}`; lines with a
   single frame index are captions. Captions missing from the file come from the evaluated model.
 
@@ -75,17 +79,38 @@ class InfillSource:
 
 
 class OracleSource(InfillSource):
+    """The synthetic generator's ground truth (the frames are not looked at)."""
     identity = "oracle"
 
     def transitions(self, item, pairs, frames):
-        from data_recipes.synthetic import item_transition_caption
+        from data_recipes.synthetic.narration import item_oracle_transition
 
-        return {(i, j): item_transition_caption(item.meta, i, j) for i, j in pairs}
+        return {(i, j): item_oracle_transition(item.meta, i, j) for i, j in pairs}
 
     def captions(self, item, indices, frames):
         from data_recipes.synthetic import item_static_caption
 
         return {t: item_static_caption(item.meta, t) for t in indices}
+
+
+class NoisyOracleSource(OracleSource):
+    """The oracle with a share `p` of its transitions corrupted by `narration.noisy_transition`, which picks
+    and corrupts an infill from its key: the item id and the frame pair (`noise_key`)."""
+
+    def __init__(self, p: float):
+        if not 0.0 <= p <= 1.0:
+            raise InfillError(f"oracle_noisy: the share of corrupted infills must be in [0, 1], got {p!r}")
+        self.p = p
+        self.identity = f"oracle_noisy:{p!r}"
+
+    @staticmethod
+    def noise_key(item: Item, pair: tuple[int, int]) -> str:
+        return f"{item.id}|{pair[0]}-{pair[1]}"
+
+    def transitions(self, item, pairs, frames):
+        from data_recipes.synthetic.narration import noisy_transition
+
+        return {(i, j): noisy_transition(item.meta, i, j, self.p, self.noise_key(item, (i, j))) for i, j in pairs}
 
 
 class FileSource(InfillSource):

@@ -2,6 +2,7 @@
 
     partners = derangement(len(items), seed)          # item i borrows from item partners[i] != i
     shuffle_words("the red circle moves up", "s0|item-3|f5|0")
+    order = shuffle_order(4, "s0|item-3|f5")           # infill k goes where infill order[k] was
 
 Both are pure functions of their arguments, so every rank, every resume and every checkpoint
 perturbs the same item the same way, and the paired differences compare like with like.
@@ -49,3 +50,23 @@ def shuffle_words(text: str, key: str) -> str:
     while shuffled == words:
         rng.shuffle(shuffled)
     return " ".join(shuffled)
+
+
+def shuffle_order(n: int, key: str) -> list[int]:
+    """A seeded permutation of range(n) that is never the identity when n >= 2 (n < 2: the identity).
+
+    `[texts[i] for i in shuffle_order(len(texts), key)]` puts a video's own infills in another order: the
+    words and the frames stay, only which infill sits between which frames changes. The identity is
+    excluded for the reason `shuffle_words` keeps the words from staying put: an unchanged input would
+    pull the measured drop towards zero.
+    """
+    if n < 0:
+        raise ValueError(f"shuffle_order needs n >= 0, got {n}")
+    order = list(range(n))
+    if n < 2:
+        return order
+    rng = random.Random(key)
+    shuffled = list(order)
+    while shuffled == order:
+        rng.shuffle(shuffled)
+    return shuffled

@@ -1,7 +1,9 @@
-"""The report's figures (matplotlib, headless): gains, perturbation drops, I-RAVEN per configuration.
+"""The report's figures (matplotlib, headless): the findings' contrasts, gains per item kind,
+perturbation drops, I-RAVEN per configuration.
 
-Each function returns the PNG it wrote, or None when no checkpoint has that task's results. Error
-bars are the 95% CIs of metrics.json; every figure has a title, axis labels and a legend.
+Each function returns the PNG it wrote, or None when there is nothing to draw. Error bars are the 95%
+CIs of metrics.json (or of the report's paired contrasts); every figure has a title, axis labels and a
+legend. Keys missing from older evaluations are drawn as empty bars.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-KIND_COLOURS = {"image": "#d1495b", "video": "#00798c", "base": "#7a7a7a"}
+KIND_COLOURS = {"image": "#d1495b", "video": "#00798c", "shuffled": "#edae49", "base": "#7a7a7a"}
 
 
 def _fkeys(block: dict) -> list[str]:
@@ -25,9 +27,10 @@ def _bars(ax, groups: list[str], series: dict[str, list], colours: dict[str, str
     width = 0.8 / max(1, len(series))
     for i, (label, ests) in enumerate(series.items()):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ests = [e if isinstance(e, dict) and isinstance(e.get("value"), (int, float)) else None for e in ests]
         vals = [100 * e["value"] if e else 0.0 for e in ests]
-        lo = [100 * (e["value"] - e["ci_low"]) if e else 0.0 for e in ests]
-        hi = [100 * (e["ci_high"] - e["value"]) if e else 0.0 for e in ests]
+        lo = [100 * (e["value"] - e.get("ci_low", e["value"])) if e else 0.0 for e in ests]
+        hi = [100 * (e.get("ci_high", e["value"]) - e["value"]) if e else 0.0 for e in ests]
         ax.bar(xs, vals, width, yerr=[lo, hi], capsize=3, label=label,
                color=(colours or {}).get(label), edgecolor="black", linewidth=0.4)
     ax.set_xticks(range(len(groups)))
@@ -37,9 +40,10 @@ def _bars(ax, groups: list[str], series: dict[str, list], colours: dict[str, str
 
 
 def _series(rows, values) -> tuple[dict, dict]:
-    """One bar series per checkpoint (`values(c)` gives its estimates) and its colour by run kind."""
-    labels = {f"{c.name} ({c.kind})": c for c in rows}
-    return ({k: values(c) for k, c in labels.items()}, {k: KIND_COLOURS.get(c.kind) for k, c in labels.items()})
+    """One bar series per checkpoint (`values(c)` gives its estimates) and its colour by the run's role
+    (image, video, the shuffled-frames control, base)."""
+    labels = {f"{c.name} ({c.role})": c for c in rows}
+    return ({k: values(c) for k, c in labels.items()}, {k: KIND_COLOURS.get(c.role) for k, c in labels.items()})
 
 
 def _save(fig, path: Path) -> Path:
@@ -49,31 +53,60 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+ITEM_KINDS = ("overall", "static", "temporal")
+VERDICT_COLOURS = {"supported": "#2e7d32", "contradicted": "#c62828", "inconclusive": "#7a7a7a",
+                   "uninformative": "#b0b0b0"}
+
+
+def _block(metrics: dict, fk: str, items: str) -> dict:
+    """The F block of one item kind ("overall": the top-level block), {} when not recorded."""
+    node = metrics.get(fk) if items == "overall" else ((metrics.get("by_kind") or {}).get(items) or {}).get(fk)
+    return node if isinstance(node, dict) else {}
+
+
+def _kinds(rows, task: str) -> list[str]:
+    """The item kinds any checkpoint recorded for `task`: overall, then static / temporal when present."""
+    recorded = {k for c in rows for k in (c.metrics[task].get("metrics", {}).get("by_kind") or {})}
+    return [k for k in ITEM_KINDS if k == "overall" or k in recorded]
+
+
 def plot_gains(ckpts, out_dir: Path) -> Path | None:
+    """vCoT gain per checkpoint and F, one panel per item kind."""
     rows = [c for c in ckpts if "vcot" in c.metrics]
     if not rows:
         return None
-    fks = sorted({k for c in rows for k in _fkeys(c.metrics["vcot"]["metrics"])}, key=lambda k: int(k[1:]))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(fks) * len(rows)), 4.2))
-    series, colours = _series(rows, lambda c: [c.metrics["vcot"]["metrics"].get(k, {}).get("gain") for k in fks])
-    _bars(ax, [f"F = {k[1:]} frames" for k in fks], series, colours)
-    ax.set_title("vCoT gain (accuracy with transitional infills - frames only)")
-    ax.set_ylabel("gain in accuracy points (95% CI)")
-    ax.set_xlabel("frames sampled per video")
-    ax.legend(title="checkpoint", fontsize=8)
+    fks = sorted({k for c in rows for k in _fkeys(c.metrics["vcot"].get("metrics", {}))}, key=lambda k: int(k[1:]))
+    if not fks:
+        return None
+    kinds = _kinds(rows, "vcot")
+    fig, axes = plt.subplots(1, len(kinds), figsize=(max(6, 1.6 * len(fks) * len(rows)) * len(kinds) ** 0.5 + 1, 4.2),
+                             squeeze=False)
+    for ax, items in zip(axes[0], kinds):
+        series, colours = _series(rows, lambda c, items=items: [
+            _block(c.metrics["vcot"].get("metrics", {}), k, items).get("gain") for k in fks])
+        _bars(ax, [f"F = {k[1:]} frames" for k in fks], series, colours)
+        ax.set_title(f"vCoT gain, {items} items")
+        ax.set_ylabel("vCoT - base in accuracy points (95% CI)")
+        ax.set_xlabel("frames sampled per video")
+    axes[0][0].legend(title="checkpoint", fontsize=8)  # the same series in every panel
     return _save(fig, out_dir / "vcot_gain.png")
 
 
 def plot_shuffle(ckpts, out_dir: Path) -> Path | None:
+    """Drops from vCoT under each perturbation, one panel per F (all items)."""
     rows = [c for c in ckpts if "shuffle" in c.metrics]
     if not rows:
         return None
-    fks = sorted({k for c in rows for k in _fkeys(c.metrics["shuffle"]["metrics"])}, key=lambda k: int(k[1:]))
-    fig, axes = plt.subplots(1, len(fks), figsize=(5.5 * len(fks), 4.2), squeeze=False)
+    fks = sorted({k for c in rows for k in _fkeys(c.metrics["shuffle"].get("metrics", {}))}, key=lambda k: int(k[1:]))
+    if not fks:
+        return None
+    perturbations = {"text": "text (other video's infills)", "visual": "visual (other video's frames)",
+                     "words": "words shuffled", "order": "infill order shuffled"}
+    fig, axes = plt.subplots(1, len(fks), figsize=(6.5 * len(fks), 4.2), squeeze=False)
     for ax, fk in zip(axes[0], fks):
-        series, colours = _series(rows, lambda c, fk=fk: [c.metrics["shuffle"]["metrics"].get(fk, {}).get(f"drop_{p}")
-                                                          for p in ("text", "visual", "words")])
-        _bars(ax, ["text (other video's infills)", "visual (other video's frames)", "words shuffled"], series, colours)
+        series, colours = _series(rows, lambda c, fk=fk: [c.metrics["shuffle"].get("metrics", {}).get(fk, {}).get(
+            f"drop_{p}") for p in perturbations])
+        _bars(ax, list(perturbations.values()), series, colours)
         ax.set_title(f"Change from vCoT under perturbation, F = {fk[1:]}")
         ax.set_ylabel("accuracy change in points (95% CI)")
         ax.set_xlabel("perturbation")
@@ -82,14 +115,42 @@ def plot_shuffle(ckpts, out_dir: Path) -> Path | None:
     return _save(fig, out_dir / "perturbation_drops.png")
 
 
+def plot_findings(rows: list[dict], out_dir: Path) -> Path | None:
+    """The verdict rows' contrasts (`evalsuite.report.verdicts`) as points with CIs, coloured by verdict;
+    the paper's direction is to the right of 0."""
+    rows = [r for r in rows if r.get("contrast") and "ci_low" in r["contrast"]]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, max(4.2, 0.45 * len(rows) + 1.6)))
+    for y, r in enumerate(reversed(rows)):
+        c = r["contrast"]
+        err = [[100 * (c["value"] - c["ci_low"])], [100 * (c["ci_high"] - c["value"])]]
+        ax.errorbar([100 * c["value"]], [y], xerr=err, fmt="o", capsize=3,
+                    color=VERDICT_COLOURS.get(r["verdict"], "black"))
+    labels = [f"{r['pair']}: {r['finding']}" + (f" F={r['frames']}" if r.get("frames") is not None else "")
+              for r in reversed(rows)]
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.axvline(0, color="black", linewidth=0.8)
+    for verdict, colour in VERDICT_COLOURS.items():
+        if any(r["verdict"] == verdict for r in rows):
+            ax.plot([], [], "o", color=colour, label=verdict)
+    ax.set_title("The paper's findings: paired contrasts (positive = the paper's direction)")
+    ax.set_xlabel("contrast in points (95% CI)")
+    ax.set_ylabel("pair and finding")
+    ax.legend(title="verdict", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out_dir / "findings.png")
+
+
 def plot_iraven(ckpts, out_dir: Path) -> Path | None:
     rows = [c for c in ckpts if "iraven" in c.metrics]
     if not rows:
         return None
-    configs = sorted({k for c in rows for k in c.metrics["iraven"]["metrics"].get("per_config", {})})
+    configs = sorted({k for c in rows for k in (c.metrics["iraven"].get("metrics", {}).get("per_config") or {})})
     short = [k.replace("_center_single", "_cs").replace("distribute_", "dist_").replace("in_", "in-") for k in configs]
     fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(configs) + 2), 4.4))
-    series, colours = _series(rows, lambda c: [c.metrics["iraven"]["metrics"].get("per_config", {}).get(k)
+    series, colours = _series(rows, lambda c: [(c.metrics["iraven"].get("metrics", {}).get("per_config") or {}).get(k)
                                                for k in configs])
     _bars(ax, short, series, colours)
     ax.axhline(12.5, color="grey", linestyle="--", linewidth=1, label="chance (12.5%)")

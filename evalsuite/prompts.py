@@ -2,12 +2,22 @@
 
 The question block is exactly the training format (`data_recipes.synthetic.format_mc`: the question,
 then "A. ..." to "E. ..." one per line) after the frames, and the expected assistant answer is the
-option *text*, so a finetuned model is asked the way it was taught. The conditions differ only in
-what sits between the frames:
+option *text*, so a finetuned model is asked the way it was taught. The conditions differ in what
+sits before the question:
 
-    base     [img, img, ..., img, question]
-    caption  [img, caption 1, img, caption 2, ..., img, caption F, question]
-    vcot     [img, infill 1-2, img, infill 2-3, ..., img, question]
+    base       [img, img, ..., img, question]
+    caption    [img, caption 1, img, caption 2, ..., img, caption F, question]
+    vcot       [img, infill 1-2, img, infill 2-3, ..., img, question]
+    blind      [question]                                  (no frames, no infills: the options alone)
+    text_only  [infill 1-2, infill 2-3, ..., question]     (the infills without their frames)
+    reversed   [img, img, ..., img, question]              (base's layout; the task feeds the frames last to first)
+
+`blind` and `text_only` separate what the words alone give from what the frames add: a model that answers
+from option wording scores above chance under `blind`, one that reads the infills as a story scores well
+under `text_only` without ever seeing a frame. `text_only` is laid out as the base stage's reading items
+(each text a part of its own, `INTERLEAVED`, then the question block), so the finetuned models have seen
+that shape. `reversed` asks whether the model uses the frames' order at all: on a temporal item it should
+then pick the option the time-reversed clip would have.
 
 Infills come from two questions about each pair of consecutive frames (what they have in common,
 then what happened in between given that answer), optionally shortened by a text model.
@@ -28,6 +38,7 @@ from __future__ import annotations
 import hashlib
 
 from data_recipes.synthetic import format_mc
+from data_recipes.synthetic.language import INTERLEAVED
 
 COMMON = "What do these two frames have in common? Answer in one sentence."
 BETWEEN = ("The two frames have this in common: {common}\n"
@@ -57,11 +68,13 @@ JUDGE = ("Your job is to decide which option of a single-choice question a given
          "Options:\n{options}\n"
          "Answer: {answer}\n"
          "Your reply:")
-# What goes after a frame: an infill or a caption, each closed by a newline so that the next frame
-# (or the question) starts on a line of its own.
-INTERLEAVED = "{text}\n"
+# INTERLEAVED (imported above, the training data's own): what goes after a frame, an infill or a caption,
+# closed by a newline so that the next frame (or the question) starts on a line of its own.
 
-CONDITIONS = ("base", "caption", "vcot")
+CONDITIONS = ("base", "caption", "vcot", "blind", "text_only", "reversed")
+"""Every condition `user_content` lays out, in the order a vCoT evaluation asks them."""
+FRAMELESS = ("blind", "text_only")
+"""Conditions whose prompt shows no frame."""
 
 PROMPTS_HASH = hashlib.sha256("\x00".join([COMMON, BETWEEN, DESCRIBE, REPHRASE, INTERLEAVED]).encode()).hexdigest()[:12]
 JUDGE_HASH = hashlib.sha256(JUDGE.encode()).hexdigest()[:12]
@@ -82,11 +95,15 @@ def question_block(question: str, options: list[str]) -> str:
 
 def user_content(condition: str, n_frames: int, question: str, options: list[str],
                  texts: list[str] | None = None, instruction: str | None = None) -> list[dict]:
-    """The user turn of one condition; `texts` are the F captions or the F-1 infills; `instruction` (e.g.
-    `ANSWER_LETTER`) is one more line after the options."""
+    """The user turn of one condition; `texts` are the F captions (caption) or the F-1 infills (vcot,
+    text_only), None otherwise; `instruction` (e.g. `ANSWER_LETTER`) is one more line after the options.
+
+    `reversed` has base's layout: which frame fills which marker (last first) is the caller's business."""
     content: list[dict] = []
-    if condition == "base":
+    if condition in ("base", "reversed"):
         content = [_image() for _ in range(n_frames)]
+    elif condition == "blind":
+        content = []
     elif condition == "caption":
         if texts is None or len(texts) != n_frames:
             raise ValueError(f"caption condition needs {n_frames} captions, got {None if texts is None else len(texts)}")
@@ -98,6 +115,11 @@ def user_content(condition: str, n_frames: int, question: str, options: list[str
         for infill in texts:
             content += [_image(), _text(INTERLEAVED.format(text=infill.strip()))]
         content.append(_image())
+    elif condition == "text_only":
+        if texts is None or len(texts) != n_frames - 1:
+            got = None if texts is None else len(texts)
+            raise ValueError(f"text_only condition needs {n_frames - 1} infills, got {got}")
+        content = [_text(INTERLEAVED.format(text=infill.strip())) for infill in texts]
     else:
         raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
     block = question_block(question, options)

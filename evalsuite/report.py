@@ -2,15 +2,34 @@
 
     python -m evalsuite report ckpt/          (also the last step of `python -m evalsuite all`)
 
-Sections: the vCoT table in the paper's layout (model, F, base, caption, vCoT, gain, each with its
-95% CI), with how each checkpoint was evaluated (protocol, scoring, infills) and, for generate scoring,
-the extraction failure rate with "strict" and "random-fill" accuracy per condition; for each matched
-pair of training runs, the key contrast gain(image run) - gain(video run) as a paired bootstrap over the
-same items, with the scale-match audit of what each run consumed side by side (refused, with the
-settings that differ, when the two were evaluated differently: `evaluation_differences`); the
-perturbation drops; I-RAVEN per configuration with chance and position bias. Every
-number comes from the checkpoints' `eval/<task>/metrics.json` and `predictions.jsonl` and their
-`run.json`; the report is also logged as artifacts of a "comparison" MLflow run.
+Sections, in the order of report.md:
+
+* **Findings**: the paper's three claims, one verdict row each, computed from paired contrasts and
+  their bootstrap CIs (`verdicts`), never written by hand. Every contrast is oriented so that the
+  paper's direction is positive:
+  F1 gain(image) - gain(video) (vCoT helps the image run more), F2 drop_text(image) - drop_text(video)
+  (the image run loses more when the infills come from another video), F3 acc(video) - acc(image) on
+  I-RAVEN. F1 and F2 are judged on temporal items, one row per F; F3 once.
+* **vCoT**: per checkpoint, F and item kind (overall, static, temporal) the accuracies of every
+  condition and the gain; the **floors** a model must beat (its own blind accuracy and the best
+  options-only guesser: chance, 20%, only as a footnote), its text-only accuracy beside its blind one
+  (a model whose text-only CI reaches down to its blind accuracy does not read its infills); the pick
+  rates of the time-reversed answer; for generate scoring the extraction failures with strict and
+  random-fill accuracy; how each checkpoint was evaluated.
+* **Pairs**: for each matched pair of training runs (`matched_pairs`) the scale-match audit and the
+  three contrasts with what they are made of (each run's gain, its gain relative to headroom, its
+  drop). A run trained on the video run's clips with the frames shuffled (`"frame_order": "shuffled"`
+  in run.json, or a recipe name containing "shuffled") is the **control**: it takes the image run's
+  place in the same contrasts, labelled as what it is. Contrasts are refused, with the settings that
+  differ, between evaluations made differently (`evaluation_differences`).
+* **Robustness** (the perturbation drops per kind) and **I-RAVEN** (per configuration; a run whose
+  answers sit on one candidate is shown as uninformative instead of an accuracy).
+
+Every number comes from the checkpoints' `eval/<task>/metrics.json`, `predictions.jsonl` and
+`run.json`; any key missing from an older evaluation shows as a blank. Paired contrasts resample
+items (vCoT questions, I-RAVEN puzzles) with the evaluations' own `n_boot` and `seed`. The report is
+also logged as artifacts of a "comparison" MLflow run, with the contrasts as metrics and the verdicts
+as tags.
 """
 
 from __future__ import annotations
@@ -19,38 +38,71 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from data_recipes.files import atomic_write_text
-from evalsuite.stats import contrast_of_differences
+from evalsuite.stats import accuracy_ci, contrast_of_differences, paired_difference
 
 AUDIT = ("samples", "images", "text_tokens", "supervised_tokens", "visual_tokens")
+DEFAULT_N_BOOT = 1000
+"""Bootstrap replicates of a contrast when the evaluations did not record their `n_boot`."""
+ITEM_KINDS = ("overall", "static", "temporal")
+"""How the vCoT tables split the items: all of them, then the two kinds of synthetic items."""
+ROLES = {"image": "image run", "video": "video run", "shuffled": "shuffled-frames video run (control)",
+         "base": "base model", "adapter": "adapter"}
+
+
+def _est(e) -> bool:
+    """Whether `e` is an estimate the tables can print ({value, ...} with a number)."""
+    return isinstance(e, dict) and isinstance(e.get("value"), (int, float)) and not isinstance(e.get("value"), bool)
+
+
+def _has_ci(e: dict) -> bool:
+    return all(isinstance(e.get(k), (int, float)) for k in ("ci_low", "ci_high"))
 
 
 def _pct(e: dict | None) -> str:
-    if not e:
+    if not _est(e):
         return ""
-    if "ci_low" not in e:  # recorded without an interval (failure rates before they had one)
+    if not _has_ci(e):  # recorded without an interval (failure rates before they had one)
         return f"{100 * e['value']:.1f}"
     return f"{100 * e['value']:.1f} [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
 
 
 def _pts(e: dict | None) -> str:
-    if not e:
+    if not _est(e):
         return ""
-    p = f", p={e['p_value']:.2g}" if e.get("p_value") is not None else ""
+    p = f", p={e['p_value']:.2g}" if isinstance(e.get("p_value"), (int, float)) else ""
+    if not _has_ci(e):
+        return f"{100 * e['value']:+.1f}{p}"
     return f"{100 * e['value']:+.1f} [{100 * e['ci_low']:+.1f}, {100 * e['ci_high']:+.1f}]{p}"
+
+
+def _ratio(e: dict | None) -> str:
+    """A relative gain (a share of the headroom), in %."""
+    if not _est(e):
+        return ""
+    return f"{100 * e['value']:+.0f}% [{100 * e['ci_low']:+.0f}, {100 * e['ci_high']:+.0f}]"
 
 
 def _fkeys(block: dict) -> list[str]:
     return sorted((k for k in block if k.startswith("f") and k[1:].isdigit()), key=lambda k: int(k[1:]))
 
 
+def _block(metrics: dict, fk: str, items: str = "overall") -> dict:
+    """The F block of one item kind ("overall": the top-level block); {} when it was not recorded."""
+    node = metrics.get(fk) if items == "overall" else ((metrics.get("by_kind") or {}).get(items) or {}).get(fk)
+    return node if isinstance(node, dict) else {}
+
+
 class Checkpoint:
     """One evaluated checkpoint: its name, training info (run.json) and per-task results."""
 
     def __init__(self, root: Path, path: Path):
-        self.path, self.name = path, str(path.relative_to(root)) or path.name
+        self.root, self.path, self.name = root, path, str(path.relative_to(root)) or path.name
         run = path / "run.json"
         self.run = json.loads(run.read_text()) if run.exists() else {}
         self.metrics, self.rows = {}, {}
@@ -61,7 +113,26 @@ class Checkpoint:
 
     @property
     def kind(self) -> str:
+        """The recipe's kind from run.json ("image", "video"); "base" for a model without one. Tables
+        show the `role`, which differs only for the shuffled-frames control."""
         return self.run.get("kind") or ("adapter" if self.run else "base")
+
+    @property
+    def role(self) -> str:
+        """What the run is in the study: "shuffled" for the shuffled-frames control (run.json says
+        `"frame_order": "shuffled"`, or its recipe's name contains "shuffled"), else its `kind`."""
+        if self.run.get("frame_order") == "shuffled" or "shuffled" in str(self.run.get("recipe") or ""):
+            return "shuffled"
+        return self.kind
+
+    def task_metrics(self, task: str) -> dict:
+        """`metrics` of eval/<task>/metrics.json, {} when the task was not evaluated."""
+        m = (self.metrics.get(task) or {}).get("metrics")
+        return m if isinstance(m, dict) else {}
+
+    def settings(self, task: str) -> dict:
+        s = (self.metrics.get(task) or {}).get("settings")
+        return s if isinstance(s, dict) else {}
 
     def predictions(self, task: str) -> list[dict]:
         if task not in self.rows:
@@ -75,27 +146,74 @@ def discover(root: Path) -> list[Checkpoint]:
     return [Checkpoint(root, d) for d in dirs]
 
 
-def matched_pairs(ckpts: list[Checkpoint]) -> list[tuple[Checkpoint, Checkpoint]]:
-    """(image run, video run) pairs: a run whose run.json says it was matched to another one here."""
-    by_path = {c.path.resolve(): c for c in ckpts}
-    pairs = []
+@dataclass(frozen=True)
+class Pair:
+    """Two training runs matched in consumption, by role: `video` is the (ordered-frames) video run,
+    `subject` the run contrasted with it (the image run, or the shuffled-frames control); `matched` is the
+    one whose run.json holds the match record (the scale-match audit)."""
+
+    subject: Checkpoint
+    video: Checkpoint
+    matched: Checkpoint
+
+    @property
+    def label(self) -> str:
+        """Short name of the subject's role in tables: "image" or "shuffled"."""
+        return self.subject.role
+
+    @property
+    def control(self) -> bool:
+        return self.subject.role == "shuffled"
+
+    @property
+    def name(self) -> str:
+        return f"{self.subject.name} vs {self.video.name}"
+
+    def __iter__(self):  # `subject, video = pair`
+        return iter((self.subject, self.video))
+
+
+def _referenced(c: Checkpoint, ckpts: list[Checkpoint]) -> Checkpoint | None:
+    """The checkpoint `c`'s run.json says it was matched to: its path as recorded (relative to the
+    working directory, the report's directory or the one above it), else the only checkpoint here with
+    that directory name."""
+    ref = ((c.run.get("match") or {}).get("reference") or {}).get("checkpoint")
+    if not ref:
+        return None
+    by_path = {x.path.resolve(): x for x in ckpts}
+    ref = Path(ref)
+    for p in [ref] if ref.is_absolute() else [ref, c.root / ref, c.root.parent / ref]:
+        if p.resolve() in by_path:
+            return by_path[p.resolve()]
+    named = [x for x in ckpts if x.path.name == ref.name]
+    return named[0] if len(named) == 1 else None
+
+
+def matched_pairs(ckpts: list[Checkpoint]) -> list[Pair]:
+    """Every pair of runs here of which one's run.json says it was matched to the other.
+
+    Roles come from run.json, never from which run holds the match record: the ordered video run is
+    `video`, the other one `subject` (an image run, or the shuffled-frames control, which is never called
+    the image run). When neither or both are ordered video runs, the matched run is the subject. Pairs
+    with an image run come first, the controls after them."""
+    pairs, seen = [], set()
     for c in ckpts:
-        ref = ((c.run.get("match") or {}).get("reference") or {}).get("checkpoint")
-        other = by_path.get(Path(ref).resolve()) if ref else None
-        if other is not None:
-            pairs.append((c, other) if c.kind == "image" or other.kind != "image" else (other, c))
-    return pairs
-
-
-def _correct(c: Checkpoint, f: int, condition: str) -> dict[str, int]:
-    return {r["item"]: int(bool(r.get("correct"))) for r in c.predictions("vcot")
-            if r["frames"] == f and r["condition"] == condition and not r.get("error")}
+        other = _referenced(c, ckpts)
+        if other is None or other is c:
+            continue
+        subject, video = (other, c) if c.role == "video" and other.role != "video" else (c, other)
+        if (id(subject), id(video)) not in seen:
+            seen.add((id(subject), id(video)))
+            pairs.append(Pair(subject, video, matched=c))
+    return sorted(pairs, key=lambda p: p.control)  # image pairs first, then the controls
 
 
 # --- how a checkpoint was evaluated ------------------------------------------------------------------
 ITEM_SET = ("benchmark", "limit", "frames", "seed", "data")
 """Settings that pick the evaluated items: two evaluations pair item by item only when these agree."""
 NORMS = {"sum": "total log-likelihood", "mean": "log-likelihood per token", "chars": "log-likelihood per character"}
+IRAVEN_SET = ("data", "generator_seed", "per_config", "layout", "protocol", "scoring")
+"""Settings of two I-RAVEN evaluations that must agree for their accuracies to be paired puzzle by puzzle."""
 
 
 def _loglik_norm(settings: dict) -> str | None:
@@ -105,7 +223,7 @@ def _loglik_norm(settings: dict) -> str | None:
 
 
 def compared_settings(settings: dict) -> dict:
-    """The settings of a vcot evaluation that must agree for two checkpoints' gains to be contrasted.
+    """The settings of a vcot (or shuffle) evaluation that must agree for two checkpoints to be contrasted.
 
     `protocol` missing means `custom` (evaluations before presets); `loglik_norm` counts for loglik scoring
     only. `video_input` and `max_pixels` are deliberately absent: an image run and a video run may feed
@@ -124,6 +242,11 @@ def evaluation_differences(a: dict, b: dict) -> list[tuple[str, object, object]]
     ca, cb = compared_settings(a), compared_settings(b)
     return [(k, ca.get(k), cb.get(k)) for k in dict.fromkeys([*ca, *cb])
             if (k != "item_set" or k in ca and k in cb) and ca.get(k) != cb.get(k)]
+
+
+def iraven_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """(setting, a, b) for every `IRAVEN_SET` setting in which two I-RAVEN evaluations differ."""
+    return [(k, a.get(k), b.get(k)) for k in IRAVEN_SET if a.get(k) != b.get(k)]
 
 
 def _show(value, setting: str = "") -> str:
@@ -148,17 +271,7 @@ def evaluated_as(settings: dict) -> str:
             f"scoring {_scoring(settings)}, infills `{settings.get('infills')}`")
 
 
-def gain_contrast(img: Checkpoint, vid: Checkpoint, f: int, seed: int = 0) -> dict | None:
-    """gain(image) - gain(video) at F, paired over the items both evaluated in both conditions."""
-    vecs = [_correct(img, f, "vcot"), _correct(img, f, "base"), _correct(vid, f, "vcot"), _correct(vid, f, "base")]
-    items = sorted(set.intersection(*(set(v) for v in vecs)))
-    if not items:
-        return None
-    a1, b1, a2, b2 = ([v[i] for i in items] for v in vecs)
-    return contrast_of_differences(a1, b1, a2, b2, seed=seed).to_dict()
-
-
-_SHOWN = {"vcot": "vCoT"}
+_SHOWN = {"vcot": "vCoT", "text_only": "text-only"}
 
 
 def _names(conditions: list[str]) -> str:
@@ -185,43 +298,406 @@ def frames_fed(settings: dict) -> str:
 
 def frames_line(ckpts: list[Checkpoint], task: str) -> str:
     """One line: how each checkpoint's evaluation of `task` fed its frames (once when all agree)."""
-    fed = {c.name: frames_fed(c.metrics[task].get("settings", {})) for c in ckpts if task in c.metrics}
+    fed = {c.name: frames_fed(c.settings(task)) for c in ckpts if task in c.metrics}
     if len(set(fed.values())) == 1:
         return f"Frames fed: {next(iter(fed.values()))}."
     return "Frames fed: " + "; ".join(f"`{name}`: {how}" for name, how in fed.items()) + "."
 
 
+# --- paired contrasts from the prediction rows -----------------------------------------------------
+def _correct(c: Checkpoint, task: str, f: int | None = None, condition: str | None = None,
+             items: str = "overall") -> dict[str, int]:
+    """{item: 1 if right else 0} of one checkpoint's rows of `task`, at F `f` in `condition` (None: any),
+    on the items of one kind ("overall": all). Rows that could not be evaluated (`error`) are left out."""
+    out = {}
+    for r in c.predictions(task):
+        if r.get("error") or "item" not in r:
+            continue
+        if (f is not None and r.get("frames") != f) or (condition is not None and r.get("condition") != condition):
+            continue
+        if items != "overall" and r.get("kind") != items:
+            continue
+        out[r["item"]] = int(bool(r.get("correct")))
+    return out
+
+
+def _aligned(*vectors: dict[str, int]) -> tuple[int, list[list[int]]]:
+    """The items every vector has, and each vector's values on them in one order."""
+    keys = sorted(set.intersection(*(set(v) for v in vectors))) if vectors else []
+    return len(keys), [[v[k] for k in keys] for v in vectors]
+
+
+def relative_gain(vcot, base, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, alpha: float = 0.05) -> dict | None:
+    """The gain relative to headroom, (acc_vcot - acc_base) / (1 - acc_base), with a paired bootstrap CI.
+
+    The share of what the frames alone got wrong that the infills win back (net): a gain of 5 points
+    means more to a model at 90% than at 30%. The CI resamples items and recomputes the ratio on each
+    resample (the same items for both conditions); resamples without headroom (every base answer right)
+    are undefined and left out. None when the observed base accuracy is 1 (no headroom at all).
+
+    Raises:
+        ValueError: empty input or vectors of different lengths (the message gives both).
+    """
+    v, b = np.asarray(vcot, dtype=np.int64), np.asarray(base, dtype=np.int64)
+    if v.ndim != 1 or v.size == 0 or v.shape != b.shape:
+        raise ValueError(f"relative_gain needs two non-empty per-item vectors of one length, got vcot of "
+                         f"{v.size} and base of {b.size} items")
+    n = v.size
+    if b.sum() == n:
+        return None
+    value = (int(v.sum()) - int(b.sum())) / (n - int(b.sum()))
+    rng = np.random.default_rng(seed)
+    ratios = []
+    rows = max(1, (1 << 22) // n)
+    for start in range(0, n_boot, rows):
+        idx = rng.integers(0, n, size=(min(rows, n_boot - start), n))
+        sv, sb = v[idx].sum(axis=1), b[idx].sum(axis=1)
+        ok = sb < n
+        ratios.append((sv[ok] - sb[ok]) / (n - sb[ok]))
+    boot = np.concatenate(ratios)
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2]) if boot.size else (value, value)
+    return {"value": float(value), "ci_low": float(low), "ci_high": float(high), "n": int(n)}
+
+
+def _boot(a: Checkpoint, b: Checkpoint, task: str) -> tuple[int, int]:
+    """(n_boot, seed) of a contrast between two evaluations of `task`: the larger recorded n_boot
+    (default `DEFAULT_N_BOOT`) and the recorded seed (default 0)."""
+    sa, sb = a.settings(task), b.settings(task)
+    counts = [s.get("n_boot") for s in (sa, sb) if isinstance(s.get("n_boot"), int) and s.get("n_boot") > 0]
+    seed = sa.get("seed", sb.get("seed", 0))
+    return (max(counts) if counts else DEFAULT_N_BOOT), (seed if isinstance(seed, int) else 0)
+
+
+def gain_finding(pair: Pair, f: int, items: str = "overall") -> dict | None:
+    """F1 at F on one item kind, paired over the items both runs answered in base and vCoT:
+    {"n", "contrast": gain(subject) - gain(video), "subject_gain", "video_gain", "subject_relative",
+    "video_relative" (gain / headroom), "base_contrast": acc_base(video) - acc_base(subject)}; None
+    without such items."""
+    s, v = pair
+    n, (sv, sb, vv, vb) = _aligned(*(_correct(c, "vcot", f, cond, items)
+                                     for c in (s, v) for cond in ("vcot", "base")))
+    if not n:
+        return None
+    n_boot, seed = _boot(s, v, "vcot")
+    kw = {"n_boot": n_boot, "seed": seed}
+    return {"n": n, "contrast": contrast_of_differences(sv, sb, vv, vb, **kw).to_dict(),
+            "subject_gain": paired_difference(sv, sb, **kw).to_dict(),
+            "video_gain": paired_difference(vv, vb, **kw).to_dict(),
+            "subject_relative": relative_gain(sv, sb, **kw), "video_relative": relative_gain(vv, vb, **kw),
+            "base_contrast": paired_difference(vb, sb, **kw).to_dict()}
+
+
+def drop_finding(pair: Pair, f: int, items: str = "overall") -> dict | None:
+    """F2 at F on one item kind, paired over the items both runs answered in the shuffle task's vcot and
+    text conditions: {"n", "contrast": drop_text(subject) - drop_text(video), "subject_drop",
+    "video_drop"} (drop_text = acc_vcot - acc_text: a loss is positive); None without such items."""
+    s, v = pair
+    n, (sv, st, vv, vt) = _aligned(*(_correct(c, "shuffle", f, cond, items)
+                                     for c in (s, v) for cond in ("vcot", "text")))
+    if not n:
+        return None
+    n_boot, seed = _boot(s, v, "shuffle")
+    kw = {"n_boot": n_boot, "seed": seed}
+    return {"n": n, "contrast": contrast_of_differences(sv, st, vv, vt, **kw).to_dict(),
+            "subject_drop": paired_difference(sv, st, **kw).to_dict(),
+            "video_drop": paired_difference(vv, vt, **kw).to_dict()}
+
+
+def iraven_finding(pair: Pair) -> dict | None:
+    """F3, paired over the puzzles both runs answered: {"n", "contrast": acc(video) - acc(subject),
+    "subject_acc", "video_acc", "uninformative": {run name: reason} for each run whose I-RAVEN summary
+    says `informative: false`}; None without shared puzzles."""
+    s, v = pair
+    n, (sc, vc) = _aligned(_correct(s, "iraven"), _correct(v, "iraven"))
+    if not n:
+        return None
+    n_boot, seed = _boot(s, v, "iraven")
+    kw = {"n_boot": n_boot, "seed": seed}
+    return {"n": n, "contrast": paired_difference(vc, sc, **kw).to_dict(),
+            "subject_acc": accuracy_ci(sc, **kw).to_dict(), "video_acc": accuracy_ci(vc, **kw).to_dict(),
+            "uninformative": {c.name: _uninformative(c.task_metrics("iraven")) for c in (s, v)
+                              if c.task_metrics("iraven").get("informative") is False}}
+
+
+def reads_infills(c: Checkpoint, f: int, items: str = "overall") -> bool | None:
+    """Whether the checkpoint reads its infills at F: its text-only accuracy's CI lies above its blind
+    accuracy. False when the CI reaches down to it (the infills alone add nothing the question does not
+    give), None when either was not recorded."""
+    b = _block(c.task_metrics("vcot"), f"f{f}", items)
+    text, blind = b.get("acc_text_only"), b.get("acc_blind")
+    if not (_est(text) and _has_ci(text) and _est(blind)):
+        return None
+    return text["ci_low"] > blind["value"]
+
+
+def pair_findings(pair: Pair) -> dict:
+    """Everything the verdicts of one pair are made of, from both runs' predictions and metrics:
+
+        {"pair", "subject", "video", "role" (the subject's: "image" | "shuffled"),
+         "refused": {task: [(setting, subject's, video's), ...]}  evaluations made differently: no contrast,
+         "missing": [task, ...]   a task one of the two runs was not evaluated on,
+         "f1": {F: {"temporal": gain_finding | None, "overall": ...}},
+         "f2": {F: {"temporal": drop_finding | None, "overall": ...}},
+         "f3": iraven_finding | None,
+         "neither_reads": {F: {"temporal": bool | None, "overall": ...}}}
+
+    `neither_reads` is True when both runs' text-only accuracy is within their blind floor
+    (`reads_infills` False for both), None when either is unknown."""
+    s, v = pair
+    out = {"pair": pair.name, "subject": s.name, "video": v.name, "role": s.role, "refused": {}, "missing": [],
+           "f1": {}, "f2": {}, "f3": None, "neither_reads": {}}
+    for task, key, finding in (("vcot", "f1", gain_finding), ("shuffle", "f2", drop_finding)):
+        if task not in s.metrics or task not in v.metrics:
+            out["missing"].append(task)
+            continue
+        differ = evaluation_differences(s.settings(task), v.settings(task))
+        if differ:
+            out["refused"][task] = differ
+            continue
+        frames = sorted({int(k[1:]) for c in (s, v) for k in _fkeys(c.task_metrics(task))}
+                        | {r["frames"] for c in (s, v) for r in c.predictions(task)
+                           if isinstance(r.get("frames"), int)})
+        out[key] = {f: {items: finding(pair, f, items) for items in ("temporal", "overall")} for f in frames}
+    for f in sorted(set(out["f1"]) | set(out["f2"])):
+        out["neither_reads"][f] = {}
+        for items in ("temporal", "overall"):
+            reads = [reads_infills(c, f, items) for c in (s, v)]
+            out["neither_reads"][f][items] = None if None in reads else not any(reads)
+    if "iraven" not in s.metrics or "iraven" not in v.metrics:
+        out["missing"].append("iraven")
+    elif differ := iraven_differences(s.settings("iraven"), v.settings("iraven")):
+        out["refused"]["iraven"] = differ
+    else:
+        out["f3"] = iraven_finding(pair)
+    return out
+
+
+# --- verdicts --------------------------------------------------------------------------------------
+FINDINGS = {
+    "F1": ("vcot", "vCoT infills help the {s} run more: gain({s}) - gain(video) > 0"),
+    "F2": ("shuffle", "the {s} run loses more with another video's infills: drop_text({s}) - drop_text(video) > 0"),
+    "F3": ("iraven", "the video run is more accurate on I-RAVEN: acc(video) - acc({s}) > 0"),
+}
+"""Each finding: the task it is measured on and the paper's direction (the contrast's positive side)."""
+
+
+def verdict(contrast: dict | None) -> str:
+    """`supported` when the CI of a contrast (oriented so that the paper's direction is positive) lies
+    above 0, `contradicted` when it lies below 0, `inconclusive` when it holds 0; `not measured` without
+    a contrast."""
+    if not (_est(contrast) and _has_ci(contrast)):
+        return "not measured"
+    if contrast["ci_low"] > 0:
+        return "supported"
+    if contrast["ci_high"] < 0:
+        return "contradicted"
+    return "inconclusive"
+
+
+def _uninformative(m: dict) -> str:
+    """'position bias 73% on candidate C' (or the recorded reason) for an I-RAVEN summary."""
+    bias = m.get("position_bias")
+    if isinstance(bias, dict) and isinstance(bias.get("value"), (int, float)):
+        where = bias.get("letter")
+        if where is None and isinstance(bias.get("index"), int):
+            where = "ABCDEFGH"[bias["index"]] if 0 <= bias["index"] < 8 else bias["index"]
+        return f"position bias {100 * bias['value']:.0f}% on candidate {where}"
+    return str(m.get("informative_reason") or "answers sit on one candidate")
+
+
+def verdicts(findings: dict) -> list[dict]:
+    """The verdict rows of one pair (`pair_findings`): one per F for F1 and F2, one for F3.
+
+    F1 and F2 are judged on temporal items (all items, said in `items`, when no item carries a kind);
+    their `note` says when neither run reads its infills (text-only within the blind floor), since then
+    the contrast cannot show implicit reasoning. F3 is `uninformative` when either run's I-RAVEN answers
+    sit on one candidate. A finding whose task one run lacks is `not evaluated`, one whose evaluations
+    differ `not compared`.
+
+    Each row: {"pair", "subject", "video", "role", "finding", "frames" (None for F3 and when no F was
+    compared), "items", "direction", "contrast" (estimate dict or None), "verdict", "note"}."""
+    role = findings.get("role") or "image"
+    base = {k: findings.get(k) for k in ("pair", "subject", "video")} | {"role": role}
+    rows = []
+    for name, (task, direction) in FINDINGS.items():
+        row = base | {"finding": name, "frames": None, "items": "", "contrast": None,
+                      "direction": direction.format(s=role), "note": ""}
+        if task in findings.get("missing", []):
+            rows.append(row | {"verdict": "not evaluated", "note": f"no `{task}` evaluation of both runs"})
+            continue
+        if task in findings.get("refused", {}):
+            settings = ", ".join(f"`{k}`" for k, _, _ in findings["refused"][task])
+            rows.append(row | {"verdict": "not compared", "note": f"the `{task}` evaluations differ in {settings}"})
+            continue
+        if name == "F3":
+            f3 = findings.get("f3")
+            unusable = (f3 or {}).get("uninformative") or {}
+            if unusable:
+                note = "; ".join(f"`{run}`: {why}" for run, why in unusable.items())
+                rows.append(row | {"items": "puzzles", "contrast": f3["contrast"], "verdict": "uninformative",
+                                   "note": note})
+            else:
+                rows.append(row | {"items": "puzzles", "contrast": (f3 or {}).get("contrast"),
+                                   "verdict": verdict((f3 or {}).get("contrast"))})
+            continue
+        per_f = findings.get(name.lower()) or {}
+        if not per_f:
+            rows.append(row | {"verdict": "not measured", "note": "no prediction rows to pair"})
+        for f in sorted(per_f):
+            items = "temporal" if per_f[f].get("temporal") else "overall"
+            found = per_f[f].get(items)
+            notes = ([] if items == "temporal" else ["no item is of the temporal kind: all items"] if found
+                     else ["no prediction rows to pair at this F"])
+            if ((findings.get("neither_reads") or {}).get(f) or {}).get(items):
+                notes.append("neither run reads its infills (text-only within the blind floor): "
+                             "the contrast is no test of implicit reasoning")
+            contrast = (found or {}).get("contrast")
+            rows.append(row | {"frames": f, "items": items, "contrast": contrast, "verdict": verdict(contrast),
+                               "note": "; ".join(notes)})
+    return rows
+
+
+def _finding_estimates(findings: dict) -> list[tuple[str, dict]]:
+    """(metric name, estimate) of every contrast and component of one pair, for metrics.csv and MLflow."""
+    out = []
+    for key in ("f1", "f2"):
+        for f, per_items in sorted((findings.get(key) or {}).items()):
+            for items, found in per_items.items():
+                for part, est in (found or {}).items():
+                    if _est(est):
+                        out.append((f"{key}/{items}/f{f}/{part}", est))
+    for part, est in (findings.get("f3") or {}).items():
+        if _est(est):
+            out.append((f"f3/{part}", est))
+    return out
+
+
 # --- sections ------------------------------------------------------------------------------------
+def findings_section(all_findings: list[dict]) -> list[str]:
+    if not all_findings:
+        return ["No matched pair of training runs (a run.json with `match.reference.checkpoint`) here: "
+                "the findings need an image run and a video run matched in consumption."]
+    out = ["Each finding of the paper as a paired contrast (points, bootstrap 95% CI over items), oriented so "
+           "that the paper's direction is positive: **supported** when the CI lies above 0, **contradicted** "
+           "when it lies below 0, **inconclusive** when it holds 0; F3 is **uninformative** when a run's I-RAVEN "
+           "answers sit on one candidate. F1 and F2 are judged on temporal items.", ""]
+    if any(f.get("role") == "shuffled" for f in all_findings):
+        out += ["The shuffled-frames control was not part of the paper: its rows use the paper's direction with "
+                "the control in the image run's place, the outcome expected if frame order is what video "
+                "training adds.", ""]
+    out += ["| pair | finding | F | items | the paper's direction | contrast [CI] | verdict | note |",
+            "|---|---|---|---|---|---|---|---|"]
+    for found in all_findings:
+        for r in verdicts(found):
+            frames = "" if r["frames"] is None else r["frames"]
+            out.append(f"| {r['pair']} | {r['finding']} | {frames} | {r['items']} | {r['direction']} | "
+                       f"{_pts(r['contrast'])} | **{r['verdict']}** | {r['note']} |")
+    return out
+
+
 def vcot_section(ckpts: list[Checkpoint]) -> list[str]:
     rows = [c for c in ckpts if "vcot" in c.metrics]
     if not rows:
         return ["No checkpoint has vCoT results yet."]
-    setups = {c.name: evaluated_as(c.metrics["vcot"].get("settings", {})) for c in rows}
+    setups = {c.name: evaluated_as(c.settings("vcot")) for c in rows}
     if len(set(setups.values())) == 1:
         setup = [f"Evaluated with {next(iter(setups.values()))}."]
     else:
         setup = ["The checkpoints were evaluated differently: compare their rows with care.", "",
                  *[f"- `{name}`: {how}" for name, how in setups.items()]]
-    generated = [c for c in rows if c.metrics["vcot"].get("settings", {}).get("scoring") == "generate"]
-    strict = "" if not generated else (" With generate scoring base, caption and vCoT are strict accuracies: an "
-                                       "answer that no rule or judge maps to an option counts wrong (failure rates "
-                                       "and random-fill accuracy below).")
-    out = [*setup, "", "Accuracy in % with bootstrap 95% CI; gain = vCoT - base in points (paired bootstrap CI, "
-           f"exact McNemar p). Chance is 20%.{strict}", "", frames_line(rows, "vcot"), "",
-           "| model | kind | F | n | base | caption | vCoT | gain |", "|---|---|---|---|---|---|---|---|"]
+    generated = [c for c in rows if c.settings("vcot").get("scoring") == "generate"]
+    strict = "" if not generated else (" With generate scoring the accuracies are strict: an answer that no rule "
+                                       "or judge maps to an option counts wrong (failure rates and random-fill "
+                                       "accuracy below).")
+    out = [*setup, "", "Accuracy in % with bootstrap 95% CI per item kind (overall, static, temporal); gain = vCoT "
+           "- base in points (paired bootstrap CI, exact McNemar p). Conditions: base = frames then question; "
+           "caption = each frame followed by its caption; vCoT = frames interleaved with what happened between; "
+           f"blind = question and options only; text-only = the infills without frames; reversed = the frames in "
+           f"reverse order.{strict}", "", frames_line(rows, "vcot"), "",
+           "| model | run | F | items | n | base | caption | vCoT | blind | text-only | reversed | gain |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
-        m = c.metrics["vcot"]["metrics"]
+        m = c.task_metrics("vcot")
         for fk in _fkeys(m):
-            b = m[fk]
-            out.append(f"| {c.name} | {c.kind} | {fk[1:]} | {b.get('n_items', '')} | {_pct(b.get('acc_base'))} | "
-                       f"{_pct(b.get('acc_caption'))} | {_pct(b.get('acc_vcot'))} | {_pts(b.get('gain'))} |")
-    return out + ["", *extraction_lines(rows, "vcot")]
+            for items in ITEM_KINDS:
+                b = _block(m, fk, items)
+                if not b:
+                    continue
+                accs = " | ".join(_pct(b.get(f"acc_{cond}")) for cond in
+                                  ("base", "caption", "vcot", "blind", "text_only", "reversed"))
+                out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | {b.get('n_items', '')} | {accs} | "
+                           f"{_pts(b.get('gain'))} |")
+    return out + ["", *floors_lines(rows), *reversed_lines(rows), *extraction_lines(rows, "vcot")]
+
+
+def _guesser(m: dict, items: str) -> dict | None:
+    g = (m.get("floors") or {}).get("guesser")
+    if not isinstance(g, dict):
+        return None
+    g = g if items == "overall" else (g.get("by_kind") or {}).get(items)
+    return g if _est(g) else None
+
+
+CHANCE_NOTE = "[^chance]: Chance is 20% with five options; the floors above are the ones to beat."
+
+
+def floors_lines(rows: list[Checkpoint]) -> list[str]:
+    """The floors table: each checkpoint's blind and text-only accuracy and the best options-only guesser,
+    and a line per checkpoint that does not read its infills."""
+    out = ["**Floors**: what can be scored without the video. blind = the checkpoint answering from question and "
+           "options alone; options-only guesser = the best of rules that read only the options (a fixed position, "
+           "the odd one out, the longest or shortest option, an answer-frequency prior), the accuracy the option "
+           "sets give away. A model reads its infills when its text-only accuracy is above its blind "
+           "accuracy.[^chance]",
+           "", "| model | run | F | items | blind | text-only | text-only - blind | best options-only guesser |",
+           "|---|---|---|---|---|---|---|---|"]
+    flagged: dict[str, list[str]] = {}
+    for c in rows:
+        m = c.task_metrics("vcot")
+        for fk in _fkeys(m):
+            for items in ITEM_KINDS:
+                b = _block(m, fk, items)
+                if not b:
+                    continue
+                g = _guesser(m, items)
+                guess = f"{g.get('best', '')} {_pct(g)}" if g else ""
+                out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | {_pct(b.get('acc_blind'))} | "
+                           f"{_pct(b.get('acc_text_only'))} | {_pts(b.get('text_only_gain'))} | {guess} |")
+                if reads_infills(c, int(fk[1:]), items) is False:
+                    flagged.setdefault(c.name, []).append(f"F={fk[1:]} {items}")
+    out.append("")
+    for name, where in flagged.items():
+        out.append(f"- `{name}` does not read its infills: a gain it lacks is not evidence of implicit reasoning "
+                   f"(its text-only CI reaches down to its blind accuracy at {', '.join(where)}).")
+    return out + (["", CHANCE_NOTE, ""] if flagged else [CHANCE_NOTE, ""])
+
+
+def reversed_lines(rows: list[Checkpoint]) -> list[str]:
+    """The reversed-answer pick rates (temporal items that have one), when any checkpoint recorded them."""
+    table = []
+    for c in rows:
+        m = c.task_metrics("vcot")
+        for fk in _fkeys(m):
+            b = _block(m, fk)
+            if not (_est(b.get("reversed_pick_base")) or _est(b.get("reversed_pick_reversed"))):
+                b = _block(m, fk, "temporal")
+            pb, pr = b.get("reversed_pick_base"), b.get("reversed_pick_reversed")
+            if _est(pb) or _est(pr):
+                n = (pb if _est(pb) else pr).get("n", "")
+                table.append(f"| {c.name} | {c.role} | {fk[1:]} | {n} | {_pct(pb)} | {_pct(pr)} |")
+    if not table:
+        return []
+    return ["**Reversed frames**: on temporal items, the share of answers that pick the option describing the clip "
+            "played backwards, with the frames in order (base) and reversed. A model that follows frame order picks it "
+            "rarely in order and often reversed; equal rates mean it ignores the order of the frames.", "",
+            "| model | run | F | n | picks the reversed answer: frames in order | frames reversed |",
+            "|---|---|---|---|---|---|", *table, ""]
 
 
 def extraction_lines(rows: list[Checkpoint], task: str) -> list[str]:
     """Per condition: failure rate, strict and random-fill accuracy of generate scoring; what loglik has instead."""
     out = []
-    generated = [c for c in rows if c.metrics[task].get("settings", {}).get("scoring") == "generate"]
+    generated = [c for c in rows if c.settings(task).get("scoring") == "generate"]
     loglik = [c for c in rows if c not in generated]
     if generated:
         out += ["Answer extraction (generate scoring), in % with bootstrap 95% CI: **failed**, the share of answers "
@@ -229,15 +705,15 @@ def extraction_lines(rows: list[Checkpoint], task: str) -> list[str]:
                 "**strict** accuracy counts them wrong; **random-fill** accuracy scores each as 1/5, the expected "
                 "accuracy of a uniform guess, which is what evaluations that fill an unmatched answer with a random "
                 "option (VLMEvalKit) report on average: put that column beside such tables.", "",
-                "| model | F | condition | failed | strict | random-fill |", "|---|---|---|---|---|---|"]
+                "| model | run | F | condition | failed | strict | random-fill |", "|---|---|---|---|---|---|---|"]
         for c in generated:
-            m = c.metrics[task]["metrics"]
+            m = c.task_metrics(task)
             for fk in _fkeys(m):
                 b = m[fk]
                 for cond in (k.removeprefix("acc_") for k in b if k.startswith("acc_")):
                     failed = b.get(f"failed_{cond}")
-                    count = f" ({failed['count']}/{failed['n']})" if failed and "count" in failed else ""
-                    out.append(f"| {c.name} | {fk[1:]} | {_SHOWN.get(cond, cond)} | {_pct(failed)}{count} | "
+                    count = f" ({failed['count']}/{failed['n']})" if _est(failed) and "count" in failed else ""
+                    out.append(f"| {c.name} | {c.role} | {fk[1:]} | {_SHOWN.get(cond, cond)} | {_pct(failed)}{count} | "
                                f"{_pct(b.get(f'acc_{cond}'))} | {_pct(b.get(f'random_fill_{cond}'))} |")
         out.append("")
     if loglik:
@@ -247,44 +723,99 @@ def extraction_lines(rows: list[Checkpoint], task: str) -> list[str]:
     return out
 
 
-def pairs_section(pairs) -> tuple[list[str], dict]:
+def _refusal(task: str, pair: Pair, differ: list) -> list[str]:
+    s, v = pair
+    what = {"vcot": "the vCoT gains", "shuffle": "the text-shuffle drops", "iraven": "the I-RAVEN accuracies"}[task]
+    return [f"**No contrast of {what}**: the two checkpoints' `{task}` evaluations differ in "
+            + ", ".join(f"`{k}`" for k, _, _ in differ)
+            + ", so a contrast would mix the training difference with the evaluation difference. Evaluate both "
+            "with the same settings to contrast them.", "",
+            f"| setting | {s.name} | {v.name} |", "|---|---|---|",
+            *[f"| {k} | {_show(a, k)} | {_show(b, k)} |" for k, a, b in differ], ""]
+
+
+def _audit(pair: Pair) -> list[str]:
+    """The scale-match record of the matched run and what each run consumed."""
+    s, v = pair
+    matched = pair.matched
+    other = v if matched is s else s
+    m = matched.run.get("match") or {}
+    out = []
+    if all(isinstance(m.get(k), (int, float)) for k in ("target", "achieved", "rel_error")):
+        out += [f"{matched.name} was stopped at {other.name}'s consumption of **{m.get('unit')}** "
+                f"(target {m['target']:,}, achieved {m['achieved']:,}, relative error {m['rel_error']:.2%}).", ""]
+    out += [f"| consumed | {s.name} | {v.name} | ratio |", "|---|---|---|---|"]
+    for u in AUDIT:
+        a, b = (s.run.get("consumed") or {}).get(u), (v.run.get("consumed") or {}).get(u)
+        ratio = f"{a / b:.3f}" if a is not None and b else ""
+        out.append(f"| {u} | {a if a is not None else ''} | {b if b is not None else ''} | {ratio} |")
+    return out + [""]
+
+
+def pairs_section(pairs: list[Pair], all_findings: list[dict] | None = None) -> tuple[list[str], dict]:
+    """The per-pair detail (audit and the three contrasts with their parts) and the MLflow metrics of the
+    contrasts, `contrast/<subject>_vs_<video>/<f1|f2>/<items>/f<F>/<part>/<value|ci_low|ci_high>` and
+    `.../f3/<part>/...`."""
     if not pairs:
         return ["No matched pair of training runs (a run.json with `match.reference.checkpoint`) here."], {}
+    all_findings = all_findings if all_findings is not None else [pair_findings(p) for p in pairs]
     out, metrics = [], {}
-    for img, vid in pairs:
-        m = img.run["match"]
-        out += [f"### {img.name} (image) vs {vid.name} (video)", "",
-                f"{img.name} was stopped at {vid.name}'s consumption of **{m['unit']}** "
-                f"(target {m['target']:,}, achieved {m['achieved']:,}, relative error {m['rel_error']:.2%}).", "",
-                f"| consumed | {img.name} | {vid.name} | ratio |", "|---|---|---|---|"]
-        for u in AUDIT:
-            a, b = img.run.get("consumed", {}).get(u), vid.run.get("consumed", {}).get(u)
-            ratio = f"{a / b:.3f}" if a is not None and b else ""
-            out.append(f"| {u} | {a if a is not None else ''} | {b if b is not None else ''} | {ratio} |")
-        out.append("")
-        if "vcot" in img.metrics and "vcot" in vid.metrics:
-            differ = evaluation_differences(img.metrics["vcot"].get("settings", {}),
-                                            vid.metrics["vcot"].get("settings", {}))
-            if differ:
-                out += ["**No contrast**: the two checkpoints' vCoT evaluations differ in "
-                        + ", ".join(f"`{k}`" for k, _, _ in differ)
-                        + ", so gain(image) - gain(video) would mix the training difference with the evaluation "
-                        "difference. Evaluate both with the same settings to contrast them.", "",
-                        f"| setting | {img.name} | {vid.name} |", "|---|---|---|",
-                        *[f"| {k} | {_show(a, k)} | {_show(b, k)} |" for k, a, b in differ], ""]
-                continue
-        out += ["| F | gain image | gain video | gain(image) - gain(video) |", "|---|---|---|---|"]
-        for fk in _fkeys(img.metrics.get("vcot", {}).get("metrics", {})):
-            f = int(fk[1:])
-            c = gain_contrast(img, vid, f)
-            gi = img.metrics["vcot"]["metrics"][fk].get("gain")
-            gv = vid.metrics.get("vcot", {}).get("metrics", {}).get(fk, {}).get("gain")
-            out.append(f"| {f} | {_pts(gi)} | {_pts(gv)} | {_pts(c)} |")
-            if c:
-                key = f"contrast/{img.name}_vs_{vid.name}/f{f}"
-                metrics.update({f"{key}/value": c["value"], f"{key}/ci_low": c["ci_low"], f"{key}/ci_high": c["ci_high"]})
-        out.append("")
+    for pair, found in zip(pairs, all_findings):
+        s, v = pair
+        lab = pair.label
+        out += [f"### {s.name} ({ROLES.get(s.role, s.role)}) vs {v.name} (video run)", ""]
+        if pair.control:
+            out += [f"`{s.name}` was trained on the video run's clips with their frames shuffled: it sees as many "
+                    "frames of the same videos, in no order. It takes the image run's place in the three contrasts; "
+                    "the frames-only accuracy difference on temporal items says whether frame order in training "
+                    "taught anything.", ""]
+        out += _audit(pair)
+        if "vcot" in found["refused"]:
+            out += _refusal("vcot", pair, found["refused"]["vcot"])
+        elif found["f1"]:
+            out += ["F1, vCoT gain (points, paired over items) and gain / headroom = gain / (1 - base accuracy):", "",
+                    f"| F | items | n | gain {lab} | gain/headroom {lab} | gain video | gain/headroom video | "
+                    f"gain({lab}) - gain(video) | base accuracy video - {lab} |",
+                    "|---|---|---|---|---|---|---|---|---|"]
+            for f, per in sorted(found["f1"].items()):
+                for items in ("temporal", "overall"):
+                    g = per.get(items)
+                    if g:
+                        out.append(f"| {f} | {items} | {g['n']} | {_pts(g['subject_gain'])} | "
+                                   f"{_ratio(g['subject_relative'])} | {_pts(g['video_gain'])} | "
+                                   f"{_ratio(g['video_relative'])} | {_pts(g['contrast'])} | "
+                                   f"{_pts(g['base_contrast'])} |")
+            out.append("")
+        if "shuffle" in found["refused"]:
+            out += _refusal("shuffle", pair, found["refused"]["shuffle"])
+        elif found["f2"]:
+            out += ["F2, drop under the text perturbation (another video's infills; vCoT - text, points, paired):", "",
+                    f"| F | items | n | drop_text {lab} | drop_text video | drop_text({lab}) - drop_text(video) |",
+                    "|---|---|---|---|---|---|"]
+            for f, per in sorted(found["f2"].items()):
+                for items in ("temporal", "overall"):
+                    d = per.get(items)
+                    if d:
+                        out.append(f"| {f} | {items} | {d['n']} | {_pts(d['subject_drop'])} | "
+                                   f"{_pts(d['video_drop'])} | {_pts(d['contrast'])} |")
+            out.append("")
+        if "iraven" in found["refused"]:
+            out += _refusal("iraven", pair, found["refused"]["iraven"])
+        elif found["f3"]:
+            f3 = found["f3"]
+            out += ["F3, I-RAVEN accuracy (%, paired over puzzles):", "",
+                    f"| n puzzles | acc {lab} | acc video | acc(video) - acc({lab}) |", "|---|---|---|---|",
+                    f"| {f3['n']} | {_pct(f3['subject_acc'])} | {_pct(f3['video_acc'])} | {_pts(f3['contrast'])} |", ""]
+            out += [f"`{run}` is uninformative on I-RAVEN ({why}): its accuracy is that candidate's share of targets."
+                    for run, why in f3["uninformative"].items()]
+            out += [""] if f3["uninformative"] else []
+        key = f"contrast/{s.name}_vs_{v.name}"
+        for name, est in _finding_estimates(found):
+            metrics |= {f"{key}/{name}/{k}": float(est[k]) for k in ("value", "ci_low", "ci_high") if k in est}
     return out, metrics
+
+
+SHUFFLE_PERTURBATIONS = ("text", "visual", "words", "order")
 
 
 def shuffle_section(ckpts: list[Checkpoint]) -> list[str]:
@@ -292,18 +823,22 @@ def shuffle_section(ckpts: list[Checkpoint]) -> list[str]:
     if not rows:
         return ["No checkpoint has perturbation results yet."]
     out = ["Accuracy under each perturbation of the vCoT input and the drop from vCoT (points, paired CI, "
-           "McNemar p). text = another video's infills; visual = another video's frames; words = the words "
-           "of each infill shuffled.", "", frames_line(rows, "shuffle"), "",
-           "| model | F | vCoT | text | drop text | visual | drop visual | words | drop words |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "McNemar p), per item kind. text = another video's infills; visual = another video's frames; words = "
+           "the words of each infill shuffled; order = the video's own infills in a shuffled order.", "",
+           frames_line(rows, "shuffle"), "",
+           "| model | run | F | items | vCoT | text | drop text | visual | drop visual | words | drop words | "
+           "order | drop order |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
-        m = c.metrics["shuffle"]["metrics"]
+        m = c.task_metrics("shuffle")
         for fk in _fkeys(m):
-            b = m[fk]
-            cells = [_pct(b.get("acc_vcot"))]
-            for p in ("text", "visual", "words"):
-                cells += [_pct(b.get(f"acc_{p}")), _pts(b.get(f"drop_{p}"))]
-            out.append(f"| {c.name} | {fk[1:]} | " + " | ".join(cells) + " |")
+            for items in ITEM_KINDS:
+                b = _block(m, fk, items)
+                if not b:
+                    continue
+                cells = [_pct(b.get("acc_vcot"))]
+                for p in SHUFFLE_PERTURBATIONS:
+                    cells += [_pct(b.get(f"acc_{p}")), _pts(b.get(f"drop_{p}"))]
+                out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -311,75 +846,93 @@ def iraven_section(ckpts: list[Checkpoint]) -> list[str]:
     rows = [c for c in ckpts if "iraven" in c.metrics]
     if not rows:
         return ["No checkpoint has I-RAVEN results yet."]
-    configs = sorted({k for c in rows for k in c.metrics["iraven"]["metrics"].get("per_config", {})})
+    configs = sorted({k for c in rows for k in (c.task_metrics("iraven").get("per_config") or {})})
     out = ["Accuracy in % (95% CI) per configuration; chance is 12.5%. Position bias = share of answers "
-           "on the most often predicted letter (12.5% when unbiased).", "",
-           "| model | average | " + " | ".join(configs) + " | position bias |",
-           "|---|---|" + "---|" * len(configs) + "---|"]
+           "on the most often predicted candidate (12.5% when unbiased). A run whose answers sit on one candidate "
+           "(`informative: false`) is shown as uninformative: its accuracy would be that candidate's share of "
+           "targets.", "",
+           "| " + " | ".join(["model", "run", "average", *configs, "position bias"]) + " |",
+           "|---|---|---|" + "---|" * len(configs) + "---|"]
     for c in rows:
-        m = c.metrics["iraven"]["metrics"]
-        per = m.get("per_config", {})
+        m = c.task_metrics("iraven")
+        per = m.get("per_config") or {}
         bias = m.get("position_bias")
-        bias_s = f"{100 * (bias['value'] if isinstance(bias, dict) else bias):.1f}" if bias is not None else ""
-        out.append(f"| {c.name} | {_pct(m.get('acc'))} | " + " | ".join(_pct(per.get(k)) for k in configs)
-                   + f" | {bias_s} |")
+        value = bias.get("value") if isinstance(bias, dict) else bias
+        bias_s = f"{100 * value:.1f}" if isinstance(value, (int, float)) else ""
+        if m.get("informative") is False:
+            cells = [f"uninformative ({_uninformative(m)})", *["" for _ in configs]]
+        else:
+            cells = [_pct(m.get("acc")), *(_pct(per.get(k)) for k in configs)]
+        out.append("| " + " | ".join([c.name, c.role, *cells, bias_s]) + " |")
     return out
 
 
-def metrics_csv(ckpts: list[Checkpoint]) -> str:
-    """Every estimate of every task and checkpoint, one row each."""
+def metrics_csv(ckpts: list[Checkpoint], all_findings: list[dict] = ()) -> str:
+    """Every estimate of every task and checkpoint, one row each, then every contrast of every pair
+    (checkpoint `<subject> vs <video>`, kind `<role> vs video`, task `findings`)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["checkpoint", "kind", "task", "metric", "value", "ci_low", "ci_high", "n", "p_value"])
 
     def walk(prefix: str, node, c: Checkpoint, task: str):
         if isinstance(node, dict) and "value" in node and not isinstance(node["value"], dict):
-            w.writerow([c.name, c.kind, task, prefix, node["value"], node.get("ci_low", ""), node.get("ci_high", ""),
-                        node.get("n", ""), node.get("p_value", "")])
+            if _est(node):
+                w.writerow([c.name, c.role, task, prefix, node["value"], node.get("ci_low", ""),
+                            node.get("ci_high", ""), node.get("n", ""), node.get("p_value", "")])
         elif isinstance(node, dict):
             for k, v in sorted(node.items()):
                 walk(f"{prefix}/{k}" if prefix else k, v, c, task)
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
-            w.writerow([c.name, c.kind, task, prefix, node, "", "", "", ""])
+            w.writerow([c.name, c.role, task, prefix, node, "", "", "", ""])
 
     for c in ckpts:
-        for task, m in c.metrics.items():
-            walk("", m.get("metrics", {}), c, task)
+        for task in c.metrics:
+            walk("", c.task_metrics(task), c, task)
+    for found in all_findings:
+        for name, est in _finding_estimates(found):
+            w.writerow([found["pair"], f"{found['role']} vs video", "findings", name, est["value"],
+                        est.get("ci_low", ""), est.get("ci_high", ""), est.get("n", ""), est.get("p_value", "")])
     return buf.getvalue()
 
 
 def write_report(ckpt_dir: str | os.PathLike, track: bool = True) -> Path:
     """Write report.md, report/*.png and report/metrics.csv under `ckpt_dir`; returns report.md."""
-    from evalsuite.plots import plot_gains, plot_iraven, plot_shuffle
+    from evalsuite.plots import plot_findings, plot_gains, plot_iraven, plot_shuffle
 
     root = Path(ckpt_dir).resolve()
     ckpts = discover(root)
     pairs = matched_pairs(ckpts)
-    pair_lines, contrast_metrics = pairs_section(pairs)
+    all_findings = [pair_findings(p) for p in pairs]
+    rows = [r for found in all_findings for r in verdicts(found)]
+    pair_lines, contrast_metrics = pairs_section(pairs, all_findings)
     fig_dir = root / "report"
     fig_dir.mkdir(exist_ok=True)
-    figures = [f for f in (plot_gains(ckpts, fig_dir), plot_shuffle(ckpts, fig_dir), plot_iraven(ckpts, fig_dir)) if f]
+    figures = [f for f in (plot_findings(rows, fig_dir), plot_gains(ckpts, fig_dir), plot_shuffle(ckpts, fig_dir),
+                           plot_iraven(ckpts, fig_dir)) if f]
     lines = [f"# Evaluation report: {root.name}", "",
-             f"{len(ckpts)} checkpoint(s): " + ", ".join(f"`{c.name}` ({c.kind})" for c in ckpts), "",
+             f"{len(ckpts)} checkpoint(s): "
+             + ", ".join(f"`{c.name}` ({ROLES.get(c.role, c.role)})" for c in ckpts), "",
+             "## Findings: the paper's three claims", "", *findings_section(all_findings), "",
              "## vCoT on long-form video QA", "", *vcot_section(ckpts), "",
              "## Image run vs video run, scale-matched", "", *pair_lines, "",
              "## Robustness to perturbations", "", *shuffle_section(ckpts), "",
              "## I-RAVEN transfer", "", *iraven_section(ckpts), "",
              "## Figures", "", *[f"![{f.stem}](report/{f.name})" for f in figures], "",
-             "Every metric with its CI: [report/metrics.csv](report/metrics.csv)."]
-    atomic_write_text(fig_dir / "metrics.csv", metrics_csv(ckpts))
+             "Every metric and contrast with its CI: [report/metrics.csv](report/metrics.csv)."]
+    atomic_write_text(fig_dir / "metrics.csv", metrics_csv(ckpts, all_findings))
     out = root / "report.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     if track and ckpts:
         from evalsuite.tracking import log_comparison
 
-        log_comparison(root, out, fig_dir, contrast_metrics, ckpts)
+        log_comparison(root, out, fig_dir, contrast_metrics, ckpts, verdicts=rows)
     return out
 
 
 def summary_text(report: Path) -> str:
-    """The vCoT table and the contrasts, for printing at the end of `all` and of `make demo`."""
+    """The verdicts and the vCoT section, for printing at the end of `all` and of `make demo`."""
     text = report.read_text()
-    start = text.index("## vCoT")
-    end = text.index("## Robustness")
-    return text[start:end].strip()
+    start = text.find("## Findings")
+    start = start if start >= 0 else text.index("## vCoT")
+    end = text.find("## Image run vs video run")
+    return text[start:end if end >= 0 else None].strip()

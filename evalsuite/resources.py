@@ -27,7 +27,7 @@ from evalsuite.checkpoints import CheckpointRef, fingerprint, load_checkpoint, w
 from evalsuite.config import EvalConfig, FrameInputs, resolve_frame_inputs
 from evalsuite.framecache import FrameCache
 from evalsuite.generation import ChatModel
-from evalsuite.infills import FileSource, InfillSource, ModelSource, OracleSource
+from evalsuite.infills import FileSource, InfillSource, ModelSource, NoisyOracleSource, OracleSource
 
 
 def model_identity(path: str | Path) -> str:
@@ -182,6 +182,8 @@ class Resources:
         return f"{p}@{fingerprint(p)}{extra}"
 
     def describe_infills(self) -> str:
+        """The infill source for the settings: its kind and what its texts depend on (a file's hash, a
+        generator's fingerprint, the rephraser, oracle_noisy's share P)."""
         spec = self.cfg.infill_spec
         if spec.kind == "file":
             return f"file:{spec.path}@{hashlib.sha256(spec.path.read_bytes()).hexdigest()[:12]}"
@@ -201,6 +203,8 @@ class Resources:
         spec = self.cfg.infill_spec
         if spec.kind == "oracle":
             return OracleSource()
+        if spec.kind == "oracle_noisy":
+            return NoisyOracleSource(spec.p)
         max_pixels = subject.inputs.max_pixels
         if spec.kind == "model":
             key = f"model|{max_pixels}"  # one generator for every checkpoint

@@ -93,13 +93,21 @@ class EvalTracker:
         return run_id
 
 
-def log_comparison(root: Path, report: Path, fig_dir: Path, metrics: dict[str, float], ckpts) -> str | None:
-    """The "comparison" run: the report, its figures and CSV as artifacts, the contrasts as metrics.
+def log_comparison(root: Path, report: Path, fig_dir: Path, metrics: dict[str, float], ckpts,
+                   verdicts: list[dict] = ()) -> str | None:
+    """The "comparison" run: the report, its figures and CSV as artifacts, the contrasts as metrics and
+    each finding's verdict as a tag (`verdict/<pair>/<finding>[/f<F>]` = supported, contradicted, ...).
 
     It joins the experiment of the compared training runs (so the UI shows it beside them) and
-    lists their run ids as tags.
+    lists their run ids as tags. Names MLflow would refuse (characters of checkpoint names) are
+    rewritten (`_` for any character but letters, digits and `_-. /:`).
     """
+    import re
+
     from mlflow.entities import Metric, RunTag
+
+    def _mlflow_key(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name)[:250]
 
     tracker = EvalTracker()
     train_ids = [c.run["mlflow_run_id"] for c in ckpts if c.run.get("mlflow_run_id")]
@@ -112,11 +120,15 @@ def log_comparison(root: Path, report: Path, fig_dir: Path, metrics: dict[str, f
     exp_id = exp_id or tracker._experiment_id(tracker.experiment)
     tags = {"evalsuite.kind": "comparison", "evalsuite.ckpt_dir": str(root),
             "compared_runs": ",".join(train_ids), "compared_checkpoints": ",".join(c.name for c in ckpts)}
+    for v in verdicts:
+        frames = f"/f{v['frames']}" if v.get("frames") is not None else ""
+        tags[_mlflow_key(f"verdict/{v['subject']}_vs_{v['video']}/{v['finding']}{frames}")] = str(v["verdict"])
     run = retry(tracker.client.create_run, exp_id, run_name=f"comparison-{root.name}", tags=tags)
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    if metrics:
-        retry(tracker.client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
+    values = [Metric(_mlflow_key(k), float(v), now, 0) for k, v in sorted(metrics.items())]
+    for i in range(0, len(values), 500):
+        retry(tracker.client.log_batch, run_id, metrics=values[i:i + 500])
     retry(tracker.client.log_artifact, run_id, str(report), "report")
     retry(tracker.client.log_artifacts, run_id, str(fig_dir), "report/report")
     retry(tracker.client.log_batch, run_id, tags=[RunTag("evalsuite.report", str(report))])

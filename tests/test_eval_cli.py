@@ -61,7 +61,8 @@ def test_all_evaluates_runs_and_their_outside_base_then_skips(tmp_path, tmp_path
     assert runs["base-tiny-llava"].data.tags["evalsuite.kind"] == "base"
     for r in runs.values():
         assert {"vcot/f3/acc_base", "vcot/f3/acc_vcot", "vcot/f3/gain", "vcot/f3/gain_p",
-                "vcot/f3/caption_gain"} <= set(r.data.metrics)
+                "vcot/f3/caption_gain", "vcot/f3/acc_blind", "vcot/f3/text_only_gain",
+                "vcot/floor/guesser"} <= set(r.data.metrics)
         assert r.data.params["vcot.scoring"] == "loglik"
     metrics = json.loads((root / "video_run/eval/vcot/metrics.json").read_text())
     assert video.data.metrics["vcot/f3/gain"] == metrics["metrics"]["f3"]["gain"]["value"]
@@ -99,7 +100,7 @@ def test_generate_scoring_with_rephraser_and_judge(tmp_path, tmp_path_factory, g
                  "--rephraser", str(_text_lm(tmp_path, tmp_path_factory)), "--judge", str(judge)])
     assert code == 0
     rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
-    assert len(rows) == 3 and all("output" in r and r["extraction"] in ("letter", "text", "judge", "failed")
+    assert len(rows) == 6 and all("output" in r and r["extraction"] in ("letter", "text", "judge", "failed")
                                   for r in rows)
     assert calls["rephraser"] == 2  # one shortening per infill (F=3: 2 pairs)
     assert calls["judge"] == sum(r["extraction"] in ("judge", "failed") and bool(r["output"]) for r in rows)

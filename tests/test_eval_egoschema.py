@@ -49,17 +49,22 @@ def test_egoschema_end_to_end_with_missing_and_broken_videos(egoschema_dir, tmp_
     assert m["settings"]["max_pixels"] == 64 * 64 and m["settings"]["image_size"] is None
     assert m["metrics"]["f3"]["n_items"] == m["metrics"]["f5"]["n_items"] == 2
     rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
-    assert {r["item"] for r in rows} == {"q0", "q1", "q2"} and len(rows) == 3 * 2 * 3
+    assert {r["item"] for r in rows} == {"q0", "q1", "q2"} and len(rows) == 3 * 2 * 6
     for r in rows:
         if r["item"] == "q2":
             assert r["error"]
             continue
         n = count_frames(root / "videos" / f"{r['item']}.mp4")
-        assert r["indices"] == uniform_indices(n, r["frames"]) == [int(i * n / (r["frames"] + 1))
-                                                                   for i in range(1, r["frames"] + 1)]
-        assert r["answer"] == items[r["item"]]["answer"]
-        if r["condition"] == "vcot":
+        uniform = uniform_indices(n, r["frames"])
+        assert uniform == [int(i * n / (r["frames"] + 1)) for i in range(1, r["frames"] + 1)]
+        assert r["indices"] == {"reversed": uniform[::-1], "blind": [], "text_only": []}.get(r["condition"], uniform)
+        assert r["answer"] == items[r["item"]]["answer"] and r["kind"] == "all" and "reversed_answer" not in r
+        if r["condition"] in ("vcot", "text_only"):
             assert len(r["texts"]) == r["frames"] - 1
+    # no kinds on EgoSchema: no per-kind blocks; the floor from the untrained guessers only
+    assert "by_kind" not in m["metrics"]
+    floor = m["metrics"]["floors"]["guesser"]
+    assert floor["n"] == 2 and "prior" not in floor["per_guesser"] and floor["by_kind"] == {}
 
 
 def test_egoschema_errors_name_the_file_and_question(egoschema_dir):

@@ -35,10 +35,13 @@ def sha(text: str) -> str:
 
 def _row(item, cond, pred, output, extraction, video_input="images"):
     indices = [4, 8, 12, 16, 20]
-    texts = {"base": None, "caption": [f"{item} frame {i}" for i in indices],
-             "vcot": [f"{item} step {i}" for i in range(4)]}[cond]
-    return {"key": f"{item}|f5|{cond}", "item": item, "video": item, "frames": 5, "condition": cond,
-            "indices": indices, "answer": QUESTIONS[item][2], "texts": texts, "video_input": video_input,
+    steps = [f"{item} step {i}" for i in range(4)]
+    texts = {"base": None, "caption": [f"{item} frame {i}" for i in indices], "vcot": steps, "blind": None,
+             "text_only": steps, "reversed": None}[cond]
+    shown = {"reversed": indices[::-1], "blind": [], "text_only": []}.get(cond, indices)
+    video_input = "none" if cond in ("blind", "text_only") else video_input
+    return {"key": f"{item}|f5|{cond}", "item": item, "video": item, "frames": 5, "condition": cond, "kind": "all",
+            "indices": shown, "answer": QUESTIONS[item][2], "texts": texts, "video_input": video_input,
             "pred": pred, "output": output, "extraction": extraction, "correct": pred == QUESTIONS[item][2]}
 
 
@@ -55,7 +58,13 @@ def ckpt_dir(tmp_path):
             _row("q0", "vcot", 1, "B. it turns red", "letter"),
             _row("q1", "base", 0, "A", "letter"),
             _row("q1", "caption", 3, "D", "letter"),
-            _row("q1", "vcot", 3, "something the judge read", "judge")]
+            _row("q1", "vcot", 3, "something the judge read", "judge"),
+            _row("q0", "blind", 0, "A", "letter"),
+            _row("q0", "text_only", 1, "B", "letter"),
+            _row("q0", "reversed", 2, "C", "letter", video_input="native"),
+            _row("q1", "blind", 3, "D", "letter"),
+            _row("q1", "text_only", 0, "A", "letter"),
+            _row("q1", "reversed", 3, "D", "letter")]
     rows += [{"key": f"q2|f5|{c}", "item": "q2", "video": "q2", "frames": 5, "condition": c,
               "error": "cannot decode q2.mp4"} for c in prompts.CONDITIONS]  # not in the paired set
     settings = {"task": "vcot", "benchmark": "egoschema", "data": str(data), "frames": [5], "limit": None,
@@ -89,7 +98,9 @@ def test_export_writes_lmms_eval_results_and_sample_logs(ckpt_dir, capsys):
 
     res = json.loads((folder / f"{DATE}_results.json").read_text())
     assert set(res["results"]) == set(tasks) and res["group_subtasks"] == {t: [] for t in tasks}
-    expected = {"base": [1, 0], "caption": [0, 1], "vcot": [1, 1]}  # q0, q1 (q2 errored, q3 had no video)
+    # q0, q1 (q2 errored, q3 had no video)
+    expected = {"base": [1, 0], "caption": [0, 1], "vcot": [1, 1], "blind": [0, 1], "text_only": [1, 0],
+                "reversed": [0, 1]}
     for cond, scores in expected.items():
         got = res["results"][f"egoschema_subset_f5_{cond}"]
         mean = sum(scores) / 2
@@ -127,6 +138,11 @@ def test_export_writes_lmms_eval_results_and_sample_logs(ckpt_dir, capsys):
     vcot_input = samples["vcot"][0]["input"]
     assert vcot_input.startswith("<image>q0 step 0\n<image>q0 step 1\n") and vcot_input.count("<image>") == 5
     assert vcot_input.endswith(f"{block}\n{prompts.ANSWER_LETTER}")
+    assert samples["blind"][0]["input"] == f"{block}\n{prompts.ANSWER_LETTER}"  # no frame, no infill
+    steps = "".join(f"q0 step {i}\n" for i in range(4))  # the infills alone, one line each
+    assert samples["text_only"][0]["input"] == f"{steps}{block}\n{prompts.ANSWER_LETTER}"
+    assert samples["reversed"][0]["input"] == f"<video>{block}\n{prompts.ANSWER_LETTER}"
+    assert samples["reversed"][0]["evalsuite"]["frame_indices"] == [20, 16, 12, 8, 4]
     assert all(s["prompt_hash"] == sha(s["input"]) for c in samples for s in samples[c])
     assert res["task_hashes"][t] == sha("".join(f"sample_{i}{s['doc_hash']}" for i, s in enumerate(samples["vcot"])))
 
@@ -187,4 +203,4 @@ def test_export_of_a_real_loglik_evaluation(tmp_path, tmp_path_factory, one_thre
             row = rows[s["evalsuite"]["key"]]
             assert s["filtered_resps"] == row["logliks"] and len(s["filtered_resps"]) == 5
             assert s["score"] == {"pred": row["pred"], "ground_truth": row["answer"]}
-            assert "input" in s and s["input"].count("<image>") == 3
+            assert "input" in s and s["input"].count("<image>") == (0 if cond in prompts.FRAMELESS else 3)

@@ -195,11 +195,12 @@ def test_tasks_and_checkpoints_share_the_cache(egoschema, tmp_path, tmp_path_fac
     decoder_calls.update(frames=0, probes=0)
     evaluate([checkpoint_ref(a)], ["vcot", "shuffle"], cfg, cache)
     plan = capsys.readouterr().err
-    assert "[plan] a vcot: 3 items, 18 prompts" in plan and f", {sampled} frame decodes" in plan
-    assert "[plan] a shuffle: 3 items, 24 prompts" in plan and plan.count(", 0 frame decodes") == 1
+    # vcot: 3 items x (2 F x 5 conditions + blind once); shuffle: 3 items x 2 F x 5 conditions
+    assert "[plan] a vcot: 3 items, 33 prompts" in plan and f", {sampled} frame decodes" in plan
+    assert "[plan] a shuffle: 3 items, 30 prompts" in plan and plan.count(", 0 frame decodes") == 1
     assert decoder_calls["frames"] == sampled  # each sampled frame decoded exactly once, by vcot
     assert len(list((cache / "frames").glob(f"*/{BUDGET}/*.png"))) == sampled
-    assert len(read_rows(a / "eval/shuffle/predictions.jsonl")) == 3 * 2 * 4  # own and partner frames: cached
+    assert len(read_rows(a / "eval/shuffle/predictions.jsonl")) == 3 * 2 * 5  # own and partner frames: cached
     first = read_rows(a / "eval/vcot/predictions.jsonl")
 
     evaluate([checkpoint_ref(b)], ["vcot"], cfg, cache)

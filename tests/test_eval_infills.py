@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from data_recipes.synthetic import item_static_caption, item_transition_caption
+from data_recipes.synthetic import item_static_caption
+from data_recipes.synthetic.narration import item_oracle_transition
 from evalsuite.checkpoints import checkpoint_ref
 from evalsuite.infills import InfillError
 from evalsuite.outputs import read_rows
@@ -73,9 +74,14 @@ def test_oracle_infills_are_the_ground_truth(two_checkpoints, tmp_path, generate
     for r in rows:
         meta, idx = items[r["item"]].meta, r["indices"]
         if r["condition"] == "vcot":
-            assert r["texts"] == [item_transition_caption(meta, a, b) for a, b in zip(idx, idx[1:])]
+            assert r["texts"] == [item_oracle_transition(meta, a, b) for a, b in zip(idx, idx[1:])]
+        elif r["condition"] == "text_only":  # the same infills, no frame shown
+            sampled = Synthetic(0, 2, None).indices(items[r["item"]], r["frames"])
+            assert idx == []
+            assert r["texts"] == [item_oracle_transition(meta, a, b) for a, b in zip(sampled, sampled[1:])]
         elif r["condition"] == "caption":
             assert r["texts"] == [item_static_caption(meta, t) for t in idx]
+    assert {r["condition"] for r in rows} >= {"vcot", "text_only", "caption"}
 
 
 def test_file_infills(two_checkpoints, tmp_path, generate_calls, one_thread):  # noqa: F811

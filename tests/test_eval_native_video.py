@@ -31,7 +31,9 @@ from train.chat import IGNORE_INDEX, encode
 from train.families import get_family, load_model
 
 VIDEO_FAMILIES = ["qwen2_vl", "llava_next_video"]
-NATIVE = {"base": "native", "caption": "images", "vcot": "images"}
+NATIVE = {"base": "native", "caption": "images", "vcot": "images", "blind": "none", "text_only": "none",
+          "reversed": "native"}
+IMAGES = {c: "none" if path == "none" else "images" for c, path in NATIVE.items()}  # --video-input images
 FAST = ["--limit", "1", "--frames", "2", "--infills", "oracle", "--n-boot", "50", "--no-progress", "--no-tracking"]
 
 
@@ -96,23 +98,28 @@ def test_native_base_goes_through_the_video_path(family, tmp_path, tmp_path_fact
     metrics = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
     assert metrics["settings"]["video_input"] == NATIVE and metrics["settings"]["max_pixels"] is None
     rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
-    assert len(rows) == 2 * 3 and all(r["video_input"] == NATIVE[r["condition"]] for r in rows)
+    assert len(rows) == 2 * 6 and all(r["video_input"] == NATIVE[r["condition"]] for r in rows)
 
     # the prompts' forwards (the loglik prefix passes; option continuations carry no pixels)
     prefixes = [c for c in calls if c["pixel_values"] or c["pixel_values_videos"]]
     video = [c for c in prefixes if c["pixel_values_videos"]]
-    assert len(video) == 2  # one base prompt per F
-    for c in video:  # the base prompt: one clip, no image
+    assert len(video) == 4  # one base and one reversed prompt per F
+    for c in video:  # the base and reversed prompts: one clip, no image
         assert not c["pixel_values"] and c["video_tokens"] > 0 and c["image_tokens"] == 0
     images = [c for c in prefixes if c["pixel_values"]]
     assert len(images) == 4  # caption and vcot per F, as images
     assert all(not c["pixel_values_videos"] and c["video_tokens"] == 0 and c["image_tokens"] > 0 for c in images)
 
-    # the base score is the trainer's encoding of the same clip, scored by hand
+    # the base and reversed scores are the trainer's encoding of the same clip (reversed: its frames last to
+    # first, as its row's indices say), scored by hand
     item = Synthetic(cfg.seed, 1, None).items[0]
-    for row in (r for r in rows if r["condition"] == "base"):
+    clipped = [r for r in rows if r["condition"] in ("base", "reversed")]
+    assert len(clipped) == 4
+    for row in clipped:
+        forward = Synthetic(cfg.seed, 1, None).indices(item, row["frames"])
+        assert row["indices"] == (forward if row["condition"] == "base" else forward[::-1])
         frames = Synthetic(cfg.seed, 1, None).frames(item, row["indices"])
-        content = prompts.user_content("base", row["frames"], item.question, item.options)
+        content = prompts.user_content(row["condition"], row["frames"], item.question, item.options)
         (turn,), clips = as_video(prompts.conversation(content), frames)
         assert turn["content"][0] == {"type": "video"} and [len(c) for c in clips] == [row["frames"]]
         assert row["logliks"] == pytest.approx(by_hand(model, processor, turn, clips, item.options), abs=1e-4)
@@ -140,13 +147,15 @@ def test_native_generate_scoring_feeds_the_clip(tmp_path, tmp_path_factory, monk
     evaluate([checkpoint_ref(ckpt)], ["vcot"], cfg, tmp_path / "cache")
     rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
     assert {r["condition"]: r["video_input"] for r in rows} == NATIVE and all("output" in r for r in rows)
-    assert len(seen) == 3  # the three answer prompts (oracle infills: nothing else is generated)
-    (base,) = [s for s in seen if s["clips"]]
-    assert base["clips"] == [4] and base["images"] == 0 and base["pixel_values_videos"]
-    assert base["video_tokens"] > 0 and base["image_tokens"] == 0
+    assert len(seen) == 6  # the six answer prompts (oracle infills: nothing else is generated)
+    clips = [s for s in seen if s["clips"]]  # base and reversed
+    assert len(clips) == 2
+    for clip in clips:
+        assert clip["clips"] == [4] and clip["images"] == 0 and clip["pixel_values_videos"]
+        assert clip["video_tokens"] > 0 and clip["image_tokens"] == 0
     others = [s for s in seen if not s["clips"]]
-    assert len(others) == 2 and all(s["images"] == 4 and s["image_tokens"] > 0 and s["video_tokens"] == 0
-                                    for s in others)
+    assert sorted(s["images"] for s in others) == [0, 0, 4, 4]  # blind and text_only show no frame
+    assert all(s["video_tokens"] == 0 and (s["image_tokens"] > 0) == (s["images"] > 0) for s in others)
 
 
 def test_auto_follows_run_json_and_a_changed_setting_starts_over(tmp_path, tmp_path_factory, monkeypatch, capsys,
@@ -171,8 +180,8 @@ def test_auto_follows_run_json_and_a_changed_setting_starts_over(tmp_path, tmp_p
     assert main(["vcot", str(ckpt), *FAST, "--video-input", "images"]) == 0
     assert "settings changed" in capsys.readouterr().err  # not reused: evaluated again
     m = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
-    assert m["settings"]["video_input"] == {c: "images" for c in NATIVE} and m["settings"]["max_pixels"] == 2048
-    assert {r["video_input"] for r in read_rows(ckpt / "eval/vcot/predictions.jsonl")} == {"images"}
+    assert m["settings"]["video_input"] == IMAGES and m["settings"]["max_pixels"] == 2048
+    assert {r["video_input"] for r in read_rows(ckpt / "eval/vcot/predictions.jsonl")} == {"images", "none"}
     second = m["settings"]
 
     sizes.clear()
@@ -220,7 +229,8 @@ def test_settings_change_with_video_input_and_max_pixels(tmp_path):
     # shuffle feeds images whatever is asked: video_input does not redo it, max_pixels does
     assert shuffle.settings(info, cases[0]) == shuffle.settings(info, cases[1])
     assert shuffle.settings(info, cases[0]) != shuffle.settings(info, cases[2])
-    assert shuffle.settings(info, cases[1])["video_input"] == {c: "images" for c in ("vcot", "text", "visual", "words")}
+    assert shuffle.settings(info, cases[1])["video_input"] == {c: "images" for c in ("vcot", "text", "visual", "words",
+                                                                                     "order")}
 
 
 def test_native_on_a_family_without_a_video_path_fails_before_any_item(tmp_path, tmp_path_factory, capsys):
@@ -285,8 +295,9 @@ def test_max_pixels_shrinks_egoschema_frames_with_aspect_kept(tmp_path, tmp_path
     evaluate([checkpoint_ref(ckpt)], ["vcot"], cfg, tmp_path / "cache")
     m = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
     assert m["settings"]["max_pixels"] == 1152 and m["settings"]["image_size"] is None and not m["errors"]
-    # F=2: one transition (common + between, 2 frames each), 2 captions (1 frame each), 3 prompts of 2 frames
-    assert set(seen) == {(48, 24)} and sum(seen.values()) == 2 + 2 + 2 + 3 * 2
+    # F=2: one transition (common + between, 2 frames each), 2 captions (1 frame each), 4 prompts of 2 frames
+    # (base, caption, vcot, reversed; blind and text_only show none)
+    assert set(seen) == {(48, 24)} and sum(seen.values()) == 2 + 2 + 2 + 4 * 2
 
 
 def test_cli_documents_the_flags():
@@ -305,8 +316,9 @@ def test_report_says_how_frames_were_fed(tmp_path):
 
     est = {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
     block = {"f2": {"n_items": 1, "acc_base": est, "acc_caption": est, "acc_vcot": est, "gain": est}}
-    for name, settings in {"a": {"video_input": NATIVE, "max_pixels": 200704},
-                           "b": {"video_input": {c: "images" for c in NATIVE}, "max_pixels": None},
+    three = {"base": "native", "caption": "images", "vcot": "images"}
+    for name, settings in {"a": {"video_input": three, "max_pixels": 200704},
+                           "b": {"video_input": {c: "images" for c in three}, "max_pixels": None},
                            "old": {}}.items():
         d = tmp_path / name / "eval" / "vcot"
         d.mkdir(parents=True)
@@ -352,4 +364,4 @@ def test_egoschema_clips_carry_their_sampled_rate(tmp_path, tmp_path_factory, mo
     monkeypatch.setattr(evalsuite.scoring, "processor_inputs", spy)
     evaluate([checkpoint_ref(ckpt)], ["vcot"], fast_config(benchmark="egoschema", data=str(root), protocol="custom", limit=None,
                                                           frames=(2,)), tmp_path / "cache")
-    assert rates == [[[pytest.approx(2 * 8 / 12)]]]
+    assert rates == [[[pytest.approx(2 * 8 / 12)]]] * 2  # base and reversed, each one clip

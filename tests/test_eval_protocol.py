@@ -194,14 +194,17 @@ def test_paper_protocol_end_to_end_on_two_families(egoschema, helpers, tmp_path,
         assert "loglik_norm" not in s and s["item_set"].startswith("2@")
         assert {"failed_base", "failed_caption", "failed_vcot"} <= set(m["metrics"]["f5"])
         rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
-        assert len(rows) == 2 * 2 * 3 and {r["frames"] for r in rows} == {5, 10}
+        assert len(rows) == 2 * 2 * 6 and {r["frames"] for r in rows} == {5, 10}
         assert all(isinstance(r["output"], str) and r["extraction"] in ("letter", "text", "judge", "failed")
                    for r in rows)
-        for r in rows:  # uniform sampling of a 24-frame video
-            assert r["indices"] == [int(i * 24 / (r["frames"] + 1)) for i in range(1, r["frames"] + 1)]
+        for r in rows:  # uniform sampling of a 24-frame video (reversed: last to first; blind, text_only: none)
+            uniform = [int(i * 24 / (r["frames"] + 1)) for i in range(1, r["frames"] + 1)]
+            shown = {"reversed": uniform[::-1], "blind": [], "text_only": []}.get(r["condition"], uniform)
+            assert r["indices"] == shown
 
     subject_prompts = [c for name, contents, _ in chat_log if name in FAMILIES for c in contents]
-    assert len(subject_prompts) == 2 * 12  # one generated answer per row, per checkpoint
+    # one generated answer per row, per checkpoint, except blind: the same prompt for F = 5 and 10, asked once
+    assert len(subject_prompts) == 2 * (2 * 2 * 6 - 2)
     for content in subject_prompts:
         text = _last_text(content)
         assert text.endswith("\n" + prompts.ANSWER_LETTER)
@@ -213,8 +216,9 @@ def test_paper_protocol_end_to_end_on_two_families(egoschema, helpers, tmp_path,
     # the judge sees exactly the answers the rules could not read (never a letter, never an empty answer)
     asked = sorted(_judged_answer(c) for name, contents, _ in chat_log if name == "judge" for c in contents)
     rows = [(r, items[r["item"]]) for ckpt in ckpts for r in read_rows(ckpt / "eval/vcot/predictions.jsonl")]
-    unread = sorted(r["output"].strip() for r, it in rows
-                    if extract_choice(r["output"], it["options"]).method == "failed" and r["output"].strip())
+    unread = sorted(r["output"].strip() for r, it in rows  # a repeated blind row was not judged again
+                    if extract_choice(r["output"], it["options"]).method == "failed" and r["output"].strip()
+                    and "scored_with" not in r)
     assert asked == unread
     assert all(r["extraction"] in ("judge", "failed") for r, it in rows if r["output"].strip() in unread)
 
@@ -237,7 +241,8 @@ def test_the_judge_is_asked_only_when_extraction_fails(egoschema, helpers, tmp_p
     root, items = egoschema
     ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "subject")
     unreadable = "hard to say from these frames"
-    answers = iter([unreadable, "B", "", unreadable, "The answer is (C).", unreadable])  # in row order
+    # in row order: base, caption, vcot, blind, text_only, reversed of the first item, then the second's letters
+    answers = iter([unreadable, "B", "", unreadable, "The answer is (C).", unreadable, "A", "A", "A", "E", "E", "E"])
     replies = iter(["Z", "D", "D"])
     asked: list[list[dict]] = []
     real = ChatModel.generate
@@ -253,7 +258,8 @@ def test_the_judge_is_asked_only_when_extraction_fails(egoschema, helpers, tmp_p
     monkeypatch.setattr(ChatModel, "generate", scripted)
     assert main(["vcot", str(ckpt), *_paper_args(root, helpers), *FAST, "--frames", "5"]) == 0
     rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
-    assert len(rows) == 2 * 3
+    assert len(rows) == 2 * 6
+    assert [r["condition"] for r in rows if r["output"] == unreadable] == ["base", "blind", "reversed"]
     by_output: dict[str, list[dict]] = {}
     for r in rows:
         by_output.setdefault(r["output"], []).append(r)

@@ -78,10 +78,17 @@ def test_same_evaluation_gives_the_contrast_even_when_frames_took_different_path
     expected = stats.contrast_of_differences(PATTERNS["image"]["vcot"], PATTERNS["image"]["base"],
                                              PATTERNS["video"]["vcot"], PATTERNS["video"]["base"], seed=0)
     assert expected.value == pytest.approx(0.4)
-    assert metrics["contrast/image_run_vs_video_run/f5/value"] == expected.value
-    assert metrics["contrast/image_run_vs_video_run/f5/ci_low"] == expected.ci_low
+    # the rows carry no item kind: the contrast is over all items, with the evaluations' n_boot and seed
+    expected = stats.contrast_of_differences(PATTERNS["image"]["vcot"], PATTERNS["image"]["base"],
+                                             PATTERNS["video"]["vcot"], PATTERNS["video"]["base"],
+                                             n_boot=SETTINGS["n_boot"], seed=SETTINGS["seed"])
+    key = "contrast/image_run_vs_video_run/f1/overall/f5/contrast"
+    assert metrics[f"{key}/value"] == expected.value
+    assert metrics[f"{key}/ci_low"] == expected.ci_low and metrics[f"{key}/ci_high"] == expected.ci_high
+    assert not any("/temporal/" in k for k in metrics)
     section = _contrast_section(write_report(tmp_path, track=False).read_text())
-    assert "| 5 | +40.0 [" in section and "No contrast" not in section
+    (row,) = [line for line in section.splitlines() if line.startswith("| 5 | overall | 10 |")]
+    assert row.split(" | ")[7].startswith("+40.0 [") and "No contrast" not in section
     assert "gain(image) - gain(video) |" in section
 
 
@@ -103,7 +110,7 @@ def test_a_contrast_between_different_evaluations_is_refused_with_what_differs(t
     lines, metrics = pairs_section([pair])
     assert metrics == {}  # no contrast is logged either
     section = _contrast_section(write_report(tmp_path, track=False).read_text())
-    assert "**No contrast**" in section and f"`{setting}`" in section
+    assert "**No contrast of the vCoT gains**" in section and f"`{setting}`" in section
     assert f"| {setting} | {shown[0]} | {shown[1]} |" in section
     if setting == "scoring":  # the normalisation the loglik side used is named, the generate side has none
         assert "| loglik_norm | not used (generate scoring) | mean |" in section
@@ -152,14 +159,14 @@ def test_generate_scoring_shows_failures_strict_and_random_fill_accuracy(tmp_pat
     assert m["failed_vcot"]["value"] == pytest.approx(0.3) and m["acc_vcot"]["value"] == pytest.approx(0.6)
     assert m["random_fill_vcot"]["value"] == pytest.approx(0.66)
     fill = m["random_fill_vcot"]
-    row = (f"| gen | 5 | vCoT | 30.0 [{100 * m['failed_vcot']['ci_low']:.1f}, "
+    row = (f"| gen | image | 5 | vCoT | 30.0 [{100 * m['failed_vcot']['ci_low']:.1f}, "
            f"{100 * m['failed_vcot']['ci_high']:.1f}] (3/10) | 60.0 [{100 * m['acc_vcot']['ci_low']:.1f}, "
            f"{100 * m['acc_vcot']['ci_high']:.1f}] | 66.0 [{100 * fill['ci_low']:.1f}, {100 * fill['ci_high']:.1f}] |")
     assert row in vcot
-    assert "| gen | 5 | base | 0.0 [0.0, 0.0] (0/10) | 20.0 [" in vcot
+    assert "| gen | image | 5 | base | 0.0 [0.0, 0.0] (0/10) | 20.0 [" in vcot
     assert "| failed | strict | random-fill |" in vcot
     assert "`ll`: loglik scoring picks an option for every prompt, so there are no extraction failures" in vcot
-    assert "| ll | 5 |" not in vcot.split("| failed | strict | random-fill |")[1]  # loglik has no failure rows
+    assert "| ll | video | 5 |" not in vcot.split("| failed | strict | random-fill |")[1]  # loglik has no failure rows
     csv_text = (tmp_path / "report/metrics.csv").read_text()
     assert "gen,image,vcot,f5/random_fill_vcot,0.66" in csv_text
 

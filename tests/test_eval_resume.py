@@ -55,7 +55,7 @@ def test_killed_run_resumes_to_identical_outputs(reference, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         evaluate([checkpoint_ref(ckpt)], ["vcot"], fast_config(**CFG), tmp_path / "cache")
     pred = ckpt / "eval/vcot/predictions.jsonl"
-    assert len(read_rows(pred)) == 2 * 6 and not (ckpt / "eval/vcot/metrics.json").exists()
+    assert len(read_rows(pred)) == 2 * 2 * 6 and not (ckpt / "eval/vcot/metrics.json").exists()
     with open(pred, "a") as f:  # the kill also cut the next item's rows mid-line
         f.write('{"key": "synthetic-eval-test-s0-0000002|f3|base", "answ')
 
@@ -66,7 +66,7 @@ def test_killed_run_resumes_to_identical_outputs(reference, tmp_path, monkeypatc
     assert len(resumed) == 3 and not set(resumed) & set(calls)  # only the missing items ran
     rows = read_rows(pred)
     keys = [r["key"] for r in rows]
-    assert len(keys) == len(set(keys)) == 5 * 2 * 3  # no duplicate, no gap
+    assert len(keys) == len(set(keys)) == 5 * 2 * 6  # no duplicate, no gap
     assert _outputs(ckpt / "eval") == _outputs(full)  # byte-identical to the uninterrupted run
     shutil.rmtree(ckpt / "eval")
 

@@ -31,8 +31,9 @@ ITEMS, FRAMES, OPTIONS = 2, (3, 4), 5
 PAIRS, DISTINCT = 5, 7
 INFILLS_PER_ITEM = 2 * PAIRS + DISTINCT  # two generator steps per pair, one caption per frame: 17
 FORWARDS_PER_PROMPT = 1 + OPTIONS  # loglik: the prompt once, then each option against its cache
-VCOT_PROMPTS = ITEMS * len(FRAMES) * 3  # base, caption, vcot: 12
-SHUFFLE_PROMPTS = ITEMS * len(FRAMES) * 4  # vcot, text, visual, words: 16
+VCOT_ROWS = ITEMS * len(FRAMES) * 6  # base, caption, vcot, blind, text_only, reversed: 24
+VCOT_PROMPTS = ITEMS * (len(FRAMES) * 5 + 1)  # blind's prompt is the same for every F: asked once per item, 22
+SHUFFLE_PROMPTS = ITEMS * len(FRAMES) * 5  # vcot, text, visual, words, order: 20
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_printed_plan_matches_a_hand_count_and_the_run(tmp_path, tmp_path_factor
     # what the run did
     assert generate_calls["generator"] == vcot_infills
     assert forwards["m"] == total * FORWARDS_PER_PROMPT
-    assert len(read_rows(ckpt / "eval/vcot/predictions.jsonl")) == VCOT_PROMPTS
+    assert len(read_rows(ckpt / "eval/vcot/predictions.jsonl")) == VCOT_ROWS
     # the generator loaded once, for vcot; freed after it (shuffle's infills were all cached)
     assert loads["names"] == ["generator"]
     gc.collect()
@@ -146,7 +147,7 @@ def test_a_run_with_every_infill_cached_never_loads_the_generator(tmp_path, tmp_
     assert loads["names"] == ["generator"]
     evaluate([checkpoint_ref(other)], ["vcot", "shuffle"], cfg, cache)
     assert loads["names"] == ["generator"]  # the second checkpoint found every infill in the cache
-    assert len(read_rows(other / "eval/vcot/predictions.jsonl")) == 3
+    assert len(read_rows(other / "eval/vcot/predictions.jsonl")) == 6
 
 
 def test_the_generator_is_freed_before_the_next_checkpoint_loads(tmp_path, tmp_path_factory, loads,

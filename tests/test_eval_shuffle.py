@@ -66,7 +66,7 @@ def _texts(content):
 
 
 def test_each_perturbation_feeds_what_it_says(tmp_path, monkeypatch):
-    from data_recipes.synthetic import item_transition_caption
+    from data_recipes.synthetic.narration import item_oracle_transition
 
     task, seen = _captured_task(tmp_path, monkeypatch, limit=4, frames=(3, 4))
     # native requested: shuffle still feeds images (text sits between the frames in every condition)
@@ -81,8 +81,8 @@ def test_each_perturbation_feeds_what_it_says(tmp_path, monkeypatch):
         assert {r["video_input"] for r in rows} == {"images"}
         for f in task.cfg.frames:
             idx, pidx = task.bench.indices(item, f), task.bench.indices(partner, f)
-            own = [item_transition_caption(item.meta, a, b) for a, b in zip(idx, idx[1:])]
-            other = [item_transition_caption(partner.meta, a, b) for a, b in zip(pidx, pidx[1:])]
+            own = [item_oracle_transition(item.meta, a, b) for a, b in zip(idx, idx[1:])]
+            other = [item_oracle_transition(partner.meta, a, b) for a, b in zip(pidx, pidx[1:])]
             differs |= own != other
             row, content, imgs = by[(f, "vcot")]
             assert _texts(content) == own and row["infills_from"] == row["frames_from"] == item.id
@@ -95,12 +95,16 @@ def test_each_perturbation_feeds_what_it_says(tmp_path, monkeypatch):
             row, content, imgs = by[(f, "words")]
             assert [Counter(t.split()) for t in _texts(content)] == [Counter(t.split()) for t in own]
             assert _texts(content) != own  # oracle captions have several words: the order changed
+            row, content, imgs = by[(f, "order")]
+            assert sorted(_texts(content)) == sorted(own) and row["indices"] == idx  # own infills, own frames
+            assert _texts(content) == [own[i] for i in row["order"]] and row["order"] != list(range(f - 1))
     assert differs  # else "text" could not be told from "vcot" and the test above would prove nothing
 
 
 def test_drops_are_vcot_minus_perturbed_and_paired(tmp_path, monkeypatch):
     task, _ = _captured_task(tmp_path, monkeypatch, limit=4, frames=(3,))
-    correct = {"vcot": [1, 1, 1, 0], "text": [1, 0, 0, 0], "visual": [1, 1, 1, 1], "words": [1, 1, 1, 0]}
+    correct = {"vcot": [1, 1, 1, 0], "text": [1, 0, 0, 0], "visual": [1, 1, 1, 1], "words": [1, 1, 1, 0],
+               "order": [0, 1, 1, 0]}
     rows = [{"item": f"i{k}", "frames": 3, "condition": c, "answer": 2, "pred": 2 if ok else 0}
             for c, v in correct.items() for k, ok in enumerate(v)]
     rows.append({"item": "i9", "frames": 3, "condition": "vcot", "answer": 1, "pred": 1, "error": "broken"})
@@ -108,9 +112,10 @@ def test_drops_are_vcot_minus_perturbed_and_paired(tmp_path, monkeypatch):
     assert block["n_items"] == 4 and block["acc_vcot"]["value"] == 0.75 and block["acc_text"]["value"] == 0.25
     assert block["drop_text"]["value"] == pytest.approx(0.5) and block["drop_text"]["discordant"] == [0, 2]
     assert block["drop_visual"]["value"] == pytest.approx(-0.25) and block["drop_words"]["value"] == 0.0
+    assert block["drop_order"]["value"] == pytest.approx(0.25) and block["drop_order"]["discordant"] == [0, 1]
     flat = task.flat_metrics(task.summarize(rows))
-    for name in ("acc_vcot", "acc_text", "acc_visual", "acc_words", "drop_text", "drop_text_ci_low",
-                 "drop_text_ci_high", "drop_text_p", "drop_visual_p", "drop_words"):
+    for name in ("acc_vcot", "acc_text", "acc_visual", "acc_words", "acc_order", "drop_text", "drop_text_ci_low",
+                 "drop_text_ci_high", "drop_text_p", "drop_visual_p", "drop_words", "drop_order", "drop_order_p"):
         assert f"shuffle/f3/{name}" in flat
     assert "drop text +0.500" in task.headline(task.summarize(rows))
 
@@ -126,10 +131,13 @@ def test_all_tasks_end_to_end_share_the_infill_cache_and_skip(tmp_path, tmp_path
     results = evaluate([checkpoint_ref(ckpt)], list(TASKS), cfg, cache)[str(ckpt)]
     assert [p.read_text() for p in infills] == before  # shuffle generated nothing: all cache hits
     rows = read_rows(ckpt / "eval/shuffle/predictions.jsonl")
-    assert Counter(r["condition"] for r in rows) == {"vcot": 2, "text": 2, "visual": 2, "words": 2}
+    assert Counter(r["condition"] for r in rows) == {"vcot": 2, "text": 2, "visual": 2, "words": 2, "order": 2}
     vcot = {r["item"]: r["texts"] for r in read_rows(ckpt / "eval/vcot/predictions.jsonl") if r["condition"] == "vcot"}
     for r in rows:  # the vcot infills, the same texts: partners lend exactly what vcot generated
-        assert r["texts"] == vcot[r["infills_from"]] or r["condition"] == "words"
+        if r["condition"] == "order":  # the same texts in another order
+            assert sorted(r["texts"]) == sorted(vcot[r["infills_from"]])
+        else:
+            assert r["texts"] == vcot[r["infills_from"]] or r["condition"] == "words"
     iraven = read_rows(ckpt / "eval/iraven/predictions.jsonl")
     assert len(iraven) == 2 * 7 and all(r["image_size"] == 64 and len(r["logliks"]) == 8 for r in iraven)
     for task in ("shuffle", "iraven"):

@@ -20,6 +20,9 @@ from test_eval_support import fast_config, tiny_model
 BASE = [1, 0, 0, 0, 1, 0, 0, 0, 0, 1]     # 3/10
 VCOT = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]     # 5/10
 CAPTION = [1, 0, 0, 0, 1, 0, 0, 0, 0, 1]  # same as base
+BLIND = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]    # 1/10
+TEXT_ONLY = [1, 1, 0, 0, 0, 0, 1, 1, 0, 0]  # 4/10
+REVERSED = [0, 0, 0, 0, 1, 0, 0, 0, 0, 1]  # 2/10
 # At F=4: item 0 cannot be read (error: excluded everywhere), item 1's vcot answer is a failed
 # extraction (counted wrong), the rest follow the F=3 pattern.
 
@@ -34,7 +37,8 @@ def scripted_predict(self, subject, item, todo):
         if f == 4 and i == 0:
             rows.append({"key": key, **where, "error": "unreadable video"})
             continue
-        right = {"base": BASE, "vcot": VCOT, "caption": CAPTION}[cond][i]
+        right = {"base": BASE, "vcot": VCOT, "caption": CAPTION, "blind": BLIND, "text_only": TEXT_ONLY,
+                 "reversed": REVERSED}[cond][i]
         pred = item.answer if right else (item.answer + 1) % 5
         method = "letter"
         if f == 4 and i == 1 and cond == "vcot":
@@ -66,6 +70,11 @@ def test_accuracies_gains_and_p_values_by_hand(evaluated):
     assert gain["ci_low"] <= 0.2 <= gain["ci_high"]
     cap = f3["caption_gain"]
     assert (cap["value"], cap["ci_low"], cap["ci_high"], cap["p_value"], cap["discordant"]) == (0, 0, 0, 1.0, [0, 0])
+    assert (f3["acc_blind"]["value"], f3["acc_text_only"]["value"], f3["acc_reversed"]["value"]) == (0.1, 0.4, 0.2)
+    # text_only - blind: text_only right & blind wrong = items 1, 6, 7 (3); the other way round: none
+    text_only = f3["text_only_gain"]
+    assert text_only["value"] == pytest.approx(0.3) and text_only["discordant"] == [0, 3]
+    assert text_only["p_value"] == pytest.approx(2 / 2**3)  # 2 * P[Bin(3, 1/2) = 0] = 0.25
     assert f3["failed_vcot"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 10, "count": 0}
     # no failure at F=3: random-fill accuracy is the strict accuracy, interval included
     assert f3["random_fill_vcot"] == f3["acc_vcot"] and f3["random_fill_base"] == f3["acc_base"]
@@ -103,8 +112,9 @@ def test_intervals_are_the_stats_module_bootstrap_with_the_run_seed(evaluated):
 def test_mlflow_names_line_up(evaluated):
     _, m = evaluated
     flat = flatten("vcot", m["metrics"])
-    for name in ("acc_base", "acc_caption", "acc_vcot", "gain", "gain_ci_low", "gain_ci_high", "gain_p",
-                 "caption_gain", "caption_gain_p", "failed_vcot", "failed_vcot_ci_low", "failed_vcot_ci_high",
+    for name in ("acc_base", "acc_caption", "acc_vcot", "acc_blind", "acc_text_only", "acc_reversed", "gain",
+                 "gain_ci_low", "gain_ci_high", "gain_p", "caption_gain", "caption_gain_p", "text_only_gain",
+                 "text_only_gain_p", "failed_vcot", "failed_vcot_ci_low", "failed_vcot_ci_high",
                  "random_fill_vcot", "random_fill_vcot_ci_low", "random_fill_vcot_ci_high", "n"):
         assert f"vcot/f3/{name}" in flat and f"vcot/f4/{name}" in flat
     assert flat["vcot/f3/gain"] == pytest.approx(0.2) and flat["vcot/f3/gain_p"] == pytest.approx(0.625)
@@ -114,7 +124,7 @@ def test_mlflow_names_line_up(evaluated):
 def test_metrics_agree_with_the_predictions_file(evaluated):
     ckpt, m = evaluated
     rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
-    assert len(rows) == 10 * 2 * 3 and len({r["key"] for r in rows}) == len(rows)
+    assert len(rows) == 10 * 2 * 6 and len({r["key"] for r in rows}) == len(rows)
     ok = [r for r in rows if r["frames"] == 3 and r["condition"] == "vcot"]
     assert sum(r["correct"] for r in ok) / len(ok) == m["metrics"]["f3"]["acc_vcot"]["value"]
 

@@ -259,5 +259,85 @@ def test_recipe_hash_covers_the_annotation_file(tmp_path, monkeypatch):
     assert load_recipe(recipe).content_hash() == before
     ann.write_text('[{"id": "22", "image": "b.jpg", "conversations": []}]')
     assert load_recipe(recipe).content_hash() != before
-    assert load_recipe("video_demo").content_hash() == \
-        "b33ed0199abdc91b55d2765b1eb18fcf7d164d1c967f71e9412ced1595d88dac"  # as before annotation hashing
+    assert load_recipe("video_demo").content_hash() == VIDEO_DEMO_HASH  # annotation hashing left it alone
+
+
+VIDEO_DEMO_HASH = "6d7c31c085144c49eb8e7a45a6ae77952093bb4a543cb620af73f42496e7b0ba"
+"""video_demo's content hash under GENERATOR_VERSION 2 (b33ed019... under version 1)."""
+
+
+def test_a_new_generator_version_rebuilds_generated_recipes(monkeypatch):
+    """The generator's version stands in for the annotation file of generated sources: bumping it changes
+    every synthetic recipe's hash (stale shards are rebuilt), and leaves real-data recipes alone."""
+    import data_recipes.synthetic as synthetic
+    from data_recipes.recipe import load_recipe
+
+    before = {name: load_recipe(name).content_hash() for name in ("video_demo", "image_demo", "video_100k")}
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    after = {name: load_recipe(name).content_hash() for name in before}
+    assert after["video_demo"] != before["video_demo"] and after["image_demo"] != before["image_demo"]
+    assert after["video_100k"] == before["video_100k"]
+
+
+# --- frame order: the shuffled-frames control --------------------------------------------------------
+def test_frame_order_left_at_its_default_keeps_the_hash():
+    """A recipe that says `frame_order: ordered` (or nothing) builds what it built before the field
+    existed, so its hash, and with it every existing build, stays; a shuffled one hashes apart."""
+    data = yaml.safe_load((RECIPES_DIR / "video_demo.yaml").read_text())
+    plain = parse_recipe(dict(data), "video_demo", "video_demo.yaml")
+    ordered = parse_recipe({**data, "frame_order": "ordered"}, "video_demo", "video_demo.yaml")
+    shuffled = parse_recipe({**data, "frame_order": "shuffled"}, "video_demo", "video_demo.yaml")
+    assert plain.frame_order == "ordered"
+    assert plain.content_hash() == ordered.content_hash() == VIDEO_DEMO_HASH
+    assert shuffled.content_hash() != plain.content_hash()
+    # the shipped control is video_demo's content, shuffled, under its own name
+    control = parse_recipe({**data, "frame_order": "shuffled"}, "video_shuffled_demo", "video_shuffled_demo.yaml")
+    assert load_recipe("video_shuffled_demo").content_hash() == control.content_hash()
+
+
+@pytest.mark.parametrize("data, msg", [
+    ({"kind": "video", "sources": [{"type": "synthetic_video"}], "samples": 5, "frame_order": "shufled"},
+     r"field 'frame_order' must be one of ordered, shuffled, got 'shufled' \(did you mean 'shuffled'\?\)"),
+    ({"kind": "video", "sources": [{"type": "synthetic_video"}], "samples": 5, "frame_order": 1},
+     r"field 'frame_order' must be one of ordered, shuffled, got 1"),
+    ({"kind": "image", "sources": [{"type": "synthetic_image"}], "samples": 5, "frame_order": "shuffled"},
+     r"field 'frame_order: shuffled' is for video recipes.*an image recipe has no frame order"),
+    ({"kind": "video", "sources": [{"type": "llava_video", "path": "a.json", "media_root": "m"}], "samples": 5,
+      "frame_order": "shuffled"},
+     r"field 'frame_order: shuffled' needs generated sources \(synthetic_video\).*got llava_video"),
+])
+def test_bad_frame_order_is_explained(data, msg):
+    with pytest.raises(RecipeError, match=msg):
+        parse_recipe(data, "r", "r.yaml")
+
+
+def test_video_shuffled_demo_is_video_demo_out_of_order():
+    """Same clips (seed, split, samples, frames, size) and the same training section: only the frame
+    order differs, so the control differs from the video run in nothing else."""
+    vid, ctl = load_recipe("video_demo"), load_recipe("video_shuffled_demo")
+    assert ctl.frame_order == "shuffled" and vid.frame_order == "ordered"
+    for f in ("kind", "sources", "samples", "match", "frames", "image_size", "max_pixels", "video_input", "seed",
+              "split", "max_bad_fraction", "shard_size", "model", "train"):
+        assert getattr(ctl, f) == getattr(vid, f), f
+
+
+def test_shuffled_build_has_the_ordered_clips_frames_out_of_order(tmp_path):
+    fields = dict(kind="video", sources=[{"type": "synthetic_video"}], samples=6, frames=4, shard_size=10,
+                  max_bad_fraction=0.0)
+    mo = build(str(write_recipe(tmp_path, "ordered", **fields)), tmp_path / "o")
+    m = build(str(write_recipe(tmp_path, "shuffled", frame_order="shuffled", **fields)), tmp_path / "s")
+    assert m["counts"]["samples"] == 6 and m["counts"]["frames"] == 24
+    assert (mo["frame_order"], m["frame_order"]) == ("ordered", "shuffled")  # the manifest says which
+    ordered, shuffled = _read_all(tmp_path / "o"), _read_all(tmp_path / "s")
+    for o, s in zip(ordered, shuffled):
+        jo, js = o["json"], s["json"]
+        # the same clip, question and answer; the id says it is the shuffled twin
+        assert js["id"] == jo["id"].replace("-video-", "-video-shuffled-") != jo["id"]
+        assert js["messages"] == jo["messages"]
+        assert {k: v for k, v in js["meta"].items() if k != "frame_order"} == jo["meta"]
+        order = js["meta"]["frame_order"]
+        assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
+        frames_o = [np.asarray(o[f"{k:03d}.jpg"]) for k in range(4)]
+        frames_s = [np.asarray(s[f"{k:03d}.jpg"]) for k in range(4)]
+        # stored frame k of the shuffled clip is frame order[k] of the true clip
+        assert all(np.array_equal(frames_s[k], frames_o[order[k]]) for k in range(4))

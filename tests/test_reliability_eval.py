@@ -26,7 +26,7 @@ from test_eval_support import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS, FRAMES = 24, ("3", "4")
-ROWS = ITEMS * len(FRAMES) * 3  # items x F x conditions (base, caption, vcot)
+ROWS = ITEMS * len(FRAMES) * 6  # items x F x conditions (base, caption, vcot, blind, text_only, reversed)
 
 
 def _cmd(ckpt: Path, cache: Path) -> list[str]:

@@ -1,5 +1,6 @@
 """Tests of the synthetic scene/sample generator (data_recipes.synthetic): determinism, split hygiene,
-pixels that match the ground truth, captions, option sets and the closed vocabulary."""
+pixels that match the ground truth, captions, option sets and the closed vocabulary. The make-up of
+option sets, item kinds and training mixes is tested in test_world_items.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from data_recipes.synthetic import (
     static_caption, transition_caption, video_record, video_sample, vocabulary_corpus,
 )
 from data_recipes.synthetic.sampler import visible_when_sampled
-from data_recipes.synthetic.scenes import BACKGROUND
+from data_recipes.synthetic.scenes import BACKGROUND, overlap
 
 ROOT = Path(__file__).resolve().parents[1]
 WORD = re.compile(r"[A-Za-z]+")
@@ -174,9 +175,14 @@ def test_transition_captions_agree_with_the_pixels(index, frames, data):
     caption = item_transition_caption(record["meta"], t0, t1)
     if caption == "nothing changes.":
         assert images[t0].tobytes() == images[t1].tobytes()
-    # Over the whole clip every event has completed, so something visibly changed.
-    assert images[0].tobytes() != images[-1].tobytes()
-    assert item_transition_caption(record["meta"], 0, frames - 1) != "nothing changes."
+    if record["meta"]["events"]:
+        # Over the whole clip every event has completed, so something visibly changed.
+        assert images[0].tobytes() != images[-1].tobytes()
+        assert item_transition_caption(record["meta"], 0, frames - 1) != "nothing changes."
+    else:
+        # A clip without events ("what changes?" answered "nothing changes"): every frame is the same.
+        assert len({im.tobytes() for im in images}) == 1
+        assert item_transition_caption(record["meta"], 0, frames - 1) == "nothing changes."
 
 
 # ---------------------------------------------------------------------------------------- samples
@@ -196,7 +202,9 @@ def test_sample_schema_and_one_image_marker_per_image():
             assert len(meta["captions"]) == len(images)
             if record["kind"] == "video":
                 assert len(meta["transitions"]) == len(images) - 1
-                assert meta["events"] and all(0 <= e["start"] < e["end"] < len(images) for e in meta["events"])
+                assert all(0 <= e["start"] < e["end"] < len(images) for e in meta["events"])
+                # Only "what changes?" may show a clip without events (its answer: nothing changes).
+                assert meta["events"] or meta["question_type"].startswith("changes")
             if "options" in meta:
                 opts, answer = meta["options"], meta["answer"]
                 assert len(set(opts)) == 5 and assistant["content"][0]["text"] == opts[answer]
@@ -220,8 +228,11 @@ def test_eval_answers_are_uniform_over_the_five_slots(eval_records):
 def test_eval_options_are_five_distinct_with_the_answer_among_them(eval_records):
     for r in eval_records:
         assert len(r["options"]) == 5 and len(set(r["options"])) == 5
-        assert 0 <= r["answer"] < 5 and 0 <= r["meta"]["reversed_answer"] < 5
-        assert r["question"].endswith("?")
+        assert 0 <= r["answer"] < 5 and r["question"].endswith("?")
+        if r["meta"]["kind"] == "temporal":
+            assert 0 <= r["meta"]["reversed_answer"] < 5
+        else:
+            assert r["meta"]["kind"] == "static" and r["meta"]["reversed_answer"] is None
 
 
 def test_eval_item_frames_and_caption_helpers():
@@ -251,17 +262,27 @@ def test_a_single_frame_cannot_tell_the_answer(clip_frames):
         rev = scene.reversed()
         for t in range(clip_frames):
             assert [_relevant(s) for s in rev.state(t)] == [_relevant(s) for s in scene.state(clip_frames - 1 - t)]
-        still = meta["question_type"] == "happens" and not scene.events_of(meta["target"])
-        assert (meta["reversed_answer"] == r["answer"]) == still
+        events = scene.events_in_order()
+        together = len(events) == 2 and overlap(*events)
+        if meta["kind"] == "temporal":
+            # The reversed clip has the same answer exactly when the answer is self-reversing: a still
+            # target, a clip without events, or two events at once (for order questions).
+            singleton = {"happens": meta["target"] is not None and not scene.events_of(meta["target"]),
+                         "changes": not events, "first": together, "last": together}[meta["question_type"]]
+            assert (meta["reversed_answer"] == r["answer"]) == singleton
+        else:
+            # A static item asks about an object that looks the same in every frame.
+            assert not scene.events_of(meta["target"]) and meta["reversed_answer"] is None
         for f in (5, 10):
             idx = sample_indices(clip_frames, f)
             first, last = scene.state(idx[0]), scene.state(idx[-1])
             # Every event is caught: its object differs between the first and last sampled frames...
             for e in scene.events:
                 assert _relevant(first[e.obj]) != _relevant(last[e.obj])
-            # ...and with two events, some sampled frame shows the first done and the second not begun.
-            if len(scene.events) == 2:
-                assert ", then " in transition_caption(scene, idx[0], idx[-1])
+            # ...and with two events, either some sampled frame shows the first done and the second
+            # not begun, or they happen at once (one while the other is under way).
+            if len(events) == 2:
+                assert (", then " in transition_caption(scene, idx[0], idx[-1])) == (not together)
 
 
 # ---------------------------------------------------------------------------------------- vocabulary

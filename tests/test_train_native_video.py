@@ -61,8 +61,9 @@ def test_three_steps_through_the_video_path(work, family):
     out = work / "ckpt" / family / "eval" / "vcot"
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert {r["condition"]: r["video_input"] for r in rows} == {"base": "native", "caption": "images",
-                                                                 "vcot": "images"}
-    assert len(rows) == 9 and all("pred" in r for r in rows)
+                                                                 "vcot": "images", "reversed": "native",
+                                                                 "blind": "none", "text_only": "none"}
+    assert len(rows) == 18 and all("pred" in r for r in rows)  # 3 items x 6 conditions
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["video_input"]["base"] == "native"
     # the same data as separate images costs more tokens per sample (LLaVA-NeXT-Video pools 4x, Qwen

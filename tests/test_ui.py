@@ -56,7 +56,7 @@ def test_report_has_every_section_and_legible_figures(pipeline):
     d, _, out = pipeline
     report = (d / "ckpt" / "report.md").read_text()
     assert "| video_mini | video | 3 |" in report and "| image_mini | image | 3 |" in report
-    assert "### image_mini (image) vs video_mini (video)" in report
+    assert "### image_mini (image run) vs video_mini (video run)" in report
     assert "stopped at video_mini's consumption of **visual_tokens**" in report
     assert "| visual_tokens |" in report and "| 1.000 |" in report  # matched: ratio exactly 1
     assert "gain(image) - gain(video)" in report

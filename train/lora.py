@@ -450,7 +450,8 @@ class LoRATrainer:
         weights = trainable_state_dict(acc, self.model)  # every process joins the ZeRO-3 gathers
         info = {
             "base_model": str(self.base_dir), "family": self.family.name, "recipe": self.recipe.name,
-            "kind": self.recipe.kind, "manifest_hash": manifest_hash(self.shards), "shards": str(self.shards),
+            "kind": self.recipe.kind, "frame_order": self.recipe.frame_order,
+            "manifest_hash": manifest_hash(self.shards), "shards": str(self.shards),
             "video_input": self.video_input, "max_pixels": self.max_pixels,
             "seed": cfg.seed, "mlflow_run_id": state.mlflow_run_id, "tracking_uri": self.tracking_uri,
             "experiment": cfg.experiment, "consumed": state.consumed, "steps": state.step, "passes": state.passes,

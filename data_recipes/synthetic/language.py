@@ -8,24 +8,38 @@ the only capitals are the option letters A-E.
 Conventions: captions and free-form answers are sentences ending in "."; multiple-choice options
 are bare phrases ("it moves left") and the assistant answers a multiple-choice question with the
 option text itself.
+
+Options about change come in time-reversal pairs: every event option has a partner, the wording of
+the same clip played backwards ("moves left" / "moves right", "appears" / "disappears", "grows" /
+"shrinks", "turns from red to green" / "turns from green to red"), and three options are their own
+reversal ("it does not change", "nothing changes", "both happen at once"). `reversal_partner` maps
+an option text to its partner from the text alone, which is why a colour option names both colours.
+Captions keep the shorter "the red circle turns green." (the subject already names the old colour).
 """
 
 from __future__ import annotations
 
-from .scenes import COLOURS, COLUMNS, DIRECTIONS, ROWS, SHAPES, Event, ObjState, Scene
+import re
+
+from .scenes import COLOURS, COLUMNS, DIRECTIONS, OPPOSITE, ROWS, SHAPES, Event, ObjState, Scene
 
 OPTION_LETTERS = "ABCDE"
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 
 # Event phrases. Options about one object use the "it ..." form, options about the whole clip the
-# "the <shape> ..." form: shape alone identifies an object (shapes are unique within a scene) without
-# giving away its colour, which may be the very thing that changes.
+# "the <shape> ..." form: shape alone identifies an object (shapes are unique within a scene). The
+# three self-reversing options: the object stays still, the clip shows no change, two events overlap.
 STILL_VERB = "does not change"
 NOTHING = "nothing changes"
+TOGETHER = "both happen at once"
 MOVE_VERBS = tuple(f"moves {d}" for d in DIRECTIONS)
-COLOUR_VERBS = tuple(f"turns {c}" for c in COLOURS)
 OTHER_VERBS = ("appears", "disappears", "grows", "shrinks")
-ALL_VERBS = MOVE_VERBS + COLOUR_VERBS + OTHER_VERBS
+# Verbs of captions ("the red circle turns green.") and of options ("it turns from red to green").
+CAPTION_VERBS = MOVE_VERBS + tuple(f"turns {c}" for c in COLOURS) + OTHER_VERBS
+OPTION_VERBS = MOVE_VERBS + tuple(f"turns from {a} to {b}" for a in COLOURS for b in COLOURS if a != b) + OTHER_VERBS
+# One time-reversal pair of option verbs per event category (colour pairs are built from two colours).
+CATEGORY_VERBS = {"horizontal": ("moves left", "moves right"), "vertical": ("moves up", "moves down"),
+                  "presence": ("appears", "disappears"), "size": ("grows", "shrinks")}
 
 # Question templates (the only questions the generator asks).
 Q_COLOUR = "what colour is the {shape}?"
@@ -72,6 +86,11 @@ def name(state: ObjState) -> str:
     return f"the {state.colour} {state.shape}"
 
 
+def indefinite(phrase: str) -> str:
+    """The phrase with its indefinite article: "a red circle", "an orange square"."""
+    return ("an " if phrase[:1] in ("a", "e", "i", "o", "u") else "a ") + phrase
+
+
 def join_and(parts: list[str]) -> str:
     """"x", "x and y", "x, y and z"."""
     if len(parts) <= 1:
@@ -93,6 +112,19 @@ def event_verb(event: Event) -> str:
     if event.kind == "recolour":
         return f"turns {event.colour}"
     return {"appear": "appears", "disappear": "disappears", "grow": "grows", "shrink": "shrinks"}[event.kind]
+
+
+def colour_change_verb(old: str, new: str) -> str:
+    """The option verb of a recolour: "turns from red to green"."""
+    return f"turns from {old} to {new}"
+
+
+def option_verb(scene: Scene, event: Event) -> str:
+    """The verb of an event in an option: `event_verb`, except that a recolour names both colours
+    ("turns from red to green") so that its time reversal can be read off the text."""
+    if event.kind == "recolour":
+        return colour_change_verb(scene.state(event.start)[event.obj].colour, event.colour)
+    return event_verb(event)
 
 
 def it_phrase(verb: str) -> str:
@@ -121,7 +153,7 @@ def transition_caption(scene: Scene, t0: int, t1: int) -> str:
     text, previous = "", None
     for e in events:
         s = states[e.obj]
-        subject = f"a {s.colour} {s.shape}" if e.kind == "appear" else name(s)
+        subject = indefinite(f"{s.colour} {s.shape}") if e.kind == "appear" else name(s)
         clause = f"{subject} {event_verb(e)}"
         if previous is None:
             text = clause
@@ -133,18 +165,47 @@ def transition_caption(scene: Scene, t0: int, t1: int) -> str:
 
 def happens_to(scene: Scene, obj: int) -> str:
     """Option text of what happens to one object over the whole clip: "it moves left", ..."""
-    verbs = [event_verb(e) for e in scene.events_of(obj)]
+    verbs = [option_verb(scene, e) for e in scene.events_of(obj)]
     return it_phrase(", then ".join(verbs) if verbs else STILL_VERB)
 
 
 def event_phrase(scene: Scene, event: Event) -> str:
-    """Option text of one event in a clip: "the circle moves left"."""
-    return shape_phrase(scene.objects[event.obj].shape, event_verb(event))
+    """Option text of one event in a clip: "the circle moves left", "the circle turns from red to green"."""
+    return shape_phrase(scene.objects[event.obj].shape, option_verb(scene, event))
 
 
-def shape_candidates(scene: Scene) -> list[str]:
-    """Every "the <shape> ..." option about the scene's objects, plus "nothing changes"."""
-    return [shape_phrase(o.shape, v) for o in scene.objects for v in ALL_VERBS] + [NOTHING]
+SELF_REVERSING = (it_phrase(STILL_VERB), NOTHING, TOGETHER)
+_OPTION = re.compile(r"(it|the [a-z]+) (.+)")
+_COLOUR_CHANGE = re.compile(r"turns from ([a-z]+) to ([a-z]+)")
+_REVERSED_VERB = {**{f"moves {d}": f"moves {OPPOSITE[d]}" for d in DIRECTIONS},
+                  "appears": "disappears", "disappears": "appears", "grows": "shrinks", "shrinks": "grows"}
+
+
+def reversal_partner(option_text: str) -> str | None:
+    """The time-reversed wording of an option: what the same clip played backwards shows.
+
+    "it moves left" -> "it moves right", "the circle appears" -> "the circle disappears",
+    "it turns from red to green" -> "it turns from green to red"; None for the self-reversing options
+    ("it does not change", "nothing changes", "both happen at once"). Reversing twice gives the text
+    back. Raises ValueError for a text that is not an option phrase of this generator (e.g. a static
+    answer such as "red", or another benchmark's option), so callers can tell "no partner" (None)
+    from "not this phrasing".
+    """
+    text = option_text.strip()
+    if text in SELF_REVERSING:
+        return None
+    match = _OPTION.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an option phrase of the synthetic generator: {option_text!r}")
+    subject, verb = match.groups()
+    if subject != "it" and subject.removeprefix("the ") not in SHAPES:
+        raise ValueError(f"option {option_text!r}: subject must be 'it' or 'the <shape>' with a shape in {SHAPES}")
+    if verb in _REVERSED_VERB:
+        return f"{subject} {_REVERSED_VERB[verb]}"
+    colours = _COLOUR_CHANGE.fullmatch(verb)
+    if colours and colours[1] in COLOURS and colours[2] in COLOURS and colours[1] != colours[2]:
+        return f"{subject} {colour_change_verb(colours[2], colours[1])}"
+    raise ValueError(f"option {option_text!r}: no event verb of the synthetic generator")
 
 
 def format_mc(question: str, options: list[str]) -> str:
@@ -157,7 +218,7 @@ def format_mc(question: str, options: list[str]) -> str:
 def template_texts() -> list[str]:
     """Every phrase the templates can produce, enumerated (the closed part of the vocabulary)."""
     texts = [NOTHING + ".", EMPTY_CAPTION, Q_COUNT, Q_DESCRIBE, Q_CHANGES, Q_FIRST, Q_LAST,
-             "yes.", "no.", STILL_VERB, it_phrase(STILL_VERB)]
+             "yes.", "no.", STILL_VERB, it_phrase(STILL_VERB), NOTHING, TOGETHER, TOGETHER + "."]
     texts += [number_phrase(n) for n in range(1, 4)] + list(NUMBER_WORDS[1:])
     texts += [f"it is {p}." for p in ALL_POSITIONS] + list(ALL_POSITIONS)
     for shape in SHAPES:
@@ -165,17 +226,24 @@ def template_texts() -> list[str]:
                   Q_HAPPENS.format(shape=shape), f"the {shape}."]
         texts += [Q_RELATION.format(a=shape, relation=r, b=other) for r in RELATIONS for other in SHAPES
                   if other != shape]
-        texts += [shape_phrase(shape, v) for v in ALL_VERBS]
+        texts += [shape_phrase(shape, v) for v in OPTION_VERBS]
         for colour in COLOURS:
-            texts += [f"the {colour} {shape} {v}." for v in ALL_VERBS if v != "appears"]
-            texts.append(f"a {colour} {shape} appears.")
+            texts += [f"the {colour} {shape} {v}." for v in CAPTION_VERBS if v != "appears"]
+            texts.append(indefinite(f"{colour} {shape}") + " appears.")
             for size in ("small", "large"):
                 texts += [f"a {size} {colour} {shape} {p}" for p in ALL_POSITIONS]
     for colour in COLOURS:
         texts += [Q_WHICH.format(colour=colour), f"it is {colour}.", colour]
     texts += ["it is small.", "it is large.", "small", "large"]
-    texts += [it_phrase(v) for v in ALL_VERBS] + [it_phrase(v) + "." for v in ALL_VERBS]
+    texts += [it_phrase(v) for v in OPTION_VERBS] + [it_phrase(v) + "." for v in OPTION_VERBS]
     # The connectives of multi-event transition captions.
     texts += ["the red circle moves left, then the blue square turns green.",
               "the green triangle grows and a purple diamond appears."]
     return texts
+
+
+# The text that follows a frame or an infill in an interleaved user turn (captions after frames, infills
+# between frames, the reading items' infills): each closed by a newline so the next frame, text or the
+# question starts on a line of its own. The evaluation's prompts import it, so training and evaluation
+# share one format.
+INTERLEAVED = "{text}\n"

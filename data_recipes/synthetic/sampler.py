@@ -7,6 +7,11 @@ Split hygiene holds by construction: `split_of(scene.signature())` maps each sce
 exactly one of train/val/test (a hash, independent of seed, index and builder), and
 `scene_for_split` rejects scenes until one belongs to the requested split. A test item can therefore
 never show a scene that some training sample shows, whatever seeds or sample counts are used.
+
+Events: `random_scene` draws each event's category uniformly (scenes.CATEGORIES), the same
+distribution the questions' decoy options are drawn from, and redraws the layout rather than the
+events when a move has no room, so rejected layouts never skew the categories. Two events either
+follow each other (successive windows) or, with `simultaneous=True`, happen at once.
 """
 
 from __future__ import annotations
@@ -17,16 +22,12 @@ import random
 from collections.abc import Callable, Sequence
 
 from .scenes import (
-    COLOURS, DIRECTIONS, GRADUAL_KINDS, GRID, JITTER, SHAPES, Event, Obj, Scene, cell_centre,
+    CATEGORIES, COLOURS, DIRECTIONS, GRADUAL_KINDS, GRID, JITTER, SHAPES, Event, Obj, Scene, cell_centre, overlap,
 )
 
 SPLITS = ("train", "val", "test")
 # Fractions of the signature space owned by each split.
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
-
-# Relative frequency of event kinds; moves come in four directions and carry most of the
-# "between frames" signal (a single frame never shows motion), so they are drawn most often.
-KIND_WEIGHTS = {"move": 4, "recolour": 2, "appear": 1, "disappear": 1, "grow": 1, "shrink": 1}
 
 
 def stable_hash(*parts: object) -> int:
@@ -84,55 +85,114 @@ def _move_path(col: int, row: int, direction: str, cells: int) -> list[tuple[int
     return None
 
 
-def random_scene(rng: random.Random, n_frames: int, n_objects: int,
-                 windows: Sequence[tuple[int, int]]) -> Scene | None:
+LAYOUT_TRIES = 100  # placements tried before a random scene gives up (practically never reached)
+
+
+def _event_plan(rng: random.Random, category: str, obj: int) -> dict:
+    """What one event of `category` does, drawn uniformly within the category (direction, appear or
+    disappear, grow or shrink; a recolour's new colour is drawn once the colours are known)."""
+    if category == "horizontal":
+        return {"kind": "move", "obj": obj, "direction": rng.choice(("left", "right"))}
+    if category == "vertical":
+        return {"kind": "move", "obj": obj, "direction": rng.choice(("up", "down"))}
+    if category == "colour":
+        return {"kind": "recolour", "obj": obj}
+    if category == "presence":
+        return {"kind": rng.choice(("appear", "disappear")), "obj": obj}
+    if category == "size":
+        return {"kind": rng.choice(("grow", "shrink")), "obj": obj}
+    raise ValueError(f"event category must be one of {CATEGORIES}, got {category!r}")
+
+
+def _place_moves(rng: random.Random, cells: list[tuple[int, int]], plans: list[dict]) -> list[int] | None:
+    """The number of cells each move covers (0 for other events), drawn uniformly among the lengths
+    that fit, or None when some move has no room in this layout. Moves only cross cells no other
+    object ever uses, so objects never overlap."""
+    occupied = set(cells)  # every cell any object touches at any time
+    lengths = []
+    for plan in plans:
+        if plan["kind"] != "move":
+            lengths.append(0)
+            continue
+        fits = []
+        for n_cells in (1, 2):
+            path = _move_path(*cells[plan["obj"]], plan["direction"], n_cells)
+            if path and not occupied.intersection(path):
+                fits.append((n_cells, path))
+        if not fits:
+            return None
+        n_cells, path = rng.choice(fits)
+        occupied.update(path)
+        lengths.append(n_cells)
+    return lengths
+
+
+def random_scene(rng: random.Random, n_frames: int, n_objects: int, windows: Sequence[tuple[int, int]], *,
+                 simultaneous: bool = False, categories: Sequence[str] | None = None) -> Scene | None:
     """A scene of `n_objects` objects whose first `len(windows)` objects each get one event.
 
-    `windows[i]` is the frame range [lo, hi] in which the i-th event happens; events of successive
-    windows are therefore ordered in time. Remaining objects stay still (distractors). Objects have
-    distinct shapes and distinct colours (also after recolouring) so that "the circle" or "the red
-    shape" always names exactly one object; they sit in distinct grid cells and moves only cross
-    cells no other object ever uses, so objects never overlap. Returns None when the drawn layout
-    leaves no room for the drawn events (the caller simply draws again).
+    What: each event's category is drawn uniformly from CATEGORIES (or given by `categories`, one per
+    window), then its direction / appear-or-disappear / grow-or-shrink / new colour uniformly within
+    the category. The decoy options of `questions` come from the same uniform categories, so the real
+    events and the decoys are drawn alike. Remaining objects stay still (distractors).
+
+    When: `windows[i]` is the frame range [lo, hi] of the i-th event, so events of successive windows
+    are ordered in time. With `simultaneous=True` (exactly two windows) both events happen in one of
+    the two windows (drawn) and overlap in time: gradual events share one span, discrete events one
+    frame inside it, so one event always happens while the other is under way (`scenes.overlap`).
+
+    Where: objects have distinct shapes and distinct colours (also after recolouring) so that "the
+    circle" or "the red shape" always names exactly one object; they sit in distinct grid cells and
+    moves only cross cells no other object ever uses. The layout is redrawn (not the events) until
+    every move has room, so the event categories stay uniform; None only if LAYOUT_TRIES layouts all
+    fail (the caller draws again).
     """
     if not 1 <= n_objects <= GRID * GRID or len(windows) > n_objects:
         raise ValueError(f"cannot place {len(windows)} events on {n_objects} objects")
+    if simultaneous and len(windows) != 2:
+        raise ValueError(f"simultaneous=True needs exactly two windows, got {len(windows)}")
+    if categories is None:
+        categories = [rng.choice(CATEGORIES) for _ in windows]
+    elif len(categories) != len(windows):
+        raise ValueError(f"categories: need one per window ({len(windows)}), got {len(categories)}")
+    plans = [_event_plan(rng, category, i) for i, category in enumerate(categories)]
+
+    if simultaneous:
+        lo, hi = rng.choice(list(windows))
+        a, b = _timing(rng, True, lo, hi)
+        k = rng.randint(a + 1, b)
+        for plan in plans:
+            plan["start"], plan["end"] = (a, b) if plan["kind"] in GRADUAL_KINDS else (k - 1, k)
+    else:
+        for plan, (lo, hi) in zip(plans, windows):
+            plan["start"], plan["end"] = _timing(rng, plan["kind"] in GRADUAL_KINDS, lo, hi)
+
     shapes = rng.sample(SHAPES, n_objects)
     colours = rng.sample(sorted(COLOURS), n_objects)
     sizes = [rng.choice(("small", "large")) for _ in range(n_objects)]
     visible = [True] * n_objects
-    cells = [divmod(c, GRID)[::-1] for c in rng.sample(range(GRID * GRID), n_objects)]  # (col, row)
-    occupied = set(cells)  # every cell any object touches at any time
-    used_colours = set(colours)
-    plans: list[dict] = []
-    for i, (lo, hi) in enumerate(windows):
-        kinds, weights = zip(*KIND_WEIGHTS.items())
-        kind = rng.choices(kinds, weights)[0]
-        plan = {"kind": kind, "obj": i}
-        if kind == "move":
-            options = []
-            for direction in sorted(DIRECTIONS):
-                for n_cells in (1, 2):
-                    path = _move_path(*cells[i], direction, n_cells)
-                    if path and not occupied.intersection(path):
-                        options.append((direction, n_cells, path))
-            if not options:
-                return None
-            direction, n_cells, path = rng.choice(options)
-            occupied.update(path)
-            plan.update(direction=direction, cells=n_cells)
-        elif kind == "recolour":
-            free = sorted(set(COLOURS) - used_colours)
-            plan["colour"] = rng.choice(free)
-            used_colours.add(plan["colour"])
-        elif kind == "appear":
+    free_colours = sorted(set(COLOURS) - set(colours))
+    for plan in plans:
+        i = plan["obj"]
+        if plan["kind"] == "recolour":
+            plan["colour"] = rng.choice(free_colours)
+            free_colours.remove(plan["colour"])
+        elif plan["kind"] == "appear":
             visible[i] = False
-        elif kind == "grow":
+        elif plan["kind"] == "grow":
             sizes[i] = "small"
-        elif kind == "shrink":
+        elif plan["kind"] == "shrink":
             sizes[i] = "large"
-        plan["start"], plan["end"] = _timing(rng, kind in GRADUAL_KINDS, lo, hi)
-        plans.append(plan)
+    for _ in range(LAYOUT_TRIES):
+        cells = [divmod(c, GRID)[::-1] for c in rng.sample(range(GRID * GRID), n_objects)]  # (col, row)
+        lengths = _place_moves(rng, cells, plans)
+        if lengths is not None:
+            break
+    else:
+        return None
+    for plan, n_cells in zip(plans, lengths):
+        if n_cells:
+            plan["cells"] = n_cells
 
     objects = []
     for i in range(n_objects):
@@ -163,8 +223,12 @@ def scene_for_split(rng: random.Random, split: str, draw: Callable[[random.Rando
 
 
 def video_windows(n_frames: int, n_events: int) -> list[tuple[int, int]]:
-    """Event windows of a training clip: the whole clip, or its two halves for two events."""
+    """Event windows of a training clip: none, the whole clip, or its two halves for two events."""
     last = n_frames - 1
+    if n_events not in (0, 1, 2):
+        raise ValueError(f"a clip has 0, 1 or 2 events, not {n_events}")
+    if n_events == 0:
+        return []
     if n_events == 1:
         return [(0, last)]
     mid = last // 2
@@ -178,6 +242,10 @@ def eval_windows(n_frames: int, n_events: int) -> list[tuple[int, int]]:
     [s3, s5], so the middle sample separates them. `visible_when_sampled` checks the result.
     """
     s = sample_indices(n_frames, 5)
+    if n_events not in (0, 1, 2):
+        raise ValueError(f"a clip has 0, 1 or 2 events, not {n_events}")
+    if n_events == 0:
+        return []
     if n_events == 1:
         return [(s[0], s[4])]
     return [(s[0], s[2]), (s[2], s[4])]
@@ -187,12 +255,18 @@ def visible_when_sampled(scene: Scene, samplings: Sequence[int] = (5, 10)) -> bo
     """Whether every event, and the order of events, survives sampling F frames for each F.
 
     For each sampling: some sampled frame shows each event's before state and some its after state;
-    consecutive events are separated by a sampled frame (so "what happens first?" is decidable); and
     under the coarsest sampling each gradual event is caught mid-way at least once, so a move is seen
-    as motion over several frames, not a jump.
+    as motion over several frames, not a jump; and "what happens first?" is decidable: consecutive
+    events either are ordered and separated by a sampled frame (the first done, the second not begun)
+    or happen at once, one of them entirely while the other is under way (`scenes.overlap` and nested),
+    so no sampled frame can show one done and the other not begun.
     """
     events = scene.events_in_order()
     coarsest = min(samplings)
+    for e1, e2 in zip(events, events[1:]):
+        if overlap(e1, e2) and not (e1.start <= e2.start and e2.end <= e1.end
+                                    or e2.start <= e1.start and e1.end <= e2.end):
+            return False  # partly overlapping: neither "first" nor "at once" would be clear
     for f in samplings:
         idx = sample_indices(scene.n_frames, f)
         for e in events:
@@ -201,6 +275,6 @@ def visible_when_sampled(scene: Scene, samplings: Sequence[int] = (5, 10)) -> bo
             if f == coarsest and e.gradual and not any(e.start < t < e.end for t in idx):
                 return False
         for e1, e2 in zip(events, events[1:]):
-            if not any(e1.end <= t <= e2.start for t in idx):
+            if not overlap(e1, e2) and not any(e1.end <= t <= e2.start for t in idx):
                 return False
     return True

@@ -13,7 +13,11 @@ Event timing: an event occupies frames `start < end`. At t <= start an object is
 state, at t >= end in its "after" state. Gradual events (move, grow, shrink) interpolate linearly in
 between; discrete events (recolour, appear, disappear) always have `end == start + 1`, i.e. the change
 happens between frames `start` and `end`. Under that convention the change is visible between frames
-t0 < t1 exactly when `t0 < end and t1 > start`, whatever the event kind.
+t0 < t1 exactly when `t0 < end and t1 > start`, whatever the event kind. Two events whose changes
+share some time (`overlap`) happen "at once"; otherwise one completes before the other begins.
+
+Every event has one of five `CATEGORIES` (`category_of`): horizontal or vertical move, colour,
+presence (appear/disappear), size (grow/shrink). An event and its time reversal share a category.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 EVENT_KINDS = ("move", "recolour", "appear", "disappear", "grow", "shrink")
+# What kind of change an event is, as a viewer (and an option) would put it. Random scenes draw the
+# category of each event uniformly, and the decoy options of a question are drawn from the same five
+# categories, so an option's category says nothing about whether it is the answer.
+CATEGORIES = ("horizontal", "vertical", "colour", "presence", "size")
+_KIND_CATEGORY = {"recolour": "colour", "appear": "presence", "disappear": "presence", "grow": "size",
+                  "shrink": "size"}
 GRADUAL_KINDS = frozenset({"move", "grow", "shrink"})
 # What each event looks like when the clip is played backwards (used by `Scene.reversed`).
 REVERSE_KIND = {"move": "move", "recolour": "recolour", "appear": "disappear", "disappear": "appear",
@@ -100,6 +110,28 @@ class Event:
         if t >= self.end:
             return 1.0
         return (t - self.start) / (self.end - self.start) if self.gradual else 0.0
+
+
+def category_of(event: Event) -> str:
+    """The category of an event (one of CATEGORIES): a move is "horizontal" or "vertical" by its
+    direction, a recolour "colour", an appearance or disappearance "presence", growing or shrinking
+    "size". An event and its time reversal always share a category."""
+    if event.kind == "move":
+        if event.direction not in DIRECTIONS:
+            raise ValueError(f"a move needs a direction in {tuple(DIRECTIONS)}, got {event.direction!r}")
+        return "horizontal" if event.direction in ("left", "right") else "vertical"
+    if event.kind not in _KIND_CATEGORY:
+        raise ValueError(f"unknown event kind {event.kind!r}")
+    return _KIND_CATEGORY[event.kind]
+
+
+def overlap(a: Event, b: Event) -> bool:
+    """Whether two events happen at once: their changes, (start, end] in frames, share some time.
+
+    Events that overlap are "simultaneous" (the answer to "what happens first?" is then that both
+    happen at once); events that do not are ordered, one completes before the other begins.
+    """
+    return a.start < b.end and b.start < a.end
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,23 @@
 """I-RAVEN transfer: does finetuning on video help a VLM complete Raven's progressive matrices?
 
-Each puzzle (8 context panels, 8 candidates, one answer: chance 12.5%) is shown as one composite
-image (default) or as 16 images (`--iraven-layout separate`; see `evalsuite.raven_prompt`) and
-answered with a letter A-H: loglik scores the eight one-letter answers, generate reads the letter
-out of the reply. Metrics: accuracy overall and per configuration (bootstrap CIs), the chance level,
-and the answer-position bias: predicted against target letters, and the share of predictions on the
-most predicted letter (~0.125 unbiased, targets being balanced; 1.0 when always the same letter).
+Each puzzle has 8 context panels, 8 candidates and one answer (chance 12.5%). Three layouts
+(`--iraven-layout`, rendered by `evalsuite.raven_prompt`):
+
+- `composite` (default; one image) and `separate` (16 images) ask for the letter A-H: loglik scores
+  the eight one-letter answers, generate reads the letter out of the reply.
+- `candidates` judges each candidate on its own: 8 prompts per puzzle, each the full matrix with that
+  candidate as the ninth panel (9 images at the model's input size) and a yes/no question. loglik
+  scores "yes." and "no." per candidate; the prediction is the candidate with the largest margin
+  log P(yes.) - log P(no.) (raw totals: a probability ratio; ties to the lowest index), and the row
+  records the 8 margins. generate reads yes/no from each reply; the prediction is the one candidate
+  answered yes, and a puzzle with no or several yeses is a recorded failure (a reply gives no degree
+  of belief to rank yeses by).
+
+Metrics: accuracy overall and per configuration (bootstrap CIs), the chance level, and the
+answer-position bias: predicted against target candidates, and the share of predictions on the most
+predicted candidate (~0.125 unbiased, targets being balanced; 1.0 when always the same candidate).
+`informative` is False when that share exceeds 0.5: the model then answers one position whatever the
+puzzle, its accuracy is mostly that position's share of the targets, and `informative_reason` says so.
 
 Data: the test split of an official-layout directory (`--iraven-data DIR`), or by default a test
 split made once by `evalsuite.iraven.generate_dataset` (seed 2026, `--limit` puzzles per
@@ -13,6 +25,7 @@ configuration, default 20) under the cache directory and reused by every checkpo
 
     python -m evalsuite iraven ckpt/video_100k --limit 50
     python -m evalsuite iraven ckpt/video_100k --iraven-data data/I-RAVEN --iraven-layout separate
+    python -m evalsuite iraven ckpt/tiny_video --iraven-layout candidates --iraven-limit 10
 """
 
 from __future__ import annotations
@@ -28,10 +41,12 @@ from evalsuite.iraven.loader import split_files
 from evalsuite.raven_prompt import LETTERS
 from evalsuite.scoring import score_options
 from evalsuite.stats import accuracy_ci
-from evalsuite.tasks.base import Task
+from evalsuite.tasks.base import Task, Workload, loglik_forwards
 
 SEED, PER_CONFIG = 2026, 20  # the generated test split: one fixed set for every checkpoint
 CHANCE = 1 / len(LETTERS)
+MAX_INFORMATIVE_BIAS = 0.5
+"""Above this share of predictions on one candidate, accuracy measures that position, not reasoning."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +59,7 @@ class Puzzle:
 class IRavenTask(Task):
     name = "iraven"
     description = "Raven's progressive matrices (I-RAVEN, 8 candidates): accuracy per configuration, position bias"
-    n_options = len(LETTERS)  # the run plan's forward passes: 8 letters scored per puzzle
+    n_options = len(LETTERS)  # the run plan's forward passes: 8 letters scored per puzzle (letter layouts)
     uses_judge = False        # answers are read by raven_prompt.letter_choice, never by the judge
 
     _puzzles: list[Puzzle] | None = None  # listed on first use: a finished checkpoint needs no data
@@ -83,6 +98,16 @@ class IRavenTask(Task):
     def keys(self, item: Puzzle) -> list[str]:
         return [item.id]
 
+    def plan(self, subject, work, seen: set) -> Workload:
+        """The default count for the letter layouts; `candidates` makes 8 prompts per puzzle, 2 options each."""
+        w = super().plan(subject, work, seen)
+        if self.cfg.iraven_layout != "candidates":
+            return w
+        k = len(LETTERS)
+        prompts = k * w.prompts
+        forwards = prompts * loglik_forwards(len(raven_prompt.JUDGEMENTS)) if self.cfg.scoring == "loglik" else 0
+        return Workload(items=w.items, prompts=prompts, forwards=forwards, generations=k * w.generations)
+
     def predict(self, subject, item: Puzzle, todo: list[str]) -> list[dict]:
         layout = self.cfg.iraven_layout
         row = {"key": item.id, "item": item.id, "config": item.config, "layout": layout}
@@ -90,21 +115,43 @@ class IRavenTask(Task):
             rec = read_npz(item.path, item.config)
         except IRavenFormatError as e:
             return [row | {"error": str(e)}]
-        if layout == "composite":
-            row["image_size"] = size = raven_prompt.model_image_size(subject.processor)
-            images = [raven_prompt.render_composite(rec.image, size)]
+        row["answer"] = rec.target
+        if layout == "candidates":
+            row |= self._judge_candidates(subject, rec.image)
         else:
-            images = raven_prompt.separate_images(rec.image)
-        content, row["answer"] = raven_prompt.user_content(layout), rec.target
-        if self.cfg.scoring == "loglik":
-            scores = score_options(subject.model, subject.processor, content, images, list(LETTERS))
-            row |= {"pred": scores.choice, "logliks": scores.logliks}
-        else:
-            answer = subject.chat.generate([content], [images], max_new_tokens=self.cfg.answer_tokens)[0]
-            pred = raven_prompt.letter_choice(answer)
-            row |= {"pred": pred, "output": answer, "extraction": "failed" if pred is None else "letter"}
+            if layout == "composite":
+                row["image_size"] = size = raven_prompt.model_image_size(subject.processor)
+                images = [raven_prompt.render_composite(rec.image, size)]
+            else:
+                images = raven_prompt.separate_images(rec.image)
+            content = raven_prompt.user_content(layout)
+            if self.cfg.scoring == "loglik":
+                scores = score_options(subject.model, subject.processor, content, images, list(LETTERS))
+                row |= {"pred": scores.choice, "logliks": scores.logliks}
+            else:
+                answer = subject.chat.generate([content], [images], max_new_tokens=self.cfg.answer_tokens)[0]
+                pred = raven_prompt.letter_choice(answer)
+                row |= {"pred": pred, "output": answer, "extraction": "failed" if pred is None else "letter"}
         row["correct"] = row["pred"] == rec.target
         return [row]
+
+    def _judge_candidates(self, subject, panels) -> dict:
+        """The `candidates` layout's row fields: each candidate's matrix judged yes/no, then the choice."""
+        size = raven_prompt.model_image_size(subject.processor)
+        content = raven_prompt.user_content("candidates")
+        images = [raven_prompt.candidate_images(panels, c, size) for c in range(len(LETTERS))]
+        out: dict = {"image_size": size}
+        if self.cfg.scoring == "loglik":
+            logliks = [score_options(subject.model, subject.processor, content, imgs,
+                                     list(raven_prompt.JUDGEMENTS)).logliks for imgs in images]
+            margins = [yes - no for yes, no in logliks]
+            return out | {"pred": raven_prompt.best_margin(margins), "margins": margins, "logliks": logliks}
+        replies = subject.chat.generate([content] * len(images), images, max_new_tokens=self.cfg.answer_tokens,
+                                        batch_size=self.cfg.batch_size)
+        judgements = [raven_prompt.judgement(r) for r in replies]
+        pred = raven_prompt.single_yes(judgements)
+        return out | {"pred": pred, "outputs": replies, "judgements": judgements,
+                      "extraction": "failed" if pred is None else "single yes"}
 
     def summarize(self, rows: list[dict]) -> dict:
         ok = [r for r in rows if not r.get("error")]
@@ -127,8 +174,16 @@ class IRavenTask(Task):
         n_pred, top = sum(predicted), max(range(len(LETTERS)), key=lambda i: (predicted[i], -i))
         out["position"] = {"letters": LETTERS, "predicted": predicted, "target": target, "joint": joint,
                            "failed": len(ok) - n_pred}
-        out["position_bias"] = {"value": predicted[top] / n_pred if n_pred else None, "n": n_pred,
+        bias = predicted[top] / n_pred if n_pred else None
+        out["position_bias"] = {"value": bias, "n": n_pred, "index": top if n_pred else None,
                                 "letter": LETTERS[top] if n_pred else None, "target_share": max(target) / len(ok)}
+        out["informative"] = bias is not None and bias <= MAX_INFORMATIVE_BIAS
+        if bias is None:
+            out["informative_reason"] = "no puzzle got a readable answer: there is no accuracy to read"
+        elif not out["informative"]:
+            out["informative_reason"] = (f"answers sit on candidate {LETTERS[top]} in {100 * bias:.0f}% of the "
+                                         f"{n_pred} answered puzzles: accuracy is that candidate's share of "
+                                         "targets, not a measure of reasoning")
         if self.cfg.scoring == "generate":
             out["failed"] = {"value": (len(ok) - n_pred) / len(ok), "n": len(ok), "count": len(ok) - n_pred}
         return out
@@ -143,6 +198,8 @@ class IRavenTask(Task):
         for name in ("position_bias", "failed"):
             if summary.get(name, {}).get("value") is not None:
                 flat[f"{self.name}/{name}"] = float(summary[name]["value"])
+        if "informative" in summary:
+            flat[f"{self.name}/informative"] = float(summary["informative"])
         return flat
 
     @staticmethod
@@ -151,4 +208,5 @@ class IRavenTask(Task):
             return "no puzzle evaluated"
         a, b = summary["acc"], summary["position_bias"]
         bias = f"  position bias {b['value']:.2f} on {b['letter']}" if b["value"] is not None else ""
+        bias += "" if summary.get("informative", True) else "  NOT INFORMATIVE"
         return f"acc {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] (n={a['n']}, chance {CHANCE:.3f}){bias}"

@@ -1,15 +1,22 @@
 """Perturbation robustness: how much of the vCoT accuracy is left when the infills stop fitting the frames?
 
 Every item starts from its vCoT input (same benchmark, frames, infill source and infill cache as
-`vcot`, so no infill is generated twice). For every F in `--frames` four conditions are scored:
+`vcot`, so no infill is generated twice). For every F in `--frames` five conditions are scored:
 
     vcot    own frames, own infills (the reference, scored again so every drop is paired)
     text    own frames, the infills of another video  (the partner: a seeded derangement of the items)
     visual  the partner's frames, own infills
     words   own frames, own infills with the words inside each infill shuffled (seeded)
+    order   own frames, own infills in a seeded other order (never the original one when F-1 >= 2)
 
-Metrics per F: the four accuracies and `drop_<p>` = acc_vcot - acc_<p> (positive: accuracy lost),
-a paired difference over the same items with bootstrap CI and exact McNemar p. Every condition is a
+`order` keeps every word and every frame of the video and changes only which infill sits between which
+frames: a model that reads an infill as "what happened between these two frames" loses under it, one
+that reads the infills as a bag of facts about the video does not. Its row records the permutation
+(`order`: infill k of the prompt is the video's infill order[k]).
+
+Metrics per F: the five accuracies and `drop_<p>` = acc_vcot - acc_<p> (positive: accuracy lost),
+a paired difference over the same items with bootstrap CI and exact McNemar p; rows carry the item's
+`kind` and the summary repeats every block per kind under "by_kind", as vcot's. Every condition is a
 vCoT input (text between the frames), so frames are always fed as images, whatever `--video-input`
 says; they go through the checkpoint's `max_pixels` like vcot's. Prompts, scoring and the settings'
 protocol are vcot's (`--protocol paper`: the letter-answer instruction, generate scoring, the judge).
@@ -24,10 +31,10 @@ from __future__ import annotations
 from data_recipes.video import VideoError
 from evalsuite import comparisons, prompts
 from evalsuite.benchmarks import Item
-from evalsuite.perturb import derangement, shuffle_words
+from evalsuite.perturb import derangement, shuffle_order, shuffle_words
 from evalsuite.tasks.vcot import VCoTTask
 
-CONDITIONS = ("vcot", "text", "visual", "words")
+CONDITIONS = ("vcot", "text", "visual", "words", "order")
 CONTRASTS = {f"drop_{p}": ("vcot", p) for p in CONDITIONS[1:]}  # vcot - perturbed: a loss is positive
 
 
@@ -52,9 +59,6 @@ class ShuffleTask(VCoTTask):
     def video_inputs(self, inputs) -> dict[str, str]:
         """Infills sit between the frames in every condition: images only (and no video path needed)."""
         return {c: "images" for c in CONDITIONS}
-
-    def settings(self, subject_info: dict, inputs=None) -> dict:
-        return super().settings(subject_info, inputs) | {"conditions": list(CONDITIONS)}
 
     def items(self) -> list[Item]:
         return self.bench.items if self.partner else []
@@ -81,18 +85,23 @@ class ShuffleTask(VCoTTask):
         except VideoError as e:  # either video: the item cannot be paired in every condition
             return [{"key": k, **self._where(k, item), "error": str(e)} for k in todo]
         rows, contents, images = [], [], []
+        about = self.item_fields(item)
         for key in todo:
             where = self._where(key, item)
             f, cond = where["frames"], where["condition"]
             idx, frames, _ = other if cond == "visual" else own
             texts = (other if cond == "text" else own)[2][f]
+            extra = {}
             if cond == "words":
                 texts = [shuffle_words(t, f"{self.cfg.seed}|{item.id}|f{f}|{k}") for k, t in enumerate(texts)]
+            elif cond == "order":
+                extra["order"] = order = shuffle_order(len(texts), f"{self.cfg.seed}|{item.id}|f{f}|order")
+                texts = [texts[i] for i in order]
             contents.append(prompts.user_content("vcot", f, item.question, item.options, texts, self.instruction))
             images.append(frames[f])
-            rows.append({"key": key, **where, "frames_from": partner.id if cond == "visual" else item.id,
+            rows.append({"key": key, **where, **about, "frames_from": partner.id if cond == "visual" else item.id,
                          "infills_from": partner.id if cond == "text" else item.id, "indices": idx[f],
-                         "answer": item.answer, "texts": texts, "video_input": "images"})
+                         "answer": item.answer, "texts": texts, "video_input": "images", **extra})
         return self.answer(subject, item, rows, contents, images)
 
     def summarize(self, rows: list[dict]) -> dict:
@@ -103,7 +112,8 @@ class ShuffleTask(VCoTTask):
     def headline(summary: dict) -> str:
         """`f5 (n=200): vcot 0.514  drop text +0.094 [+0.05, +0.14] p=0.001, visual ..., words ... | f10 ...`."""
         parts = []
-        for fkey, block in sorted(summary.items(), key=lambda kv: int(kv[0].removeprefix("f"))):
+        fblocks = [(k, b) for k, b in summary.items() if k.startswith("f") and k[1:].isdigit()]  # not by_kind
+        for fkey, block in sorted(fblocks, key=lambda kv: int(kv[0][1:])):
             if "acc_vcot" not in block:
                 parts.append(f"{fkey} (n=0)")
                 continue

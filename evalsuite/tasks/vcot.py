@@ -1,16 +1,33 @@
 """vCoT: does interleaving frames with transitional infills help a model answer video questions?
 
-For every item and every F in `--frames`, three conditions (see `evalsuite.prompts`): `base` (frames
-then question), `caption` (each frame followed by a static description), `vcot` (frames interleaved
-with what happened between consecutive frames). Metrics per F: the three accuracies and the paired
-differences `gain` = vcot - base, `caption_gain` = caption - base, `vcot_vs_caption` = vcot - caption.
+For every item and every F in `--frames`, six conditions (layouts in `evalsuite.prompts`):
+
+    base       the F frames, then the question
+    caption    each frame followed by a static description of it
+    vcot       the frames interleaved with what happened between consecutive frames (F-1 infills)
+    blind      the question and options alone: what option wording gives without any frame or infill
+    text_only  the F-1 infills without their frames: what the infills alone give
+    reversed   the F frames last to first, base's layout: does the model use the frames' order?
+
+`blind`'s prompt is the same for every F: it is scored once per item and its row repeated for each F
+(`scored_with` names the row that was scored), so every F block is paired over the same items.
+
+Metrics per F (`evalsuite.comparisons.summarize`): every condition's accuracy and the paired differences
+`gain` = vcot - base, `caption_gain` = caption - base, `vcot_vs_caption` = vcot - caption and
+`text_only_gain` = text_only - blind (what the infills add to the options alone); for temporal items
+`reversed_pick_base` / `reversed_pick_reversed`, how often the prediction is the option the time-reversed
+clip would have. Rows carry the item's `kind` (synthetic: static or temporal; "all" for EgoSchema) and
+the summary repeats every block per kind under "by_kind". "floors" holds the options-only guessers'
+accuracy (`evalsuite.floors.options_only_floor`): how far option wording alone gets, the line `blind`
+and every other condition should be read against.
 
 How frames reach the model (`--video-input`, default the checkpoint's run.json): on `native` the `base`
-condition, whose frames are one uninterrupted run, feeds them as one clip through the family's video
-path (a `{"type": "video"}` part, `data_recipes.clips.as_video`), as a model trained with
+and `reversed` conditions, whose frames are one uninterrupted run, feed them as one clip through the
+family's video path (a `{"type": "video"}` part, `data_recipes.clips.as_video`), as a model trained with
 `video_input: native` saw its videos; caption and vcot put text between the frames, so they always feed
-images. Each row says which path its prompt took (`video_input`), and the settings record it per
-condition with the frames' `max_pixels`.
+images; blind and text_only feed no frame ("none"). Each row says which path its prompt took
+(`video_input`), and the settings record it per condition with the frames' `max_pixels` and the list of
+conditions.
 
 The settings name the protocol (`--protocol paper | custom`, `evalsuite.config`), the scoring and what it
 depends on: `loglik_norm` for loglik scoring; for generate scoring the answer instruction
@@ -35,9 +52,16 @@ from evalsuite.extraction import extract_choice
 from evalsuite.scoring import score_options
 from evalsuite.tasks.base import Task, Workload
 
-CONTRASTS = {"gain": ("vcot", "base"), "caption_gain": ("caption", "base"), "vcot_vs_caption": ("vcot", "caption")}
-CLIP_CONDITIONS = ("base",)
+CONTRASTS = {"gain": ("vcot", "base"), "caption_gain": ("caption", "base"), "vcot_vs_caption": ("vcot", "caption"),
+             "text_only_gain": ("text_only", "blind")}
+CLIP_CONDITIONS = ("base", "reversed")
 """Conditions whose frames are one run with no text between them: the ones that can be fed as a clip."""
+NO_TRANSITIONS = ("base", "caption", "blind", "reversed")
+"""Conditions that show no infill: every other condition (vcot, text_only, shuffle's) asks for transitions."""
+REVERSED_PICKS = ("base", "reversed")
+"""Conditions whose rate of picking the reversed-clip option is reported (`reversed_pick_<cond>`)."""
+BLIND = "blind"
+"""The condition whose prompt does not depend on F: scored once per item."""
 
 
 class VCoTTask(Task):
@@ -52,8 +76,9 @@ class VCoTTask(Task):
         self.instruction = prompts.ANSWER_LETTER if cfg.protocol == "paper" and cfg.scoring == "generate" else None
 
     def video_inputs(self, inputs: FrameInputs) -> dict[str, str]:
-        """The path each condition's frames take: `native` (one clip) or `images`."""
-        return {c: inputs.video_input if c in CLIP_CONDITIONS else "images" for c in prompts.CONDITIONS}
+        """The path each condition's frames take: `native` (one clip), `images`, or `none` (no frame shown)."""
+        return {c: inputs.video_input if c in CLIP_CONDITIONS else "none" if c in prompts.FRAMELESS else "images"
+                for c in prompts.CONDITIONS}
 
     def check(self, subject) -> None:
         inputs = subject.inputs
@@ -71,7 +96,8 @@ class VCoTTask(Task):
         cfg, inputs = self.cfg, inputs or FrameInputs()
         out = {"task": self.name, **self.bench.describe(), "item_set": self.item_set(), "frames": list(cfg.frames),
                "limit": cfg.limit, "seed": cfg.seed, "image_size": self.bench.size, "max_pixels": inputs.max_pixels,
-               "video_input": self.video_inputs(inputs), "protocol": cfg.protocol, "scoring": cfg.scoring,
+               "conditions": list(self.conditions()), "video_input": self.video_inputs(inputs),
+               "protocol": cfg.protocol, "scoring": cfg.scoring,
                "n_boot": cfg.n_boot, "infills": self.resources.describe_infills(), "infill_tokens": cfg.infill_tokens,
                "prompts": prompts.PROMPTS_HASH,
                # the weights, not the path: a moved or renamed checkpoint is not evaluated again
@@ -97,6 +123,15 @@ class VCoTTask(Task):
     def keys(self, item: Item) -> list[str]:
         return [f"{item.id}|f{f}|{c}" for f in self.cfg.frames for c in prompts.CONDITIONS]
 
+    @staticmethod
+    def item_fields(item: Item) -> dict:
+        """What every row of `item` says about the item: its `kind` ("all" when it has none, e.g. EgoSchema)
+        and, for a temporal synthetic item, `reversed_answer` (the option the time-reversed clip would have)."""
+        fields = {"kind": item.meta.get("kind") or comparisons.ALL}
+        if item.meta.get("reversed_answer") is not None:
+            fields["reversed_answer"] = int(item.meta["reversed_answer"])
+        return fields
+
     def predict(self, subject, item: Item, todo: list[str]) -> list[dict]:
         inputs = subject.inputs
         paths = self.video_inputs(inputs)
@@ -111,14 +146,24 @@ class VCoTTask(Task):
         pairs = [(a, b) for f in self.cfg.frames for a, b in zip(idx[f], idx[f][1:])]
         transitions = source.transitions(item, pairs, frames)
         captions = source.captions(item, wanted, frames)
-        rows, contents, images, videos, rates = [], [], [], [], []
+        about = self.item_fields(item)
+        out, rows, contents, images, videos, rates = [], [], [], [], [], []
+        blind: dict | None = None  # the one scored blind row; the other F's blind rows repeat it
         for key in todo:
             where = self._where(key, item)
             f, cond = where["frames"], where["condition"]
-            texts = {"base": None, "caption": [captions[i] for i in idx[f]],
-                     "vcot": [transitions[p] for p in zip(idx[f], idx[f][1:])]}[cond]
+            order = idx[f][::-1] if cond == "reversed" else [] if cond in prompts.FRAMELESS else idx[f]
+            infills = [transitions[p] for p in zip(idx[f], idx[f][1:])]
+            texts = {"caption": [captions[i] for i in idx[f]], "vcot": infills, "text_only": infills}.get(cond)
+            row = {"key": key, **where, **about, "indices": order, "answer": item.answer, "texts": texts,
+                   "video_input": paths[cond]}
+            out.append(row)
+            if cond == BLIND:
+                if blind is not None:
+                    continue  # the same prompt as the blind row already asked: filled in below
+                blind = row
             content = prompts.user_content(cond, f, item.question, item.options, texts, self.instruction)
-            imgs, clips = [frames[i] for i in idx[f]], []
+            imgs, clips = [frames[i] for i in order], []
             if paths[cond] == "native":  # the F image markers become one video part, the frames one clip
                 (turn,), clips = as_video(prompts.conversation(content), imgs, where=key)
                 content, imgs = turn["content"], []
@@ -126,9 +171,12 @@ class VCoTTask(Task):
             images.append(imgs)
             videos.append(clips)
             rates.append([self.bench.clip_fps(item, f)] if clips else None)
-            rows.append({"key": key, **where, "indices": idx[f], "answer": item.answer, "texts": texts,
-                         "video_input": paths[cond]})
-        return self.answer(subject, item, rows, contents, images, videos, rates)
+            rows.append(row)
+        self.answer(subject, item, rows, contents, images, videos, rates)
+        for row in out:
+            if row["condition"] == BLIND and row is not blind:
+                row |= {k: v for k, v in blind.items() if k not in row} | {"scored_with": blind["key"]}
+        return out
 
     def answer(self, subject, item: Item, rows: list[dict], contents: list, images: list,
                videos: list | None = None, rates: list | None = None) -> list[dict]:
@@ -163,8 +211,27 @@ class VCoTTask(Task):
         return {"item": item.id, "video": item.video, "frames": int(f[1:]), "condition": cond}
 
     def summarize(self, rows: list[dict]) -> dict:
-        return comparisons.summarize(rows, self.cfg.frames, prompts.CONDITIONS, CONTRASTS,
-                                     n_boot=self.cfg.n_boot, seed=self.cfg.seed)
+        """Per-F and per-kind blocks (`comparisons.summarize`) and "floors": {"guesser": the options-only
+        guessers' floor over the evaluated items (`floors.options_only_floor`), fitted on the generator's
+        own items for the synthetic benchmark, untrained guessers only for EgoSchema}."""
+        summary = comparisons.summarize(rows, self.cfg.frames, prompts.CONDITIONS, CONTRASTS, n_boot=self.cfg.n_boot,
+                                        seed=self.cfg.seed, reversed_picks=REVERSED_PICKS)
+        floor = self.floor(rows)
+        if floor is not None:
+            summary["floors"] = {"guesser": floor}
+        return summary
+
+    def floor(self, rows: list[dict]) -> dict | None:
+        """The options-only floor over the items with an error-free row (None when there is none)."""
+        from evalsuite.floors import options_only_floor, synthetic_fit_items
+
+        errored = {r["item"] for r in rows if r.get("error")}
+        scored = {r["item"] for r in rows} - errored
+        items = [it for it in self.bench.items if it.id in scored]
+        if not items:
+            return None
+        fit = synthetic_fit_items(self.cfg.seed) if self.cfg.benchmark == "synthetic" else None
+        return options_only_floor(items, fit, n_boot=self.cfg.n_boot, seed=self.cfg.seed)
 
     def flat_metrics(self, summary: dict) -> dict[str, float]:
         return comparisons.flatten(self.name, summary)
@@ -181,17 +248,24 @@ class VCoTTask(Task):
     def infill_requests(self, item: Item) -> tuple[list[tuple[int, int]], list[int]]:
         """(frame pairs whose transitions, frame indices whose captions) answering `item` asks the infill
         source for: over every F of `--frames`, the pairs of consecutive sampled frames when a condition
-        other than `base`/`caption` is asked (they all put infills between the frames) and the sampled
+        outside `NO_TRANSITIONS` is asked (vcot, text_only and shuffle's all show infills) and the sampled
         frames when `caption` is."""
         conds = set(self.conditions())
         idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
-        pairs = [p for f in self.cfg.frames for p in zip(idx[f], idx[f][1:])] if conds - {"base", "caption"} else []
+        pairs = [p for f in self.cfg.frames for p in zip(idx[f], idx[f][1:])] if conds - set(NO_TRANSITIONS) else []
         captions = sorted({i for v in idx.values() for i in v}) if "caption" in conds else []
         return list(dict.fromkeys(pairs)), captions
 
+    @staticmethod
+    def prompted(todo: list[str]) -> list[str]:
+        """The keys of `todo` that each cost a prompt: a blind row after the first repeats its prediction."""
+        blind = [k for k in todo if k.rsplit("|", 1)[1] == BLIND]
+        return [k for k in todo if k not in blind[1:]]
+
     def plan(self, subject, work, seen: set) -> Workload:
-        """`Task.plan`, plus the infill generations and frame decodes the caches do not hold yet."""
-        w = super().plan(subject, work, seen)
+        """`Task.plan` over the prompts each item's rows cost (blind once per item), plus the infill
+        generations and frame decodes the caches do not hold yet."""
+        w = super().plan(subject, [(item, self.prompted(todo)) for item, todo in work], seen)
         bench, max_pixels = self.bench, subject.inputs.max_pixels
         for item, _ in work:
             for it in self.related_items(item):
