@@ -368,18 +368,24 @@ def _boot(a: Checkpoint, b: Checkpoint, task: str) -> tuple[int, int]:
     return (max(counts) if counts else DEFAULT_N_BOOT), (seed if isinstance(seed, int) else 0)
 
 
+def _difference_of_differences(pair: Pair, task: str, f: int, conditions: tuple[str, str], items: str):
+    """The per-item correctness of both runs in two conditions of `task` at F, aligned over the items both
+    answered in both, with the (n_boot, seed) of the contrast: (n, (s_a, s_b, v_a, v_b), kw); n = 0 when
+    no item is shared."""
+    s, v = pair
+    n, vectors = _aligned(*(_correct(c, task, f, cond, items) for c in (s, v) for cond in conditions))
+    n_boot, seed = _boot(s, v, task)
+    return n, vectors, {"n_boot": n_boot, "seed": seed}
+
+
 def gain_finding(pair: Pair, f: int, items: str = "overall") -> dict | None:
     """F1 at F on one item kind, paired over the items both runs answered in base and vCoT:
     {"n", "contrast": gain(subject) - gain(video), "subject_gain", "video_gain", "subject_relative",
     "video_relative" (gain / headroom), "base_contrast": acc_base(video) - acc_base(subject)}; None
     without such items."""
-    s, v = pair
-    n, (sv, sb, vv, vb) = _aligned(*(_correct(c, "vcot", f, cond, items)
-                                     for c in (s, v) for cond in ("vcot", "base")))
+    n, (sv, sb, vv, vb), kw = _difference_of_differences(pair, "vcot", f, ("vcot", "base"), items)
     if not n:
         return None
-    n_boot, seed = _boot(s, v, "vcot")
-    kw = {"n_boot": n_boot, "seed": seed}
     return {"n": n, "contrast": contrast_of_differences(sv, sb, vv, vb, **kw).to_dict(),
             "subject_gain": paired_difference(sv, sb, **kw).to_dict(),
             "video_gain": paired_difference(vv, vb, **kw).to_dict(),
@@ -391,13 +397,9 @@ def drop_finding(pair: Pair, f: int, items: str = "overall") -> dict | None:
     """F2 at F on one item kind, paired over the items both runs answered in the shuffle task's vcot and
     text conditions: {"n", "contrast": drop_text(subject) - drop_text(video), "subject_drop",
     "video_drop"} (drop_text = acc_vcot - acc_text: a loss is positive); None without such items."""
-    s, v = pair
-    n, (sv, st, vv, vt) = _aligned(*(_correct(c, "shuffle", f, cond, items)
-                                     for c in (s, v) for cond in ("vcot", "text")))
+    n, (sv, st, vv, vt), kw = _difference_of_differences(pair, "shuffle", f, ("vcot", "text"), items)
     if not n:
         return None
-    n_boot, seed = _boot(s, v, "shuffle")
-    kw = {"n_boot": n_boot, "seed": seed}
     return {"n": n, "contrast": contrast_of_differences(sv, st, vv, vt, **kw).to_dict(),
             "subject_drop": paired_difference(sv, st, **kw).to_dict(),
             "video_drop": paired_difference(vv, vt, **kw).to_dict()}
@@ -430,6 +432,22 @@ def reads_infills(c: Checkpoint, f: int, items: str = "overall") -> bool | None:
     return text["ci_low"] > blind["value"]
 
 
+def sees_change(c: Checkpoint, f: int, items: str = "temporal") -> bool | None:
+    """Whether the checkpoint answers `items` from frames (the `base` condition) above the floor at F: its
+    accuracy's CI lies above both its blind accuracy and the options-only guesser's. None when not recorded.
+
+    This is the world's validity check (b) read off an evaluation: a video run that does not get here has
+    not learned to see what happens between frames, and then no contrast of it can speak to reasoning
+    between frames."""
+    m = c.task_metrics("vcot")
+    b = _block(m, f"f{f}", items)
+    acc, blind, guess = b.get("acc_base"), b.get("acc_blind"), _guesser(m, items)
+    if not (_est(acc) and _has_ci(acc)):
+        return None
+    floors = [e["value"] for e in (blind, guess) if _est(e)]
+    return acc["ci_low"] > max(floors) if floors else None
+
+
 def pair_findings(pair: Pair) -> dict:
     """Everything the verdicts of one pair are made of, from both runs' predictions and metrics:
 
@@ -439,13 +457,15 @@ def pair_findings(pair: Pair) -> dict:
          "f1": {F: {"temporal": gain_finding | None, "overall": ...}},
          "f2": {F: {"temporal": drop_finding | None, "overall": ...}},
          "f3": iraven_finding | None,
-         "neither_reads": {F: {"temporal": bool | None, "overall": ...}}}
+         "neither_reads": {F: {"temporal": bool | None, "overall": ...}},
+         "video_sees_change": {F: {"temporal": bool | None, "overall": ...}}}
 
     `neither_reads` is True when both runs' text-only accuracy is within their blind floor
-    (`reads_infills` False for both), None when either is unknown."""
+    (`reads_infills` False for both), None when either is unknown; `video_sees_change` is `sees_change`
+    of the video run."""
     s, v = pair
     out = {"pair": pair.name, "subject": s.name, "video": v.name, "role": s.role, "refused": {}, "missing": [],
-           "f1": {}, "f2": {}, "f3": None, "neither_reads": {}}
+           "f1": {}, "f2": {}, "f3": None, "neither_reads": {}, "video_sees_change": {}}
     for task, key, finding in (("vcot", "f1", gain_finding), ("shuffle", "f2", drop_finding)):
         if task not in s.metrics or task not in v.metrics:
             out["missing"].append(task)
@@ -459,10 +479,11 @@ def pair_findings(pair: Pair) -> dict:
                            if isinstance(r.get("frames"), int)})
         out[key] = {f: {items: finding(pair, f, items) for items in ("temporal", "overall")} for f in frames}
     for f in sorted(set(out["f1"]) | set(out["f2"])):
-        out["neither_reads"][f] = {}
+        out["neither_reads"][f], out["video_sees_change"][f] = {}, {}
         for items in ("temporal", "overall"):
             reads = [reads_infills(c, f, items) for c in (s, v)]
             out["neither_reads"][f][items] = None if None in reads else not any(reads)
+            out["video_sees_change"][f][items] = sees_change(v, f, items)
     if "iraven" not in s.metrics or "iraven" not in v.metrics:
         out["missing"].append("iraven")
     elif differ := iraven_differences(s.settings("iraven"), v.settings("iraven")):
@@ -510,7 +531,8 @@ def verdicts(findings: dict) -> list[dict]:
 
     F1 and F2 are judged on temporal items (all items, said in `items`, when no item carries a kind);
     their `note` says when neither run reads its infills (text-only within the blind floor), since then
-    the contrast cannot show implicit reasoning. F3 is `uninformative` when either run's I-RAVEN answers
+    the contrast cannot show implicit reasoning, and when the video run does not answer them from frames
+    above the floor (`sees_change`), since then it has no reasoning between frames to show. F3 is `uninformative` when either run's I-RAVEN answers
     sit on one candidate. A finding whose task one run lacks is `not evaluated`, one whose evaluations
     differ `not compared`.
 
@@ -551,6 +573,11 @@ def verdicts(findings: dict) -> list[dict]:
             if ((findings.get("neither_reads") or {}).get(f) or {}).get(items):
                 notes.append("neither run reads its infills (text-only within the blind floor): "
                              "the contrast is no test of implicit reasoning")
+            if ((findings.get("video_sees_change") or {}).get(f) or {}).get(items) is False:
+                notes.append("the video run does not answer these items from frames above the floor (base "
+                             "accuracy's CI reaches down to its blind accuracy or the options-only guesser): it "
+                             "has not learned to see what happens between frames, so the contrast cannot show "
+                             "reasoning between frames")
             contrast = (found or {}).get("contrast")
             rows.append(row | {"frames": f, "items": items, "contrast": contrast, "verdict": verdict(contrast),
                                "note": "; ".join(notes)})
@@ -663,7 +690,8 @@ def floors_lines(rows: list[Checkpoint]) -> list[str]:
                 guess = f"{g.get('best', '')} {_pct(g)}" if g else ""
                 out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | {_pct(b.get('acc_blind'))} | "
                            f"{_pct(b.get('acc_text_only'))} | {_pts(b.get('text_only_gain'))} | {guess} |")
-                if reads_infills(c, int(fk[1:]), items) is False:
+                # infills say what changes: only items about change (or unkinded ones) can show reading
+                if items != "static" and reads_infills(c, int(fk[1:]), items) is False:
                     flagged.setdefault(c.name, []).append(f"F={fk[1:]} {items}")
     out.append("")
     for name, where in flagged.items():

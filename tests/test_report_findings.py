@@ -17,7 +17,7 @@ import pytest
 
 from evalsuite import stats
 from evalsuite.report import (Checkpoint, discover, matched_pairs, pair_findings, reads_infills, relative_gain,
-                              verdict, verdicts, write_report)
+                              sees_change, verdict, verdicts, write_report)
 
 TEMPORAL = [f"t{i}" for i in range(10)]
 STATIC = [f"s{i}" for i in range(5)]
@@ -267,7 +267,7 @@ def test_floors_flag_a_checkpoint_that_does_not_read_its_infills(tmp_path):
         "[^chance]: Chance is 20% with five options; the floors above are the ones to beat."]
     # only one run fails to read: no note on the F1 verdict; both failing adds it
     (f1,) = [r for r in verdicts(pair_findings(matched_pairs(discover(tmp_path))[0])) if r["finding"] == "F1"]
-    assert f1["note"] == ""
+    assert "neither run reads" not in f1["note"]
 
 
 def test_f1_notes_when_neither_run_reads_its_infills(tmp_path):
@@ -361,3 +361,30 @@ def test_the_comparison_run_carries_contrasts_and_verdicts(tmp_path, monkeypatch
     assert tags["verdict/image_run_vs_video_run/F1/f5"] in {"supported", "inconclusive", "contradicted"}
     assert metrics["contrast/image_run_vs_video_run/f1/temporal/f5/contrast/value"] == pytest.approx(0.4)
     assert metrics["contrast/image_run_vs_video_run/f3/contrast/value"] == pytest.approx(0.4)
+
+
+def test_a_video_run_at_the_floor_on_frames_is_noted_on_f1_and_f2(tmp_path):
+    """Validity check (b) read off the evaluations: the video run's base accuracy on temporal items (3 of 10
+    right, CI reaching down to 0) is not above its blind accuracy, so F1 and F2 say the contrast cannot show
+    reasoning between frames; a video run well above both floors gets no such note."""
+    pair = _study(tmp_path / "low", tasks=("vcot", "shuffle"), text_only=_est(0.5, 0.35, 0.65),
+                  blind=_est(0.2, 0.12, 0.28))
+    assert sees_change(pair.video, 5) is False and sees_change(pair.video, 10) is None
+    rows = {r["finding"]: r for r in verdicts(pair_findings(pair))}
+    assert "has not learned to see what happens between frames" in rows["F1"]["note"]
+    assert "has not learned to see" in rows["F2"]["note"]
+    # a video run whose base accuracy on temporal items has its CI above both floors gets no note, and one
+    # whose CI low sits just under the options-only guesser (but above blind) gets it again
+    high = _study(tmp_path / "high", tasks=("vcot", "shuffle"), text_only=_est(0.5, 0.35, 0.65),
+                  blind=_est(0.2, 0.12, 0.28))
+    path = high.video.path / "eval" / "vcot" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["metrics"]["by_kind"]["temporal"]["f5"]["acc_base"] = _est(0.6, 0.45, 0.75)
+    path.write_text(json.dumps(metrics))
+    high = matched_pairs(discover(tmp_path / "high"))[0]
+    assert sees_change(high.video, 5) is True
+    assert not any("has not learned to see" in r["note"] for r in verdicts(pair_findings(high)))
+    metrics["metrics"]["floors"]["guesser"]["by_kind"]["temporal"]["value"] = 0.46  # the guesser, not blind
+    path.write_text(json.dumps(metrics))
+    assert sees_change(matched_pairs(discover(tmp_path / "high"))[0].video, 5) is False
+    assert not any("has not learned to see" in r["note"] for r in verdicts(pair_findings(high)))

@@ -17,6 +17,14 @@ evaluation scores them (log-likelihood per token of each option's assistant turn
 
 The thresholds are fixed in advance (accuracy above 0.35 and a 95% bootstrap CI low above 0.22 for (a);
 a CI low above 0.22 for (b); chance is 0.20): a failure is reported as measured, never tuned away.
+
+Status: (a) passes (about 0.68 here). (b) FAILS, and is marked as a strict expected failure so that it
+stays visible and turns red the day it starts passing: here about 0.20 [0.12, 0.28]; with the real base
+stage and 500 steps of 32 clips, 0.15; the demo's video run (base stage + 16,000 clips, LoRA) answers
+temporal items from frames at 22% against a blind floor of 21%, and even static items only at 27%
+(the image run reaches 43% on those). The tiny model with its frozen random vision tower does not learn
+to see changes from this much video, so the demo cannot show reasoning between frames: the report
+notes this on every F1/F2 verdict (`evalsuite.report.sees_change`).
 """
 
 from __future__ import annotations
@@ -105,6 +113,8 @@ def test_reading_items_teach_answering_from_infills(tmp_path, items):
     assert est.value > 0.35 and est.ci_low > 0.22
 
 
+@pytest.mark.xfail(strict=True, reason="validity check (b) fails in the current world: the tiny model does not learn "
+                   "to answer temporal items from frames at these budgets (see the module docstring)")
 def test_video_training_teaches_answering_from_frames(tmp_path, items):
     t0 = time.perf_counter()
     model, processor, fam = load_model(build_tiny("llava", tmp_path / "tiny", seed=P.BASE_SEED))
