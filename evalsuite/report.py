@@ -643,18 +643,35 @@ def vcot_section(ckpts: list[Checkpoint]) -> list[str]:
            f"reverse order.{strict}", "", frames_line(rows, "vcot"), "",
            "| model | run | F | items | n | base | caption | vCoT | blind | text-only | reversed | gain |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c, _, fk, items, b in _kind_blocks(rows, "vcot"):
+        accs = " | ".join(_pct(b.get(f"acc_{cond}")) for cond in
+                          ("base", "caption", "vcot", "blind", "text_only", "reversed"))
+        out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | {b.get('n_items', '')} | {accs} | "
+                   f"{_pts(b.get('gain'))} |")
+    return out + ["", *floors_lines(rows), *reversed_lines(rows), *extraction_lines(rows, "vcot")]
+
+
+def _finding_rows(per_f: dict, cells) -> list[str]:
+    """Table rows `| F | items | n | cells(estimate)... |` of a finding per F (temporal items, then overall),
+    and a closing blank line."""
+    out = []
+    for f, per in sorted(per_f.items()):
+        for items in ("temporal", "overall"):
+            if est := per.get(items):
+                out.append(f"| {f} | {items} | {est['n']} | " + " | ".join(cells(est)) + " |")
+    return out + [""]
+
+
+def _kind_blocks(rows: list[Checkpoint], task: str):
+    """(checkpoint, its metrics of `task`, "f<F>", item kind, block) for every recorded block, in the report's
+    order: checkpoint, F, then overall / static / temporal."""
     for c in rows:
-        m = c.task_metrics("vcot")
+        m = c.task_metrics(task)
         for fk in _fkeys(m):
             for items in ITEM_KINDS:
                 b = _block(m, fk, items)
-                if not b:
-                    continue
-                accs = " | ".join(_pct(b.get(f"acc_{cond}")) for cond in
-                                  ("base", "caption", "vcot", "blind", "text_only", "reversed"))
-                out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | {b.get('n_items', '')} | {accs} | "
-                           f"{_pts(b.get('gain'))} |")
-    return out + ["", *floors_lines(rows), *reversed_lines(rows), *extraction_lines(rows, "vcot")]
+                if b:
+                    yield c, m, fk, items, b
 
 
 def _guesser(m: dict, items: str) -> dict | None:
@@ -679,20 +696,14 @@ def floors_lines(rows: list[Checkpoint]) -> list[str]:
            "", "| model | run | F | items | blind | text-only | text-only - blind | best options-only guesser |",
            "|---|---|---|---|---|---|---|---|"]
     flagged: dict[str, list[str]] = {}
-    for c in rows:
-        m = c.task_metrics("vcot")
-        for fk in _fkeys(m):
-            for items in ITEM_KINDS:
-                b = _block(m, fk, items)
-                if not b:
-                    continue
-                g = _guesser(m, items)
-                guess = f"{g.get('best', '')} {_pct(g)}" if g else ""
-                out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | {_pct(b.get('acc_blind'))} | "
-                           f"{_pct(b.get('acc_text_only'))} | {_pts(b.get('text_only_gain'))} | {guess} |")
-                # infills say what changes: only items about change (or unkinded ones) can show reading
-                if items != "static" and reads_infills(c, int(fk[1:]), items) is False:
-                    flagged.setdefault(c.name, []).append(f"F={fk[1:]} {items}")
+    for c, m, fk, items, b in _kind_blocks(rows, "vcot"):
+        g = _guesser(m, items)
+        guess = f"{g.get('best', '')} {_pct(g)}" if g else ""
+        out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | {_pct(b.get('acc_blind'))} | "
+                   f"{_pct(b.get('acc_text_only'))} | {_pts(b.get('text_only_gain'))} | {guess} |")
+        # infills say what changes: only items about change (or unkinded ones) can show reading
+        if items != "static" and reads_infills(c, int(fk[1:]), items) is False:
+            flagged.setdefault(c.name, []).append(f"F={fk[1:]} {items}")
     out.append("")
     for name, where in flagged.items():
         out.append(f"- `{name}` does not read its infills: a gain it lacks is not evidence of implicit reasoning "
@@ -805,28 +816,17 @@ def pairs_section(pairs: list[Pair], all_findings: list[dict] | None = None) -> 
                     f"| F | items | n | gain {lab} | gain/headroom {lab} | gain video | gain/headroom video | "
                     f"gain({lab}) - gain(video) | base accuracy video - {lab} |",
                     "|---|---|---|---|---|---|---|---|---|"]
-            for f, per in sorted(found["f1"].items()):
-                for items in ("temporal", "overall"):
-                    g = per.get(items)
-                    if g:
-                        out.append(f"| {f} | {items} | {g['n']} | {_pts(g['subject_gain'])} | "
-                                   f"{_ratio(g['subject_relative'])} | {_pts(g['video_gain'])} | "
-                                   f"{_ratio(g['video_relative'])} | {_pts(g['contrast'])} | "
-                                   f"{_pts(g['base_contrast'])} |")
-            out.append("")
+            out += _finding_rows(found["f1"], lambda g: [
+                _pts(g["subject_gain"]), _ratio(g["subject_relative"]), _pts(g["video_gain"]),
+                _ratio(g["video_relative"]), _pts(g["contrast"]), _pts(g["base_contrast"])])
         if "shuffle" in found["refused"]:
             out += _refusal("shuffle", pair, found["refused"]["shuffle"])
         elif found["f2"]:
             out += ["F2, drop under the text perturbation (another video's infills; vCoT - text, points, paired):", "",
                     f"| F | items | n | drop_text {lab} | drop_text video | drop_text({lab}) - drop_text(video) |",
                     "|---|---|---|---|---|---|"]
-            for f, per in sorted(found["f2"].items()):
-                for items in ("temporal", "overall"):
-                    d = per.get(items)
-                    if d:
-                        out.append(f"| {f} | {items} | {d['n']} | {_pts(d['subject_drop'])} | "
-                                   f"{_pts(d['video_drop'])} | {_pts(d['contrast'])} |")
-            out.append("")
+            out += _finding_rows(found["f2"], lambda d: [_pts(d["subject_drop"]), _pts(d["video_drop"]),
+                                                         _pts(d["contrast"])])
         if "iraven" in found["refused"]:
             out += _refusal("iraven", pair, found["refused"]["iraven"])
         elif found["f3"]:
@@ -856,17 +856,11 @@ def shuffle_section(ckpts: list[Checkpoint]) -> list[str]:
            frames_line(rows, "shuffle"), "",
            "| model | run | F | items | vCoT | text | drop text | visual | drop visual | words | drop words | "
            "order | drop order |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in rows:
-        m = c.task_metrics("shuffle")
-        for fk in _fkeys(m):
-            for items in ITEM_KINDS:
-                b = _block(m, fk, items)
-                if not b:
-                    continue
-                cells = [_pct(b.get("acc_vcot"))]
-                for p in SHUFFLE_PERTURBATIONS:
-                    cells += [_pct(b.get(f"acc_{p}")), _pts(b.get(f"drop_{p}"))]
-                out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | " + " | ".join(cells) + " |")
+    for c, _, fk, items, b in _kind_blocks(rows, "shuffle"):
+        cells = [_pct(b.get("acc_vcot"))]
+        for p in SHUFFLE_PERTURBATIONS:
+            cells += [_pct(b.get(f"acc_{p}")), _pts(b.get(f"drop_{p}"))]
+        out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | " + " | ".join(cells) + " |")
     return out
 
 

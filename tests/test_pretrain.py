@@ -193,3 +193,22 @@ def test_calibration_times_base_stage_steps():
     threads = torch.get_num_threads()
     s = D.calibrate(steps=2, batch=2)
     assert 0 < s < 60 and torch.get_num_threads() == threads
+
+
+def test_a_stale_tiny_pretrained_base_is_refused_not_reused(tmp_path, monkeypatch):
+    """`tiny-pretrained:FAMILY` names the base stage's output; one left by an older base stage (other data,
+    other tokenizer) must not be trained on silently."""
+    import json
+
+    from train import models
+
+    monkeypatch.setattr(models, "MODELS_ROOT", tmp_path)
+    out = tmp_path / "tiny-llava-pretrained"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "tiny.json").write_text(json.dumps({"base_stage": {"steps": 1500, "seed": 0}}))  # the old design
+    with pytest.raises(models.ModelNotFound, match="older base stage"):
+        models.resolve_base_model("tiny-pretrained:llava")
+    (out / "tiny.json").write_text(json.dumps({"base_stage": {"design": P.design(P.DEFAULT_STEPS, P.BASE_SEED,
+                                                                                  P.POOL_SAMPLES)}}))
+    assert models.resolve_base_model("tiny-pretrained:llava") == out

@@ -24,7 +24,8 @@ stage and 500 steps of 32 clips, 0.15; the demo's video run (base stage + 16,000
 temporal items from frames at 22% against a blind floor of 21%, and even static items only at 27%
 (the image run reaches 43% on those). The tiny model with its frozen random vision tower does not learn
 to see changes from this much video, so the demo cannot show reasoning between frames: the report
-notes this on every F1/F2 verdict (`evalsuite.report.sees_change`).
+notes this on every F1/F2 verdict (`evalsuite.report.sees_change`). (b) takes about two minutes and
+is left out of `make test` (marker `known_invalid`); `make validity` runs both checks.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def test_reading_items_teach_answering_from_infills(tmp_path, items):
     assert est.value > 0.35 and est.ci_low > 0.22
 
 
+@pytest.mark.known_invalid
 @pytest.mark.xfail(strict=True, reason="validity check (b) fails in the current world: the tiny model does not learn "
                    "to answer temporal items from frames at these budgets (see the module docstring)")
 def test_video_training_teaches_answering_from_frames(tmp_path, items):

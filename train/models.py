@@ -5,8 +5,9 @@ A base model is named as
 - an HF-style id such as `llava-hf/llava-v1.6-mistral-7b-hf`, looked up under `$MODEL_ROOT` and
   `models/` (nothing is downloaded);
 - `tiny:FAMILY`, a random-init tiny model built on demand under `models/`;
-- `tiny-pretrained:FAMILY`, the same after a short base stage on generated static data
-  (`train.pretrain`), so that it is a working "image model" before any LoRA run.
+- `tiny-pretrained:FAMILY`, the same after a short base stage (`train.pretrain`: single images, still
+  clips and text-only reading items), so that it sees and reads before any LoRA run; one made by an
+  older base stage is refused rather than silently reused.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def resolve_base_model(spec: str, build: bool = True) -> Path:
             family = spec[len(prefix):]
             out = MODELS_ROOT / (f"tiny-{family}" + ("-pretrained" if prefix == "tiny-pretrained:" else ""))
             if (out / "config.json").exists() or not build:
+                if prefix == "tiny-pretrained:" and (out / "config.json").exists():
+                    from train.pretrain import is_current
+
+                    if not is_current(out):  # an older base stage's model: stale tokenizer and data
+                        raise ModelNotFound(
+                            f"{out} was made by an older base stage (its tiny.json does not match the current "
+                            f"design): delete it, or rebuild it with python -m train.pretrain --family {family} "
+                            f"--out {out}")
                 return out
             if prefix == "tiny:":
                 from train.tiny import build_tiny
