@@ -160,3 +160,59 @@ def plot_iraven(ckpts, out_dir: Path) -> Path | None:
     ax.tick_params(axis="x", labelsize=7, rotation=20)
     ax.legend(fontsize=8)
     return _save(fig, out_dir / "iraven_per_config.png")
+
+
+def _save_atomic(fig, path: Path) -> Path:
+    """`_save`, through a temporary file renamed over `path`: a reader never sees half a PNG."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.tight_layout()
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_vs_budget(panels: dict[str, dict[str, list]], unit: str, ylabel: str, title: str, path: Path,
+                   colours: dict[str, str] | None = None, hline: float | None = None) -> Path | None:
+    """One panel per key of `panels`, one line per series: `panels[panel][label]` = [(budget, estimate)]
+    with `evalsuite.stats.Estimate`s in [0, 1], drawn in points against the budget in `unit`
+    with CI error bars (log x when budgets span 4x or more); `hline` (points) is a reference line. The
+    study report's figures (`evalsuite.study_report`)."""
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
+    for ax, (name, series) in zip(axes.flat, panels.items()):
+        xs_all = sorted({float(x) for points in series.values() for x, _ in points})
+        logx = xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 4
+        for i, (label, points) in enumerate(series.items()):
+            points = sorted((float(x), e) for x, e in points if e is not None)
+            step = i - (len(series) - 1) / 2  # keep overlapping error bars apart
+            span = (xs_all[-1] - xs_all[0]) or xs_all[-1] or 1.0
+            xs = [x * 1.03 ** step if logx else x + 0.012 * step * span for x, _ in points]
+            vals = [100 * e.value for _, e in points]
+            err = [[100 * (e.value - e.ci_low) for _, e in points], [100 * (e.ci_high - e.value) for _, e in points]]
+            ax.errorbar(xs, vals, yerr=err, fmt="o-", capsize=3, label=label, color=(colours or {}).get(label))
+        if hline is not None:
+            ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xticks(xs_all)
+        ax.set_xticklabels([f"{x:,g}" for x in xs_all], fontsize=8)
+        ax.minorticks_off()
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(f"budget ({unit})")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return _save_atomic(fig, path)
+

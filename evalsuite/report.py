@@ -23,7 +23,11 @@ Sections, in the order of report.md:
   place in the same contrasts, labelled as what it is. Contrasts are refused, with the settings that
   differ, between evaluations made differently (`evaluation_differences`).
 * **Robustness** (the perturbation drops per kind) and **I-RAVEN** (per configuration; a run whose
-  answers sit on one candidate is shown as uninformative instead of an accuracy).
+  answers sit on one candidate is shown as uninformative instead of an accuracy), then I-RAVEN **by rule
+  group** (spatial: an active Number/Position rule; abstract: an active Type/Size/Color rule; abstract
+  only: abstract and not spatial; see `evalsuite.iraven.groups`): each checkpoint's accuracy per group
+  and per active rule type, and per matched pair acc(video) - acc(other run) per group, paired over the
+  puzzles of that group.
 
 Every number comes from the checkpoints' `eval/<task>/metrics.json`, `predictions.jsonl` and
 `run.json`; any key missing from an older evaluation shows as a blank. Paired contrasts resample
@@ -44,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from data_recipes.files import atomic_write_text
+from evalsuite.iraven.groups import ACTIVE_RULES, GROUPS, in_group
 from evalsuite.stats import accuracy_ci, contrast_of_differences, paired_difference
 
 AUDIT = ("samples", "images", "text_tokens", "supervised_tokens", "visual_tokens")
@@ -405,12 +410,21 @@ def drop_finding(pair: Pair, f: int, items: str = "overall") -> dict | None:
             "video_drop": paired_difference(vv, vt, **kw).to_dict()}
 
 
-def iraven_finding(pair: Pair) -> dict | None:
-    """F3, paired over the puzzles both runs answered: {"n", "contrast": acc(video) - acc(subject),
-    "subject_acc", "video_acc", "uninformative": {run name: reason} for each run whose I-RAVEN summary
-    says `informative: false`}; None without shared puzzles."""
+def _in_rule_group(c: Checkpoint, group: str | None) -> dict[str, int]:
+    """`_correct` of a checkpoint's I-RAVEN rows, on the puzzles of one rule group (None: all puzzles)."""
+    right = _correct(c, "iraven")
+    if group is None:
+        return right
+    members = {r.get("item") for r in c.predictions("iraven") if in_group(r, group)}
+    return {k: v for k, v in right.items() if k in members}
+
+
+def iraven_finding(pair: Pair, group: str | None = None) -> dict | None:
+    """F3, paired over the puzzles both runs answered (with `group`, those of one rule group in both runs'
+    rows): {"n", "contrast": acc(video) - acc(subject), "subject_acc", "video_acc", "uninformative": {run
+    name: reason} for each run whose I-RAVEN summary says `informative: false`}; None without shared puzzles."""
     s, v = pair
-    n, (sc, vc) = _aligned(_correct(s, "iraven"), _correct(v, "iraven"))
+    n, (sc, vc) = _aligned(_in_rule_group(s, group), _in_rule_group(v, group))
     if not n:
         return None
     n_boot, seed = _boot(s, v, "iraven")
@@ -457,6 +471,7 @@ def pair_findings(pair: Pair) -> dict:
          "f1": {F: {"temporal": gain_finding | None, "overall": ...}},
          "f2": {F: {"temporal": drop_finding | None, "overall": ...}},
          "f3": iraven_finding | None,
+         "f3_rule_groups": {group: iraven_finding(pair, group)} for the groups with shared puzzles,
          "neither_reads": {F: {"temporal": bool | None, "overall": ...}},
          "video_sees_change": {F: {"temporal": bool | None, "overall": ...}}}
 
@@ -465,7 +480,7 @@ def pair_findings(pair: Pair) -> dict:
     of the video run."""
     s, v = pair
     out = {"pair": pair.name, "subject": s.name, "video": v.name, "role": s.role, "refused": {}, "missing": [],
-           "f1": {}, "f2": {}, "f3": None, "neither_reads": {}, "video_sees_change": {}}
+           "f1": {}, "f2": {}, "f3": None, "f3_rule_groups": {}, "neither_reads": {}, "video_sees_change": {}}
     for task, key, finding in (("vcot", "f1", gain_finding), ("shuffle", "f2", drop_finding)):
         if task not in s.metrics or task not in v.metrics:
             out["missing"].append(task)
@@ -490,6 +505,7 @@ def pair_findings(pair: Pair) -> dict:
         out["refused"]["iraven"] = differ
     else:
         out["f3"] = iraven_finding(pair)
+        out["f3_rule_groups"] = {g: found for g in GROUPS if (found := iraven_finding(pair, g))}
     return out
 
 
@@ -596,6 +612,8 @@ def _finding_estimates(findings: dict) -> list[tuple[str, dict]]:
     for part, est in (findings.get("f3") or {}).items():
         if _est(est):
             out.append((f"f3/{part}", est))
+    for group, found in (findings.get("f3_rule_groups") or {}).items():
+        out += [(f"f3/rule_group/{group}/{part}", est) for part, est in found.items() if _est(est)]
     return out
 
 
@@ -864,7 +882,7 @@ def shuffle_section(ckpts: list[Checkpoint]) -> list[str]:
     return out
 
 
-def iraven_section(ckpts: list[Checkpoint]) -> list[str]:
+def iraven_section(ckpts: list[Checkpoint], all_findings: list[dict] = ()) -> list[str]:
     rows = [c for c in ckpts if "iraven" in c.metrics]
     if not rows:
         return ["No checkpoint has I-RAVEN results yet."]
@@ -886,7 +904,51 @@ def iraven_section(ckpts: list[Checkpoint]) -> list[str]:
         else:
             cells = [_pct(m.get("acc")), *(_pct(per.get(k)) for k in configs)]
         out.append("| " + " | ".join([c.name, c.role, *cells, bias_s]) + " |")
-    return out
+    return out + ["", *iraven_rule_lines(rows), *iraven_rule_contrast_lines(all_findings)]
+
+
+def iraven_rule_lines(rows: list[Checkpoint]) -> list[str]:
+    """Accuracy per rule group and per active rule type of each checkpoint (`by_rule_group`, `by_rule_type`)."""
+    recorded = [c for c in rows if c.task_metrics("iraven").get("by_rule_group")]
+    if not recorded:
+        return ["No I-RAVEN evaluation here recorded accuracy by rule group (evaluated before it was)."]
+    out = ["**By rule group** (from each puzzle's `meta_matrix`; a rule is active when it is not Constant): "
+           "spatial = an active rule on Number or Position, abstract = an active rule on Type, Size or Color, "
+           "abstract only = abstract with no active spatial rule. Spatial and abstract overlap; spatial and "
+           "abstract only do not. Accuracy in % (95% CI), overall and by the active rule type within the group "
+           "(a puzzle counts for every type it has there).", "",
+           "| rule group | model | run | n | accuracy | " + " | ".join(ACTIVE_RULES) + " |",
+           "|---|---|---|---|---|" + "---|" * len(ACTIVE_RULES)]
+    for group in GROUPS:
+        for c in recorded:
+            m = c.task_metrics("iraven")
+            est = m["by_rule_group"].get(group)
+            if not _est(est):
+                continue
+            by_type = (m.get("by_rule_type") or {}).get(group) or {}
+            cells = ([f"uninformative ({_uninformative(m)})", *["" for _ in ACTIVE_RULES]]
+                     if m.get("informative") is False else [_pct(est), *(_pct(by_type.get(t)) for t in ACTIVE_RULES)])
+            out.append("| " + " | ".join([group.replace("_", " "), c.name, c.role, str(est.get("n", "")), *cells]) + " |")
+    return out + [""]
+
+
+def iraven_rule_contrast_lines(all_findings: list[dict]) -> list[str]:
+    """Per matched pair and rule group: both accuracies and acc(video) - acc(other run), paired over puzzles."""
+    found = [f for f in all_findings if f.get("f3_rule_groups")]
+    if not found:
+        return []
+    out = ["**By rule group, paired** (acc(video) - acc(other run), points, bootstrap 95% CI over the group's "
+           "puzzles, exact McNemar p):", "",
+           "| pair | rule group | n puzzles | acc other run | acc video | acc(video) - acc(other run) |",
+           "|---|---|---|---|---|---|"]
+    notes = []
+    for f in found:
+        for group, g in f["f3_rule_groups"].items():
+            out.append(f"| {f['pair']} ({f['role']} vs video) | {group.replace('_', ' ')} | {g['n']} | "
+                       f"{_pct(g['subject_acc'])} | {_pct(g['video_acc'])} | {_pts(g['contrast'])} |")
+        notes += [f"`{run}` is uninformative on I-RAVEN ({why}): its accuracy in each group is that candidate's "
+                  "share of the group's targets." for run, why in (f.get("f3") or {}).get("uninformative", {}).items()]
+    return out + ["", *notes, *([""] if notes else [])]
 
 
 def metrics_csv(ckpts: list[Checkpoint], all_findings: list[dict] = ()) -> str:
@@ -938,7 +1000,7 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True) -> Path:
              "## vCoT on long-form video QA", "", *vcot_section(ckpts), "",
              "## Image run vs video run, scale-matched", "", *pair_lines, "",
              "## Robustness to perturbations", "", *shuffle_section(ckpts), "",
-             "## I-RAVEN transfer", "", *iraven_section(ckpts), "",
+             "## I-RAVEN transfer", "", *iraven_section(ckpts, all_findings), "",
              "## Figures", "", *[f"![{f.stem}](report/{f.name})" for f in figures], "",
              "Every metric and contrast with its CI: [report/metrics.csv](report/metrics.csv)."]
     atomic_write_text(fig_dir / "metrics.csv", metrics_csv(ckpts, all_findings))

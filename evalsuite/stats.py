@@ -15,6 +15,8 @@ the *item*.  Three estimators cover the comparisons the reports make:
 * :func:`random_fill_accuracy_ci` - the accuracy of a generate-scored run whose
   unreadable answers (extraction failures) each score ``1 / n_options``, the expected
   accuracy of a uniform guess, with the same percentile bootstrap.
+* :func:`hierarchical_bootstrap` - a statistic averaged over training seeds (an arm of a
+  study) or a contrast of such averages, with a CI that resamples seeds and items.
 
 Inputs are per-item correctness vectors (bools or 0/1 ints).  Only numpy and the
 standard library are used, and results are deterministic for a given ``seed``.
@@ -42,6 +44,8 @@ __all__ = [
     "contrast_of_differences",
     "mcnemar_exact",
     "random_fill_accuracy_ci",
+    "SeedEstimate",
+    "hierarchical_bootstrap",
 ]
 
 # Upper bound on the number of resampled indices held in memory at once
@@ -299,3 +303,104 @@ def random_fill_accuracy_ci(
     if both.any():
         raise ValueError(f"item {int(np.argmax(both))} is both correct and failed: a failed extraction has no answer")
     return _percentile_estimate(int(n_options) * c + f, n_boot, seed, alpha, scale=int(n_options))
+
+
+# ------------------------------------------------------------------ across training seeds
+
+
+@dataclass(frozen=True)
+class SeedEstimate(Estimate):
+    """An :class:`Estimate` over training seeds (:func:`hierarchical_bootstrap`).
+
+    Attributes:
+        n: Items per seed (the columns of each side's matrix).
+        n_seeds: Seeds per side, e.g. ``(3,)`` for one arm, ``(3, 2)`` for a contrast of two arms.
+        per_seed: Per side, each seed's own statistic (its mean item score), in the order given.
+        paired: Whether the sides shared each replicate's item draw.
+    """
+
+    n_seeds: Tuple[int, ...] = ()
+    per_seed: Tuple[Tuple[float, ...], ...] = ()
+    paired: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["n_seeds"] = list(self.n_seeds)
+        out["per_seed"] = [list(side) for side in self.per_seed]
+        return out
+
+
+def _seed_matrix(name: str, values) -> np.ndarray:
+    """One side of :func:`hierarchical_bootstrap`: a non-empty seeds x items matrix of finite scores."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"{name} must be a seeds x items matrix (every seed scored on the same items); "
+                         "got rows of different lengths") from None
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty seeds x items matrix, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds a non-finite score: every item score must be a number")
+    return arr
+
+
+def hierarchical_bootstrap(
+    sides: Sequence[Sequence[Sequence[float]]],
+    weights: Sequence[float] = (1.0,),
+    paired: bool = True,
+    n_boot: int = 2000,
+    seed: int | None = 0,
+    alpha: float = 0.05,
+) -> SeedEstimate:
+    """``sum_k weights[k] * mean over seeds of side k (mean item score of that seed)``, CI over seeds and items.
+
+    ``sides[k]`` is a seeds x items matrix: row s holds the per-item scores of training seed s of side k
+    (correctness 0/1 for an accuracy; ``vcot - base`` in -1/0/1 for a paired gain), every row over the
+    same items in the same order. One side with weight 1 is an estimate across seeds; two sides with
+    weights ``(1, -1)`` a contrast of two arms.
+
+    Each bootstrap replicate is two-level: for every side the seeds are resampled with replacement
+    (sides are separate training runs: their seeds are drawn independently), and within each resampled
+    seed the items are resampled. Every seed of a study answers the same benchmark items, so an item's
+    difficulty is common to all seeds: the replicate draws one set of item indices and applies it within
+    every resampled seed (drawing items again for each seed would average that common part away and give
+    intervals too narrow). With ``paired`` the same draw also serves every side (all sides must then have
+    the same items in the same order), so item variance shared by the two sides of a contrast cancels, as
+    in :func:`contrast_of_differences`; otherwise each side gets its own item draw.
+
+    With one seed this is the item bootstrap of :func:`accuracy_ci` / :func:`paired_difference`; with
+    seeds that disagree the interval widens by the seed-to-seed spread. The interval is the percentile
+    interval of the replicates; with few seeds it is optimistic (3 seeds give few distinct seed draws).
+
+    Raises:
+        ValueError: an empty or ragged side, a non-finite score, ``weights`` of another length than
+            ``sides``, paired sides with different item counts, or invalid ``n_boot``/``alpha``.
+    """
+    _check_params(n_boot, alpha)
+    xs = [_seed_matrix(f"sides[{k}]", side) for k, side in enumerate(sides)]
+    if not xs or len(weights) != len(xs):
+        raise ValueError(f"need one weight per side: got {len(xs)} side(s) and {len(weights)} weight(s)")
+    if paired and len({x.shape[1] for x in xs}) > 1:
+        counts = ", ".join(f"sides[{k}] has {x.shape[1]}" for k, x in enumerate(xs))
+        raise ValueError(f"paired sides must be scored on the same items: {counts}; pass paired=False")
+    w = [float(v) for v in weights]
+    per_seed = [x.mean(axis=1) for x in xs]
+    value = sum(wk * float(ps.mean()) for wk, ps in zip(w, per_seed))
+    boot = np.empty(n_boot, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    # Chunk size depends only on the shapes, so results are reproducible for a given seed.
+    rows = max(1, _MAX_CHUNK_ELEMENTS // max(x.size for x in xs))
+    for start in range(0, n_boot, rows):
+        size = min(rows, n_boot - start)
+        shared = rng.integers(0, xs[0].shape[1], size=(size, xs[0].shape[1])) if paired else None
+        total = np.zeros(size)
+        for wk, x in zip(w, xs):
+            idx = shared if paired else rng.integers(0, x.shape[1], size=(size, x.shape[1]))
+            means = x[:, idx].mean(axis=2).T  # replicate x seed: each seed's mean on the drawn items
+            picks = rng.integers(0, x.shape[0], size=(size, x.shape[0]))
+            total += wk * np.take_along_axis(means, picks, axis=1).mean(axis=1)
+        boot[start:start + size] = total
+    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return SeedEstimate(value=float(value), ci_low=float(low), ci_high=float(high), n=int(xs[0].shape[1]),
+                        n_seeds=tuple(int(x.shape[0]) for x in xs),
+                        per_seed=tuple(tuple(float(v) for v in ps) for ps in per_seed), paired=bool(paired))

@@ -13,11 +13,33 @@ Each puzzle has 8 context panels, 8 candidates and one answer (chance 12.5%). Th
   answered yes, and a puzzle with no or several yeses is a recorded failure (a reply gives no degree
   of belief to rank yeses by).
 
-Metrics: accuracy overall and per configuration (bootstrap CIs), the chance level, and the
-answer-position bias: predicted against target candidates, and the share of predictions on the most
+Metrics: accuracy overall, per configuration and per rule group (bootstrap CIs), the chance level, and
+the answer-position bias: predicted against target candidates, and the share of predictions on the most
 predicted candidate (~0.125 unbiased, targets being balanced; 1.0 when always the same candidate).
 `informative` is False when that share exceeds 0.5: the model then answers one position whatever the
 puzzle, its accuracy is mostly that position's share of the targets, and `informative_reason` says so.
+
+Rule groups (`by_rule_group`, decoded by `evalsuite.iraven.groups`): which kind of regularity a
+puzzle asks for, read from its `meta_matrix` (one row per rule: component 0's Number/Position, Type, Size
+and Color rules, then component 1's; each row sets one rule column, Constant / Progression / Arithmetic /
+Distribute_Three, and its attribute column(s)). A rule is *active* when it is not Constant: Constant holds
+one value along the row (or, on Type/Size/Color of entities re-drawn in every column, constrains nothing),
+so it leaves nothing to infer. A puzzle counts for
+
+- `spatial` when any component has an active rule on Number or Position (the layout changes along a row),
+- `abstract` when any component has an active rule on Type, Size or Color (attributes follow a relation),
+- `abstract_only` when it is `abstract` and not `spatial` (the layout does not change along a row).
+
+`spatial` and `abstract` overlap (most puzzles with an active Number/Position rule also have an active
+attribute rule, and single-slot configurations such as center_single never have an active layout rule), so
+`spatial` against `abstract_only` is the disjoint comparison; a puzzle with no active rule counts for none.
+`by_rule_type[group][rule]` splits `spatial` and `abstract` by the active rule type (a puzzle counts for each
+type it has in the group), `per_config_by_rule_group[config][group]` splits each configuration, and
+`rule_group_counts` counts the puzzles in each group, in both, in neither and without rule metadata. Every
+value is an `Estimate.to_dict()` ({value, ci_low, ci_high, n}); a group without puzzles is left out. Each
+prediction row keeps the decoded rules (`rules`: [component, rule, attribute] per used meta_matrix row) and
+its groups with their active rule types (`rule_groups`: {"spatial": ["Progression"], ...}), so the report
+can pair two runs group by group.
 
 Data: the test split of an official-layout directory (`--iraven-data DIR`), or by default a test
 split made once by `evalsuite.iraven.generate_dataset` (seed 2026, `--limit` puzzles per
@@ -37,6 +59,7 @@ from pathlib import Path
 
 from evalsuite import raven_prompt
 from evalsuite.iraven import CONFIG_NAMES, IRavenFormatError, generate_dataset, read_npz
+from evalsuite.iraven.groups import ACTIVE_RULES, GROUPING, GROUPS, RULE_GROUPS, in_group, meta_rules, rule_groups
 from evalsuite.iraven.loader import split_files
 from evalsuite.raven_prompt import LETTERS
 from evalsuite.scoring import score_options
@@ -70,7 +93,7 @@ class IRavenTask(Task):
         data = {"data": str(Path(cfg.iraven_data).expanduser().resolve()), "per_config": cfg.iraven_limit or cfg.limit} \
             if cfg.iraven_data else {"data": "generated", "generator_seed": SEED, "per_config": cfg.iraven_limit or cfg.limit or PER_CONFIG}
         out = {"task": self.name, **data, "layout": cfg.iraven_layout, "protocol": cfg.protocol, "scoring": cfg.scoring, "seed": cfg.seed,
-               "n_boot": cfg.n_boot, "prompts": raven_prompt.RAVEN_HASH,
+               "n_boot": cfg.n_boot, "prompts": raven_prompt.RAVEN_HASH, "rule_groups": GROUPING,
                "checkpoint": {k: v for k, v in subject_info.items() if k.endswith("fingerprint")}}
         return out | ({"answer_tokens": cfg.answer_tokens} if cfg.scoring == "generate" else {})
 
@@ -113,9 +136,10 @@ class IRavenTask(Task):
         row = {"key": item.id, "item": item.id, "config": item.config, "layout": layout}
         try:
             rec = read_npz(item.path, item.config)
+            rules = meta_rules(rec.meta_matrix, str(item.path))
         except IRavenFormatError as e:
             return [row | {"error": str(e)}]
-        row["answer"] = rec.target
+        row |= {"answer": rec.target, "rules": rules, "rule_groups": rule_groups(rules)}
         if layout == "candidates":
             row |= self._judge_candidates(subject, rec.image)
         else:
@@ -164,6 +188,7 @@ class IRavenTask(Task):
 
         out["acc"] = acc(ok)
         out["per_config"] = {c: acc(rs) for c in CONFIG_NAMES if (rs := [r for r in ok if r["config"] == c])}
+        out |= self._by_rule(ok, acc)
         # joint[target][predicted]: the report can show whether errors pile up on one answer position
         joint = [[0] * len(LETTERS) for _ in LETTERS]
         for r in ok:
@@ -188,9 +213,28 @@ class IRavenTask(Task):
             out["failed"] = {"value": (len(ok) - n_pred) / len(ok), "n": len(ok), "count": len(ok) - n_pred}
         return out
 
+    @staticmethod
+    def _by_rule(ok: list[dict], acc) -> dict:
+        """The rule-group blocks of `summarize` (module docstring) from the rows that were evaluated."""
+        def by_group(rs: list[dict]) -> dict:
+            return {g: acc(sel) for g in GROUPS if (sel := [r for r in rs if in_group(r, g)])}
+
+        by_type = {g: {t: acc(sel) for t in ACTIVE_RULES
+                       if (sel := [r for r in ok if t in (r.get("rule_groups") or {}).get(g, ())])}
+                   for g in RULE_GROUPS}
+        recorded = [r["rule_groups"] for r in ok if isinstance(r.get("rule_groups"), dict)]
+        counts = {g: sum(in_group(r, g) for r in ok) for g in GROUPS}
+        counts |= {"both": sum("spatial" in g and "abstract" in g for g in recorded),
+                   "neither": sum(not g for g in recorded), "unrecorded": len(ok) - len(recorded)}
+        per_config = {c: b for c in CONFIG_NAMES if (b := by_group([r for r in ok if r["config"] == c]))}
+        return {"by_rule_group": by_group(ok), "by_rule_type": {g: b for g, b in by_type.items() if b},
+                "per_config_by_rule_group": per_config, "rule_group_counts": counts}
+
     def flat_metrics(self, summary: dict) -> dict[str, float]:
         flat = {f"{self.name}/n": float(summary["n_items"]), f"{self.name}/chance": summary["chance"]}
         named = [("acc", summary.get("acc"))] + [(f"{c}/acc", e) for c, e in summary.get("per_config", {}).items()]
+        named += [(f"rule_group/{g}/acc", e) for g, e in summary.get("by_rule_group", {}).items()]
+        named += [(f"rule_group/{g}/{t}/acc", e) for g, b in summary.get("by_rule_type", {}).items() for t, e in b.items()]
         for name, est in named:
             if est:
                 flat |= {f"{self.name}/{name}{s}": float(est[k]) for k, s in
