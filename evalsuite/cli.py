@@ -5,6 +5,7 @@
     python -m evalsuite report CKPT_DIR                 rewrite CKPT_DIR/report.md from the metrics found
     python -m evalsuite export CKPT_DIR --format lmms-eval   the EgoSchema (vcot) results in lmms-eval's layout
     python -m evalsuite list                            tasks and benchmarks
+    python -m evalsuite study studies/NAME.yaml [--dry_run]   arms x budgets x seeds: train, evaluate, report
 
 Options (flag = EvalConfig field = MLflow param): --benchmark synthetic|egoschema, --data DIR,
 --protocol paper|custom, --frames 5 10, --limit N, --scoring loglik|generate,
@@ -28,7 +29,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 from evalsuite.config import BENCHMARKS, ConfigError, EvalConfig, did_you_mean, field_help  # noqa: E402
 
-COMMANDS = ("all", "report", "export", "list")
+COMMANDS = ("all", "report", "export", "list", "study")
 
 
 def _task_names() -> list[str]:
@@ -71,7 +72,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evalsuite", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{all,TASK,report,list}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{all,TASK,report,list,study}")
     a = sub.add_parser("all", help="every task on every checkpoint under CKPT_DIR, then the report")
     a.add_argument("ckpt_dir")
     a.add_argument("--tasks", nargs="+", default=None, help="restrict to these tasks (default: every task)")
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lmms-eval: OUT/<model>/<date>_results.json and <date>_samples_<task>.jsonl per F and condition")
     x.add_argument("--out", default=None, help="output directory (default: CKPT_DIR/lmms-eval)")
     sub.add_parser("list", help="list tasks and benchmarks")
+    from evalsuite.study import add_parser as add_study_parser
+
+    add_study_parser(sub)
     return p
 
 
@@ -123,6 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         for path in written:
             print(f"wrote {path}")
         return 0
+    if args.command == "study":
+        from data_recipes.recipe import RecipeError
+        from evalsuite.study import main as study_main
+        from train.config import ConfigError as TrainConfigError
+        from train.plan import PlanError
+
+        try:
+            return study_main(args)
+        except (RecipeError, TrainConfigError, PlanError) as e:  # StudyError is a RecipeError
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.command == "report":
         from evalsuite.report import summary_text, write_report
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # One store convention and one retry policy for the whole toolkit: the trainer's.
-from train.tracking import artifact_root, default_tracking_uri, experiment_id, make_client, retry
+from train.tracking import artifact_root, default_tracking_uri, experiment_id, make_client, parent_run_tags, retry
 
 DEFAULT_EXPERIMENT = "evalsuite"
 
@@ -75,6 +75,7 @@ class EvalTracker:
             tags["recipe"] = str(ckpt.run["recipe"])
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.info.run_id
+        tags.update(parent_run_tags())  # under a study: a child of the study's run, beside the training runs
         run = retry(self.client.create_run, exp_id, run_name=f"eval-{ckpt.name}", tags=tags)
         run_id = run.info.run_id
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]

@@ -1,6 +1,8 @@
 """A run's budget (where it stops) and the length of its learning-rate schedule, decided before step 1.
 
-The budget is `max_steps`, `max_samples`, or a reference run's consumption (`match_to` + `match_by`).
+The budget is `max_steps`, `max_samples`, a reference run's consumption (`match_to` + `match_by`), or
+an amount given directly (`budget` + `budget_unit`, what a study gives each run), stopped exactly as a
+match is.
 The schedule must know its length before the first step: a cosine that is sized from the first
 step's consumption (what this trainer once did) changes with the first batch's luck. So:
 
@@ -39,12 +41,14 @@ class Budget:
 
 
 def resolve_budget(cfg, tracking_uri: str) -> Budget:
-    """Unit and target of the run, from match_to (wins) or max_samples; None when only max_steps."""
+    """Unit and target of the run, from match_to or budget (either wins) or max_samples; None when only max_steps."""
     if cfg.match_to:
         consumed, reference = accounting.reference_consumption(cfg.match_to, tracking_uri)
         if cfg.match_by not in consumed:
             raise ValueError(f"--match_to {cfg.match_to}: reference run has no '{cfg.match_by}' count")
         return Budget(cfg.match_by, int(consumed[cfg.match_by]), reference)
+    if cfg.budget:
+        return Budget(cfg.budget_unit, cfg.budget)
     if cfg.max_samples:
         return Budget("samples", cfg.max_samples)
     return Budget()

@@ -107,6 +107,11 @@ class TrainConfig:
     (takes precedence over max_samples)."""
     match_by: str = "visual_tokens"
     """Unit of the match: samples | visual_tokens | text_tokens | supervised_tokens."""
+    budget: int = 0
+    """Stop at exactly this amount of budget_unit, counted and stopped as match_to is (0: none; not with
+    match_to; takes precedence over max_samples). A study gives each of its runs its own."""
+    budget_unit: str = "visual_tokens"
+    """Unit of budget: samples | visual_tokens | text_tokens | supervised_tokens."""
     schedule_steps: int = 0
     """Steps the lr schedule spans (0: max_steps, or an estimate from the budget)."""
 
@@ -267,14 +272,19 @@ def resolve(argv: list[str], recipe_train: typing.Callable[[str], dict] | None =
 
 
 def validate(cfg: TrainConfig) -> None:
-    if cfg.match_by not in MATCH_UNITS:
-        raise ConfigError(f"match_by must be one of {', '.join(MATCH_UNITS)}, got {cfg.match_by!r}")
+    for name in ("match_by", "budget_unit"):
+        if getattr(cfg, name) not in MATCH_UNITS:
+            raise ConfigError(f"{name} must be one of {', '.join(MATCH_UNITS)}, got {getattr(cfg, name)!r}")
+    if cfg.budget < 0:
+        raise ConfigError(f"budget must be >= 0 (0: none), got {cfg.budget}")
+    if cfg.budget and cfg.match_to:
+        raise ConfigError("give budget or match_to, not both (each is where the run stops)")
     if cfg.lr_scheduler not in ("cosine", "linear", "constant"):
         raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {cfg.lr_scheduler!r}")
     if cfg.max_length < 0:
         raise ConfigError("max_length must be >= 0 (0: the language model's context)")
-    if not (cfg.max_steps or cfg.max_samples or cfg.match_to):
-        raise ConfigError("no budget: give max_steps, max_samples or match_to (in the recipe, --config or flags)")
+    if not (cfg.max_steps or cfg.max_samples or cfg.match_to or cfg.budget):
+        raise ConfigError("no budget: give max_steps, max_samples, match_to or budget (in the recipe, --config or flags)")
     if cfg.max_pixels < -1 or 0 < cfg.max_pixels < 64:
         raise ConfigError(f"max_pixels must be -1 (the build's), 0 (no limit) or at least 64, got {cfg.max_pixels}")
     for name, allowed in (("mixed_precision", PRECISIONS), ("attn_implementation", ATTENTION),

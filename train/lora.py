@@ -62,7 +62,7 @@ from train.families import get_module, load_model  # noqa: E402
 from train.models import resolve_base_model, wrap_lora  # noqa: E402
 from train.runtime import fill_ds_config, resolve_runtime  # noqa: E402
 from train.schedule import make_optimizer, make_scheduler  # noqa: E402
-from train.tracking import NullTracker, Tracker, default_tracking_uri  # noqa: E402
+from train.tracking import NullTracker, Tracker, default_tracking_uri, parent_run_tags  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATED_SOURCES = {"synthetic_image", "synthetic_video"}
@@ -281,7 +281,7 @@ class LoRATrainer:
         tags = {"recipe": recipe.name, "family": self.family.name, "manifest_hash": manifest_hash(self.shards),
                 "git_commit": git_commit(), "kind": recipe.kind, "stage": "train", "base_model": str(self.base_dir),
                 "mixed_precision": self.runtime.precision, "attn_implementation": self.runtime.attn_implementation,
-                "video_input": self.video_input, "max_pixels": str(self.max_pixels or "none")}
+                "video_input": self.video_input, "max_pixels": str(self.max_pixels or "none"), **parent_run_tags()}
         tracker = Tracker(self.tracking_uri, cfg.experiment, self.run_dir.name, tags,
                           resume_run_id=self.state.mlflow_run_id, system_metrics=cfg.system_metrics)
         if not self.state.mlflow_run_id:

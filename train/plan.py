@@ -286,14 +286,16 @@ def plan_budget(cfg, world: int, manifest: dict | None, seqs: dict | None, model
         raise ValueError(f"no {b.unit} count in the manifest for this model, and no shards to tokenize")
 
     samples_needed = None
+    given = "match_to" if cfg.match_to else "budget" if cfg.budget else None
+    out["given"] = given
     if b.unit == "samples":
         out.update(per_sample=1.0, per_sample_source="samples",
-                   limited_by="match_to (samples)" if cfg.match_to else "max_samples")
+                   limited_by=f"{given} (samples)" if given else "max_samples")
         samples_needed = b.target
     elif b.unit is not None and b.target is not None:
         try:
             mean, how = per_sample()
-            out.update(per_sample=mean, per_sample_source=how, limited_by=f"match_to ({b.unit})")
+            out.update(per_sample=mean, per_sample_source=how, limited_by=f"{given} ({b.unit})")
             samples_needed = math.ceil(b.target / mean) if mean else None
         except ValueError as e:
             problems.append(f"budget in {b.unit}: {e}")
@@ -483,11 +485,11 @@ def format_plan(p: dict) -> str:
         lines += ["  " + x for x in json.dumps(p["deepspeed"]["config"], indent=1).splitlines()]
     lines += ["", f"budget      {_n(b['per_step'])} samples per optimizer step ({p['micro_batch']} per micro-batch x "
               f"{p['accumulation']} accumulation x world {b['world']})"]
-    if b["unit"] == "samples" and not b.get("reference"):
+    if b["unit"] == "samples" and not b.get("given"):
         lines.append(f"  max_samples {_n(b['target'])}")
     elif b["unit"] and b["target"] is not None:
         ref = (b.get("reference") or {}).get("checkpoint") or (b.get("reference") or {}).get("mlflow_run_id") or ""
-        what = f"  match_to {ref}: {_n(b['target'])} {b['unit']}"
+        what = f"  {'budget' if b.get('given') == 'budget' else f'match_to {ref}'}: {_n(b['target'])} {b['unit']}"
         if b["per_sample"] and b["unit"] != "samples":
             what += f" / {b['per_sample']:.1f} per sample [{b['per_sample_source']}]"
         lines.append(what)

@@ -34,6 +34,17 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
 
 
+PARENT_RUN_ENV = "BETWEENFRAMES_PARENT_RUN_ID"
+"""Set by `python -m evalsuite study` for the processes it starts: the study's MLflow run id, under which
+every training and evaluation run is created as a child."""
+
+
+def parent_run_tags() -> dict:
+    """{"mlflow.parentRunId": ID} when a study started this process ($BETWEENFRAMES_PARENT_RUN_ID), else {}."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    return {"mlflow.parentRunId": parent} if parent else {}
+
+
 def artifact_root(uri: str) -> str | None:
     """Artifacts beside a sqlite store (mlruns/artifacts), None for a server that decides itself."""
     if uri.startswith("sqlite:///"):

@@ -1,0 +1,190 @@
+"""How a study's commands run: one after another on this machine, or as submitit jobs.
+
+A study (`evalsuite.study.run_study`) builds a launcher with the evaluation flags and hands it its
+`RunJob`s, each a run's directory, its `train/lora.py` arguments (None when it is trained already) and
+the evaluation tasks it still needs, and a callback `event(name, status)` that records `trained`,
+`done` or `failed` in `study.json`. A failure raises `LaunchError` after its `failed` event.
+An evaluation is `python -m evalsuite TASK RUN_DIR... <eval flags>` per task.
+
+- `LocalLauncher`: each command in turn as a subprocess, stopping at the first failure: every training
+  run (`python train/lora.py ...`, or `accelerate launch --config_file C train/lora.py ...` when the
+  spec names an accelerate config), then one evaluation per task over all the trained checkpoints (one
+  model-loading process per task instead of one per run).
+- `SubmititLauncher`: one submitit job per training run and one per evaluation, each command an
+  `accelerate launch` over the job's nodes and GPUs (`AccelerateJob`). On Slurm
+  (`submitit.AutoExecutor(cluster="slurm")`) every job is submitted at once, each evaluation depending
+  on its training job (`--dependency afterok:ID`), then the study waits for them in order. With
+  submitit's `LocalExecutor` (the same code path on one machine) the training job's result is
+  awaited before its evaluation is submitted, and one run goes at a time.
+  Job scripts and logs: `<output_dir>/submitit/`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+LORA = str(REPO / "train" / "lora.py")
+MAIN_PORT = 29500
+
+Event = Callable[[str, str], None]
+
+
+class LaunchError(RuntimeError):
+    """A training or evaluation command failed; the message names the run and where its log is."""
+
+
+@dataclass
+class RunJob:
+    run_dir: str
+    train: list[str] | None
+    """train/lora.py arguments; None: the run is trained already."""
+    tasks: list[str] = field(default_factory=list)
+    """Evaluation tasks still to run on it."""
+
+    @property
+    def name(self) -> str:
+        return Path(self.run_dir).name
+
+
+def eval_commands(jobs: list[RunJob], flags: list[str]) -> list[list[str]]:
+    """`python -m evalsuite` arguments evaluating `jobs`: per task, every job that needs it."""
+    tasks = list(dict.fromkeys(t for j in jobs for t in j.tasks))
+    return [[task, *(j.run_dir for j in jobs if task in j.tasks), *flags] for task in tasks]
+
+
+def _accelerate() -> str:
+    return str(Path(sys.executable).with_name("accelerate"))
+
+
+# --- one after another, here ---------------------------------------------------------------------------
+class LocalLauncher:
+    def __init__(self, eval_flags: list[str], env: dict, cwd: Path, accelerate_config: str | None = None):
+        self.eval_flags, self.env, self.cwd, self.accelerate_config = eval_flags, env, cwd, accelerate_config
+
+    def train_argv(self, args: list[str]) -> list[str]:
+        if self.accelerate_config:
+            cfg = REPO / self.accelerate_config if (REPO / self.accelerate_config).is_file() else self.accelerate_config
+            return [_accelerate(), "launch", "--config_file", str(cfg), LORA, *args]
+        return [sys.executable, LORA, *args]
+
+    def _call(self, jobs: list[RunJob], argv: list[str], event: Event) -> None:
+        print(f"[{', '.join(j.name for j in jobs)}] {shlex.join(argv)}", flush=True)
+        code = subprocess.run(argv, cwd=self.cwd, env={**os.environ, **self.env}).returncode
+        if code != 0:
+            for job in jobs:
+                event(job.name, "failed")
+            raise LaunchError(f"run {', '.join(j.name for j in jobs)}: exit {code} from {shlex.join(argv)}")
+
+    def run(self, jobs: list[RunJob], event: Event) -> None:
+        for job in jobs:
+            if job.train is not None:
+                self._call([job], self.train_argv(job.train), event)
+                event(job.name, "trained")
+        for args in eval_commands(jobs, self.eval_flags):
+            self._call([j for j in jobs if j.run_dir in args], [sys.executable, "-m", "evalsuite", *args], event)
+        for job in jobs:
+            event(job.name, "done")
+
+
+# --- submitit ------------------------------------------------------------------------------------------
+@dataclass
+class AccelerateJob:
+    """A submitit job's function: its commands in turn, each an `accelerate launch` over the job's nodes.
+
+    A command is what follows `accelerate launch ...`: `[train/lora.py, args...]` or `[-m, evalsuite, args...]`.
+    Under Slurm it runs once per node (one task per node) and reads its node rank and the first node's
+    host from `submitit.JobEnvironment`."""
+    commands: list[list[str]]
+    gpus_per_node: int
+    env: dict
+    cwd: str
+    accelerate_config: str | None = None
+
+    def argv(self, command: list[str], nodes: int, node: int, main_host: str) -> list[str]:
+        processes = max(1, self.gpus_per_node) * nodes
+        argv = [_accelerate(), "launch"]
+        if self.accelerate_config:
+            argv += ["--config_file", self.accelerate_config]
+        argv += ["--num_processes", str(processes), "--num_machines", str(nodes)]
+        if nodes > 1:
+            argv += ["--machine_rank", str(node), "--main_process_ip", main_host, "--main_process_port", str(MAIN_PORT)]
+        if processes > 1 and not self.accelerate_config:
+            argv.append("--multi_gpu")
+        return argv + command
+
+    def __call__(self) -> None:
+        import submitit
+
+        je = submitit.JobEnvironment()
+        for command in self.commands:
+            argv = self.argv(command, je.num_nodes, je.node, je.hostnames[0] if je.num_nodes > 1 else "")
+            print(shlex.join(argv), flush=True)
+            subprocess.run(argv, cwd=self.cwd, env={**os.environ, **self.env}, check=True)
+
+
+class SubmititLauncher:
+    def __init__(self, spec, folder: Path, eval_flags: list[str], env: dict, cwd: Path):
+        """`spec`: the study's `LauncherSpec` (type submitit_local or slurm, nodes, gpus, partition, time)."""
+        self.spec, self.folder, self.eval_flags, self.env, self.cwd = spec, Path(folder), eval_flags, env, str(cwd)
+
+    def _config(self) -> str | None:
+        c = self.spec.accelerate_config
+        return str(REPO / c) if c and (REPO / c).is_file() else c
+
+    def _executor(self, name: str, nodes: int, dependency: str | None = None):
+        import submitit
+
+        s = self.spec
+        if s.type == "submitit_local":
+            ex = submitit.LocalExecutor(folder=self.folder)
+            ex.update_parameters(timeout_min=s.time_min, gpus_per_node=s.gpus_per_node, tasks_per_node=1)
+            return ex
+        ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
+        extra = {"dependency": f"afterok:{dependency}"} if dependency else {}
+        ex.update_parameters(name=name, nodes=nodes, gpus_per_node=s.gpus_per_node, tasks_per_node=1,
+                             timeout_min=s.time_min, slurm_partition=s.partition,
+                             slurm_additional_parameters=extra)
+        return ex
+
+    def _submit(self, job: RunJob, kind: str, dependency: str | None = None):
+        if kind == "train":
+            fn = AccelerateJob([[LORA, *job.train]], self.spec.gpus_per_node, self.env, self.cwd, self._config())
+            nodes = self.spec.nodes
+        else:
+            fn = AccelerateJob([["-m", "evalsuite", *a] for a in eval_commands([job], self.eval_flags)],
+                               self.spec.gpus_per_node, self.env, self.cwd)
+            nodes = 1
+        return self._executor(f"{job.name}-{kind}", nodes, dependency).submit(fn)
+
+    @staticmethod
+    def _wait(job: RunJob, handle, event: Event, status: str) -> None:
+        try:
+            handle.result()
+        except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job's own log says why
+            event(job.name, "failed")
+            raise LaunchError(f"run {job.name}: job {handle.job_id} failed ({type(e).__name__}); "
+                              f"log: {handle.paths.stderr}") from None
+        event(job.name, status)
+
+    def run(self, jobs: list[RunJob], event: Event) -> None:
+        if self.spec.type == "submitit_local":
+            for job in jobs:  # one machine: one run at a time, the evaluation after its training
+                if job.train is not None:
+                    self._wait(job, self._submit(job, "train"), event, "trained")
+                self._wait(job, self._submit(job, "eval"), event, "done")
+            return
+        submitted = []
+        for job in jobs:
+            train = self._submit(job, "train") if job.train is not None else None
+            submitted.append((job, train, self._submit(job, "eval", train.job_id if train else None)))
+        for job, train, evaluation in submitted:
+            if train is not None:
+                self._wait(job, train, event, "trained")
+            self._wait(job, evaluation, event, "done")

@@ -1,0 +1,338 @@
+"""`python -m evalsuite study`: the spec, the run list, --dry_run, the trainer's --budget, the launchers,
+and micro studies that are killed mid-way and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evalsuite.launchers import AccelerateJob, RunJob, SubmititLauncher, eval_commands
+from evalsuite.study import (StudyError, load_study, parse_study, run_list, split_tasks, status_on_disk,
+                             train_args)
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
+           TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"), PYTHONPATH=str(REPO))
+MICRO_EVAL = ["--limit", "2", "--iraven-limit", "1", "--frames", "3", "--infill-tokens", "3", "--answer-tokens", "3",
+              "--n-boot", "100", "--no-progress", "--infills", "oracle"]
+RUN_KEYS = {"arm", "recipe", "budget", "unit", "seed", "run_dir", "status"}
+
+
+def write_recipes(d: Path) -> None:
+    """Small generated recipes on the random-init tiny llava (3-frame clips: 48 visual tokens, images 16)."""
+    common = {"image_size": 64, "seed": 0, "split": "train", "shard_size": 16}
+    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
+             "gradient_checkpointing": False, "num_workers": 1, "save_steps": 1, "ds_config": "none",
+             "learning_rate": 1e-3, "warmup_steps": 1, "system_metrics": False, "max_samples": 10_000}
+    (d / "vid.yaml").write_text(yaml.safe_dump({"kind": "video", "sources": [{"type": "synthetic_video"}],
+                                                "samples": 64, "frames": 3, **common, "train": train}))
+    (d / "img.yaml").write_text(yaml.safe_dump({"kind": "image", "sources": [{"type": "synthetic_image"}],
+                                                "samples": 200, **common, "train": train}))
+
+
+def spec_data(d: Path, **over) -> dict:
+    data = {"name": "micro", "arms": [{"name": "image", "recipe": "img.yaml"}, {"name": "video", "recipe": "vid.yaml"}],
+            "budgets": [384, 768], "unit": "visual_tokens", "seeds": [0, 1], "base_model": "tiny:llava",
+            "eval": MICRO_EVAL, "launcher": "local", "tracking_uri": f"sqlite:///{d / 'mlruns' / 'mlflow.db'}",
+            "output_dir": str(d / "out"), "shards_root": str(d / "shards")}
+    return {**data, **over}
+
+
+def write_spec(d: Path, name: str = "micro.yaml", **over) -> Path:
+    write_recipes(d)
+    path = d / name
+    path.write_text(yaml.safe_dump(spec_data(d, **over)))
+    return path
+
+
+# --- the spec ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, words", [
+    ({"budgts": [1]}, ["unknown key 'budgts'", "did you mean 'budgets'"]),
+    ({"unit": "visual_token"}, ["field 'unit'", "did you mean 'visual_tokens'"]),
+    ({"unit": "frames"}, ["field 'unit' must be one of samples, visual_tokens"]),
+    ({"arms": [{"name": "video", "recipe": "video_dmo"}]}, ["arms[0]: recipe", "unknown recipe 'video_dmo'",
+                                                           "did you mean 'video_demo'"]),
+    ({"arms": [{"name": "video", "recipe": "vid.yaml", "recipie": "x"}]}, ["arms[0]", "unknown key 'recipie'"]),
+    ({"arms": [{"name": "video", "recipe": "vid.yaml", "train": {"lora_rr": 4}}]}, ["arms[0]: train",
+                                                                                    "did you mean 'lora_r'"]),
+    ({"arms": [{"name": "video", "recipe": "vid.yaml", "train": {"seed": 4}}]}, ["'seed' is set by the study"]),
+    ({"arms": [{"name": "v", "recipe": "vid.yaml", "family": "qwen2_vl"}], "base_model": "/m/7b"},
+     ["family qwen2_vl picks a tiny model"]),
+    ({"budgets": [384, -1]}, ["budgets[1] must be a positive whole number"]),
+    ({"seeds": [0, 0]}, ["field 'seeds' has duplicates"]),
+    ({"eval": ["--limt", "3"]}, ["field 'eval'", "--limt"]),
+    ({"launcher": {"type": "slurmm"}}, ["launcher", "did you mean 'slurm'"]),
+    ({"launcher": {"type": "slurm", "gpu_per_node": 8}}, ["launcher: unknown key 'gpu_per_node'",
+                                                         "did you mean 'gpus_per_node'"]),
+])
+def test_spec_errors_name_the_file_and_the_field(tmp_path, change, words):
+    path = write_spec(tmp_path, "bad.yaml", **change)
+    with pytest.raises(StudyError) as e:
+        load_study(path)
+    assert str(path) in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_the_cli_reports_a_bad_spec_without_a_traceback(tmp_path):
+    path = write_spec(tmp_path, "bad.yaml", unit="tokens")
+    p = subprocess.run([PY, "-m", "evalsuite", "study", str(path), "--dry_run"], capture_output=True, text=True,
+                       env=ENV, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith(f"error: {path}: field 'unit'") and "Traceback" not in p.stderr
+
+
+def test_eval_flags_as_a_mapping_and_the_tasks_taken_out(tmp_path):
+    write_recipes(tmp_path)
+    study = parse_study(spec_data(tmp_path, eval={"limit": 2, "tasks": ["vcot", "iraven"], "no_progress": True}),
+                        tmp_path / "m.yaml")
+    assert study.eval == ("--limit", "2", "--tasks", "vcot", "iraven", "--no-progress")
+    assert split_tasks(study.eval) == (["vcot", "iraven"], ["--limit", "2", "--no-progress"])
+    assert split_tasks(("--limit", "2"))[0] == ["vcot", "shuffle", "iraven"]
+
+
+# --- the run list --------------------------------------------------------------------------------------
+def test_run_list_is_arms_x_budgets_x_seeds_each_with_its_own_budget(tmp_path):
+    from train.config import resolve
+
+    study = load_study(write_spec(tmp_path, seeds=[0, 1, 2]))
+    runs = run_list(study)
+    assert len(runs) == 2 * 2 * 3 and all(set(r) == RUN_KEYS for r in runs)
+    assert [Path(r["run_dir"]).name for r in runs[:4]] == ["image-b384-s0", "image-b384-s1", "image-b384-s2",
+                                                           "image-b768-s0"]
+    assert {(r["arm"], r["recipe"]) for r in runs} == {("image", "img"), ("video", "vid")}
+    assert all(Path(r["run_dir"]).parent == tmp_path / "out" / "runs" for r in runs)
+    run = runs[4]  # image-b768-s1
+    cfg = resolve(train_args(study, run))  # the trainer's own parser takes them
+    assert (cfg.budget, cfg.budget_unit, cfg.seed, cfg.match_to) == (768, "visual_tokens", 1, "")
+    assert cfg.run_dir == Path(run["run_dir"]) and cfg.resume == "latest" and cfg.experiment == "micro"
+    assert status_on_disk(study, run, True) == "pending"
+    jobs = [RunJob(r["run_dir"], None, ["vcot", "iraven"]) for r in runs[:2]]
+    assert eval_commands(jobs, ["--limit", "2"]) == [["vcot", runs[0]["run_dir"], runs[1]["run_dir"], "--limit", "2"],
+                                                     ["iraven", runs[0]["run_dir"], runs[1]["run_dir"], "--limit", "2"]]
+
+
+def test_shipped_specs_load():
+    specs = {p.stem: load_study(p) for p in sorted((REPO / "studies").glob("*.yaml"))}
+    assert set(specs) == {"scale_demo", "architecture_demo", "paper_7b"}
+    scale = specs["scale_demo"]
+    assert len(run_list(scale)) == 27 and scale.unit == "visual_tokens" and max(scale.budgets) == 800_000
+    assert [load_recipe_name(a.recipe) for a in scale.arms] == ["image_demo", "video_demo", "video_shuffled_demo"]
+    arch = specs["architecture_demo"]
+    qwen = train_args(arch, run_list(arch)[-1])
+    assert qwen[qwen.index("--base_model") + 1] == "tiny-pretrained:qwen2_vl"
+    assert qwen[qwen.index("--video_input") + 1] == "native"
+    paper = specs["paper_7b"]
+    assert paper.budgets == (25_000, 50_000, 100_000) and paper.unit == "samples" and len(run_list(paper)) == 18
+    assert (paper.launcher.type, paper.launcher.gpus_per_node) == ("slurm", 8)
+
+
+def load_recipe_name(ref: str) -> str:
+    from data_recipes.recipe import load_recipe
+
+    return load_recipe(ref).name
+
+
+# --- the trainer's --budget ---------------------------------------------------------------------------
+def test_trainer_budget_settings():
+    from train.budget import resolve_budget
+    from train.config import ConfigError, resolve
+
+    cfg = resolve(["--recipe", "r", "--budget", "5000", "--budget_unit", "samples"])
+    assert (resolve_budget(cfg, "").unit, resolve_budget(cfg, "").target) == ("samples", 5000)
+    cfg = resolve(["--recipe", "r", "--budget", "800", "--max_samples", "10"])  # the budget wins over max_samples
+    assert (resolve_budget(cfg, "").unit, resolve_budget(cfg, "").target) == ("visual_tokens", 800)
+    for argv, msg in ((["--budget", "8", "--match_to", "ckpt/x"], "not both"),
+                      (["--budget", "8", "--budget_unit", "frames"], "budget_unit must be one of"),
+                      (["--budget", "-3"], "budget must be >= 0")):
+        with pytest.raises(ConfigError, match=msg):
+            resolve(["--recipe", "r", *argv])
+
+
+# --- dry run -------------------------------------------------------------------------------------------
+def test_paper_7b_dry_run_plans_from_configs_only(tmp_path):
+    from fixtures_7b import write_config_dir
+
+    model = write_config_dir("llava_next_video", tmp_path / "models" / "llava-hf" / "LLaVA-NeXT-Video-7B-hf")
+    t0 = time.perf_counter()
+    p = subprocess.run([PY, "-m", "evalsuite", "study", str(REPO / "studies" / "paper_7b.yaml"), "--dry_run"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={**ENV, "MODEL_ROOT": str(tmp_path / "models")})
+    took = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert took < 60
+    rows = [line.split() for line in p.stdout.splitlines() if line.startswith(("  image-b", "  video-b"))]
+    assert len(rows) == 18
+    steps = {r[0]: int(r[1].replace(",", "")) for r in rows}
+    assert steps["video-b100000-s2"] == 782 and steps["image-b25000-s0"] == 196  # ceil(B / (4 x 4 x 8 GPUs))
+    assert all(r[5] == "yes" for r in rows)  # fits in 80 GB under ZeRO-2
+    assert "GPU-hours" in p.stdout and "total training:" in p.stdout
+    gpu_hours = [float(r[6]) for r in rows]
+    assert gpu_hours[2] * 4 == pytest.approx(gpu_hours[6], rel=0.01)  # 4 x the samples: 4 x the cost
+    assert not list(model.glob("*.safetensors")) and not (tmp_path / "studies_out").exists()
+
+
+# --- launchers -----------------------------------------------------------------------------------------
+def test_accelerate_job_spans_the_nodes():
+    job = AccelerateJob([["train/lora.py", "--seed", "1"]], gpus_per_node=8, env={}, cwd=".",
+                        accelerate_config="gpu.yaml")
+    argv = job.argv(job.commands[0], nodes=2, node=1, main_host="node-a")
+    assert argv[1:] == ["launch", "--config_file", "gpu.yaml", "--num_processes", "16", "--num_machines", "2",
+                        "--machine_rank", "1", "--main_process_ip", "node-a", "--main_process_port", "29500",
+                        "train/lora.py", "--seed", "1"]
+    cpu = AccelerateJob([["-m", "evalsuite", "vcot", "r"]], gpus_per_node=0, env={}, cwd=".")
+    assert cpu.argv(cpu.commands[0], 1, 0, "")[2:] == ["--num_processes", "1", "--num_machines", "1", "-m",
+                                                      "evalsuite", "vcot", "r"]
+
+
+def test_slurm_evaluations_depend_on_their_training_job(tmp_path, monkeypatch):
+    """Slurm through submitit's AutoExecutor (its own parameter checks), with the sbatch call replaced."""
+    import submitit
+
+    submitted = []
+
+    class FakeJob:
+        def __init__(self, n):
+            self.job_id = str(1000 + n)
+
+        def result(self):
+            return None
+
+    def fake_submit(self, fn):
+        submitted.append((dict(self._executor.parameters), fn))
+        return FakeJob(len(submitted))
+
+    monkeypatch.setattr(submitit.AutoExecutor, "submit", fake_submit)
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # no srun here
+    study = load_study(write_spec(tmp_path, launcher={"type": "slurm", "nodes": 2, "gpus_per_node": 8,
+                                                      "partition": "gpu", "time_min": 600}))
+    events = []
+    launcher = SubmititLauncher(study.launcher, tmp_path / "jobs", ["--limit", "2"], {"X": "1"}, tmp_path)
+    jobs = [RunJob("/r/a", ["--seed", "0"], ["vcot"]), RunJob("/r/b", None, ["vcot"])]
+    launcher.run(jobs, lambda name, status: events.append((name, status)))
+    (train_p, train_fn), (eval_p, eval_fn), (eval_b, _) = submitted
+    assert train_p["nodes"] == 2 and train_p["gpus_per_node"] == 8 and train_p["partition"] == "gpu"
+    assert train_p["time"] == 600 and train_fn.commands[0][1:] == ["--seed", "0"]
+    assert eval_p["additional_parameters"] == {"dependency": "afterok:1001"} and eval_p["nodes"] == 1
+    assert eval_fn.commands == [["-m", "evalsuite", "vcot", "/r/a", "--limit", "2"]]
+    assert not eval_b.get("additional_parameters")  # b was trained already: its evaluation waits for nothing
+    assert events == [("a", "trained"), ("a", "done"), ("b", "done")]
+
+
+# --- micro studies -------------------------------------------------------------------------------------
+def start(spec: Path, cwd: Path) -> subprocess.Popen:
+    log = open(cwd / f"{spec.stem}.log", "a")
+    return subprocess.Popen([PY, "-m", "evalsuite", "study", str(spec)], cwd=cwd, env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, spec: Path, cwd: Path, timeout: float = 900) -> None:
+    assert proc.wait(timeout=timeout) == 0, (cwd / f"{spec.stem}.log").read_text()[-5000:]
+
+
+def kill_midway(proc: subprocess.Popen, out: Path, timeout: float = 600) -> dict:
+    """SIGKILL the study (its whole process group) once a run is trained and another has a resumable state
+    but no run.json yet; returns {run name: MLflow run id of that half-finished run's state}."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        assert proc.poll() is None, "the study finished before it could be killed mid-way"
+        runs = sorted((out / "runs").glob("*-b*-s*"))
+        if any((r / "run.json").is_file() for r in runs):
+            half = [r for r in runs if not (r / "run.json").exists()
+                    and list(r.glob("checkpoints/step-*/trainer_state.json"))]
+            if half:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                states = sorted(half[0].glob("checkpoints/step-*/trainer_state.json"))
+                return {half[0].name: json.loads(states[-1].read_text())["mlflow_run_id"]}
+        time.sleep(0.02)
+    raise AssertionError("no run reached a resumable state in time")
+
+
+def eval_metrics(out: Path) -> dict:
+    return {f"{p.parts[-4]}/{p.parts[-2]}": json.loads(p.read_text())["metrics"]
+            for p in sorted((out / "runs").glob("*/eval/*/metrics.json"))}
+
+
+def check_finished(out: Path, tasks=("vcot", "shuffle", "iraven"), budgets_unit: str = "visual_tokens") -> dict:
+    state = json.loads((out / "study.json").read_text())
+    assert all(set(r) == RUN_KEYS and r["status"] == "done" for r in state["runs"])
+    for r in state["runs"]:
+        info = json.loads((Path(r["run_dir"]) / "run.json").read_text())
+        assert info["consumed"][budgets_unit] == r["budget"]  # each run stopped at exactly its own budget
+        assert info["budget"]["unit"] == budgets_unit and "match" not in info
+        for task in tasks:
+            assert (Path(r["run_dir"]) / "eval" / task / "metrics.json").is_file()
+    return state
+
+
+def check_mlflow(state: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(state["tracking_uri"])
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.data.tags["study"] == state["study"] and parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    trained = {json.loads((Path(r["run_dir"]) / "run.json").read_text())["mlflow_run_id"] for r in state["runs"]}
+    assert trained <= {c.info.run_id for c in children}
+    evaluated = {Path(c.data.tags["evalsuite.checkpoint"]).name for c in children if "evalsuite.checkpoint" in c.data.tags}
+    assert evaluated == {Path(r["run_dir"]).name for r in state["runs"]}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {"study/study.json"}
+
+
+def test_a_killed_study_resumes_and_skips_what_is_done(tmp_path):
+    """Two runs through the local launcher (vcot only): killed while the second trains, rerun, rerun once more."""
+    spec = write_spec(tmp_path, arms=[{"name": "video", "recipe": "vid.yaml"}], budgets=[384, 768], seeds=[0],
+                      eval=["--tasks", "vcot", *MICRO_EVAL])
+    out = tmp_path / "out"
+    proc = start(spec, tmp_path)
+    half = kill_midway(proc, out)
+    first = next(r for r in (out / "runs").iterdir() if (r / "run.json").is_file())
+    stamp = (first / "run.json").stat().st_mtime_ns
+    assert json.loads((out / "study.json").read_text())["runs"][0]["status"] == "trained"
+    finish(start(spec, tmp_path), spec, tmp_path)
+    state = check_finished(out, tasks=["vcot"])
+    assert (first / "run.json").stat().st_mtime_ns == stamp  # the finished run was not trained again
+    (name, run_id), = half.items()
+    assert json.loads((out / "runs" / name / "run.json").read_text())["mlflow_run_id"] == run_id  # resumed
+    check_mlflow(state)
+    report = out / "report.md"
+    assert report.is_file()
+    metrics = eval_metrics(out)
+    finish(start(spec, tmp_path), spec, tmp_path)  # all done: nothing trained or evaluated again
+    assert "2 runs, 2 done, 0 to go" in (tmp_path / "micro.log").read_text()
+    assert eval_metrics(out) == metrics and (first / "run.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_micro_study_killed_under_submitit_matches_an_uninterrupted_local_one(tmp_path):
+    """2 arms x 2 budgets x 2 seeds (vcot only, to keep it to minutes): through the local launcher without a
+    stop, and through submitit's local executor killed mid-way and rerun; both give the same evaluations and
+    the same study report."""
+    flags = ["--tasks", "vcot", *MICRO_EVAL]
+    local = write_spec(tmp_path, "local.yaml", output_dir=str(tmp_path / "a"), eval=flags)
+    sub = write_spec(tmp_path, "sub.yaml", output_dir=str(tmp_path / "b"), launcher="submitit_local", eval=flags)
+    finish(start(local, tmp_path), local, tmp_path)
+    proc = start(sub, tmp_path)
+    half = kill_midway(proc, tmp_path / "b")
+    finish(start(sub, tmp_path), sub, tmp_path)
+    a, b = check_finished(tmp_path / "a", tasks=["vcot"]), check_finished(tmp_path / "b", tasks=["vcot"])
+    (name, run_id), = half.items()
+    assert json.loads((tmp_path / "b" / "runs" / name / "run.json").read_text())["mlflow_run_id"] == run_id
+    for s in (a, b):
+        check_mlflow(s)
+    assert [{**r, "run_dir": Path(r["run_dir"]).name} for r in a["runs"]] == \
+        [{**r, "run_dir": Path(r["run_dir"]).name} for r in b["runs"]]
+    assert eval_metrics(tmp_path / "a") == eval_metrics(tmp_path / "b")
+    ra = (tmp_path / "a" / "report.md").read_text().replace(str(tmp_path / "a"), "OUT")
+    rb = (tmp_path / "b" / "report.md").read_text().replace(str(tmp_path / "b"), "OUT")
+    assert ra == rb
