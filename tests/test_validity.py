@@ -25,7 +25,11 @@ temporal items from frames at 22% against a blind floor of 21%, and even static 
 (the image run reaches 43% on those). The tiny model with its frozen random vision tower does not learn
 to see changes from this much video, so the demo cannot show reasoning between frames: the report
 notes this on every F1/F2 verdict (`evalsuite.report.sees_change`). (b) takes about two minutes and
-is left out of `make test` (marker `known_invalid`); `make validity` runs both checks.
+is left out of `make test` (marker `known_invalid`); `make validity` runs every check here.
+
+Two narrower checks below locate the failure (see the comment above them): the frozen vision features
+carry the change (a linear probe on them passes), and the language model does not learn to read it even
+for one object in two frames (a strict expected failure, like (b)).
 """
 
 from __future__ import annotations
@@ -139,3 +143,104 @@ def test_video_training_teaches_answering_from_frames(tmp_path, items):
         correct.append(scores.choice == item["answer"])
     est, _ = _report("(b) base stage + video samples, base layout", correct, items, time.perf_counter() - t0)
     assert est.ci_low > 0.22
+
+
+# ------------------------------------------------------------------ where (b) breaks down
+#
+# Two narrower checks locate the failure of (b). The change is in the frozen features: a linear probe
+# on the random vision tower's features of a clip's first and last frame, concatenated in order, tells
+# six kinds of change apart (passes, in `make test`). The language model does not learn to read it:
+# the simplest temporal question (one object, two frames, which way did it move, five fixed options)
+# stays at chance after 600 steps on fresh clips (fails: strict expected failure, `make validity`).
+# Everything a token of the language model receives about a frame is the same whether that frame came
+# first or last (nothing in the token says which frame it is); only causal attention between the frames
+# can tell the order, and the 2-layer tiny model does not learn that from this much data. Tried without
+# success on the full task (base stage + 900-1,200 steps of the video samples): text frame labels
+# ("frame 1:") before each image, 4 layers instead of 2, a trainable vision tower, 48-px frames whose
+# 3x3 patches match the scene grid: all stayed at 0.16-0.23.
+
+PROBE_CLASSES = ("left", "right", "up", "down", "recolour", "none")
+
+
+def _change_scene(rng, label: str):
+    """A one-object clip of 32 frames whose single event is `label` (a one-cell move, a recolour) or none."""
+    from data_recipes.synthetic.scenes import COLOURS, DIRECTIONS, GRID, SHAPES, SIZES, Event, Obj, Scene, cell_centre
+
+    dx, dy = DIRECTIONS.get(label, (0, 0))
+    col, row = rng.choice([(c, r) for c in range(GRID) for r in range(GRID)
+                           if 0 <= c + dx < GRID and 0 <= r + dy < GRID])
+    colour = rng.choice(sorted(COLOURS))
+    obj = Obj(rng.choice(sorted(SHAPES)), colour, rng.choice(sorted(SIZES)), *cell_centre(col, row))
+    if label in DIRECTIONS:
+        events = (Event("move", 0, 5, 25, direction=label, cells=1),)
+    elif label == "recolour":
+        events = (Event("recolour", 0, 15, 16, colour=rng.choice(sorted(set(COLOURS) - {colour}))),)
+    else:
+        events = ()
+    return Scene(objects=(obj,), events=events, n_frames=32)
+
+
+def test_frozen_vision_features_carry_the_change(tmp_path):
+    import random
+
+    import torch
+
+    from train.families import get_module
+
+    model, processor, fam = load_model(build_tiny("llava", tmp_path / "tiny", seed=P.BASE_SEED))
+    tower, options = get_module(model, fam.vision_tower), frame_options(processor)
+    rng, feats, labels = random.Random(0), [], []
+    for i in range(1800):
+        frames = render_frames(_change_scene(rng, PROBE_CLASSES[i % 6]), [0, 31], 64)
+        px = processor.image_processor(frames, return_tensors="pt", **options)["pixel_values"]
+        with torch.no_grad():
+            h = tower(px, output_hidden_states=True).hidden_states[-1][:, 1:]  # the features llava's projector reads
+        feats.append(h.flatten())  # first frame's tokens, then the last frame's: the order is in the layout
+        labels.append(i % 6)
+    x, y, n_fit = torch.stack(feats), torch.tensor(labels), 1500
+    x = (x - x[:n_fit].mean(0)) / (x[:n_fit].std(0) + 1e-6)
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(x.shape[1], len(PROBE_CLASSES))
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(probe(x[:n_fit]), y[:n_fit]).backward()
+        opt.step()
+    held_out = (probe(x[n_fit:]).argmax(1) == y[n_fit:]).float().mean().item()
+    print(f"\nlinear probe on frozen first+last frame features, 6 kinds of change: {held_out:.3f} held out "
+          f"({len(y) - n_fit} clips; chance {1 / 6:.3f})")
+    assert held_out > 0.6
+
+
+@pytest.mark.known_invalid
+@pytest.mark.xfail(strict=True, reason="the tiny llava does not learn which way one object moved between two "
+                   "frames (see the comment above these tests)")
+def test_simplest_change_is_learnable_from_frames(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    answers = {d: f"it moves {d}" for d in ("left", "right", "up", "down")} | {"none": "it does not change"}
+
+    def clip():
+        label = rng.choice(sorted(answers))
+        scene = _change_scene(rng, label)
+        opts = sorted(answers.values())
+        rng.shuffle(opts)
+        content = prompts.user_content("base", 2, f"what happens to the {scene.objects[0].shape}?", opts)
+        return content, render_frames(scene, [0, 31], 64), opts, opts.index(answers[label])
+
+    model, processor, fam = load_model(build_tiny("llava", tmp_path / "tiny", seed=P.BASE_SEED))
+    options = frame_options(processor)
+    batches = []
+    for _ in range(600):  # 600 steps of 32 fresh clips: no clip is seen twice
+        clips = [clip() for _ in range(P.BATCH)]
+        messages = [prompts.conversation(c) + [prompts.answer_turn(o[a])] for c, _, o, a in clips]
+        batches.append(encode(processor, messages, [f for _, f, _, _ in clips], image_options=options).inputs)
+    _train(model, processor, fam, {"moves": batches}, 600, 0)
+    model.eval()
+    test = [clip() for _ in range(200)]
+    correct = [score_options(model, processor, c, f, o, image_options=options, norm="mean").choice == a
+               for c, f, o, a in test]
+    est = accuracy_ci(correct, n_boot=2000, seed=0)
+    print(f"\none object, two frames, which way it moved: {est.value:.3f} [{est.ci_low:.3f}, {est.ci_high:.3f}]")
+    assert est.ci_low > 0.3

@@ -48,21 +48,20 @@ CALIBRATION_STEPS = 20
 CALIBRATION_WARMUP = 3
 CALIBRATION_BATCH = 16
 STAGE_RATIOS = {
-    "data": 11.0,
-    "base": 120.0,
-    "video": 150.0,
-    "image": 231.0,
-    "eval": 191.0,
+    "data": 10.5,
+    "base": 127.0,
+    "video": 108.0,
+    "image": 130.0,
+    "eval": 112.0,
     "control_data": 4.5,
-    "control_train": 150.0,
-    "control_eval": 73.0,
+    "control_train": 108.0,
+    "control_eval": 40.0,
 }
-"""Seconds of each stage per second of calibration, on the 2-core machine the demo was developed on,
-where the calibration took 1.03 s. Measured there: data 11.2 s (both builds and the audit), base
-stage 124 s (2 threads), control data 4.6 s. The video and image runs (154 s, 238 s) are the last
-full demo's; the evaluation (197 s) and the control's (75 s) are extrapolated from evaluations of
-10 and 40 items per F (2 and 4 I-RAVEN puzzles per configuration) on the same checkpoints, linear in
-the plan's forward passes. Re-measure them when a stage changes."""
+"""Seconds of each stage per second of calibration, on the 2-core machine the demo was developed on.
+Measured there in one full `make demo` (calibration 1.05 s): data 11 s, base stage 133 s (2 threads),
+video run 113 s, image run 136 s, evaluation 118 s; control data 4.6 s. The control's training is
+matched to the video run's visual tokens, so it takes the video run's ratio; its evaluation (one
+checkpoint instead of three) a third of the evaluation's. Re-measure them when a stage changes."""
 
 
 @dataclass
