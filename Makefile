@@ -20,7 +20,7 @@ export OMP_NUM_THREADS ?= 1
 # faster than one (500 vs 352 samples/s).
 BASE_THREADS ?= 2
 
-.PHONY: setup test validity demo control bench ui clean
+.PHONY: setup test test-long validity demo control bench ui clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# End-to-end tests too long for `make test` (the 2 x 2 x 2 micro study under submitit's local executor,
+# killed mid-way and resumed, against an uninterrupted local one: about 8 minutes on 2 cores).
+test-long: setup
+	$(PY) -m pytest -q -m long
 
 # The embedded world's validity checks, including (b), which fails today and is left out of `make test`.
 validity: setup

@@ -289,10 +289,70 @@ def check_mlflow(state: dict) -> None:
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {"study/study.json"}
 
 
-def test_a_killed_study_resumes_and_skips_what_is_done(tmp_path):
-    """Two runs through the local launcher (vcot only): killed while the second trains, rerun, rerun once more."""
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback (sqlite backend, artifacts stored and served by it): what a study
+    on many nodes names as its tracking URI instead of one shared sqlite file."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = tmp_path / "server"
+    store.mkdir()
+    log = open(store / "server.log", "w")
+    proc = subprocess.Popen([str(Path(PY).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                             "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
+                             "--workers", "1"],
+                            env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, (store / "server.log").read_text()[-3000:]
+                assert time.monotonic() - t0 < 120, "mlflow server did not answer in 120 s"
+                time.sleep(0.5)
+        yield url, store
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def check_server_holds_everything(state: dict, store: Path) -> None:
+    """Every training run's metrics and every evaluation's metrics and artifacts are on the server; the
+    artifacts sit in the server's own store (uploaded through it, not written by the clients)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(state["tracking_uri"])
+    for r in state["runs"]:
+        info = json.loads((Path(r["run_dir"]) / "run.json").read_text())
+        run = client.get_run(info["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.metrics["consumed/visual_tokens"] == r["budget"]
+        assert client.get_metric_history(run.info.run_id, "loss")  # one value per logged step
+    parent = client.get_run(state["parent_run_id"])
+    evals = [c for c in client.search_runs([parent.info.experiment_id],
+                                           filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+             if "evalsuite.checkpoint" in c.data.tags]
+    assert len(evals) == len(state["runs"])
+    for run in evals:
+        assert any(k.startswith("vcot/") for k in run.data.metrics), sorted(run.data.metrics)[:10]
+        assert client.list_artifacts(run.info.run_id), "an evaluation run without artifacts"
+    served = {p.name for p in (store / "artifacts").rglob("*") if p.is_file()}
+    assert "study.json" in served and "metrics.json" in served, sorted(served)[:20]
+
+
+def test_a_killed_study_resumes_and_skips_what_is_done(tmp_path, mlflow_server):
+    """Two runs through the local launcher (vcot only), tracked by a real mlflow server: killed while the
+    second trains, rerun, rerun once more; every run, metric and artifact is on the server."""
+    url, store = mlflow_server
     spec = write_spec(tmp_path, arms=[{"name": "video", "recipe": "vid.yaml"}], budgets=[384, 768], seeds=[0],
-                      eval=["--tasks", "vcot", *MICRO_EVAL])
+                      eval=["--tasks", "vcot", *MICRO_EVAL], tracking_uri=url)
     out = tmp_path / "out"
     proc = start(spec, tmp_path)
     half = kill_midway(proc, out)
@@ -304,7 +364,10 @@ def test_a_killed_study_resumes_and_skips_what_is_done(tmp_path):
     assert (first / "run.json").stat().st_mtime_ns == stamp  # the finished run was not trained again
     (name, run_id), = half.items()
     assert json.loads((out / "runs" / name / "run.json").read_text())["mlflow_run_id"] == run_id  # resumed
+    assert state["tracking_uri"] == url
     check_mlflow(state)
+    check_server_holds_everything(state, store)
+    assert not (tmp_path / "mlruns").exists()  # nothing fell back to a local store
     report = out / "report.md"
     assert report.is_file()
     metrics = eval_metrics(out)
@@ -313,7 +376,7 @@ def test_a_killed_study_resumes_and_skips_what_is_done(tmp_path):
     assert eval_metrics(out) == metrics and (first / "run.json").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.slow
+@pytest.mark.long  # about 8 minutes on 2 cores: 16 submitit jobs, each paying accelerate's start-up
 def test_micro_study_killed_under_submitit_matches_an_uninterrupted_local_one(tmp_path):
     """2 arms x 2 budgets x 2 seeds (vcot only, to keep it to minutes): through the local launcher without a
     stop, and through submitit's local executor killed mid-way and rerun; both give the same evaluations and
