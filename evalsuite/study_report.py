@@ -134,17 +134,27 @@ def load_runs(study_dir: Path, runs: list[dict]) -> list[StudyRun]:
     return out
 
 
-def missing_tasks(run: StudyRun) -> list[str]:
-    """The tasks of `METRICS` this run has no finished evaluation of (`eval/<task>/metrics.json`), all of
-    them when the run is not finished."""
-    tasks = dict.fromkeys(t for t, _ in METRICS.values())
+def missing_tasks(run: StudyRun, wanted: list[str] | None = None) -> list[str]:
+    """The tasks of `METRICS` (those the study asked for: `wanted`, default all) this run has no finished
+    evaluation of (`eval/<task>/metrics.json`), all of them when the run is not finished."""
+    tasks = [t for t in dict.fromkeys(t for t, _ in METRICS.values()) if wanted is None or t in wanted]
     return [t for t in tasks if run.ckpt is None or t not in run.ckpt.metrics]
 
 
-def missing_what(run: StudyRun) -> str:
+def missing_what(run: StudyRun, wanted: list[str] | None = None) -> str:
     if run.status != FINISHED:
         return f"the run is not finished (status {run.status}): none of its results are used"
-    return "no evaluation of " + ", ".join(missing_tasks(run))
+    return "no evaluation of " + ", ".join(missing_tasks(run, wanted))
+
+
+def study_tasks(spec) -> list[str] | None:
+    """The tasks the study evaluates (its eval flags' `--tasks`), None (all) without a spec."""
+    flags = getattr(spec, "eval", None)
+    if flags is None:
+        return None
+    from evalsuite.study import split_tasks
+
+    return split_tasks(tuple(flags))[0]
 
 
 # --- per-item scores -------------------------------------------------------------------------------
@@ -410,7 +420,8 @@ def _table(rows: list[Row], contrast: bool) -> list[str]:
     return head + body
 
 
-def _runs_lines(runs: list[StudyRun], roles: dict[str, str], arms: list[str], missing: list[StudyRun]) -> list[str]:
+def _runs_lines(runs: list[StudyRun], roles: dict[str, str], arms: list[str], missing: list[StudyRun],
+                wanted: list[str] | None = None) -> list[str]:
     out = ["| arm | recipe | role (from run.json) | budgets | seeds | runs evaluated |", "|---|---|---|---|---|---|"]
     for a in arms:
         mine = [r for r in runs if r.arm == a]
@@ -421,7 +432,7 @@ def _runs_lines(runs: list[StudyRun], roles: dict[str, str], arms: list[str], mi
     if missing:
         out += ["", f"**Missing: {len(missing)} of {len(runs)} runs** are not finished or lack an evaluation:", "",
                 "| run | status | run dir | missing |", "|---|---|---|---|"]
-        out += [f"| {r.label} | {r.status} | `{r.run_dir}` | {missing_what(r)} |" for r in missing]
+        out += [f"| {r.label} | {r.status} | `{r.run_dir}` | {missing_what(r, wanted)} |" for r in missing]
     return out
 
 
@@ -457,7 +468,8 @@ def write_study_report(study_dir: Path, spec, runs: list[dict], *, n_boot: int |
     loaded = load_runs(study_dir, runs)
     boot = _boot_settings(loaded, n_boot, seed)
     arm_out, contrast_out, roles = study_rows(spec, loaded, boot)
-    missing = [r for r in loaded if missing_tasks(r)]
+    wanted = study_tasks(spec)
+    missing = [r for r in loaded if missing_tasks(r, wanted)]
     arms = arm_order(spec, loaded)
     fig_dir = study_dir / "report"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -467,7 +479,7 @@ def write_study_report(study_dir: Path, spec, runs: list[dict], *, n_boot: int |
     lines = [f"# Study report: {name}", "",
              f"{len(loaded)} runs in {len(arms)} arms x {len({r.budget for r in loaded})} budgets; "
              f"{len(loaded) - len(missing)} evaluated, {len(missing)} missing.", "",
-             *_runs_lines(loaded, roles, arms, missing), "",
+             *_runs_lines(loaded, roles, arms, missing, wanted), "",
              "## What the study found", "", *found_lines(contrast_out, missing, len(loaded)), "",
              "## Contrasts per budget", "",
              f"`a - b` of the arms' means over seeds, in points; CI: hierarchical bootstrap ({boot['n_boot']} "

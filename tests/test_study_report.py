@@ -376,3 +376,15 @@ def test_paired_difference_agrees_with_one_seed_contrast():
     p = paired_difference(a, b, n_boot=1000, seed=0)
     assert h.value == pytest.approx(p.value)
     assert (h.ci_high - h.ci_low) == pytest.approx(p.ci_high - p.ci_low, rel=0.15)
+
+
+def test_tasks_the_study_did_not_ask_for_are_not_missing(tmp_path):
+    """A study evaluated with `--tasks vcot shuffle`: its runs lack I-RAVEN by design, not by accident."""
+    runs = [make_run(tmp_path, "arm_a", ARMS["arm_a"], 100, seed, tasks=("vcot", "shuffle")) for seed in (0, 1)]
+    spec = SimpleNamespace(name="micro", arms=[SimpleNamespace(name="arm_a")],
+                           eval=("--tasks", "vcot", "shuffle", "--limit", "3"))
+    text = write_study_report(tmp_path, spec, runs, n_boot=100).read_text()
+    assert "2 evaluated, 0 missing." in text and "no evaluation of" not in text
+    spec.eval = ("--limit", "3")  # every task asked for: I-RAVEN is missing from both runs
+    text = write_study_report(tmp_path, spec, runs, n_boot=100).read_text()
+    assert "0 evaluated, 2 missing." in text and "| no evaluation of iraven |" in text
