@@ -38,7 +38,6 @@ environment variable); a missing variable or file is reported with the layout th
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -50,6 +49,8 @@ from pathlib import Path
 import yaml
 
 from data_recipes.clips import VIDEO_INPUTS
+from data_recipes.files import file_sha256
+from data_recipes.hints import did_you_mean
 from data_recipes.resize import check_max_pixels
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -160,17 +161,8 @@ def annotation_sha256(path: str) -> str:
         return "absent"
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _ANNOTATION_HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _ANNOTATION_HASHES[key] = h.hexdigest()
+        _ANNOTATION_HASHES[key] = file_sha256(p)
     return _ANNOTATION_HASHES[key]
-
-
-def _did_you_mean(key, allowed) -> str:
-    close = difflib.get_close_matches(str(key), list(allowed), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _build(cls, data, where: str):
@@ -180,7 +172,7 @@ def _build(cls, data, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     for k in data:
         if k not in names:
-            raise RecipeError(f"{where}: unknown key '{k}'{_did_you_mean(str(k), names)}")
+            raise RecipeError(f"{where}: unknown key '{k}'{did_you_mean(k, names)}")
     for f in dataclasses.fields(cls):
         if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise RecipeError(f"{where}: field '{f.name}' is required")
@@ -238,14 +230,14 @@ def parse_recipe(data: dict, name: str, where: str) -> Recipe:
         _expect(_is_int(r.samples) and r.samples > 0, where, f"field 'samples' must be a positive integer, got {r.samples!r}")
     if r.match:
         _expect(isinstance(r.match.by, str) and r.match.by in MATCH_UNITS, where,
-                f"match.by must be one of {', '.join(MATCH_UNITS)}, got {r.match.by!r}{_did_you_mean(r.match.by, MATCH_UNITS)}")
+                f"match.by must be one of {', '.join(MATCH_UNITS)}, got {r.match.by!r}{did_you_mean(r.match.by, MATCH_UNITS)}")
         _expect(isinstance(r.match.to, str) and r.match.to != "", where,
                 f"match.to must be the name or path of another recipe, got {r.match.to!r}")
         _expect(r.match.to != r.name, where, "a recipe cannot be matched to itself")
     for i, s in enumerate(r.sources):
         sw = f"{where}: sources[{i}]"
         _expect(isinstance(s.type, str) and s.type in SOURCE_TYPES, sw,
-                f"type must be one of {', '.join(SOURCE_TYPES)}, got {s.type!r}{_did_you_mean(s.type, SOURCE_TYPES)}")
+                f"type must be one of {', '.join(SOURCE_TYPES)}, got {s.type!r}{did_you_mean(s.type, SOURCE_TYPES)}")
         _expect(_is_number(s.weight) and s.weight > 0, sw, f"weight must be a positive number, got {s.weight!r}")
         _expect(_is_opt_str(s.path) and _is_opt_str(s.media_root), sw, "'path' and 'media_root' must be strings")
         if s.type.startswith("llava"):
@@ -265,13 +257,13 @@ def parse_recipe(data: dict, name: str, where: str) -> Recipe:
                               f"or left out for image_size**2 ({r.image_size ** 2}), got {r.max_pixels!r}") from None
     _expect(isinstance(r.video_input, str) and r.video_input in VIDEO_INPUTS, where,
             f"field 'video_input' must be one of {', '.join(VIDEO_INPUTS)}, got {r.video_input!r}"
-            + (_did_you_mean(r.video_input, VIDEO_INPUTS) if isinstance(r.video_input, str) else ""))
+            + (did_you_mean(r.video_input, VIDEO_INPUTS) if isinstance(r.video_input, str) else ""))
     _expect(r.video_input == "images" or r.kind == "video", where,
             f"field 'video_input: {r.video_input}' is for video recipes (how clips reach the model); "
             f"an image recipe has none")
     _expect(isinstance(r.frame_order, str) and r.frame_order in FRAME_ORDERS, where,
             f"field 'frame_order' must be one of {', '.join(FRAME_ORDERS)}, got {r.frame_order!r}"
-            + (_did_you_mean(r.frame_order, FRAME_ORDERS) if isinstance(r.frame_order, str) else ""))
+            + (did_you_mean(r.frame_order, FRAME_ORDERS) if isinstance(r.frame_order, str) else ""))
     if r.frame_order == "shuffled":
         _expect(r.kind == "video", where,
                 "field 'frame_order: shuffled' is for video recipes (it reorders a clip's frames); "
@@ -300,7 +292,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             names = recipe_names()
-            raise RecipeError(f"unknown recipe '{name_or_path}'{_did_you_mean(str(name_or_path), names)}; "
+            raise RecipeError(f"unknown recipe '{name_or_path}'{did_you_mean(name_or_path, names)}; "
                               f"shipped recipes: {', '.join(names)}")
     try:
         data = yaml.safe_load(path.read_text())

@@ -27,7 +27,6 @@ import bisect
 import logging
 import math
 import os
-import uuid
 import warnings
 from collections import Counter
 from fractions import Fraction
@@ -37,6 +36,8 @@ from typing import Sequence, Union
 import av
 import numpy as np
 from PIL import Image
+
+from data_recipes.files import atomic_path
 
 __all__ = [
     "VideoError",
@@ -436,9 +437,9 @@ def write_video(
 ) -> Path:
     """Encode ``frames`` into an MP4 file at ``path`` (yuv420p), atomically.
 
-    The clip is written to a hidden temporary file in the destination directory and
-    moved into place with ``os.replace``, so readers (and interrupted jobs) never see
-    a half-written video at ``path``.
+    The clip is written through ``data_recipes.files.atomic_path`` (a hidden temporary
+    file in the destination directory, renamed into place once complete), so readers
+    (and interrupted jobs) never see a half-written video at ``path``.
 
     All frames must have the same size.  yuv420p stores chroma at half resolution, so
     libx264 refuses odd widths/heights; odd dimensions are therefore padded by one
@@ -477,21 +478,13 @@ def write_video(
         )
         arrays = [np.pad(a, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") for a in arrays]
 
-    # A unique hidden name in the same directory: os.replace is only atomic within one
-    # filesystem, and PyAV creates the file itself, so it gets the usual permissions.
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp.mp4"
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=rate, options=dict(_ENCODER_OPTIONS[codec]))
-            stream.width, stream.height = width + pad_w, height + pad_h
-            stream.pix_fmt = "yuv420p"
-            for i, arr in enumerate(arrays):
-                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-                frame.pts = i  # time base is 1/rate: one tick per frame
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))  # flush delayed (B-)frames
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=rate, options=dict(_ENCODER_OPTIONS[codec]))
+        stream.width, stream.height = width + pad_w, height + pad_h
+        stream.pix_fmt = "yuv420p"
+        for i, arr in enumerate(arrays):
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts = i  # time base is 1/rate: one tick per frame
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))  # flush delayed (B-)frames
     return dest

@@ -23,6 +23,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 # never checkpoints, never descended into (lmms-eval: the default output of `python -m evalsuite export`)
@@ -156,6 +157,21 @@ def remote_code_only(p: Path) -> str | None:
     return model_type if model_type in REMOTE_CODE_ONLY else None
 
 
+def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
+    """(directory, its subfolder names) for `root` and every folder below it, depth first by name, never
+    into `SKIP_DIRS` or hidden folders; the caller clears the names to skip a directory's subfolders."""
+    for dirpath, dirnames, _ in os.walk(root):
+        yield Path(dirpath), dirnames
+        dirnames[:] = sorted(n for n in dirnames if n not in SKIP_DIRS and not n.startswith("."))
+
+
+def evaluated(root: str | os.PathLike, task: str = "*") -> list[Path]:
+    """Every directory under `root` (root included) holding `eval/<task>/metrics.json` (`task` may be a
+    glob), sorted: the checkpoints `evalsuite.runner` wrote results of `task` for, as `evalsuite.export`
+    finds them."""
+    return sorted(d for d, _ in _walk(Path(root)) if any((d / "eval").glob(f"{task}/metrics.json")))
+
+
 def discover(root: str | os.PathLike, broken: list[str] | None = None) -> list[CheckpointRef]:
     """Every checkpoint under `root`, plus a base.json entry for each outside base model (bases first).
 
@@ -167,12 +183,10 @@ def discover(root: str | os.PathLike, broken: list[str] | None = None) -> list[C
     if not root.is_dir():
         raise CheckpointError(f"CKPT_DIR '{root}' is not a directory")
     found: list[CheckpointRef] = []
-    for dirpath, dirnames, _ in os.walk(root):
-        d = Path(dirpath)
+    for d, dirnames in _walk(root):
         try:
             found.append(checkpoint_ref(d))
             dirnames.clear()  # a checkpoint's subfolders (training states, eval outputs) are not checkpoints
-            continue
         except CheckpointError as e:
             marked = any((d / f).is_file() for f in ("adapter_config.json", "base.json", "run.json"))
             if marked or remote_code_only(d):
@@ -180,8 +194,6 @@ def discover(root: str | os.PathLike, broken: list[str] | None = None) -> list[C
                     raise  # looks like a checkpoint but is broken: say so rather than skip it
                 broken.append(str(e))
                 dirnames.clear()
-                continue
-        dirnames[:] = sorted(n for n in dirnames if n not in SKIP_DIRS and not n.startswith("."))
     known = {r.model_path for r in found if r.kind == "model"}
     for ref in list(found):
         base = ref.base_model

@@ -49,6 +49,17 @@ def _is_fkey(key: str) -> bool:
     return key.startswith("f") and key[1:].isdigit()
 
 
+def block_of(summary: dict, fkey: str, items: str = "overall") -> dict:
+    """The `fkey` block of one item kind ("overall": the top-level block) of a summary, {} when not recorded."""
+    node = summary.get(fkey) if items == "overall" else ((summary.get("by_kind") or {}).get(items) or {}).get(fkey)
+    return node if isinstance(node, dict) else {}
+
+
+def fkeys(keys) -> list[str]:
+    """The per-F block keys among `keys` (a summary's: "f5", "f10", ...; not "by_kind" or "floors"), by F."""
+    return sorted((k for k in keys if _is_fkey(k)), key=lambda k: int(k[1:]))
+
+
 def _vectors(rows: list[dict], f: int, conditions: tuple[str, ...]
              ) -> tuple[list[str], dict[str, list[int]], list[int], list[int | None]]:
     """(paired items, predictions per condition, answers, reversed-clip answers or None) at F = `f`."""
@@ -183,8 +194,8 @@ def headline(summary: dict) -> str:
     """`f5 (n=200): base 0.440 vcot 0.514 blind 0.260 text_only 0.400  gain +0.074 [+0.030, +0.120] p=0.002 | ...`
     (overall blocks only; a condition the summary lacks is left out)."""
     parts = []
-    fblocks = [(k, b) for k, b in summary.items() if _is_fkey(k)]
-    for fkey, block in sorted(fblocks, key=lambda kv: int(kv[0][1:])):
+    for fkey in fkeys(summary):
+        block = summary[fkey]
         accs = " ".join(f"{c} {block[f'acc_{c}']['value']:.3f}" for c in HEADLINE if f"acc_{c}" in block)
         gain = block.get("gain")
         g = f"  gain {gain['value']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}] p={gain['p_value']:.3g}" \

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from data_recipes.files import atomic_write_text
 from evalsuite import prompts
-from evalsuite.checkpoints import SKIP_DIRS
+from evalsuite.checkpoints import evaluated
 from evalsuite.outputs import read_rows
 
 TASK = "vcot"
@@ -72,13 +72,7 @@ def _safe_name(name: str) -> str:
 
 def metrics_files(root: Path) -> list[Path]:
     """Every `<checkpoint>/eval/vcot/metrics.json` under `root` (root itself included), sorted."""
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
-        m = Path(dirpath) / "eval" / TASK / "metrics.json"
-        if m.is_file():
-            found.append(m)
-        dirnames[:] = sorted(n for n in dirnames if n not in SKIP_DIRS and not n.startswith("."))
-    return sorted(found)
+    return sorted(d / "eval" / TASK / "metrics.json" for d in evaluated(root, TASK))
 
 
 def _questions(settings: dict) -> dict[str, tuple[str, list[str]]]:

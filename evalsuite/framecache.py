@@ -29,13 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 from PIL import Image
 
-from data_recipes.files import atomic_write_json
+from data_recipes.files import atomic_path, atomic_write_json
 
 FORMAT = 1
 """Changes when the layout or the way frames are made changes: older entries are then never read."""
@@ -128,11 +127,6 @@ def _read(f: Path) -> Image.Image | None:
 
 
 def _write(f: Path, image: Image.Image) -> None:
-    """The PNG written aside, then renamed over `f`: a reader never sees part of it."""
-    tmp = f.with_name(f".{f.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    """The PNG written through `atomic_path`: a reader never sees part of it."""
+    with atomic_path(f) as tmp:
         image.save(tmp, format="PNG", compress_level=PNG_LEVEL)
-        os.replace(tmp, f)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

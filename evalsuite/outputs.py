@@ -138,12 +138,7 @@ class TaskOutputs:
                               f"(first: {missing[0]})")
         rank = {k: i for i, k in enumerate(order)}
         merged = sorted((r for k, r in rows.items() if k in rank), key=lambda r: rank[r["key"]])
-        tmp = self.predictions.with_name(f".{self.predictions.name}.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in merged)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.predictions)
+        atomic_write_text(self.predictions, "".join(json.dumps(r, sort_keys=True) + "\n" for r in merged))
         for p in self._all_parts()[1:]:
             p.unlink()
         return merged

@@ -15,11 +15,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from data_recipes.files import atomic_path  # noqa: E402
+from evalsuite.comparisons import block_of, fkeys  # noqa: E402
+
 KIND_COLOURS = {"image": "#d1495b", "video": "#00798c", "shuffled": "#edae49", "base": "#7a7a7a"}
-
-
-def _fkeys(block: dict) -> list[str]:
-    return sorted((k for k in block if k.startswith("f") and k[1:].isdigit()), key=lambda k: int(k[1:]))
 
 
 def _bars(ax, groups: list[str], series: dict[str, list], colours: dict[str, str] | None = None):
@@ -47,9 +46,13 @@ def _series(rows, values) -> tuple[dict, dict]:
 
 
 def _save(fig, path: Path) -> Path:
+    """`fig` as a PNG at `path`, through `atomic_path`: a reader never sees half a PNG."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -58,10 +61,10 @@ VERDICT_COLOURS = {"supported": "#2e7d32", "contradicted": "#c62828", "inconclus
                    "uninformative": "#b0b0b0"}
 
 
-def _block(metrics: dict, fk: str, items: str) -> dict:
-    """The F block of one item kind ("overall": the top-level block), {} when not recorded."""
-    node = metrics.get(fk) if items == "overall" else ((metrics.get("by_kind") or {}).get(items) or {}).get(fk)
-    return node if isinstance(node, dict) else {}
+def _evaluated(ckpts, task: str) -> tuple[list, list[str]]:
+    """The checkpoints that evaluated `task` and the F blocks ("f5", ...) any of them recorded, by F."""
+    rows = [c for c in ckpts if task in c.metrics]
+    return rows, fkeys({k for c in rows for k in c.metrics[task].get("metrics", {})})
 
 
 def _kinds(rows, task: str) -> list[str]:
@@ -72,10 +75,7 @@ def _kinds(rows, task: str) -> list[str]:
 
 def plot_gains(ckpts, out_dir: Path) -> Path | None:
     """vCoT gain per checkpoint and F, one panel per item kind."""
-    rows = [c for c in ckpts if "vcot" in c.metrics]
-    if not rows:
-        return None
-    fks = sorted({k for c in rows for k in _fkeys(c.metrics["vcot"].get("metrics", {}))}, key=lambda k: int(k[1:]))
+    rows, fks = _evaluated(ckpts, "vcot")
     if not fks:
         return None
     kinds = _kinds(rows, "vcot")
@@ -83,7 +83,7 @@ def plot_gains(ckpts, out_dir: Path) -> Path | None:
                              squeeze=False)
     for ax, items in zip(axes[0], kinds):
         series, colours = _series(rows, lambda c, items=items: [
-            _block(c.metrics["vcot"].get("metrics", {}), k, items).get("gain") for k in fks])
+            block_of(c.metrics["vcot"].get("metrics", {}), k, items).get("gain") for k in fks])
         _bars(ax, [f"F = {k[1:]} frames" for k in fks], series, colours)
         ax.set_title(f"vCoT gain, {items} items")
         ax.set_ylabel("vCoT - base in accuracy points (95% CI)")
@@ -94,10 +94,7 @@ def plot_gains(ckpts, out_dir: Path) -> Path | None:
 
 def plot_shuffle(ckpts, out_dir: Path) -> Path | None:
     """Drops from vCoT under each perturbation, one panel per F (all items)."""
-    rows = [c for c in ckpts if "shuffle" in c.metrics]
-    if not rows:
-        return None
-    fks = sorted({k for c in rows for k in _fkeys(c.metrics["shuffle"].get("metrics", {}))}, key=lambda k: int(k[1:]))
+    rows, fks = _evaluated(ckpts, "shuffle")
     if not fks:
         return None
     perturbations = {"text": "text (other video's infills)", "visual": "visual (other video's frames)",
@@ -162,21 +159,6 @@ def plot_iraven(ckpts, out_dir: Path) -> Path | None:
     return _save(fig, out_dir / "iraven_per_config.png")
 
 
-def _save_atomic(fig, path: Path) -> Path:
-    """`_save`, through a temporary file renamed over `path`: a reader never sees half a PNG."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.tight_layout()
-    try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def plot_vs_budget(panels: dict[str, dict[str, list]], unit: str, ylabel: str, title: str, path: Path,
                    colours: dict[str, str] | None = None, hline: float | None = None) -> Path | None:
     """One panel per key of `panels`, one line per series: `panels[panel][label]` = [(budget, estimate)]
@@ -214,5 +196,5 @@ def plot_vs_budget(panels: dict[str, dict[str, list]], unit: str, ylabel: str, t
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(title)
-    return _save_atomic(fig, path)
+    return _save(fig, path)
 

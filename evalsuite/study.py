@@ -67,7 +67,8 @@ from pathlib import Path
 import yaml
 
 from data_recipes.files import atomic_write_json
-from data_recipes.recipe import RecipeError, _build, _did_you_mean, _expect, _is_int, load_recipe
+from data_recipes.hints import did_you_mean
+from data_recipes.recipe import RecipeError, _build, _expect, _is_int, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER_TYPES = ("local", "submitit_local", "slurm")
@@ -179,7 +180,7 @@ def _launcher(value, where: str) -> LauncherSpec:
     spec = _build(LauncherSpec, value, f"{where}: launcher")
     lw = f"{where}: launcher"
     _expect(spec.type in LAUNCHER_TYPES, lw, f"type must be one of {', '.join(LAUNCHER_TYPES)}, got {spec.type!r}"
-            + _did_you_mean(str(spec.type), LAUNCHER_TYPES))
+            + did_you_mean(spec.type, LAUNCHER_TYPES))
     for k in ("nodes", "time_min"):
         _expect(_is_int(getattr(spec, k)) and getattr(spec, k) >= 1, lw, f"{k} must be an integer >= 1")
     _expect(_is_int(spec.gpus_per_node) and spec.gpus_per_node >= 0, lw, "gpus_per_node must be an integer >= 0")
@@ -213,7 +214,7 @@ def _arm(data, i: int, study_base: str, spec_dir: Path, where: str) -> Arm:
     arm = dataclasses.replace(arm, recipe=_recipe_ref(arm.recipe, spec_dir, aw))
     if arm.family is not None:
         _expect(arm.family in FAMILIES, aw, f"family must be one of {', '.join(FAMILIES)}, got {arm.family!r}"
-                + _did_you_mean(str(arm.family), FAMILIES))
+                + did_you_mean(arm.family, FAMILIES))
         base = arm.base_model or study_base
         _expect(base.startswith(("tiny:", "tiny-pretrained:")), aw,
                 f"family {arm.family} picks a tiny model, but the base model is {base!r}: give the arm its own "
@@ -265,7 +266,7 @@ def _parse_study(data, path: Path) -> Study:
     _expect(isinstance(study.name, str) and _NAME.fullmatch(study.name) is not None, where,
             f"field 'name' must be letters, digits, '_', '-' or '.', got {study.name!r}")
     _expect(study.unit in MATCH_UNITS, where, f"field 'unit' must be one of {', '.join(MATCH_UNITS)}, got "
-            f"{study.unit!r}" + _did_you_mean(str(study.unit), MATCH_UNITS))
+            f"{study.unit!r}" + did_you_mean(study.unit, MATCH_UNITS))
     for k, values in (("arms", [a.name for a in study.arms]), ("budgets", study.budgets), ("seeds", study.seeds)):
         _expect(len(set(values)) == len(values), where, f"field '{k}' has duplicates: {list(values)}")
     for k in ("tracking_uri", "output_dir", "shards_root", "description"):

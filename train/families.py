@@ -12,7 +12,6 @@ projector and vision tower live, and how its tiny stand-in is shaped.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import transformers
 from safetensors import SafetensorError
 
+from data_recipes.hints import did_you_mean
 from data_recipes.processors import load_processor
 
 
@@ -139,10 +139,9 @@ def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        close = difflib.get_close_matches(name, FAMILIES, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise FamilyError(
-            f"Unknown model family '{name}'.{hint} Supported families: {', '.join(sorted(FAMILIES))}."
+            f"Unknown model family '{name}'.{did_you_mean(name, FAMILIES, sentence=True)} "
+            f"Supported families: {', '.join(sorted(FAMILIES))}."
         ) from None
 
 

@@ -12,14 +12,14 @@ configurations are generated, and the same seed gives byte-identical arrays.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from data_recipes.files import atomic_path
 
 from .attributes import Panel
 from .candidates import build_candidates
@@ -72,20 +72,12 @@ def item_rng(seed: int, config: str, k: int) -> np.random.Generator:
 
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
-    """Write ``arrays`` to ``path`` atomically (temp file in the same directory, then
-    ``os.replace``), so readers never see a half-written file."""
+    """Write ``arrays`` to ``path`` through ``data_recipes.files.atomic_path``, so readers never see a
+    half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            (np.savez_compressed if compress else np.savez)(fh, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files should be readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, **arrays)
 
 
 def resolve_configs(configs: Iterable[str] | None) -> list[str]:

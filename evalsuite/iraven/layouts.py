@@ -14,10 +14,11 @@ least size level 2.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import numpy as np
+
+from data_recipes.hints import did_you_mean
 
 from .attributes import ANGLE_VALUES, COLOR_VALUES, META_STRUCTURE_COLUMNS, SIZE_VALUES, TYPE_VALUES
 
@@ -138,11 +139,7 @@ def get_config(name: str) -> ConfigSpec:
 
 
 def unknown_config_message(name: str) -> str:
-    close = difflib.get_close_matches(name, CONFIG_NAMES, n=1, cutoff=0.5)
-    # Substring matches ("nine" -> distribute_nine) are what people usually type.
-    if not close:
-        close = [c for c in CONFIG_NAMES if name and name.lower() in c][:1]
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, CONFIG_NAMES, cutoff=0.5, substring=True, sentence=True)
     return (f"unknown I-RAVEN configuration {name!r}.{hint} "
             f"Known configurations: {', '.join(CONFIG_NAMES)}")
 

@@ -1,7 +1,7 @@
 """Offline `evaluate` metrics of the evaluation suite.
 
-Each ``*.py`` module in this folder (other than this one) is a self-contained
-`evaluate.Metric` script.  Hub metrics such as ``evaluate.load("accuracy")`` need
+Each ``*.py`` module in this folder (other than this one) is an `evaluate.Metric` script
+that takes its statistics from `evalsuite.stats` and its `MetricInfo` from :func:`metric_info`.  Hub metrics such as ``evaluate.load("accuracy")`` need
 network access, whereas a script loaded *by path* works offline, so
 :func:`load_metric` resolves a short name to the file shipped in this package and hands
 that path to `evaluate.load`.
@@ -12,14 +12,15 @@ and code that only needs the names in :data:`AVAILABLE` should not pay for that.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from data_recipes.hints import did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import evaluate
 
-__all__ = ["AVAILABLE", "load_metric", "metric_path"]
+__all__ = ["AVAILABLE", "BOOTSTRAP_CITATION", "load_metric", "metric_info", "metric_path"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -37,10 +38,32 @@ def metric_path(name: str) -> Path:
     """
     key = name.strip().removesuffix(".py").replace("-", "_")
     if key not in AVAILABLE:
-        close = difflib.get_close_matches(key, AVAILABLE, n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(key, AVAILABLE, n=3, cutoff=0.5, sentence=True)
         raise ValueError(f"Unknown metric {name!r}.{hint} Available metrics: {', '.join(AVAILABLE)}.")
     return _HERE / f"{key}.py"
+
+
+BOOTSTRAP_CITATION = """\
+@book{efron1993bootstrap,
+  title     = {An Introduction to the Bootstrap},
+  author    = {Efron, Bradley and Tibshirani, Robert J.},
+  publisher = {Chapman and Hall/CRC},
+  year      = {1993}
+}
+"""
+"""The reference of the percentile bootstrap every metric here reports its interval with."""
+
+
+def metric_info(description: str, citation: str, inputs_description: str,
+                columns: tuple[str, ...]) -> "evaluate.MetricInfo":
+    """The `evaluate.MetricInfo` of a metric script here: integer label `columns` in numpy format
+    (`_compute` gets arrays instead of Python lists)."""
+    import datasets
+    import evaluate
+
+    return evaluate.MetricInfo(description=description, citation=citation, inputs_description=inputs_description,
+                               features=datasets.Features({c: datasets.Value("int64") for c in columns}),
+                               format="numpy")
 
 
 def load_metric(name: str, **kwargs: Any) -> "evaluate.EvaluationModule":

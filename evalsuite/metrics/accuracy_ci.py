@@ -6,9 +6,9 @@ this file into its modules cache before importing it, which is why the statistic
 imported absolutely from the installed `evalsuite` package rather than relatively.
 """
 
-import datasets
 import evaluate
 
+from evalsuite.metrics import BOOTSTRAP_CITATION, metric_info
 from evalsuite.stats import accuracy_ci
 
 _DESCRIPTION = """\
@@ -38,34 +38,13 @@ Examples:
     0.5
 """
 
-_CITATION = """\
-@book{efron1993bootstrap,
-  title     = {An Introduction to the Bootstrap},
-  author    = {Efron, Bradley and Tibshirani, Robert J.},
-  publisher = {Chapman and Hall/CRC},
-  year      = {1993}
-}
-"""
-
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class AccuracyCI(evaluate.Metric):
     """Accuracy with a bootstrap confidence interval (see module docstring)."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("int64"),
-                    "references": datasets.Value("int64"),
-                }
-            ),
-            # numpy format hands _compute arrays instead of Python lists.
-            format="numpy",
-        )
+        return metric_info(_DESCRIPTION, BOOTSTRAP_CITATION, _KWARGS_DESCRIPTION, ("predictions", "references"))
 
     def _compute(self, predictions, references, n_boot=2000, seed=0, alpha=0.05):
         correct = predictions == references

@@ -7,9 +7,9 @@ modules (`predictions1`, `predictions2`, `references`).  The statistics are impo
 absolutely because `evaluate` runs a copy of this file from its modules cache.
 """
 
-import datasets
 import evaluate
 
+from evalsuite.metrics import BOOTSTRAP_CITATION, metric_info
 from evalsuite.stats import paired_difference
 
 _DESCRIPTION = """\
@@ -55,13 +55,7 @@ _CITATION = """\
   pages   = {153--157},
   year    = {1947}
 }
-@book{efron1993bootstrap,
-  title     = {An Introduction to the Bootstrap},
-  author    = {Efron, Bradley and Tibshirani, Robert J.},
-  publisher = {Chapman and Hall/CRC},
-  year      = {1993}
-}
-"""
+""" + BOOTSTRAP_CITATION
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -69,19 +63,8 @@ class PairedGain(evaluate.Metric):
     """Paired accuracy gain with bootstrap CI and exact McNemar p-value (see module docstring)."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions1": datasets.Value("int64"),
-                    "predictions2": datasets.Value("int64"),
-                    "references": datasets.Value("int64"),
-                }
-            ),
-            format="numpy",
-        )
+        return metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                           ("predictions1", "predictions2", "references"))
 
     def _compute(self, predictions1, predictions2, references, n_boot=2000, seed=0, alpha=0.05):
         correct1 = predictions1 == references

@@ -32,7 +32,7 @@ from data_recipes.video import VideoError
 from evalsuite import comparisons, prompts
 from evalsuite.benchmarks import Item
 from evalsuite.perturb import derangement, shuffle_order, shuffle_words
-from evalsuite.tasks.vcot import VCoTTask
+from evalsuite.tasks.vcot import VCoTTask, between
 
 CONDITIONS = ("vcot", "text", "visual", "words", "order")
 CONTRASTS = {f"drop_{p}": ("vcot", p) for p in CONDITIONS[1:]}  # vcot - perturbed: a loss is positive
@@ -67,16 +67,12 @@ class ShuffleTask(VCoTTask):
         return [f"{item.id}|f{f}|{c}" for f in self.cfg.frames for c in CONDITIONS]
 
     def _inputs(self, subject, item: Item) -> tuple[dict, dict, dict]:
-        """Per F: the item's frame indices, its frames and its F-1 infills."""
-        idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
-        wanted = sorted({i for v in idx.values() for i in v})
+        """Per F: the item's frame indices, its frames and its F-1 infills (vcot's `frame_plan`)."""
+        idx, wanted, pairs = self.frame_plan(item)
         frames = dict(zip(wanted, self.bench.frames(item, wanted, max_pixels=subject.inputs.max_pixels)))
-        # The same pairs in the same order as VCoTTask.predict asks for: the same generation batches,
-        # hence cache hits and identical texts whether or not `vcot` ran first.
-        pairs = [(a, b) for f in self.cfg.frames for a, b in zip(idx[f], idx[f][1:])]
         trans = self.resources.infill_source(subject).transitions(item, pairs, frames)
         return (idx, {f: [frames[i] for i in v] for f, v in idx.items()},
-                {f: [trans[p] for p in zip(v, v[1:])] for f, v in idx.items()})
+                {f: between(trans, v) for f, v in idx.items()})
 
     def predict(self, subject, item: Item, todo: list[str]) -> list[dict]:
         partner = self.partner[item.id]
@@ -112,8 +108,8 @@ class ShuffleTask(VCoTTask):
     def headline(summary: dict) -> str:
         """`f5 (n=200): vcot 0.514  drop text +0.094 [+0.05, +0.14] p=0.001, visual ..., words ... | f10 ...`."""
         parts = []
-        fblocks = [(k, b) for k, b in summary.items() if k.startswith("f") and k[1:].isdigit()]  # not by_kind
-        for fkey, block in sorted(fblocks, key=lambda kv: int(kv[0][1:])):
+        for fkey in comparisons.fkeys(summary):
+            block = summary[fkey]
             if "acc_vcot" not in block:
                 parts.append(f"{fkey} (n=0)")
                 continue

@@ -64,6 +64,11 @@ BLIND = "blind"
 """The condition whose prompt does not depend on F: scored once per item."""
 
 
+def between(transitions: dict[tuple[int, int], str], indices: list[int]) -> list[str]:
+    """The F-1 infills shown between the frames at `indices`, in order (`transitions` by frame pair)."""
+    return [transitions[p] for p in zip(indices, indices[1:])]
+
+
 class VCoTTask(Task):
     name = "vcot"
     description = "frames only vs frames + captions vs frames + transitional infills (vCoT gain)"
@@ -123,6 +128,16 @@ class VCoTTask(Task):
     def keys(self, item: Item) -> list[str]:
         return [f"{item.id}|f{f}|{c}" for f in self.cfg.frames for c in prompts.CONDITIONS]
 
+    def frame_plan(self, item: Item) -> tuple[dict[int, list[int]], list[int], list[tuple[int, int]]]:
+        """The one frame-index rule of vcot, shuffle and the run plan: per F of `--frames` the item's
+        sampled frame indices, every index any F samples (sorted: the frames to read once), and the pairs
+        of consecutive sampled frames over every F in `--frames` order (repeats kept). Asking the infill
+        source for exactly these pairs keeps its batches, hence cache hits and texts, the same whichever
+        task asks first and whichever rows a resume still needs."""
+        idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
+        wanted = sorted({i for v in idx.values() for i in v})
+        return idx, wanted, [p for f in self.cfg.frames for p in zip(idx[f], idx[f][1:])]
+
     @staticmethod
     def item_fields(item: Item) -> dict:
         """What every row of `item` says about the item: its `kind` ("all" when it has none, e.g. EgoSchema)
@@ -136,14 +151,12 @@ class VCoTTask(Task):
         inputs = subject.inputs
         paths = self.video_inputs(inputs)
         try:
-            idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
-            wanted = sorted({i for v in idx.values() for i in v})
+            idx, wanted, pairs = self.frame_plan(item)
             frames = dict(zip(wanted, self.bench.frames(item, wanted, max_pixels=inputs.max_pixels)))
         except VideoError as e:
             return [{"key": k, **self._where(k, item), "error": str(e)} for k in todo]
         source = self.resources.infill_source(subject)
         # Infills for every F, even on a resume that only needs some: batches, hence texts, stay the same.
-        pairs = [(a, b) for f in self.cfg.frames for a, b in zip(idx[f], idx[f][1:])]
         transitions = source.transitions(item, pairs, frames)
         captions = source.captions(item, wanted, frames)
         about = self.item_fields(item)
@@ -153,7 +166,7 @@ class VCoTTask(Task):
             where = self._where(key, item)
             f, cond = where["frames"], where["condition"]
             order = idx[f][::-1] if cond == "reversed" else [] if cond in prompts.FRAMELESS else idx[f]
-            infills = [transitions[p] for p in zip(idx[f], idx[f][1:])]
+            infills = between(transitions, idx[f])
             texts = {"caption": [captions[i] for i in idx[f]], "vcot": infills, "text_only": infills}.get(cond)
             row = {"key": key, **where, **about, "indices": order, "answer": item.answer, "texts": texts,
                    "video_input": paths[cond]}
@@ -251,10 +264,9 @@ class VCoTTask(Task):
         outside `NO_TRANSITIONS` is asked (vcot, text_only and shuffle's all show infills) and the sampled
         frames when `caption` is."""
         conds = set(self.conditions())
-        idx = {f: self.bench.indices(item, f) for f in self.cfg.frames}
-        pairs = [p for f in self.cfg.frames for p in zip(idx[f], idx[f][1:])] if conds - set(NO_TRANSITIONS) else []
-        captions = sorted({i for v in idx.values() for i in v}) if "caption" in conds else []
-        return list(dict.fromkeys(pairs)), captions
+        _, wanted, pairs = self.frame_plan(item)
+        return (list(dict.fromkeys(pairs)) if conds - set(NO_TRANSITIONS) else [],
+                wanted if "caption" in conds else [])
 
     @staticmethod
     def prompted(todo: list[str]) -> list[str]:
@@ -271,7 +283,7 @@ class VCoTTask(Task):
             for it in self.related_items(item):
                 try:
                     pairs, captions = self.infill_requests(it)
-                    frames = sorted({i for f in self.cfg.frames for i in bench.indices(it, f)})
+                    frames = self.frame_plan(it)[1]
                 except (VideoError, OSError):
                     continue  # an unreadable video: the item is recorded as an error, nothing is made
                 if pairs or captions:
