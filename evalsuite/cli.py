@@ -7,10 +7,13 @@
     python -m evalsuite list                            tasks and benchmarks
     python -m evalsuite study studies/NAME.yaml [--dry_run]   arms x budgets x seeds: train, evaluate, report
 
-Options (flag = EvalConfig field = MLflow param): --benchmark synthetic|egoschema, --data DIR,
+Options (flag = EvalConfig field = MLflow param, spelled with underscores as the trainer's; the dashed
+`--n-boot` works with a deprecation warning): --benchmark synthetic|egoschema, --data DIR,
 --protocol paper|custom, --frames 5 10, --limit N, --scoring loglik|generate,
 --infills self|oracle|oracle_noisy:P|file:PATH|model:DIR, --rephraser DIR, --judge DIR, --seed N,
---video-input auto|images|native, --max-pixels N, ... (`--help` on a command lists them all).
+--video_input auto|images|native, --max_pixels N, ... (`--help` on a command lists them all).
+`--data` is the data of what runs: the benchmark's (egoschema), or with the iraven task alone its
+puzzle directory (`python -m evalsuite iraven CKPT --data DIR`, as `--iraven_data DIR`).
 
 Several processes split the items (CPU: gloo):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m evalsuite all ckpt/
@@ -27,7 +30,9 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
                "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)  # nothing may download; set before transformers/mlflow are imported
 
-from evalsuite.config import BENCHMARKS, ConfigError, EvalConfig, did_you_mean, field_help  # noqa: E402
+from data_recipes.hints import did_you_mean as hint  # noqa: E402
+from evalsuite.config import BENCHMARKS, ConfigError, EvalConfig, did_you_mean  # noqa: E402
+from train.config import add_field_flags  # noqa: E402
 
 COMMANDS = ("all", "report", "export", "list", "study")
 
@@ -38,52 +43,22 @@ def _task_names() -> list[str]:
     return list(TASKS)
 
 
-def _add_options(p: argparse.ArgumentParser) -> None:
-    d = EvalConfig()
-    h = field_help
-    p.add_argument("--benchmark", default=d.benchmark, help=h("benchmark"))
-    p.add_argument("--data", default=None, help=h("data"))
-    p.add_argument("--frames", type=int, nargs="+", default=list(d.frames), help=h("frames"))
-    p.add_argument("--limit", type=int, default=None, help=h("limit"))
-    p.add_argument("--iraven-limit", dest="iraven_limit", type=int, default=None, help=h("iraven_limit"))
-    p.add_argument("--protocol", default=None, help=h("protocol"))
-    p.add_argument("--scoring", default=None, help=h("scoring"))  # None: the protocol's
-    p.add_argument("--loglik-norm", dest="loglik_norm", default=d.loglik_norm, help=h("loglik_norm"))
-    p.add_argument("--infills", default=d.infills, help=h("infills"))
-    p.add_argument("--rephraser", default=None, help=h("rephraser"))
-    p.add_argument("--judge", default=None, help=h("judge"))
-    p.add_argument("--seed", type=int, default=d.seed, help=h("seed"))
-    p.add_argument("--image-size", dest="image_size", type=int, default=None, help=h("image_size"))
-    p.add_argument("--video-input", dest="video_input", default=d.video_input, help=h("video_input"))
-    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=None, help=h("max_pixels"))
-    p.add_argument("--n-boot", dest="n_boot", type=int, default=d.n_boot, help=h("n_boot"))
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help=h("batch_size"))
-    p.add_argument("--infill-tokens", dest="infill_tokens", type=int, default=d.infill_tokens, help=h("infill_tokens"))
-    p.add_argument("--answer-tokens", dest="answer_tokens", type=int, default=d.answer_tokens, help=h("answer_tokens"))
-    p.add_argument("--iraven-data", dest="iraven_data", default=None, help=h("iraven_data"))
-    p.add_argument("--iraven-layout", dest="iraven_layout", default=d.iraven_layout, help=h("iraven_layout"))
-    p.add_argument("--cache-dir", dest="cache_dir", default=None, help=h("cache_dir"))
-    p.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow")
-    p.add_argument("--experiment", default=None, help=h("experiment"))
-    p.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", help=h("trust_remote_code"))
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evalsuite", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="{all,TASK,report,list,study}")
-    a = sub.add_parser("all", help="every task on every checkpoint under CKPT_DIR, then the report")
+    a = sub.add_parser("all", help="every task on every checkpoint under CKPT_DIR, then the report", allow_abbrev=False)
     a.add_argument("ckpt_dir")
     a.add_argument("--tasks", nargs="+", default=None, help="restrict to these tasks (default: every task)")
-    _add_options(a)
+    add_field_flags(a, EvalConfig)
     for name in _task_names():
-        t = sub.add_parser(name, help=f"run the {name} task on the given checkpoints")
+        t = sub.add_parser(name, help=f"run the {name} task on the given checkpoints", allow_abbrev=False)
         t.add_argument("checkpoints", nargs="+")
-        _add_options(t)
-    r = sub.add_parser("report", help="write CKPT_DIR/report.md from the metrics under it")
+        add_field_flags(t, EvalConfig)
+    r = sub.add_parser("report", help="write CKPT_DIR/report.md from the metrics under it", allow_abbrev=False)
     r.add_argument("ckpt_dir")
-    r.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log a comparison run")
+    recorded = "the evaluations' own (the larger recorded n_boot, the recorded seed)"
+    add_field_flags(r, EvalConfig, ("n_boot", "seed", "tracking"), {"n_boot": recorded, "seed": recorded})
     x = sub.add_parser("export", help="write the EgoSchema (vcot) results under CKPT_DIR in another tool's format")
     x.add_argument("ckpt_dir", help="a checkpoint, or a directory of checkpoints (every eval/vcot/metrics.json under it)")
     x.add_argument("--format", dest="format", default="lmms-eval", choices=["lmms-eval"],
@@ -97,8 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> EvalConfig:
-    names = EvalConfig.field_names()
-    return EvalConfig(**{k: v for k, v in vars(args).items() if k in names})
+    """The EvalConfig of the flags given (the fields' defaults for the rest). With the iraven task alone,
+    `--data` is its puzzle directory (`--iraven_data`), unless `--benchmark egoschema` says it is EgoSchema's."""
+    given = {k: v for k, v in vars(args).items() if k in EvalConfig.field_names() and v is not None}
+    if args.command == "iraven" and "data" in given and given.get("benchmark") != "egoschema":
+        if "iraven_data" in given:
+            raise ConfigError(f"--data {given['data']} and --iraven_data {given['iraven_data']}: with the iraven task "
+                              f"alone both name its puzzle directory; give one of them")
+        given["iraven_data"] = given.pop("data")
+    return EvalConfig(**given)
+
+
+def _unknown(command: argparse.ArgumentParser, arg: str) -> str:
+    """`error: unknown flag ...` naming the closest flag of a command's parser, the one that would work."""
+    if not arg.startswith("-"):
+        return f"error: unexpected argument '{arg}' (`python -m evalsuite {command.prog.split()[-1]} --help`)"
+    known = [s for a in command._actions if a.help != argparse.SUPPRESS for s in a.option_strings]
+    typed = "--" + arg.lstrip("-").split("=")[0].replace("-", "_")
+    return f"error: unknown flag '{arg}'{hint(typed, known, cutoff=0.5)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and not argv[0].startswith("-") and argv[0] not in known:
         print(f"error: {did_you_mean('command or task', argv[0], known)}", file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(_unknown(parser._subparsers._group_actions[0].choices[args.command], unknown[0]), file=sys.stderr)
+        return 2
     if args.command == "list":
         from evalsuite.tasks import TASKS
 
@@ -141,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         from evalsuite.report import summary_text, write_report
 
-        report = write_report(args.ckpt_dir, track=args.tracking)
+        try:
+            report = write_report(args.ckpt_dir, track=args.tracking is not False, n_boot=args.n_boot, seed=args.seed)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"report: {report}\n\n{summary_text(report)}")
         return 0
     try:
@@ -199,6 +198,6 @@ def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:
         if args.command == "all":
             from evalsuite.report import summary_text, write_report
 
-            report = write_report(root, track=cfg.tracking)
+            report = write_report(root, track=cfg.tracking, n_boot=cfg.n_boot, seed=cfg.seed)
             print(f"\n{summary_text(report)}\n\nfull report: {report} (figures and metrics.csv in {report.parent / 'report'})")
     return 0

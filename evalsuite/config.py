@@ -1,5 +1,9 @@
 """The evaluation settings: one typed dataclass whose field names are the CLI flags and MLflow params.
 
+`evalsuite/cli.py` makes one flag per field with `train.config.add_field_flags`, as the trainer does from
+`TrainConfig`: `--n_boot`, `--iraven_limit`, ... (the dashed `--n-boot` works, with a deprecation warning),
+each field's docstring its `--help`. Messages here name flags that way.
+
 Names that pick something from a fixed set (tasks, benchmarks, infill sources, scoring modes) are
 checked here, and an unknown name answers with the closest known ones instead of a guessed default.
 """
@@ -7,13 +11,14 @@ checked here, and an unknown name answers with the closest known ones instead of
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_recipes import hints
 from data_recipes.clips import VIDEO_INPUT_SETTINGS, VIDEO_INPUTS
 from data_recipes.resize import check_max_pixels
+from train.config import field_docs
 
 BENCHMARKS = ("synthetic", "egoschema")
 SCORINGS = ("loglik", "generate")
@@ -34,8 +39,7 @@ class ConfigError(ValueError):
 def did_you_mean(kind: str, name: str, known) -> ConfigError:
     """`ConfigError("Unknown benchmark 'egoshema'. Did you mean 'egoschema'? Known: ...")`."""
     known = list(known)
-    close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = hints.did_you_mean(name, known, n=2, cutoff=0.5, sentence=True)
     return ConfigError(f"Unknown {kind} '{name}'.{hint} Known: {', '.join(known)}.")
 
 
@@ -97,7 +101,9 @@ class EvalConfig:
     benchmark: str = "synthetic"
     """Item source: `synthetic` (generated test split) or `egoschema` (a directory, see `--data`)."""
     data: str | None = None
-    """EgoSchema directory: questions.json, subset_answers.json, videos/<q_uid>.mp4."""
+    """The data of what runs: with --benchmark egoschema its directory (questions.json, subset_answers.json,
+    videos/<q_uid>.mp4); with the iraven task alone (`python -m evalsuite iraven CKPT --data DIR`), the puzzle
+    directory, as --iraven_data."""
     frames: tuple[int, ...] = (5, 10)
     """Numbers of frames F sampled per video; every metric is reported per F."""
     limit: int | None = None
@@ -188,38 +194,41 @@ class EvalConfig:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.iraven_limit is not None and self.iraven_limit < 1:
-            raise ConfigError(f"--iraven-limit must be >= 1, got {self.iraven_limit}")
+            raise ConfigError(f"--iraven_limit must be >= 1, got {self.iraven_limit}")
         if self.video_input not in VIDEO_INPUT_SETTINGS:
             raise did_you_mean("video input", self.video_input, VIDEO_INPUT_SETTINGS)
         mp = self.max_pixels
         if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or (mp != 0 and mp < 64)):
-            raise ConfigError(f"--max-pixels must be 0 (no limit) or an integer of at least 64 (e.g. 200704 = "
+            raise ConfigError(f"--max_pixels must be 0 (no limit) or an integer of at least 64 (e.g. 200704 = "
                               f"448*448), got {self.max_pixels!r}")
         if self.image_size is not None and self.image_size < 1:
-            raise ConfigError(f"--image-size must be >= 1, got {self.image_size}")
+            raise ConfigError(f"--image_size must be >= 1, got {self.image_size}")
         spec = self.infill_spec  # validates the spelling and the path
         if self.benchmark == "egoschema":
             if not self.data:
                 raise ConfigError("--benchmark egoschema needs --data DIR (questions.json, subset_answers.json, videos/)")
             if self.image_size is not None:
-                raise ConfigError(f"--image-size {self.image_size} is the synthetic benchmark's render size; EgoSchema "
-                                  f"frames are not squashed to a square any more. Bound their size with --max-pixels N "
+                raise ConfigError(f"--image_size {self.image_size} is the synthetic benchmark's render size; EgoSchema "
+                                  f"frames are not squashed to a square any more. Bound their size with --max_pixels N "
                                   f"(at most N pixels, aspect kept, e.g. {self.image_size ** 2} = "
                                   f"{self.image_size}*{self.image_size})")
             if spec.oracle:
                 raise ConfigError(f"--infills {self.infills} needs ground-truth transitions: synthetic benchmark only")
         elif self.data:
-            raise ConfigError("--data is only read by --benchmark egoschema (synthetic items are generated)")
+            raise ConfigError(f"--data {self.data}: the synthetic benchmark's items are generated, so nothing "
+                              f"reads it. For EgoSchema give --benchmark egoschema --data DIR; for I-RAVEN puzzles, "
+                              f"--iraven_data DIR (or --data DIR with the iraven task alone: python -m evalsuite "
+                              f"iraven CKPT --data DIR)")
         if self.iraven_layout not in IRAVEN_LAYOUTS:
             raise did_you_mean("I-RAVEN layout", self.iraven_layout, IRAVEN_LAYOUTS)
         if self.iraven_data and not Path(self.iraven_data).expanduser().is_dir():
-            raise ConfigError(f"--iraven-data {self.iraven_data}: no such directory (<config>/RAVEN_<k>_test.npz)")
+            raise ConfigError(f"--iraven_data {self.iraven_data}: no such directory (<config>/RAVEN_<k>_test.npz)")
         for name in ("rephraser", "judge"):
             value = getattr(self, name)
             if value and not Path(value).expanduser().is_dir():
                 raise ConfigError(f"--{name} {value}: no such model directory")
         if self.batch_size < 1 or self.n_boot < 1 or self.infill_tokens < 1 or self.answer_tokens < 1:
-            raise ConfigError("--batch-size, --n-boot, --infill-tokens and --answer-tokens must be >= 1")
+            raise ConfigError("--batch_size, --n_boot, --infill_tokens and --answer_tokens must be >= 1")
         if self.protocol == "paper":
             self._check_paper(spec, explicit_scoring, implicit_protocol)
 
@@ -298,16 +307,8 @@ def resolve_frame_inputs(cfg: EvalConfig, run: dict, where: str | os.PathLike = 
 
 
 def field_help(name: str) -> str:
-    """The docstring under a field (used as the CLI help), read from this module's source."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(EvalConfig))
-    body = tree.body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and node.target.id == name and isinstance(nxt, ast.Expr):
-            return str(nxt.value.value)
-    return ""
+    """The docstring under an EvalConfig field: the start of its flag's `--help`."""
+    return field_docs(EvalConfig).get(name, "")
 
 
 __all__ = ["BENCHMARKS", "IRAVEN_LAYOUTS", "PAPER_FRAMES", "PROTOCOLS", "SCORINGS", "VIDEO_INPUT_SETTINGS",

@@ -31,7 +31,9 @@ Sections, in the order of report.md:
 
 Every number comes from the checkpoints' `eval/<task>/metrics.json`, `predictions.jsonl` and
 `run.json`; any key missing from an older evaluation shows as a blank. Paired contrasts resample
-items (vCoT questions, I-RAVEN puzzles) with the evaluations' own `n_boot` and `seed`. The report is
+items (vCoT questions, I-RAVEN puzzles) with `--n_boot` and `--seed` when the report is asked for them
+(`python -m evalsuite report DIR --n_boot N --seed S`; `all` passes its own), else with the evaluations'
+own: every contrast takes them from one `Bootstrap`. The report is
 also logged as artifacts of a "comparison" MLflow run, with the contrasts as metrics and the verdicts
 as tags.
 """
@@ -48,6 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from data_recipes.files import atomic_write_text
+from evalsuite.comparisons import block_of, fkeys
+from evalsuite.config import ConfigError
 from evalsuite.iraven.groups import ACTIVE_RULES, GROUPS, in_group
 from evalsuite.stats import accuracy_ci, contrast_of_differences, paired_difference
 
@@ -91,16 +95,6 @@ def _ratio(e: dict | None) -> str:
     if not _est(e):
         return ""
     return f"{100 * e['value']:+.0f}% [{100 * e['ci_low']:+.0f}, {100 * e['ci_high']:+.0f}]"
-
-
-def _fkeys(block: dict) -> list[str]:
-    return sorted((k for k in block if k.startswith("f") and k[1:].isdigit()), key=lambda k: int(k[1:]))
-
-
-def _block(metrics: dict, fk: str, items: str = "overall") -> dict:
-    """The F block of one item kind ("overall": the top-level block); {} when it was not recorded."""
-    node = metrics.get(fk) if items == "overall" else ((metrics.get("by_kind") or {}).get(items) or {}).get(fk)
-    return node if isinstance(node, dict) else {}
 
 
 class Checkpoint:
@@ -364,31 +358,44 @@ def relative_gain(vcot, base, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, al
     return {"value": float(value), "ci_low": float(low), "ci_high": float(high), "n": int(n)}
 
 
-def _boot(a: Checkpoint, b: Checkpoint, task: str) -> tuple[int, int]:
-    """(n_boot, seed) of a contrast between two evaluations of `task`: the larger recorded n_boot
-    (default `DEFAULT_N_BOOT`) and the recorded seed (default 0)."""
-    sa, sb = a.settings(task), b.settings(task)
-    counts = [s.get("n_boot") for s in (sa, sb) if isinstance(s.get("n_boot"), int) and s.get("n_boot") > 0]
-    seed = sa.get("seed", sb.get("seed", 0))
-    return (max(counts) if counts else DEFAULT_N_BOOT), (seed if isinstance(seed, int) else 0)
+@dataclass(frozen=True)
+class Bootstrap:
+    """The replicates and seed of every paired contrast in the report: `--n_boot` / `--seed` of `python -m
+    evalsuite report` (or of `all`, which passes its own), or None for what the compared evaluations
+    recorded: the larger n_boot (`DEFAULT_N_BOOT` when neither did) and the seed (0 when none)."""
+    n_boot: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_boot is not None and (isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int)
+                                        or self.n_boot < 1):
+            raise ConfigError(f"--n_boot must be an integer >= 1, got {self.n_boot!r}")
+
+    def of(self, *settings: dict) -> dict:
+        """{"n_boot", "seed"}, the keyword arguments of `evalsuite.stats`, for a contrast of evaluations
+        made with these settings."""
+        counts = [s["n_boot"] for s in settings if isinstance(s.get("n_boot"), int) and s["n_boot"] > 0]
+        seeds = [s["seed"] for s in settings if isinstance(s.get("seed"), int)]
+        return {"n_boot": self.n_boot if self.n_boot is not None else max(counts, default=DEFAULT_N_BOOT),
+                "seed": self.seed if self.seed is not None else (seeds[0] if seeds else 0)}
 
 
-def _difference_of_differences(pair: Pair, task: str, f: int, conditions: tuple[str, str], items: str):
+def _difference_of_differences(pair: Pair, task: str, f: int, conditions: tuple[str, str], items: str,
+                               boot: Bootstrap):
     """The per-item correctness of both runs in two conditions of `task` at F, aligned over the items both
     answered in both, with the (n_boot, seed) of the contrast: (n, (s_a, s_b, v_a, v_b), kw); n = 0 when
     no item is shared."""
     s, v = pair
     n, vectors = _aligned(*(_correct(c, task, f, cond, items) for c in (s, v) for cond in conditions))
-    n_boot, seed = _boot(s, v, task)
-    return n, vectors, {"n_boot": n_boot, "seed": seed}
+    return n, vectors, boot.of(s.settings(task), v.settings(task))
 
 
-def gain_finding(pair: Pair, f: int, items: str = "overall") -> dict | None:
+def gain_finding(pair: Pair, f: int, items: str = "overall", boot: Bootstrap = Bootstrap()) -> dict | None:
     """F1 at F on one item kind, paired over the items both runs answered in base and vCoT:
     {"n", "contrast": gain(subject) - gain(video), "subject_gain", "video_gain", "subject_relative",
     "video_relative" (gain / headroom), "base_contrast": acc_base(video) - acc_base(subject)}; None
     without such items."""
-    n, (sv, sb, vv, vb), kw = _difference_of_differences(pair, "vcot", f, ("vcot", "base"), items)
+    n, (sv, sb, vv, vb), kw = _difference_of_differences(pair, "vcot", f, ("vcot", "base"), items, boot)
     if not n:
         return None
     return {"n": n, "contrast": contrast_of_differences(sv, sb, vv, vb, **kw).to_dict(),
@@ -398,11 +405,11 @@ def gain_finding(pair: Pair, f: int, items: str = "overall") -> dict | None:
             "base_contrast": paired_difference(vb, sb, **kw).to_dict()}
 
 
-def drop_finding(pair: Pair, f: int, items: str = "overall") -> dict | None:
+def drop_finding(pair: Pair, f: int, items: str = "overall", boot: Bootstrap = Bootstrap()) -> dict | None:
     """F2 at F on one item kind, paired over the items both runs answered in the shuffle task's vcot and
     text conditions: {"n", "contrast": drop_text(subject) - drop_text(video), "subject_drop",
     "video_drop"} (drop_text = acc_vcot - acc_text: a loss is positive); None without such items."""
-    n, (sv, st, vv, vt), kw = _difference_of_differences(pair, "shuffle", f, ("vcot", "text"), items)
+    n, (sv, st, vv, vt), kw = _difference_of_differences(pair, "shuffle", f, ("vcot", "text"), items, boot)
     if not n:
         return None
     return {"n": n, "contrast": contrast_of_differences(sv, st, vv, vt, **kw).to_dict(),
@@ -419,7 +426,7 @@ def _in_rule_group(c: Checkpoint, group: str | None) -> dict[str, int]:
     return {k: v for k, v in right.items() if k in members}
 
 
-def iraven_finding(pair: Pair, group: str | None = None) -> dict | None:
+def iraven_finding(pair: Pair, group: str | None = None, boot: Bootstrap = Bootstrap()) -> dict | None:
     """F3, paired over the puzzles both runs answered (with `group`, those of one rule group in both runs'
     rows): {"n", "contrast": acc(video) - acc(subject), "subject_acc", "video_acc", "uninformative": {run
     name: reason} for each run whose I-RAVEN summary says `informative: false`}; None without shared puzzles."""
@@ -427,8 +434,7 @@ def iraven_finding(pair: Pair, group: str | None = None) -> dict | None:
     n, (sc, vc) = _aligned(_in_rule_group(s, group), _in_rule_group(v, group))
     if not n:
         return None
-    n_boot, seed = _boot(s, v, "iraven")
-    kw = {"n_boot": n_boot, "seed": seed}
+    kw = boot.of(s.settings("iraven"), v.settings("iraven"))
     return {"n": n, "contrast": paired_difference(vc, sc, **kw).to_dict(),
             "subject_acc": accuracy_ci(sc, **kw).to_dict(), "video_acc": accuracy_ci(vc, **kw).to_dict(),
             "uninformative": {c.name: _uninformative(c.task_metrics("iraven")) for c in (s, v)
@@ -439,7 +445,7 @@ def reads_infills(c: Checkpoint, f: int, items: str = "overall") -> bool | None:
     """Whether the checkpoint reads its infills at F: its text-only accuracy's CI lies above its blind
     accuracy. False when the CI reaches down to it (the infills alone add nothing the question does not
     give), None when either was not recorded."""
-    b = _block(c.task_metrics("vcot"), f"f{f}", items)
+    b = block_of(c.task_metrics("vcot"), f"f{f}", items)
     text, blind = b.get("acc_text_only"), b.get("acc_blind")
     if not (_est(text) and _has_ci(text) and _est(blind)):
         return None
@@ -454,7 +460,7 @@ def sees_change(c: Checkpoint, f: int, items: str = "temporal") -> bool | None:
     not learned to see what happens between frames, and then no contrast of it can speak to reasoning
     between frames."""
     m = c.task_metrics("vcot")
-    b = _block(m, f"f{f}", items)
+    b = block_of(m, f"f{f}", items)
     acc, blind, guess = b.get("acc_base"), b.get("acc_blind"), _guesser(m, items)
     if not (_est(acc) and _has_ci(acc)):
         return None
@@ -462,7 +468,7 @@ def sees_change(c: Checkpoint, f: int, items: str = "temporal") -> bool | None:
     return acc["ci_low"] > max(floors) if floors else None
 
 
-def pair_findings(pair: Pair) -> dict:
+def pair_findings(pair: Pair, boot: Bootstrap = Bootstrap()) -> dict:
     """Everything the verdicts of one pair are made of, from both runs' predictions and metrics:
 
         {"pair", "subject", "video", "role" (the subject's: "image" | "shuffled"),
@@ -477,7 +483,7 @@ def pair_findings(pair: Pair) -> dict:
 
     `neither_reads` is True when both runs' text-only accuracy is within their blind floor
     (`reads_infills` False for both), None when either is unknown; `video_sees_change` is `sees_change`
-    of the video run."""
+    of the video run. Every contrast resamples with `boot`."""
     s, v = pair
     out = {"pair": pair.name, "subject": s.name, "video": v.name, "role": s.role, "refused": {}, "missing": [],
            "f1": {}, "f2": {}, "f3": None, "f3_rule_groups": {}, "neither_reads": {}, "video_sees_change": {}}
@@ -489,10 +495,10 @@ def pair_findings(pair: Pair) -> dict:
         if differ:
             out["refused"][task] = differ
             continue
-        frames = sorted({int(k[1:]) for c in (s, v) for k in _fkeys(c.task_metrics(task))}
+        frames = sorted({int(k[1:]) for c in (s, v) for k in fkeys(c.task_metrics(task))}
                         | {r["frames"] for c in (s, v) for r in c.predictions(task)
                            if isinstance(r.get("frames"), int)})
-        out[key] = {f: {items: finding(pair, f, items) for items in ("temporal", "overall")} for f in frames}
+        out[key] = {f: {items: finding(pair, f, items, boot) for items in ("temporal", "overall")} for f in frames}
     for f in sorted(set(out["f1"]) | set(out["f2"])):
         out["neither_reads"][f], out["video_sees_change"][f] = {}, {}
         for items in ("temporal", "overall"):
@@ -504,8 +510,8 @@ def pair_findings(pair: Pair) -> dict:
     elif differ := iraven_differences(s.settings("iraven"), v.settings("iraven")):
         out["refused"]["iraven"] = differ
     else:
-        out["f3"] = iraven_finding(pair)
-        out["f3_rule_groups"] = {g: found for g in GROUPS if (found := iraven_finding(pair, g))}
+        out["f3"] = iraven_finding(pair, boot=boot)
+        out["f3_rule_groups"] = {g: found for g in GROUPS if (found := iraven_finding(pair, g, boot))}
     return out
 
 
@@ -685,9 +691,9 @@ def _kind_blocks(rows: list[Checkpoint], task: str):
     order: checkpoint, F, then overall / static / temporal."""
     for c in rows:
         m = c.task_metrics(task)
-        for fk in _fkeys(m):
+        for fk in fkeys(m):
             for items in ITEM_KINDS:
-                b = _block(m, fk, items)
+                b = block_of(m, fk, items)
                 if b:
                     yield c, m, fk, items, b
 
@@ -734,10 +740,10 @@ def reversed_lines(rows: list[Checkpoint]) -> list[str]:
     table = []
     for c in rows:
         m = c.task_metrics("vcot")
-        for fk in _fkeys(m):
-            b = _block(m, fk)
+        for fk in fkeys(m):
+            b = block_of(m, fk)
             if not (_est(b.get("reversed_pick_base")) or _est(b.get("reversed_pick_reversed"))):
-                b = _block(m, fk, "temporal")
+                b = block_of(m, fk, "temporal")
             pb, pr = b.get("reversed_pick_base"), b.get("reversed_pick_reversed")
             if _est(pb) or _est(pr):
                 n = (pb if _est(pb) else pr).get("n", "")
@@ -765,7 +771,7 @@ def extraction_lines(rows: list[Checkpoint], task: str) -> list[str]:
                 "| model | run | F | condition | failed | strict | random-fill |", "|---|---|---|---|---|---|---|"]
         for c in generated:
             m = c.task_metrics(task)
-            for fk in _fkeys(m):
+            for fk in fkeys(m):
                 b = m[fk]
                 for cond in (k.removeprefix("acc_") for k in b if k.startswith("acc_")):
                     failed = b.get(f"failed_{cond}")
@@ -979,14 +985,17 @@ def metrics_csv(ckpts: list[Checkpoint], all_findings: list[dict] = ()) -> str:
     return buf.getvalue()
 
 
-def write_report(ckpt_dir: str | os.PathLike, track: bool = True) -> Path:
-    """Write report.md, report/*.png and report/metrics.csv under `ckpt_dir`; returns report.md."""
+def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int | None = None,
+                 seed: int | None = None) -> Path:
+    """Write report.md, report/*.png and report/metrics.csv under `ckpt_dir`; returns report.md. `n_boot` and
+    `seed` resample every paired contrast (None: the evaluations' own, see `Bootstrap`)."""
     from evalsuite.plots import plot_findings, plot_gains, plot_iraven, plot_shuffle
 
+    boot = Bootstrap(n_boot, seed)
     root = Path(ckpt_dir).resolve()
     ckpts = discover(root)
     pairs = matched_pairs(ckpts)
-    all_findings = [pair_findings(p) for p in pairs]
+    all_findings = [pair_findings(p, boot) for p in pairs]
     rows = [r for found in all_findings for r in verdicts(found)]
     pair_lines, contrast_metrics = pairs_section(pairs, all_findings)
     fig_dir = root / "report"

@@ -73,7 +73,7 @@ from data_recipes.recipe import RecipeError, _build, _expect, _is_int, load_reci
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER_TYPES = ("local", "submitit_local", "slurm")
 STATUSES = ("pending", "partial", "trained", "done", "failed")
-STUDY_SET = ("recipe", "run_name", "output_root", "shards_root", "base_model", "seed", "budget", "budget_unit",
+STUDY_SET = ("recipe", "run_name", "output_root", "output_dir", "shards_root", "base_model", "seed", "budget", "budget_unit",
              "match_to", "match_by", "resume", "experiment", "tracking_uri", "dry_run", "video_input")
 """Trainer settings the study sets itself: an arm's `train:` may not (video_input: the arm's own field)."""
 
@@ -157,7 +157,7 @@ def _eval_flags(value, where: str) -> tuple[str, ...]:
     if isinstance(value, dict):
         flags = []
         for k, v in value.items():
-            flags.append("--" + str(k).lstrip("-").replace("_", "-"))
+            flags.append("--" + str(k).lstrip("-").replace("-", "_"))
             if v is not True:
                 flags += [str(x) for x in v] if isinstance(v, list) else [str(v)]
         value = flags
@@ -351,7 +351,7 @@ def eval_flags(study: Study) -> list[str]:
     one infill cache, `runs/.infill_cache`, unless the spec names one)."""
     _, flags = split_tasks(study.eval)
     flags = [_expand(f, study.path) for f in flags]
-    return flags if "--cache-dir" in flags else flags + ["--cache-dir", str(study.runs_dir / ".infill_cache")]
+    return flags if {"--cache_dir", "--cache-dir"} & set(flags) else flags + ["--cache_dir", str(study.runs_dir / ".infill_cache")]
 
 
 # --- state on disk -------------------------------------------------------------------------------------

@@ -4,6 +4,11 @@
 
 Flag names equal field names equal MLflow param names (`--lora_r 16` -> `lora_r`). An unknown key in
 any layer is an error with a "did you mean"; every field's docstring is its `--help` text.
+
+`add_field_flags` makes the flags of a settings dataclass; the evaluation CLI (`evalsuite/cli.py`) builds its
+flags from `EvalConfig` with it too, so both CLIs spell flags one way: underscores, as the field names and as
+HF's Trainer and TRL (`--output_dir`). The dashed spelling (`--output-dir`, `--n-boot`) is accepted with a
+one-line deprecation warning on stderr naming the underscored one.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import difflib
 import inspect
 import math
+import sys
 import textwrap
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from data_recipes.clips import VIDEO_INPUT_SETTINGS
+from data_recipes.hints import did_you_mean
 
 MATCH_UNITS = ("samples", "visual_tokens", "text_tokens", "supervised_tokens")
 PRECISIONS = ("auto", "bf16", "fp16", "no")
@@ -43,6 +50,9 @@ class TrainConfig:
     """Name of the run and of its directory under output_root (default: the recipe name)."""
     output_root: str = "ckpt"
     """Where run directories go: ckpt/<run_name>/."""
+    output_dir: str = ""
+    """The run directory itself, as HF's Trainer and TRL name it (e.g. ckpt/video_demo; its last part names the
+    MLflow run). Instead of output_root and run_name, not with them. Default: output_root/run_name."""
     shards_root: str = "shards"
     """Where the recipe's shards are (built first when missing)."""
 
@@ -161,6 +171,8 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
         return Path(self.output_root) / (self.run_name or Path(self.recipe).stem)
 
     def to_dict(self) -> dict:
@@ -182,14 +194,31 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
-def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, FIELDS, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def _settable(typ):
+    """X of a field typed `X | None` (None is a default, never a value given), else `typ`."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return typ
 
 
-def _coerce(key: str, value, where: str):
-    typ = _TYPES[key]
+def type_name(typ) -> str:
+    typ = _settable(typ)
+    if typing.get_origin(typ) is tuple:
+        return f"one or more {type_name(typing.get_args(typ)[0])}"
+    return typ.__name__
+
+
+def coerce(typ, value):
+    """`value` (a flag's text, or a YAML value) as a field of type `typ` (bool, int, float, str, `X | None` or
+    `tuple[X, ...]`); ValueError when it is not one."""
+    typ = _settable(typ)
     try:
+        if typing.get_origin(typ) is tuple:
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(value)
+            return tuple(coerce(typing.get_args(typ)[0], v) for v in value)
         if typ is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -210,7 +239,14 @@ def _coerce(key: str, value, where: str):
             raise ValueError(value)
         return out
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{where}: '{key}' must be {typ.__name__}, got {value!r}") from None
+        raise ValueError(f"must be {type_name(typ)}, got {value!r}") from None
+
+
+def _coerce(key: str, value, where: str):
+    try:
+        return coerce(_TYPES[key], value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: '{key}' {e}") from None
 
 
 def apply_layer(values: dict, layer: dict, where: str) -> dict:
@@ -220,20 +256,66 @@ def apply_layer(values: dict, layer: dict, where: str) -> dict:
     out = dict(values)
     for k, v in layer.items():
         if k not in FIELDS:
-            raise ConfigError(f"{where}: unknown key '{k}'{_did_you_mean(str(k))}")
+            raise ConfigError(f"{where}: unknown key '{k}'{did_you_mean(str(k), FIELDS)}")
         out[k] = _coerce(k, v, where)
     return out
 
 
+class FieldFlag(argparse.Action):
+    """One spelling of a settings field's flag: types what it is given as the field is typed (an error names
+    the field), and when it is the dashed spelling, warns on stderr which one to type (`canonical`)."""
+
+    def __init__(self, option_strings, dest, *, typ, canonical: str | None = None, **kwargs):
+        self.typ, self.canonical = typ, canonical
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.canonical:
+            print(f"warning: {option_string} is deprecated, use {self.canonical}", file=sys.stderr)
+        value = self.const if self.nargs == 0 else values
+        try:
+            setattr(namespace, self.dest, coerce(self.typ, value))
+        except ValueError as e:
+            raise argparse.ArgumentError(self, f"'{self.dest}' {e}") from None
+
+
+def _spellings(name: str) -> list[tuple[str, str | None]]:
+    """(flag, the canonical flag when this one is the deprecated dashed spelling, else None)."""
+    flag = f"--{name}"
+    return [(flag, None)] + ([(flag.replace("_", "-"), flag)] if "_" in name else [])
+
+
+def add_field_flags(parser: argparse.ArgumentParser, cls, names=None, shown_defaults: dict | None = None) -> None:
+    """One flag per field of the settings dataclass `cls` (or of the fields in `names`): `--NAME`, its `--help`
+    the field's docstring and default (or the text `shown_defaults` gives for it, when the caller's default is
+    not the field's); the dashed `--NA-ME` too, hidden, with a deprecation warning.
+
+    A bool field takes an optional true/false (`--dry_run` = `--dry_run true`), and one that defaults to true
+    also `--no_NAME`; a tuple field takes one or more values. Every flag's default is None, so a flag is
+    "given" only when typed: the caller applies the dataclass's defaults (or its own layers)."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        typ = hints[f.name]
+        shape = ({"nargs": "?", "const": "true"} if typ is bool
+                 else {"nargs": "+"} if typing.get_origin(_settable(typ)) is tuple else {})
+        shown = (shown_defaults or {}).get(f.name, repr(f.default))
+        helps = {f.name: f"{docs.get(f.name, '')} [default: {shown}]",
+                 f"no_{f.name}": f"--{f.name} false"}
+        flags = [(f.name, shape)] + ([(f"no_{f.name}", {"nargs": 0, "const": False})] if f.default is True else [])
+        for name, kwargs in flags:
+            for flag, canonical in _spellings(name):
+                parser.add_argument(flag, dest=f.name, action=FieldFlag, typ=typ, canonical=canonical, default=None,
+                                    help=argparse.SUPPRESS if canonical else helps[name].replace("%", "%%"), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    docs = field_docs(TrainConfig)
+    # exit_on_error=False: a flag's error is a ConfigError (resolve), as every other bad setting is.
     p = argparse.ArgumentParser(prog="train/lora.py", description="LoRA finetuning over WebDataset shards.",
-                                allow_abbrev=False)
+                                allow_abbrev=False, exit_on_error=False)
     p.add_argument("--config", help="YAML file of settings (overrides the recipe's train section)")
-    for name, f in FIELDS.items():
-        # Defaults are applied by resolve(), not argparse, so that a flag is "given" only if typed.
-        bare = {"nargs": "?", "const": "true"} if _TYPES[name] is bool else {}  # `--dry_run` = `--dry_run true`
-        p.add_argument(f"--{name}", default=None, help=f"{docs.get(name, '')} [default: {f.default!r}]".replace("%", "%%"), **bare)
+    add_field_flags(p, TrainConfig)
     return p
 
 
@@ -244,10 +326,13 @@ def resolve(argv: list[str], recipe_train: typing.Callable[[str], dict] | None =
     this module stays free of data-loading imports.
     """
     p = build_parser()
-    args, unknown = p.parse_known_args(argv)
+    try:
+        args, unknown = p.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"command line: {e}") from None
     if unknown:
-        flag = unknown[0].lstrip("-").split("=")[0]
-        raise ConfigError(f"command line: unknown flag '{unknown[0]}'{_did_you_mean(flag)}")
+        flag = unknown[0].lstrip("-").split("=")[0].replace("-", "_")
+        raise ConfigError(f"command line: unknown flag '{unknown[0]}'{did_you_mean(flag, FIELDS)}")
     cli = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     values = {k: f.default for k, f in FIELDS.items()}
     recipe = cli.get("recipe")
@@ -262,10 +347,14 @@ def resolve(argv: list[str], recipe_train: typing.Callable[[str], dict] | None =
         recipe = recipe or file_layer.get("recipe")
     if not recipe:
         raise ConfigError("no recipe: pass --recipe NAME (python -m data_recipes list shows them)")
-    if recipe_train is not None:
-        values = apply_layer(values, recipe_train(recipe), f"recipe {recipe}: train section")
+    recipe_layer = recipe_train(recipe) if recipe_train is not None else {}
+    values = apply_layer(values, recipe_layer, f"recipe {recipe}: train section")
     values = apply_layer(values, file_layer, f"{args.config}")
     values = apply_layer(values, cli, "command line")
+    given = {k for layer in (recipe_layer, file_layer, cli) for k in layer}
+    if "output_dir" in given and (clash := [k for k in ("output_root", "run_name") if k in given]):
+        raise ConfigError(f"give output_dir (the run directory itself) or {' and '.join(clash)}, not both: "
+                          f"--output_dir {values['output_dir']} and {' '.join(f'--{k} {values[k]}' for k in clash)}")
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
@@ -297,3 +386,6 @@ def validate(cfg: TrainConfig) -> None:
     name = cfg.run_name or Path(cfg.recipe).stem
     if not name or "/" in name or name.startswith(".") or "\\" in name:
         raise ConfigError(f"run_name {name!r} must be a plain directory name (it cannot leave output_root)")
+    if cfg.output_dir and Path(cfg.output_dir).name in ("", ".", ".."):
+        raise ConfigError(f"output_dir {cfg.output_dir!r} must end in the run's own directory name "
+                          f"(e.g. ckpt/video_demo)")

@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BASE_MODEL = Path("models/tiny-llava-pretrained")
 ACCELERATE_CONFIG = "ds_configs/accelerate/cpu_zero2_2proc.yaml"
-EVAL_FLAGS = ("--infills", "oracle", "--limit", "300", "--frames", "5", "--iraven-limit", "20",
-              "--iraven-layout", "candidates")
+EVAL_FLAGS = ("--infills", "oracle", "--limit", "300", "--frames", "5", "--iraven_limit", "20",
+              "--iraven_layout", "candidates")
 """The demo's evaluation settings. 300 items: at 150 a 95% CI is +-7 points, too wide to tell a
 25%-accurate model from the 20% of chance. One F (5 frames) so that the six conditions, the
 perturbations and I-RAVEN fit the demo's time; `--frames 5 10` is the paper's pair. `make control` evaluates with the same flags, so the

@@ -2,14 +2,17 @@
 
     accelerate launch train/lora.py --recipe video_demo
     accelerate launch train/lora.py --recipe image_demo --match_to ckpt/video_demo --match_by visual_tokens
+    accelerate launch train/lora.py --recipe video_demo --output_dir runs/video_seed1   # the run directory itself
     accelerate launch --config_file ds_configs/accelerate/gpu_1node_8gpu_zero2.yaml train/lora.py --recipe R
     accelerate launch train/lora.py --recipe R --dry_run --gpus 8 --nodes 2    # plan only, no weights
     python train/lora.py --recipe R --resume latest
 
 Settings: defaults < the recipe's `train:` section < --config file.yaml < flags (`--help` lists
 them). DeepSpeed ZeRO-2 from ds_configs/zero2.json unless told otherwise. The run ends at max_steps,
-max_samples, or exactly at a reference run's consumption (match_to/match_by), and writes
-`ckpt/<run>/` (peft adapter, processor, run.json), logging to MLflow from the main process.
+max_samples, or exactly at a reference run's consumption (match_to/match_by), and writes the run
+directory (`--output_dir DIR`, else `output_root/run_name`, by default `ckpt/<recipe>/`: peft adapter,
+processor, run.json), logging to MLflow from the main process. Flags are spelled with underscores, as
+HF's Trainer and TRL spell them (`--output-dir` works, with a deprecation warning).
 
 The recipe reads top to bottom: `setup()` builds each part with its own `_setup_*`, `train()` loops
 over `train_step()` (one optimizer step) with logging and saving around it, `finish()` writes the
