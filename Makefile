@@ -20,7 +20,7 @@ export OMP_NUM_THREADS ?= 1
 # faster than one (500 vs 352 samples/s).
 BASE_THREADS ?= 2
 
-.PHONY: setup test test-long validity demo control bench ui clean
+.PHONY: setup test test-long browser validity demo control bench ui clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,20 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# The headless browser that tests/test_ui.py drives through MLflow's compare view; without it that test
+# skips ("chromium not found: run `make browser`"). Installs Debian's chromium with apt-get when run as
+# root; otherwise prints the command to run.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+	  echo "chromium is installed: $$(command -v chromium || command -v chromium-browser)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	  echo "Install the browser with: sudo apt-get install chromium"; \
+	  echo "(or any Chromium build that puts chromium or chromium-browser on PATH)"; \
+	fi
 
 # End-to-end tests too long for `make test` (the 2 x 2 x 2 micro study under submitit's local executor,
 # killed mid-way and resumed, against an uninterrupted local one: about 8 minutes on 2 cores).

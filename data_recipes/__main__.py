@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 from data_recipes.build import DEFAULT_ROOT, BuildError, build, read_manifest, shard_urls, verify
+from data_recipes.counters import MANIFEST_COUNTERS
 from data_recipes.recipe import RecipeError, load_recipe, recipe_names
 
-AUDIT_ROWS = ("samples", "images", "frames", "text_chars", "text_tokens", "visual_tokens")
+AUDIT_ROWS = MANIFEST_COUNTERS
 
 
 def audit_table(manifests: list[dict]) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_recipes.counters import TOKEN_UNITS
 from data_recipes.recipe import Recipe, expand_path, load_recipe
 from data_recipes.files import atomic_write_json, file_sha256
 from data_recipes.shards import ShardWriter, sample_members
@@ -188,7 +189,7 @@ def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> d
         m = read_manifest(ref_dir)
         # A build from before the resize rule (no `resize`) may hold other sizes: it is rebuilt.
         fresh = m["recipe_hash"] == ref.content_hash() and unit in m["counts"] and (
-            unit not in ("visual_tokens", "text_tokens") or m.get("tokens_model") == model) and (
+            unit not in TOKEN_UNITS or m.get("tokens_model") == model) and (
             m.get("resize") == resize_record(ref))
     except BuildError:
         fresh = False
@@ -210,7 +211,7 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
         if limit is not None:
             raise BuildError(f"recipe {recipe.name} is matched to {recipe.match.to}: --limit would break the match")
         unit = recipe.match.by
-        if unit in ("visual_tokens", "text_tokens") and not model:
+        if unit in TOKEN_UNITS and not model:
             raise BuildError(f"recipe {recipe.name}: matching by {unit} needs a model directory to count tokens "
                              f"(field 'model' in the recipe, or --model DIR)")
         ref = _reference(recipe, root, model, workers)

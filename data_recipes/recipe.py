@@ -49,13 +49,14 @@ from pathlib import Path
 import yaml
 
 from data_recipes.clips import VIDEO_INPUTS
+from data_recipes.counters import BUILD_MATCH_UNITS
 from data_recipes.files import file_sha256
 from data_recipes.hints import did_you_mean
 from data_recipes.resize import check_max_pixels
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SOURCE_TYPES = ("synthetic_image", "synthetic_video", "llava_image", "llava_video")
-MATCH_UNITS = ("samples", "images", "visual_tokens", "text_tokens")
+MATCH_UNITS = BUILD_MATCH_UNITS  # what a manifest counts; the trainer's --match_by has its own (data_recipes.counters)
 FRAME_ORDERS = ("ordered", "shuffled")
 SPLITS = ("train", "val", "test")
 

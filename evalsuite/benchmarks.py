@@ -228,6 +228,6 @@ def load_benchmark(cfg: EvalConfig, frame_cache: FrameCache | None = None) -> Be
     if cfg.benchmark == "synthetic":
         return Synthetic(cfg.seed, cfg.limit, cfg.image_size, frame_cache)
     if cfg.benchmark == "egoschema":
-        # EvalConfig refuses --image-size here (--max-pixels instead)
+        # EvalConfig refuses --image_size here (--max_pixels instead)
         return EgoSchema(cfg.data, cfg.limit, frame_cache=frame_cache)
     raise ConfigError(f"no loader for benchmark {cfg.benchmark!r}")  # EvalConfig validated the name

@@ -21,9 +21,11 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from train.run_record import RunRecord, RunRecordError
 
 REPO = Path(__file__).resolve().parents[1]
 # never checkpoints, never descended into (lmms-eval: the default output of `python -m evalsuite export`)
@@ -48,8 +50,8 @@ class CheckpointRef:
     """`adapter` or `model`."""
     base_model: Path | None = None
     """The base model of an adapter (from run.json)."""
-    run: dict = field(default_factory=dict)
-    """run.json of a trained checkpoint; empty for a base model."""
+    run: RunRecord | None = None
+    """run.json of a trained checkpoint; None for a base model."""
 
     @property
     def name(self) -> str:
@@ -57,7 +59,7 @@ class CheckpointRef:
 
     @property
     def is_base(self) -> bool:
-        return not self.run
+        return self.run is None
 
     def identity(self) -> dict:
         """What the checkpoint is, for metrics.json and MLflow params."""
@@ -105,11 +107,9 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
     if not p.is_dir():
         raise CheckpointError(f"checkpoint '{path}' is not a directory")
     try:
-        run = json.loads((p / "run.json").read_text()) if (p / "run.json").is_file() else {}
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p / 'run.json'}: not valid JSON ({e})") from None
-    if not isinstance(run, dict):
-        raise CheckpointError(f"{p / 'run.json'}: expected an object (base_model, recipe, ...), got {type(run).__name__}")
+        run = RunRecord.read(p / "run.json") if (p / "run.json").is_file() else None
+    except RunRecordError as e:
+        raise CheckpointError(str(e)) from None
     if remote_code_only(p):
         from train.families import FamilyError, detect_family
 
@@ -118,13 +118,13 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
         except FamilyError as e:  # the registry's words: not supported, and which -hf checkpoints to use
             raise CheckpointError(str(e)) from None
     if (p / "adapter_config.json").is_file():
-        if not isinstance(run.get("base_model"), str):
+        if run is None or run.base_model is None:
             raise CheckpointError(f"{p}: an adapter needs run.json with 'base_model' to know what to load it on")
         if not (p / "adapter_model.safetensors").is_file():
             # weights load from safetensors only: a pickled .bin can run code when it is unpickled
             extra = " It holds adapter_model.bin only: convert it to safetensors." if any(p.glob("*.bin")) else ""
             raise CheckpointError(f"{p}: no adapter_model.safetensors (the adapter's weights).{extra}")
-        return CheckpointRef(p, p, "adapter", resolve_base_model(run["base_model"], p), run)
+        return CheckpointRef(p, p, "adapter", resolve_base_model(run.base_model, p), run)
     if (p / "base.json").is_file():
         try:
             target = Path(json.loads((p / "base.json").read_text())["model"])

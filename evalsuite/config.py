@@ -19,6 +19,7 @@ from data_recipes import hints
 from data_recipes.clips import VIDEO_INPUT_SETTINGS, VIDEO_INPUTS
 from data_recipes.resize import check_max_pixels
 from train.config import field_docs
+from train.run_record import RunRecord, RunRecordError
 
 BENCHMARKS = ("synthetic", "egoschema")
 SCORINGS = ("loglik", "generate")
@@ -139,7 +140,7 @@ class EvalConfig:
     """Seed of the synthetic items and of every bootstrap."""
     image_size: int | None = None
     """Synthetic benchmark only: the size its square frames are rendered at (default 64). EgoSchema frames
-    keep their aspect: bound them with --max-pixels."""
+    keep their aspect: bound them with --max_pixels."""
     video_input: str = "auto"
     """auto | images | native. How the frames of the `base` and `reversed` conditions (frames, then the question)
     reach the model: `images`, each frame as an image; `native`, the F frames as one clip through the family's
@@ -271,38 +272,45 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class FrameInputs:
-    """How one checkpoint's frames are fed: `--video-input` and `--max-pixels` resolved against its run.json."""
+    """How one checkpoint's frames are fed: `--video_input` and `--max_pixels` resolved against its run.json."""
     video_input: str = "images"
     """`images` or `native` (what `base` and `reversed` use; caption and vcot always feed images)."""
     max_pixels: int | None = None
     """The resize rule's budget (None: frames as rendered or decoded)."""
     origin: str = "default"
-    """Where video_input came from (`--video-input`, a run.json path, or `default`), for error messages."""
+    """Where video_input came from (`--video_input`, a run.json path, or `default`), for error messages."""
 
 
-def resolve_frame_inputs(cfg: EvalConfig, run: dict, where: str | os.PathLike = "run.json") -> FrameInputs:
-    """`cfg.video_input` / `cfg.max_pixels` with `auto` and the default taken from a checkpoint's run.json.
+def resolve_frame_inputs(cfg: EvalConfig, run: RunRecord | dict | None,
+                         where: str | os.PathLike = "run.json") -> FrameInputs:
+    """`cfg.video_input` / `cfg.max_pixels` with `auto` and the default taken from a checkpoint's run.json
+    (its record, or the decoded object; None for a base model).
 
     A run.json without the fields (older trainers, base models) means images and no limit; a value the
     trainer cannot have written is an error naming the file rather than a guess."""
+    if not isinstance(run, RunRecord):
+        try:
+            run = RunRecord.from_dict(run or {}, where)
+        except RunRecordError as e:
+            raise ConfigError(str(e)) from None
     if cfg.video_input != "auto":
-        video_input, origin = cfg.video_input, "--video-input"
+        video_input, origin = cfg.video_input, "--video_input"
     else:
-        value = run.get("video_input")
+        value = run.video_input
         if value is None:
             video_input, origin = "images", "default"
         elif value in VIDEO_INPUTS:
             video_input, origin = value, str(where)
         else:
             raise ConfigError(f"{where}: video_input {value!r} is not one of {', '.join(VIDEO_INPUTS)}; "
-                              f"give --video-input images|native")
+                              f"give --video_input images|native")
     if cfg.max_pixels is not None:
         max_pixels = cfg.max_pixels or None
     else:
         try:
-            max_pixels = check_max_pixels(run.get("max_pixels"), str(where))
+            max_pixels = check_max_pixels(run.max_pixels, str(where))
         except ValueError as e:
-            raise ConfigError(f"{e}; give --max-pixels N (0: no limit)") from None
+            raise ConfigError(f"{e}; give --max_pixels N (0: no limit)") from None
     return FrameInputs(video_input, max_pixels, origin)
 
 

@@ -49,13 +49,15 @@ from pathlib import Path
 
 import numpy as np
 
+from data_recipes.counters import CONSUMED_COUNTERS
 from data_recipes.files import atomic_write_text
 from evalsuite.comparisons import block_of, fkeys
 from evalsuite.config import ConfigError
 from evalsuite.iraven.groups import ACTIVE_RULES, GROUPS, in_group
 from evalsuite.stats import accuracy_ci, contrast_of_differences, paired_difference
+from train.run_record import RunRecord
 
-AUDIT = ("samples", "images", "text_tokens", "supervised_tokens", "visual_tokens")
+AUDIT = CONSUMED_COUNTERS
 DEFAULT_N_BOOT = 1000
 """Bootstrap replicates of a contrast when the evaluations did not record their `n_boot`."""
 ITEM_KINDS = ("overall", "static", "temporal")
@@ -103,7 +105,7 @@ class Checkpoint:
     def __init__(self, root: Path, path: Path):
         self.root, self.path, self.name = root, path, str(path.relative_to(root)) or path.name
         run = path / "run.json"
-        self.run = json.loads(run.read_text()) if run.exists() else {}
+        self.run = RunRecord.read(run) if run.exists() else None
         self.metrics, self.rows = {}, {}
         for task_dir in sorted((path / "eval").glob("*")):
             m = task_dir / "metrics.json"
@@ -111,18 +113,39 @@ class Checkpoint:
                 self.metrics[task_dir.name] = json.loads(m.read_text())
 
     @property
+    def run(self) -> RunRecord | None:
+        """The training run's record (run.json); None for a base model."""
+        return self._run
+
+    @run.setter
+    def run(self, value: RunRecord | dict | None) -> None:
+        """A record, or a decoded run.json (checked as `RunRecord.from_dict` checks a file)."""
+        self._run = RunRecord.from_dict(value, self.path / "run.json") if isinstance(value, dict) else value
+
+    @property
     def kind(self) -> str:
         """The recipe's kind from run.json ("image", "video"); "base" for a model without one. Tables
         show the `role`, which differs only for the shuffled-frames control."""
-        return self.run.get("kind") or ("adapter" if self.run else "base")
+        return "base" if self.run is None else self.run.kind or "adapter"
 
     @property
     def role(self) -> str:
         """What the run is in the study: "shuffled" for the shuffled-frames control (run.json says
         `"frame_order": "shuffled"`, or its recipe's name contains "shuffled"), else its `kind`."""
-        if self.run.get("frame_order") == "shuffled" or "shuffled" in str(self.run.get("recipe") or ""):
+        run = self.run
+        if run is not None and (run.frame_order == "shuffled" or "shuffled" in (run.recipe or "")):
             return "shuffled"
         return self.kind
+
+    @property
+    def consumed(self) -> dict:
+        """{counter: total} the training run consumed (run.json); {} for a base model or an older record."""
+        return (self.run.consumed if self.run is not None else None) or {}
+
+    @property
+    def match(self) -> dict:
+        """The scale-match record (run.json's `match`); {} for a run that was not matched to another."""
+        return (self.run.match if self.run is not None else None) or {}
 
     def task_metrics(self, task: str) -> dict:
         """`metrics` of eval/<task>/metrics.json, {} when the task was not evaluated."""
@@ -176,7 +199,7 @@ def _referenced(c: Checkpoint, ckpts: list[Checkpoint]) -> Checkpoint | None:
     """The checkpoint `c`'s run.json says it was matched to: its path as recorded (relative to the
     working directory, the report's directory or the one above it), else the only checkpoint here with
     that directory name."""
-    ref = ((c.run.get("match") or {}).get("reference") or {}).get("checkpoint")
+    ref = (c.match.get("reference") or {}).get("checkpoint")
     if not ref:
         return None
     by_path = {x.path.resolve(): x for x in ckpts}
@@ -802,14 +825,14 @@ def _audit(pair: Pair) -> list[str]:
     s, v = pair
     matched = pair.matched
     other = v if matched is s else s
-    m = matched.run.get("match") or {}
+    m = matched.match
     out = []
     if all(isinstance(m.get(k), (int, float)) for k in ("target", "achieved", "rel_error")):
         out += [f"{matched.name} was stopped at {other.name}'s consumption of **{m.get('unit')}** "
                 f"(target {m['target']:,}, achieved {m['achieved']:,}, relative error {m['rel_error']:.2%}).", ""]
     out += [f"| consumed | {s.name} | {v.name} | ratio |", "|---|---|---|---|"]
     for u in AUDIT:
-        a, b = (s.run.get("consumed") or {}).get(u), (v.run.get("consumed") or {}).get(u)
+        a, b = s.consumed.get(u), v.consumed.get(u)
         ratio = f"{a / b:.3f}" if a is not None and b else ""
         out.append(f"| {u} | {a if a is not None else ''} | {b if b is not None else ''} | {ratio} |")
     return out + [""]

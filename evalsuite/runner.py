@@ -114,7 +114,7 @@ def evaluate(refs: list[CheckpointRef], task_names: list[str], cfg: EvalConfig, 
 
         tracker = EvalTracker(experiment=cfg.experiment)
     subjects = [Subject(ref, cfg, device=ranks.device) for ref in refs]
-    for subject in subjects:  # e.g. --video-input native on a family without a video path: before any work
+    for subject in subjects:  # e.g. --video_input native on a family without a video path: before any work
         for task in tasks:
             task.check(subject)
     if ranks.is_main:

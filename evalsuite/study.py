@@ -69,6 +69,7 @@ import yaml
 from data_recipes.files import atomic_write_json
 from data_recipes.hints import did_you_mean
 from data_recipes.recipe import RecipeError, _build, _expect, _is_int, load_recipe
+from train.run_record import RunRecord, RunRecordError
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER_TYPES = ("local", "submitit_local", "slurm")
@@ -361,9 +362,9 @@ def trained(run: dict) -> bool:
     if not path.is_file():
         return False
     try:
-        info = json.loads(path.read_text())
-        got = (info["budget"]["target"], info["budget"]["unit"], info["config"]["seed"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        record = RunRecord.read(path, require=("budget", "config"))
+        got = (record.budget["target"], record.budget["unit"], record.config["seed"])
+    except (RunRecordError, KeyError) as e:
         raise StudyError(f"{path}: not a finished training run's run.json ({type(e).__name__}: {e})") from None
     if got != (run["budget"], run["unit"], run["seed"]):
         raise StudyError(f"{path}: holds a run with budget {got[0]} {got[1]}, seed {got[2]}, not this study's "

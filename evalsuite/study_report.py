@@ -41,6 +41,7 @@ from data_recipes.files import atomic_write_text
 from evalsuite.report import DEFAULT_N_BOOT, IRAVEN_SET, ROLES, Checkpoint, _correct, compared_settings, verdict
 from evalsuite.report import _uninformative as _reason
 from evalsuite.stats import SeedEstimate, hierarchical_bootstrap
+from train.run_record import RunRecordError
 
 RUN_FIELDS = ("arm", "recipe", "budget", "unit", "seed", "run_dir", "status")
 """The fields of every entry of study.json's `runs` (written by the study runner)."""
@@ -128,7 +129,7 @@ def load_runs(study_dir: Path, runs: list[dict]) -> list[StudyRun]:
         if run.status == FINISHED and (run_dir / "eval").is_dir():
             try:
                 run.ckpt = Checkpoint(run_dir.parent, run_dir)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RunRecordError) as e:
                 raise ValueError(f"{run_dir}: corrupt run.json or eval/<task>/metrics.json ({e})") from None
         out.append(run)
     return out
@@ -203,7 +204,7 @@ def arm_roles(runs: list[StudyRun]) -> dict[str, str]:
     roles: dict[str, set] = {}
     for r in runs:
         roles.setdefault(r.arm, set())
-        if r.ckpt is not None and r.ckpt.run:
+        if r.ckpt is not None and r.ckpt.run is not None:
             roles[r.arm].add(r.ckpt.role)
     return {a: next(iter(s)) if len(s) == 1 else "mixed: " + ", ".join(sorted(s)) if s else "unknown"
             for a, s in roles.items()}

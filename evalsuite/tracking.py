@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from train.run_record import RunRecord
 # One store convention and one retry policy for the whole toolkit: the trainer's.
 from train.tracking import artifact_root, default_tracking_uri, experiment_id, make_client, parent_run_tags, retry
 
@@ -38,9 +39,9 @@ class EvalTracker:
         self.client = make_client(self.uri)  # a fresh store is created by one process at a time
         self.experiment = experiment or DEFAULT_EXPERIMENT
 
-    def _training_run(self, run_info: dict):
-        """The training run of a run.json, if it lives in this store."""
-        run_id, uri = run_info.get("mlflow_run_id"), run_info.get("tracking_uri")
+    def _training_run(self, run: RunRecord | None):
+        """The training run of a run.json's record, if it lives in this store."""
+        run_id, uri = (run.mlflow_run_id, run.tracking_uri) if run is not None else (None, None)
         if not run_id or (uri and not _same_store(uri, self.uri)):
             return None
         try:
@@ -69,10 +70,10 @@ class EvalTracker:
                 "evalsuite.model_path": str(ckpt.model_path)}
         if ckpt.base_model is not None:
             tags["evalsuite.base_model"] = str(ckpt.base_model)
-        if ckpt.run.get("mlflow_run_id"):
-            tags["training_run_id"] = ckpt.run["mlflow_run_id"]
-        if ckpt.run.get("recipe"):
-            tags["recipe"] = str(ckpt.run["recipe"])
+        if ckpt.run is not None and ckpt.run.mlflow_run_id:
+            tags["training_run_id"] = ckpt.run.mlflow_run_id
+        if ckpt.run is not None and ckpt.run.recipe:
+            tags["recipe"] = ckpt.run.recipe
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.info.run_id
         tags.update(parent_run_tags())  # under a study: a child of the study's run, beside the training runs
@@ -111,10 +112,10 @@ def log_comparison(root: Path, report: Path, fig_dir: Path, metrics: dict[str, f
         return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name)[:250]
 
     tracker = EvalTracker()
-    train_ids = [c.run["mlflow_run_id"] for c in ckpts if c.run.get("mlflow_run_id")]
+    train_ids = [c.run.mlflow_run_id for c in ckpts if c.run is not None and c.run.mlflow_run_id]
     exp_id = None
     for rid in train_ids:
-        run = tracker._training_run({"mlflow_run_id": rid, "tracking_uri": None})
+        run = tracker._training_run(RunRecord(mlflow_run_id=rid))
         if run is not None:
             exp_id = run.info.experiment_id
             break

@@ -17,9 +17,9 @@ import webdataset as wds
 from PIL import Image
 
 from data_recipes.shards import ShardWriter, sample_members
+from helpers import tiny_model
 from train.chat import encode
 from train.data import Batch, ShardStream, make_loader, select, shard_counts_from_manifest, trim
-from test_eval_support import tiny_model
 
 SIZES = [12, 7, 15, 9, 17]  # 60 samples in 5 unequal shards
 WORDS = "red green blue cube ball moves left right up down".split()

@@ -10,7 +10,7 @@ import pytest
 import evalsuite.resources
 from evalsuite.cli import main
 from evalsuite.outputs import read_rows
-from test_eval_support import generate_calls, make_adapter, one_thread, tiny_model  # noqa: F401
+from helpers import make_adapter, tiny_model
 
 FAST = ["--limit", "2", "--frames", "3", "--infill-tokens", "3", "--answer-tokens", "3", "--n-boot", "100",
         "--no-progress"]
@@ -31,7 +31,7 @@ def store(tmp_path, monkeypatch):
 
 
 def test_all_evaluates_runs_and_their_outside_base_then_skips(tmp_path, tmp_path_factory, store, capsys,
-                                                               monkeypatch, one_thread):  # noqa: F811
+                                                               monkeypatch, one_thread):
     client, uri, exp, (train_run, image_train_run) = store
     base = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "models" / "tiny-llava")
     root = tmp_path / "ckpt"
@@ -92,7 +92,7 @@ def _text_lm(tmp_path, tmp_path_factory):
     return out
 
 
-def test_generate_scoring_with_rephraser_and_judge(tmp_path, tmp_path_factory, generate_calls, one_thread):  # noqa: F811
+def test_generate_scoring_with_rephraser_and_judge(tmp_path, tmp_path_factory, generate_calls, one_thread):
     calls = generate_calls
     ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "m")
     judge = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "judge")
@@ -110,7 +110,7 @@ def test_generate_scoring_with_rephraser_and_judge(tmp_path, tmp_path_factory, g
 
 
 def test_a_failed_mlflow_log_is_retried_on_the_next_run(tmp_path, tmp_path_factory, store, capsys, monkeypatch,
-                                                       one_thread):  # noqa: F811
+                                                       one_thread):
     from evalsuite.tracking import EvalTracker
 
     client = store[0]

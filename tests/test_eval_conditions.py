@@ -21,7 +21,7 @@ from evalsuite.scoring import OptionScores
 from evalsuite.tasks.base import Workload
 from evalsuite.tasks.shuffle import ShuffleTask
 from evalsuite.tasks.vcot import CONTRASTS, REVERSED_PICKS, VCoTTask
-from test_eval_support import fast_config
+from helpers import fast_config
 
 OPTIONS = ["it moves left", "it moves up", "it turns red", "it disappears", "it grows"]
 QUESTION = "what happens to the circle?"

@@ -13,7 +13,7 @@ from evalsuite.benchmarks import BenchmarkError, EgoSchema
 from evalsuite.checkpoints import checkpoint_ref
 from evalsuite.outputs import read_rows
 from evalsuite.runner import evaluate
-from test_eval_support import fast_config, one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, tiny_model
 
 
 def question(uid, item, n_options=5):
@@ -36,7 +36,7 @@ def egoschema_dir(tmp_path):
 
 
 def test_egoschema_end_to_end_with_missing_and_broken_videos(egoschema_dir, tmp_path, tmp_path_factory,
-                                                               one_thread):  # noqa: F811
+                                                               one_thread):
     root, items = egoschema_dir
     ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "m")
     cfg = fast_config(benchmark="egoschema", data=str(root), protocol="custom", limit=None, frames=(3, 5), max_pixels=64 * 64)

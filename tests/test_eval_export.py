@@ -20,7 +20,7 @@ from evalsuite.cli import main
 from evalsuite.outputs import read_rows
 from evalsuite.runner import evaluate
 from evalsuite.tasks.vcot import CONTRASTS
-from test_eval_support import fast_config, one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, tiny_model
 
 WHEN = timegm((2024, 5, 6, 7, 8, 9))  # metrics.json's mtime: the files' date id
 DATE = "20240506_070809"
@@ -173,7 +173,7 @@ def test_export_refuses_what_it_cannot_export_faithfully(ckpt_dir, tmp_path, cap
     assert "no eval/vcot/metrics.json under" in capsys.readouterr().err
 
 
-def test_export_of_a_real_loglik_evaluation(tmp_path, tmp_path_factory, one_thread):  # noqa: F811
+def test_export_of_a_real_loglik_evaluation(tmp_path, tmp_path_factory, one_thread):
     data = tmp_path / "egoschema"
     (data / "videos").mkdir(parents=True)
     items = {f"q{i}": eval_item(0, i) for i in range(2)}

@@ -20,7 +20,7 @@ from evalsuite.config import EvalConfig
 from evalsuite.framecache import FrameCache
 from evalsuite.outputs import read_rows
 from evalsuite.runner import evaluate
-from test_eval_support import fast_config, one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, tiny_model
 
 SIZE = (96, 48)  # not square: the resize rule keeps the aspect
 BUDGET = 64 * 32  # max_pixels below the decoded size: cached frames are the resized ones
@@ -183,7 +183,7 @@ def _custom(**kw) -> EvalConfig:
 
 
 def test_tasks_and_checkpoints_share_the_cache(egoschema, tmp_path, tmp_path_factory, decoder_calls, capsys,
-                                               one_thread):  # noqa: F811
+                                               one_thread):
     """Through the runner: vcot decodes each sampled frame once, as the plan says; shuffle on the same
     checkpoint, vcot on another checkpoint and vcot again on the first decode nothing and score the same
     frames the same way."""

@@ -13,7 +13,7 @@ from evalsuite.checkpoints import checkpoint_ref
 from evalsuite.infills import InfillError
 from evalsuite.outputs import read_rows
 from evalsuite.runner import evaluate
-from test_eval_support import fast_config, generate_calls, make_adapter, one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, make_adapter, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def two_checkpoints(tmp_path_factory):
 
 
 def test_fixed_generator_generates_nothing_for_the_second_checkpoint(two_checkpoints, tmp_path, generate_calls,
-                                                                      one_thread):  # noqa: F811
+                                                                      one_thread):
     root, base, adapter = two_checkpoints
     gen = tmp_path / "generator"
     shutil.copytree(base, gen)
@@ -48,7 +48,7 @@ def test_fixed_generator_generates_nothing_for_the_second_checkpoint(two_checkpo
     assert all(set(e["steps"]) == {"common", "between"} for e in entries if e["kind"] == "transition")
 
 
-def test_self_infills_are_cached_per_checkpoint(two_checkpoints, tmp_path, generate_calls, one_thread):  # noqa: F811
+def test_self_infills_are_cached_per_checkpoint(two_checkpoints, tmp_path, generate_calls, one_thread):
     root, base, adapter = two_checkpoints
     ckpt = tmp_path / "ck"
     shutil.copytree(adapter, ckpt)
@@ -62,7 +62,7 @@ def test_self_infills_are_cached_per_checkpoint(two_checkpoints, tmp_path, gener
     assert generate_calls["ck"] == 14  # other generation settings: a different cache key
 
 
-def test_oracle_infills_are_the_ground_truth(two_checkpoints, tmp_path, generate_calls, one_thread):  # noqa: F811
+def test_oracle_infills_are_the_ground_truth(two_checkpoints, tmp_path, generate_calls, one_thread):
     root, base, _ = two_checkpoints
     ckpt = shutil.copytree(base, tmp_path / "b")
     evaluate([checkpoint_ref(ckpt)], ["vcot"], fast_config(infills="oracle", limit=2), tmp_path / "cache")
@@ -84,7 +84,7 @@ def test_oracle_infills_are_the_ground_truth(two_checkpoints, tmp_path, generate
     assert {r["condition"] for r in rows} >= {"vcot", "text_only", "caption"}
 
 
-def test_file_infills(two_checkpoints, tmp_path, generate_calls, one_thread):  # noqa: F811
+def test_file_infills(two_checkpoints, tmp_path, generate_calls, one_thread):
     root, base, _ = two_checkpoints
     from evalsuite.benchmarks import Synthetic
     from data_recipes.video import uniform_indices

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,21 +18,15 @@ from evalsuite import stats
 from evalsuite.iraven import CONFIG_NAMES, IRavenFormatError, generate_item, item_rng
 from evalsuite.iraven.groups import in_group, meta_rules, rule_groups
 from evalsuite.report import discover, matched_pairs, pair_findings, pairs_section, write_report
-from test_eval_support import fast_config, one_thread, tiny_model  # noqa: F401
-from test_report_findings import IRAVEN_SETTINGS, _match, _section, _write
-
-REPO = Path(__file__).resolve().parents[1]
-REF = Path(os.environ.get("IRAVEN_REFERENCE") or REPO.parent / "shared" / "iraven_reference")
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"I-RAVEN reference puzzles not found at {REF} "
-                               "(set $IRAVEN_REFERENCE)")
+from helpers import (IRAVEN_SETTINGS, fast_config, match_record, report_section, tiny_model,
+                     write_task_results)
 
 
-def _groups_of(path: str) -> dict:
-    return rule_groups(meta_rules(np.load(REF / path)["meta_matrix"], path))
+def _groups_of(reference: Path, path: str) -> dict:
+    return rule_groups(meta_rules(np.load(reference / path)["meta_matrix"], path))
 
 
 # --- the grouping --------------------------------------------------------------------------------------
-@needs_ref
 @pytest.mark.parametrize("path, expected", [
     # Arithmetic Position union, Progression Type -1, Constant Size, Constant Color
     ("distribute_four/RAVEN_0_train.npz", {"spatial": ["Arithmetic"], "abstract": ["Progression"]}),
@@ -49,30 +42,28 @@ def _groups_of(path: str) -> dict:
     ("in_distribute_four_out_center_single/RAVEN_6_val.npz",
      {"spatial": ["Distribute_Three"], "abstract": ["Arithmetic", "Distribute_Three"]}),
 ])
-def test_groups_of_reference_puzzles_checked_by_hand(path, expected):
-    assert _groups_of(path) == expected
+def test_groups_of_reference_puzzles_checked_by_hand(path, expected, iraven_reference):
+    assert _groups_of(iraven_reference, path) == expected
 
 
-@needs_ref
-def test_meta_rules_decode_both_components_of_a_reference_puzzle():
+def test_meta_rules_decode_both_components_of_a_reference_puzzle(iraven_reference):
     path = "in_distribute_four_out_center_single/RAVEN_6_val.npz"
-    assert meta_rules(np.load(REF / path)["meta_matrix"], path) == [
+    assert meta_rules(np.load(iraven_reference / path)["meta_matrix"], path) == [
         [0, "Constant", "Number/Position"], [0, "Constant", "Type"], [0, "Constant", "Size"], [0, "Constant", "Color"],
         [1, "Distribute_Three", "Number"], [1, "Constant", "Type"], [1, "Arithmetic", "Size"],
         [1, "Distribute_Three", "Color"]]
 
 
-@needs_ref
-def test_every_reference_puzzle_agrees_with_the_rules_answers_json_names():
+def test_every_reference_puzzle_agrees_with_the_rules_answers_json_names(iraven_reference):
     """An independent path: answers.json's rule names and attributes (not the meta_matrix)."""
-    puzzles = json.loads((REF / "answers.json").read_text())["puzzles"]
+    puzzles = json.loads((iraven_reference / "answers.json").read_text())["puzzles"]
     assert len(puzzles) == 42
     for path, entry in puzzles.items():
         expected: dict[str, set] = {}
         for rule in (r for comp in entry["rules"] for r in comp if r["name"] != "Constant"):
             group = "spatial" if rule["attr"] in ("Number", "Position") else "abstract"
             expected.setdefault(group, set()).add(rule["name"])
-        assert _groups_of(path) == {g: sorted(v) for g, v in expected.items()}, path
+        assert _groups_of(iraven_reference, path) == {g: sorted(v) for g, v in expected.items()}, path
 
 
 def test_generated_puzzles_keep_their_rules_in_the_meta_matrix():
@@ -172,7 +163,7 @@ def test_summary_by_rule_group_from_hand_made_rows(tmp_path):
     assert "iraven/rule_group/spatial/Distribute_Three/acc" not in flat  # no such puzzle: no number
 
 
-def test_metrics_json_has_by_rule_group_on_a_small_run(tmp_path, tmp_path_factory, one_thread):  # noqa: F811
+def test_metrics_json_has_by_rule_group_on_a_small_run(tmp_path, tmp_path_factory, one_thread):
     from evalsuite.cli import main
     from evalsuite.outputs import read_rows
 
@@ -221,12 +212,12 @@ def _iraven_ckpt(root, name: str, role: str, run: dict) -> None:
     m = {"n_items": 11, "chance": 0.125, "informative": True, "position_bias": {"value": 0.3, "index": 0},
          "acc": stats.accuracy_ci([r["correct"] for r in rows]).to_dict(), "by_rule_group": by_group,
          "by_rule_type": {"spatial": {"Arithmetic": by_group["spatial"]}}}
-    _write(d, "iraven", IRAVEN_SETTINGS, m, rows)
+    write_task_results(d, "iraven", IRAVEN_SETTINGS, m, rows)
 
 
 def test_report_by_rule_table_and_paired_contrasts_per_group(tmp_path):
     _iraven_ckpt(tmp_path, "video_run", "video", {"kind": "video"})
-    _iraven_ckpt(tmp_path, "image_run", "image", {"kind": "image", "match": _match(tmp_path, "video_run")})
+    _iraven_ckpt(tmp_path, "image_run", "image", {"kind": "image", "match": match_record(tmp_path, "video_run")})
     (pair,) = matched_pairs(discover(tmp_path))
     found = pair_findings(pair)
     kw = {"n_boot": IRAVEN_SETTINGS["n_boot"], "seed": IRAVEN_SETTINGS["seed"]}
@@ -244,7 +235,7 @@ def test_report_by_rule_table_and_paired_contrasts_per_group(tmp_path):
     assert found["f3"]["n"] == 11  # all puzzles, with or without metadata
 
     text = write_report(tmp_path, track=False).read_text()
-    iraven = _section(text, "I-RAVEN transfer")
+    iraven = report_section(text, "I-RAVEN transfer")
     (line,) = [x for x in iraven.splitlines() if x.startswith("| spatial | image_run | image | 4 |")]
     cells = line.split(" | ")  # image run right on 1 of the 4 spatial puzzles, all of them Arithmetic ones
     assert cells[4].startswith("25.0 [") and cells[5] == "" and cells[6].startswith("25.0 [") and cells[7] == " |"
@@ -272,19 +263,19 @@ def test_report_says_when_no_evaluation_recorded_rule_groups(tmp_path):
     data = json.loads(metrics.read_text())
     del data["metrics"]["by_rule_group"]
     metrics.write_text(json.dumps(data))
-    iraven = _section(write_report(tmp_path, track=False).read_text(), "I-RAVEN transfer")
+    iraven = report_section(write_report(tmp_path, track=False).read_text(), "I-RAVEN transfer")
     assert "No I-RAVEN evaluation here recorded accuracy by rule group" in iraven
     assert "By rule group, paired" not in iraven  # no pair: no contrast table
 
 
 def test_an_uninformative_run_shows_its_bias_in_the_by_rule_table(tmp_path):
     _iraven_ckpt(tmp_path, "video_run", "video", {"kind": "video"})
-    _iraven_ckpt(tmp_path, "image_run", "image", {"kind": "image", "match": _match(tmp_path, "video_run")})
+    _iraven_ckpt(tmp_path, "image_run", "image", {"kind": "image", "match": match_record(tmp_path, "video_run")})
     metrics = tmp_path / "image_run/eval/iraven/metrics.json"
     data = json.loads(metrics.read_text())
     data["metrics"] |= {"informative": False, "position_bias": {"value": 0.8, "index": 3}}
     metrics.write_text(json.dumps(data))
-    iraven = _section(write_report(tmp_path, track=False).read_text(), "I-RAVEN transfer")
+    iraven = report_section(write_report(tmp_path, track=False).read_text(), "I-RAVEN transfer")
     (line,) = [x for x in iraven.splitlines() if x.startswith("| spatial | image_run |")]
     assert "uninformative (position bias 80% on candidate D)" in line and "25.0" not in line
     assert "`image_run` is uninformative on I-RAVEN (position bias 80% on candidate D)" in iraven

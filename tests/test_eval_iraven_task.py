@@ -5,9 +5,7 @@ the accuracy is informative) against hand-computed rows, and the candidates layo
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,9 +19,7 @@ from evalsuite.raven_prompt import composite_layout, letter_choice, model_image_
 from evalsuite.resources import Resources
 from evalsuite.scoring import OptionScores
 from evalsuite.tasks.iraven import IRavenTask
-from test_eval_support import fast_config, one_thread, tiny_model  # noqa: F401
-
-REF = Path(os.environ.get("IRAVEN_REFERENCE", "/work/shared/iraven_reference"))
+from helpers import fast_config, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +124,12 @@ def test_generated_split_is_made_once_and_reused(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache" / "iraven").glob(".*"))  # no temporary copy left behind
 
 
-@pytest.mark.skipif(not REF.is_dir(), reason="I-RAVEN reference files not present")
-def test_official_directory_test_split(tmp_path):
-    task = _task(tmp_path, limit=1, iraven_data=str(REF))
+def test_official_directory_test_split(tmp_path, iraven_reference):
+    task = _task(tmp_path, limit=1, iraven_data=str(iraven_reference))
     items = task.items()
-    assert len(items) == 7 and all(p.path.parent.parent == REF and p.id.endswith("_test") for p in items)
-    assert task.settings({"fingerprint": "x"})["data"] == str(REF.resolve())
+    assert len(items) == 7
+    assert all(p.path.parent.parent == iraven_reference and p.id.endswith("_test") for p in items)
+    assert task.settings({"fingerprint": "x"})["data"] == str(iraven_reference.resolve())
     assert not (tmp_path / "cache" / "iraven").exists()
 
 
@@ -282,7 +278,7 @@ def test_informative_when_no_candidate_takes_more_than_half_the_answers(tmp_path
     assert failed["informative"] is False and "no puzzle got a readable answer" in failed["informative_reason"]
 
 
-def test_candidates_layout_end_to_end_on_a_tiny_model(tmp_path, tmp_path_factory, one_thread):  # noqa: F811
+def test_candidates_layout_end_to_end_on_a_tiny_model(tmp_path, tmp_path_factory, one_thread):
     from evalsuite.cli import main
     from evalsuite.outputs import read_rows
 

@@ -1,4 +1,4 @@
-"""`--video-input native` and `--max-pixels` in the evaluation: the vCoT `base` condition through the family's
+"""`--video_input native` and `--max_pixels` in the evaluation: the vCoT `base` condition through the family's
 video path, caption/vcot still as images, what is recorded, auto from run.json, and the resize rule on frames."""
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from evalsuite.runner import evaluate
 from evalsuite.scoring import score_options
 from evalsuite.tasks.shuffle import ShuffleTask
 from evalsuite.tasks.vcot import VCoTTask
-from test_eval_support import fast_config, one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, tiny_model
 from train.chat import IGNORE_INDEX, encode
 from train.families import get_family, load_model
 
 VIDEO_FAMILIES = ["qwen2_vl", "llava_next_video"]
 NATIVE = {"base": "native", "caption": "images", "vcot": "images", "blind": "none", "text_only": "none",
           "reversed": "native"}
-IMAGES = {c: "none" if path == "none" else "images" for c, path in NATIVE.items()}  # --video-input images
-FAST = ["--limit", "1", "--frames", "2", "--infills", "oracle", "--n-boot", "50", "--no-progress", "--no-tracking"]
+IMAGES = {c: "none" if path == "none" else "images" for c, path in NATIVE.items()}  # --video_input images
+FAST = ["--limit", "1", "--frames", "2", "--infills", "oracle", "--n-boot", "50", "--no-progress", "--no_tracking"]
 
 
 def _checkpoint(family, tmp_path, tmp_path_factory, run: dict | None = None):
@@ -86,7 +86,7 @@ def by_hand(model, processor, turn: dict, clips, options) -> list[float]:
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_native_base_goes_through_the_video_path(family, tmp_path, tmp_path_factory, forward_calls,
-                                                 one_thread):  # noqa: F811
+                                                 one_thread):
     calls, spy_on = forward_calls
     ckpt = _checkpoint(family, tmp_path, tmp_path_factory)
     model, processor, _ = load_model(ckpt)
@@ -127,7 +127,7 @@ def test_native_base_goes_through_the_video_path(family, tmp_path, tmp_path_fact
         assert as_images != pytest.approx(row["logliks"], abs=1e-4)  # the path changed what the model saw
 
 
-def test_native_generate_scoring_feeds_the_clip(tmp_path, tmp_path_factory, monkeypatch, one_thread):  # noqa: F811
+def test_native_generate_scoring_feeds_the_clip(tmp_path, tmp_path_factory, monkeypatch, one_thread):
     ckpt = _checkpoint("qwen2_vl", tmp_path, tmp_path_factory)
     seen = []
     real = evalsuite.generation.processor_inputs
@@ -159,7 +159,7 @@ def test_native_generate_scoring_feeds_the_clip(tmp_path, tmp_path_factory, monk
 
 
 def test_auto_follows_run_json_and_a_changed_setting_starts_over(tmp_path, tmp_path_factory, monkeypatch, capsys,
-                                                                  one_thread):  # noqa: F811
+                                                                  one_thread):
     ckpt = _checkpoint("qwen2_vl", tmp_path, tmp_path_factory, run={"video_input": "native", "max_pixels": 2048})
     sizes = []
     real = evalsuite.scoring.processor_inputs
@@ -170,14 +170,14 @@ def test_auto_follows_run_json_and_a_changed_setting_starts_over(tmp_path, tmp_p
         return real(processor, texts, images, videos, **kwargs)
 
     monkeypatch.setattr(evalsuite.scoring, "processor_inputs", spy)
-    assert main(["vcot", str(ckpt), *FAST]) == 0  # --video-input auto, no --max-pixels: the run.json's
+    assert main(["vcot", str(ckpt), *FAST]) == 0  # --video_input auto, no --max_pixels: the run.json's
     m = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
     assert m["settings"]["video_input"] == NATIVE and m["settings"]["max_pixels"] == 2048
     # synthetic frames are rendered at 64x64 = 4096 pixels; the rule shrinks them to 2048, square kept
     assert sizes and set(sizes) == {(45, 45)}
     first = m["settings"]
 
-    assert main(["vcot", str(ckpt), *FAST, "--video-input", "images"]) == 0
+    assert main(["vcot", str(ckpt), *FAST, "--video_input", "images"]) == 0
     assert "settings changed" in capsys.readouterr().err  # not reused: evaluated again
     m = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
     assert m["settings"]["video_input"] == IMAGES and m["settings"]["max_pixels"] == 2048
@@ -185,7 +185,7 @@ def test_auto_follows_run_json_and_a_changed_setting_starts_over(tmp_path, tmp_p
     second = m["settings"]
 
     sizes.clear()
-    assert main(["vcot", str(ckpt), *FAST, "--video-input", "images", "--max-pixels", "0"]) == 0
+    assert main(["vcot", str(ckpt), *FAST, "--video_input", "images", "--max_pixels", "0"]) == 0
     assert "settings changed" in capsys.readouterr().err
     m = json.loads((ckpt / "eval/vcot/metrics.json").read_text())
     assert m["settings"]["max_pixels"] is None and set(sizes) == {(64, 64)}
@@ -203,7 +203,7 @@ def test_resolution_of_video_input_and_max_pixels():
     forced = resolve_frame_inputs(EvalConfig(video_input="images", max_pixels=0), native)
     assert (forced.video_input, forced.max_pixels) == ("images", None)
     forced = resolve_frame_inputs(EvalConfig(video_input="native", max_pixels=4096), plain)
-    assert (forced.video_input, forced.max_pixels, forced.origin) == ("native", 4096, "--video-input")
+    assert (forced.video_input, forced.max_pixels, forced.origin) == ("native", 4096, "--video_input")
     with pytest.raises(ConfigError, match=r"ck/run.json: video_input 'clips' is not one of images, native"):
         resolve_frame_inputs(auto, {"video_input": "clips"}, "ck/run.json")
     with pytest.raises(ConfigError, match=r"ck/run.json: max_pixels must be an integer of at least 64"):
@@ -211,7 +211,7 @@ def test_resolution_of_video_input_and_max_pixels():
     with pytest.raises(ConfigError, match="Did you mean 'native'"):
         EvalConfig(video_input="nativ")
     for bad in (32, -1):
-        with pytest.raises(ConfigError, match=r"--max-pixels must be 0 \(no limit\) or an integer of at least 64"):
+        with pytest.raises(ConfigError, match=r"--max_pixels must be 0 \(no limit\) or an integer of at least 64"):
             EvalConfig(max_pixels=bad)
     assert EvalConfig(max_pixels=0).max_pixels == 0 and EvalConfig(max_pixels=64).max_pixels == 64
 
@@ -236,12 +236,12 @@ def test_settings_change_with_video_input_and_max_pixels(tmp_path):
 def test_native_on_a_family_without_a_video_path_fails_before_any_item(tmp_path, tmp_path_factory, capsys):
     ckpt = _checkpoint("llava", tmp_path, tmp_path_factory)
     cfg = fast_config(infills="oracle", video_input="native")
-    with pytest.raises(ConfigError, match=r"--video-input native, but llava is a llava model, which has no native "
+    with pytest.raises(ConfigError, match=r"--video_input native, but llava is a llava model, which has no native "
                                           r"video path \(families with one: .*qwen2_vl.*\); evaluate it with "
-                                          r"--video-input images"):
+                                          r"--video_input images"):
         evaluate([checkpoint_ref(ckpt)], ["vcot"], cfg, tmp_path / "cache")
     assert not (ckpt / "eval").exists()  # nothing ran, nothing was written
-    assert main(["vcot", str(ckpt), *FAST, "--video-input", "native"]) == 2
+    assert main(["vcot", str(ckpt), *FAST, "--video_input", "native"]) == 2
     assert "has no native video path" in capsys.readouterr().err and not (ckpt / "eval").exists()
     # a run.json saying native on such a family names the file
     (ckpt / "run.json").write_text(json.dumps({"video_input": "native"}))
@@ -268,7 +268,7 @@ def _egoschema(tmp_path, size=(96, 48)):
 
 
 def test_max_pixels_shrinks_egoschema_frames_with_aspect_kept(tmp_path, tmp_path_factory, monkeypatch,
-                                                              one_thread):  # noqa: F811
+                                                              one_thread):
     root = _egoschema(tmp_path)
     bench = EgoSchema(root, None)
     item = bench.items[0]
@@ -276,7 +276,7 @@ def test_max_pixels_shrinks_egoschema_frames_with_aspect_kept(tmp_path, tmp_path
     assert {f.size for f in bench.frames(item, [2, 7], max_pixels=1152)} == {(48, 24)}  # 2:1 kept
     assert {f.size for f in bench.frames(item, [2, 7], max_pixels=1 << 20)} == {(96, 48)}  # never upsampled
 
-    with pytest.raises(ConfigError, match=r"--image-size 64 is the synthetic benchmark's render size.*--max-pixels"):
+    with pytest.raises(ConfigError, match=r"--image_size 64 is the synthetic benchmark's render size.*--max_pixels"):
         EvalConfig(benchmark="egoschema", data=str(root), image_size=64)
     assert EvalConfig(image_size=32).image_size == 32  # still the synthetic render size
 
@@ -304,10 +304,10 @@ def test_cli_documents_the_flags():
     parser = build_parser()
     vcot = parser._subparsers._group_actions[0].choices["vcot"]
     flags = {a.option_strings[0]: a for a in vcot._actions if a.option_strings}
-    assert flags["--video-input"].default == "auto" and flags["--video-input"].help == field_help("video_input")
-    assert flags["--max-pixels"].default is None and flags["--max-pixels"].help == field_help("max_pixels")
+    assert flags["--video_input"].help == f"{field_help('video_input')} [default: 'auto']"
+    assert flags["--max_pixels"].help == f"{field_help('max_pixels')} [default: None]"
     assert "run.json" in field_help("video_input") and "aspect kept" in field_help("max_pixels")
-    args = parser.parse_args(["vcot", "ck", "--video-input", "native", "--max-pixels", "4096"])
+    args = parser.parse_args(["vcot", "ck", "--video_input", "native", "--max_pixels", "4096"])
     assert (args.video_input, args.max_pixels) == ("native", 4096)
 
 
@@ -348,7 +348,7 @@ def test_infill_cache_key_follows_the_frame_budget(tmp_path):
     assert keys[None] == hashlib.sha256(old.encode()).hexdigest()
 
 
-def test_egoschema_clips_carry_their_sampled_rate(tmp_path, tmp_path_factory, monkeypatch, one_thread):  # noqa: F811
+def test_egoschema_clips_carry_their_sampled_rate(tmp_path, tmp_path_factory, monkeypatch, one_thread):
     """A native base prompt on EgoSchema tells the processor how many sampled frames fall in a second
     (Qwen2.5-VL's temporal ids); the synthetic benchmark, with no timing, tells nothing."""
     root = _egoschema(tmp_path)  # 12 frames written at write_video's 8 frames/s

@@ -10,7 +10,7 @@ from evalsuite.cli import main as cli_main
 from evalsuite.config import ConfigError, EvalConfig, InfillSpec
 from evalsuite.extraction import extract_choice, letter_choice, text_choice
 from evalsuite.tasks import get_task
-from test_eval_support import tiny_model
+from helpers import tiny_model
 
 OPTIONS = ["it moves left", "it moves up", "it turns red", "it disappears", "it moves"]
 QUESTION = "what happens to the circle?"

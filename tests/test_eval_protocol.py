@@ -21,13 +21,13 @@ from evalsuite.config import ConfigError, EvalConfig
 from evalsuite.extraction import extract_choice
 from evalsuite.generation import ChatModel
 from evalsuite.outputs import read_rows
-from test_eval_support import one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, tiny_model
 from train.families import FamilyError, detect_family
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("llava", "qwen2_vl")
 FAST = ["--limit", "2", "--infill-tokens", "3", "--answer-tokens", "4", "--n-boot", "50", "--no-progress",
-        "--no-tracking"]
+        "--no_tracking"]
 HF_NAMES = ("OpenGVLab/InternVL2_5-8B-MPO-hf", "OpenGVLab/InternVL3-8B-hf")
 
 
@@ -159,14 +159,14 @@ def test_cli_refuses_an_incomplete_paper_run_before_loading_anything(egoschema, 
     monkeypatch.setattr(evalsuite.resources, "load_checkpoint", no_loading)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    assert main(["vcot", str(ckpt), "--benchmark", "egoschema", "--data", str(root), "--no-tracking"]) == 2
+    assert main(["vcot", str(ckpt), "--benchmark", "egoschema", "--data", str(root), "--no_tracking"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --protocol paper (the default for --benchmark egoschema) needs --judge DIR")
     assert "--infills model:DIR" in err and "--rephraser DIR" in err
     judge = tmp_path / "judge"
     judge.mkdir()
     args = ["vcot", str(ckpt), "--benchmark", "egoschema", "--data", str(root), "--judge", str(judge),
-            "--rephraser", str(judge), "--no-tracking"]
+            "--rephraser", str(judge), "--no_tracking"]
     assert main([*args, "--infills", "self"]) == 2
     err = capsys.readouterr().err
     assert "needs --infills model:DIR (one fixed infill generator" in err and "--judge DIR" not in err
@@ -178,7 +178,7 @@ def test_cli_refuses_an_incomplete_paper_run_before_loading_anything(egoschema, 
 
 
 def test_paper_protocol_end_to_end_on_two_families(egoschema, helpers, tmp_path, tmp_path_factory, chat_log,
-                                                   one_thread):  # noqa: F811
+                                                   one_thread):
     root, items = egoschema
     ckpts = [shutil.copytree(tiny_model(f, tmp_path_factory), tmp_path / "ckpt" / f) for f in FAMILIES]
     assert main(["vcot", *map(str, ckpts), *_paper_args(root, helpers), *FAST]) == 0
@@ -235,7 +235,7 @@ def test_paper_protocol_end_to_end_on_two_families(egoschema, helpers, tmp_path,
 
 
 def test_the_judge_is_asked_only_when_extraction_fails(egoschema, helpers, tmp_path, tmp_path_factory,
-                                                       monkeypatch, one_thread):  # noqa: F811
+                                                       monkeypatch, one_thread):
     """Scripted answers of the evaluated model and of the judge: letters never reach the judge, an answer no
     rule reads does, its reply is read for a letter and Z (none of the options) stays a recorded failure."""
     root, items = egoschema
@@ -281,9 +281,8 @@ def test_the_judge_is_asked_only_when_extraction_fails(egoschema, helpers, tmp_p
     assert sum(failed[f"failed_{c}"]["count"] for c in prompts.CONDITIONS) == n_failed
 
 
-def test_custom_loglik_records_its_normalisation(tmp_path, tmp_path_factory, one_thread):  # noqa: F811
+def test_custom_loglik_records_its_normalisation(tmp_path, tmp_path_factory, one_thread):
     from evalsuite.runner import evaluate
-    from test_eval_support import fast_config
 
     ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "m")
     cfg = fast_config(limit=1, frames=(3,), infills="oracle")
@@ -327,8 +326,8 @@ def test_internvl_remote_code_is_refused_with_the_hf_checkpoints_to_use(internvl
     broken: list[str] = []  # under CKPT_DIR it is listed as unusable, not skipped in silence
     assert discover(tmp_path, broken) == [] and len(broken) == 1
     _says_what_to_use(broken[0])
-    for extra in ([], ["--trust-remote-code"]):
-        assert main(["vcot", str(internvl_chat), "--no-tracking", *extra]) == 2
+    for extra in ([], ["--trust_remote_code"]):
+        assert main(["vcot", str(internvl_chat), "--no_tracking", *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err
         _says_what_to_use(err)

@@ -14,7 +14,7 @@ from evalsuite.distributed import Ranks
 from evalsuite.outputs import read_rows
 from evalsuite.runner import evaluate
 from evalsuite.tasks.vcot import VCoTTask
-from test_eval_support import fast_config, make_adapter, one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, make_adapter, tiny_model
 
 CFG = dict(limit=5, frames=(3, 4))
 
@@ -40,7 +40,7 @@ def _outputs(eval_dir):
     return (d / "metrics.json").read_bytes(), (d / "predictions.jsonl").read_bytes()
 
 
-def test_killed_run_resumes_to_identical_outputs(reference, tmp_path, monkeypatch, one_thread):  # noqa: F811
+def test_killed_run_resumes_to_identical_outputs(reference, tmp_path, monkeypatch, one_thread):
     ckpt, full = reference
     real = VCoTTask.predict
     calls = []
@@ -71,7 +71,7 @@ def test_killed_run_resumes_to_identical_outputs(reference, tmp_path, monkeypatc
     shutil.rmtree(ckpt / "eval")
 
 
-def test_two_ranks_merge_to_the_single_process_outputs(reference, tmp_path, one_thread):  # noqa: F811
+def test_two_ranks_merge_to_the_single_process_outputs(reference, tmp_path, one_thread):
     ckpt, full = reference
     barrier = threading.Barrier(2, timeout=120)
     errors = []

@@ -23,7 +23,7 @@ from evalsuite.resources import LazyChat, Resources, Subject, model_identity
 from evalsuite.runner import evaluate, format_plan, plan_run, progress_bar
 from evalsuite.tasks import get_task
 from evalsuite.tasks.base import Workload
-from test_eval_support import fast_config, generate_calls, make_adapter, one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, make_adapter, tiny_model
 
 # The hand count. Synthetic clips have 32 frames; F=3 samples int(i*32/4) = 8, 16, 24 and F=4 samples
 # int(i*32/5) = 6, 12, 19, 25: 2 + 3 = 5 pairs of consecutive frames and 7 distinct frames.
@@ -73,7 +73,7 @@ def _plan_lines(text: str) -> dict[str, str]:
 
 
 def test_printed_plan_matches_a_hand_count_and_the_run(tmp_path, tmp_path_factory, capsys, generate_calls,
-                                                       loads, forwards, one_thread):  # noqa: F811
+                                                       loads, forwards, one_thread):
     ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "m")
     gen = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "generator")
     cfg = fast_config(infills=f"model:{gen}", limit=ITEMS, frames=FRAMES)
@@ -137,7 +137,7 @@ def test_plan_of_generate_scoring_counts_generations_and_judge_calls_at_most(tmp
 
 
 def test_a_run_with_every_infill_cached_never_loads_the_generator(tmp_path, tmp_path_factory, loads,
-                                                                   one_thread):  # noqa: F811
+                                                                   one_thread):
     base = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "base")
     other = make_adapter(base, tmp_path / "run_a", seed=1)
     gen = shutil.copytree(base, tmp_path / "generator")
@@ -151,7 +151,7 @@ def test_a_run_with_every_infill_cached_never_loads_the_generator(tmp_path, tmp_
 
 
 def test_the_generator_is_freed_before_the_next_checkpoint_loads(tmp_path, tmp_path_factory, loads,
-                                                                  monkeypatch, one_thread):  # noqa: F811
+                                                                  monkeypatch, one_thread):
     base = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "base")
     other = make_adapter(base, tmp_path / "run_a", seed=1)
     gen = shutil.copytree(base, tmp_path / "generator")

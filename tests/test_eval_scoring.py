@@ -14,7 +14,7 @@ from evalsuite import prompts
 from evalsuite.config import ConfigError, EvalConfig, field_help
 from evalsuite.generation import ChatModel
 from evalsuite.scoring import OptionScores, continuation_ids, score_options
-from test_eval_support import one_thread, tiny_model  # noqa: F401 - fixture
+from helpers import tiny_model
 from train.chat import IGNORE_INDEX, encode
 
 FAMILIES = ["llava", "qwen2_vl"]
@@ -58,7 +58,7 @@ def _case(index: int, condition: str):
 
 
 @pytest.mark.parametrize("condition", ["base", "vcot"])
-def test_shared_prefix_scoring_equals_naive_scoring(loaded, condition, one_thread):  # noqa: F811
+def test_shared_prefix_scoring_equals_naive_scoring(loaded, condition, one_thread):
     model, processor = loaded
     lengths = set()
     for index in (0, 3):  # item 3's options have different token lengths
@@ -102,7 +102,7 @@ def cache_seen(monkeypatch):
     return seen, spy_on
 
 
-def test_options_continue_one_prompt_cache_without_copies(loaded, cache_seen, one_thread):  # noqa: F811
+def test_options_continue_one_prompt_cache_without_copies(loaded, cache_seen, one_thread):
     model, processor = loaded
     seen, spy_on = cache_seen
     spy_on(model)
@@ -116,7 +116,7 @@ def test_options_continue_one_prompt_cache_without_copies(loaded, cache_seen, on
     assert len({s["length"] for s in seen}) == 1
 
 
-def test_native_video_prompt_scores_as_the_trainer_encodes_it(tmp_path_factory, one_thread):  # noqa: F811
+def test_native_video_prompt_scores_as_the_trainer_encodes_it(tmp_path_factory, one_thread):
     """qwen2_vl through its video path (M-RoPE over a clip, rope deltas carried into every option)."""
     from train.families import load_model
 
@@ -196,7 +196,7 @@ def test_the_vcot_task_scores_with_the_configured_norm_and_records_the_counts(mo
     assert row["logliks"] == [-3.0, -5.0, -6.0, -9.0, -9.0] and row["n_tokens"] == [2, 5, 4, 5, 5]
 
 
-def test_batched_generation_equals_one_at_a_time(loaded, one_thread):  # noqa: F811
+def test_batched_generation_equals_one_at_a_time(loaded, one_thread):
     model, processor = loaded
     chat = ChatModel(model, processor=processor)
     items = [eval_item(0, i) for i in range(3)]

@@ -21,7 +21,7 @@ from evalsuite.runner import evaluate
 from evalsuite.scoring import OptionScores
 from evalsuite.tasks import TASKS
 from evalsuite.tasks.shuffle import ShuffleTask
-from test_eval_support import fast_config, make_adapter, one_thread, tiny_model  # noqa: F401
+from helpers import fast_config, make_adapter, tiny_model
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 200])
@@ -121,7 +121,7 @@ def test_drops_are_vcot_minus_perturbed_and_paired(tmp_path, monkeypatch):
 
 
 def test_all_tasks_end_to_end_share_the_infill_cache_and_skip(tmp_path, tmp_path_factory, monkeypatch,
-                                                              one_thread):  # noqa: F811
+                                                              one_thread):
     assert list(TASKS) == ["vcot", "shuffle", "iraven"]  # the order `python -m evalsuite all` runs them in
     ckpt = make_adapter(tiny_model("llava", tmp_path_factory), tmp_path / "ckpt" / "run", seed=5)
     cfg, cache = fast_config(limit=2, frames=(3,)), tmp_path / "ckpt" / ".infill_cache"

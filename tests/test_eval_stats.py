@@ -14,7 +14,7 @@ from evalsuite.comparisons import flatten, summarize
 from evalsuite.outputs import read_rows
 from evalsuite.runner import evaluate
 from evalsuite.tasks.vcot import VCoTTask
-from test_eval_support import fast_config, tiny_model
+from helpers import fast_config, tiny_model
 
 # Per-item correctness of 10 items at F=3, chosen so that every number below is easy to check by hand.
 BASE = [1, 0, 0, 0, 1, 0, 0, 0, 0, 1]     # 3/10

@@ -1,9 +1,7 @@
 """The I-RAVEN answer set: context-blind shortcuts are at chance and the tree is balanced."""
 
 import math
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ from evalsuite.iraven.attributes import attribute_signature
 from evalsuite.iraven.candidates import _apply_change, _NumberState, _sample_change, modifiable_attributes
 from evalsuite.iraven.layouts import get_config
 
-REF = Path(os.environ.get("IRAVEN_REFERENCE", "/work/shared/iraven_reference"))
 ATTRS = ("Number", "Position", "Type", "Size", "Color")
 PER_CONFIG = 100  # 700 puzzles in all
 
@@ -114,10 +111,9 @@ def test_smaller_trees_fill_eight_candidates(items):
                 assert (with_first, with_second) == (4, 6)
 
 
-@pytest.mark.skipif(not (REF / "answers.json").exists(), reason="reference puzzles not found")
-def test_reference_answer_sets_have_the_same_shape():
+def test_reference_answer_sets_have_the_same_shape(iraven_reference):
     """The original generator's candidates show the same modification structure."""
-    for key, item in load_reference(REF / "answers.json").items():
+    for key, item in load_reference(iraven_reference / "answers.json").items():
         sets = Counter(frozenset(m) for m in item.modified)
         chosen = set().union(*sets)
         if len(chosen) == 3:

@@ -2,25 +2,18 @@
 
 import copy
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from evalsuite.iraven import CONFIG_NAMES, check_item, generate_item, item_from_reference, load_reference
 
-REF = Path(os.environ.get("IRAVEN_REFERENCE", "/work/shared/iraven_reference"))
-needs_ref = pytest.mark.skipif(not (REF / "answers.json").exists(),
-                               reason=f"reference puzzles not found at {REF}")
-
 
 @pytest.fixture(scope="module")
-def reference():
-    return load_reference(REF / "answers.json")
+def reference(iraven_reference):
+    return load_reference(iraven_reference / "answers.json")
 
 
-@needs_ref
 def test_reference_puzzles_have_exactly_the_target_satisfying(reference):
     assert len(reference) == 42
     for key, item in reference.items():
@@ -32,9 +25,8 @@ def test_reference_puzzles_have_exactly_the_target_satisfying(reference):
             assert bool(reasons) == (i != item.target)
 
 
-@needs_ref
-def test_reference_conversion_keeps_structure(reference):
-    raw = json.loads((REF / "answers.json").read_text())["puzzles"]
+def test_reference_conversion_keeps_structure(reference, iraven_reference):
+    raw = json.loads((iraven_reference / "answers.json").read_text())["puzzles"]
     for key, item in reference.items():
         entry = raw[key]
         assert item.config == entry["config"] and item.target == entry["target"]
@@ -49,7 +41,6 @@ def test_reference_conversion_keeps_structure(reference):
             [(r["name"], r["attr"]) for g in entry["rules"] for r in g]
 
 
-@needs_ref
 def test_checker_rejects_a_puzzle_with_a_wrong_rule_parameter(reference):
     """Flip the sign of a Progression: the context itself must then be reported broken."""
     item = copy.deepcopy(reference["center_single/RAVEN_0_train.npz"])
@@ -62,7 +53,6 @@ def test_checker_rejects_a_puzzle_with_a_wrong_rule_parameter(reference):
     assert result.satisfying == []
 
 
-@needs_ref
 def test_checker_notices_a_changed_answer(reference):
     """Altering the answer's constrained attribute makes it fail (the checker can fail)."""
     item = copy.deepcopy(reference["distribute_four/RAVEN_8_test.npz"])  # Progression Color +2
@@ -73,10 +63,9 @@ def test_checker_notices_a_changed_answer(reference):
     assert any("Color" in r for r in result.reasons[item.target])
 
 
-@needs_ref
-def test_constant_in_regenerating_layout_does_not_constrain():
+def test_constant_in_regenerating_layout_does_not_constrain(iraven_reference):
     """README convention: Constant Size with a Number rule in a non-uniform layout is free."""
-    raw = json.loads((REF / "answers.json").read_text())["puzzles"]["distribute_four/RAVEN_9_test.npz"]
+    raw = json.loads((iraven_reference / "answers.json").read_text())["puzzles"]["distribute_four/RAVEN_9_test.npz"]
     item = item_from_reference(raw)  # Arithmetic Number sub, Constant Size, non-uniform
     assert item.rules[0][0].attr == "Number" and item.rules[0][2].name == "Constant"
     assert not item.answer.components[0].uniform

@@ -1,9 +1,7 @@
 """I-RAVEN generator: official file format, determinism, atomic writes, rule constraints, CLI."""
 
 import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +10,6 @@ from evalsuite.iraven import CONFIG_NAMES, generate_dataset, generate_item, item
 from evalsuite.iraven.__main__ import main as cli_main
 from evalsuite.iraven.layouts import CONFIGS, LAYOUTS, UnknownConfigError, get_config
 from evalsuite.iraven.rules import narrow_ranges, sample_admissible_rules
-
-REF = Path(os.environ.get("IRAVEN_REFERENCE", "/work/shared/iraven_reference"))
-needs_ref = pytest.mark.skipif(not (REF / "answers.json").exists(),
-                               reason=f"reference puzzles not found at {REF}")
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +20,10 @@ def dataset(tmp_path_factory):
     return out, summary
 
 
-@needs_ref
-def test_npz_fields_match_reference_field_for_field(dataset):
+def test_npz_fields_match_reference_field_for_field(dataset, iraven_reference):
     out, _ = dataset
     for config in CONFIG_NAMES:
-        for ref_file in sorted((REF / config).glob("*.npz")):
+        for ref_file in sorted((iraven_reference / config).glob("*.npz")):
             mine_file = out / config / ref_file.name  # same k and split exist in ours
             with np.load(ref_file) as ref, np.load(mine_file) as mine:
                 assert set(mine.files) == set(ref.files)
@@ -109,9 +102,8 @@ def test_save_npz_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["RAVEN_0_train.npz"]
 
 
-@needs_ref
-def test_layout_slots_and_value_ranges_match_reference():
-    ref = json.loads((REF / "answers.json").read_text())
+def test_layout_slots_and_value_ranges_match_reference(iraven_reference):
+    ref = json.loads((iraven_reference / "answers.json").read_text())
     for name, slots in ref["layout_slots"].items():
         assert [list(s) for s in LAYOUTS[name].slots] == [list(map(float, s)) for s in slots]
     assert set(ref["layout_slots"]) == set(LAYOUTS)

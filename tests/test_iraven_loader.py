@@ -1,8 +1,6 @@
 """Loader for I-RAVEN directories in the official layout."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,17 +8,12 @@ import pytest
 from evalsuite.iraven import (CONFIG_NAMES, IRavenFormatError, generate_dataset, generate_item,
                               item_rng, load_split, read_npz)
 
-REF = Path(os.environ.get("IRAVEN_REFERENCE", "/work/shared/iraven_reference"))
-needs_ref = pytest.mark.skipif(not (REF / "answers.json").exists(),
-                               reason=f"reference puzzles not found at {REF}")
 
-
-@needs_ref
-def test_loads_all_reference_files():
-    answers = json.loads((REF / "answers.json").read_text())["puzzles"]
+def test_loads_all_reference_files(iraven_reference):
+    answers = json.loads((iraven_reference / "answers.json").read_text())["puzzles"]
     seen = {}
     for split in ("train", "val", "test"):
-        for rec in load_split(REF, split):
+        for rec in load_split(iraven_reference, split):
             key = f"{rec.config}/RAVEN_{rec.k}_{rec.split}.npz"
             seen[key] = rec
             assert rec.split == split and rec.image.shape == (16, 160, 160)
@@ -31,16 +24,15 @@ def test_loads_all_reference_files():
     assert set(seen) == set(answers) and len(seen) == 42
 
 
-@needs_ref
-def test_configs_and_limit_select_files():
-    recs = list(load_split(REF, "train", configs=["distribute_nine", "center_single"], limit=1))
+def test_configs_and_limit_select_files(iraven_reference):
+    recs = list(load_split(iraven_reference, "train", configs=["distribute_nine", "center_single"], limit=1))
     assert [(r.config, r.k) for r in recs] == [("distribute_nine", 0), ("center_single", 0)]
     # Files come in numeric order of k.
-    assert [r.k for r in load_split(REF, "test", configs=["center_single"])] == [8, 9]
+    assert [r.k for r in load_split(iraven_reference, "test", configs=["center_single"])] == [8, 9]
     with pytest.raises(ValueError, match="(?i)did you mean 'center_single'"):
-        list(load_split(REF, "train", configs=["centre_single"]))
+        list(load_split(iraven_reference, "train", configs=["centre_single"]))
     with pytest.raises(ValueError, match="split must be one of"):
-        list(load_split(REF, "validation"))
+        list(load_split(iraven_reference, "validation"))
 
 
 def _write_bad(tmp_path, **changes):
@@ -103,10 +95,9 @@ def test_generated_dataset_round_trips(tmp_path):
         assert rec.structure == [t.decode() for t in arrays["structure"]]
 
 
-@needs_ref
-def test_uncompressed_files_load_too(tmp_path):
+def test_uncompressed_files_load_too(tmp_path, iraven_reference):
     """The original writes plain np.savez; the loader reads both kinds."""
-    src = REF / "distribute_four" / "RAVEN_0_train.npz"
+    src = iraven_reference / "distribute_four" / "RAVEN_0_train.npz"
     dst = tmp_path / "distribute_four" / src.name
     dst.parent.mkdir()
     with np.load(src) as d:

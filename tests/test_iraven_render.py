@@ -1,15 +1,11 @@
 """Rendering, checked on pixels: placement, fill, outline, layering, and the reference images."""
 
-import os
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from evalsuite.iraven import load_reference, render_panel
 from evalsuite.iraven.attributes import ComponentState, Entity, Panel
 
-REF = Path(os.environ.get("IRAVEN_REFERENCE", "/work/shared/iraven_reference"))
 CIRCLE, SQUARE, TRIANGLE = 5, 2, 1
 BLACK, WHITE = 9, 0  # color levels
 
@@ -94,10 +90,9 @@ def iou(a, b):
     return (a & b).sum() / max((a | b).sum(), 1)
 
 
-@pytest.mark.skipif(not (REF / "answers.json").exists(), reason="reference puzzles not found")
-def test_matches_the_original_renderer_on_reference_panels():
+def test_matches_the_original_renderer_on_reference_panels(iraven_reference):
     """The original drew with OpenCV, so pixels differ at edges; shapes must coincide."""
-    items = load_reference(REF / "answers.json", with_images=True)
+    items = load_reference(iraven_reference / "answers.json", with_images=True)
     all_ious = []
     for key, item in items.items():
         for i, p in enumerate(item.panels):

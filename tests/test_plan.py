@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixtures_7b import PUBLISHED, write_config_dir  # noqa: E402
+from fixtures_7b import PUBLISHED, write_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -241,7 +241,7 @@ def test_sources_mark_unsupported_apart(tmp_path):
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    from test_eval_support import tiny_model
+    from helpers import tiny_model
     from train.families import load_model
 
     return load_model(tiny_model("llava", tmp_path_factory))[1]

@@ -60,10 +60,10 @@ def test_unknown_recipe_suggests():
         load_recipe("vidoe_demo")
 
 
-def test_missing_data_root_is_explained(monkeypatch):
+def test_missing_data_root_is_explained(monkeypatch, tmp_path):
     monkeypatch.delenv("DATA_ROOT", raising=False)
     with pytest.raises(RecipeError, match=r"\$DATA_ROOT.*not set.*image_demo / video_demo"):
-        build("image_100k", Path("/tmp/unused"))
+        build("image_100k", tmp_path / "unused")
 
 
 def _read_all(out: Path):

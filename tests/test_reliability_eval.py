@@ -4,7 +4,9 @@ A real `python -m evalsuite vcot` runs in a subprocess on a tiny checkpoint; it 
 moment after its first prediction line exists (twice, the second time with its last line also cut in
 half, as a kill inside `write` leaves it), then run again to the end. Its `predictions.jsonl` must hold
 every key exactly once and equal, with `metrics.json`, the files of a run that was never interrupted.
-(`tests/test_eval_resume.py` covers the same logic in-process, with ranks; this is the real kill.)
+(the same logic in-process: `tests/test_eval_resume.py::test_killed_run_resumes_to_identical_outputs`,
+with ranks: `tests/test_eval_resume.py::test_two_ranks_merge_to_the_single_process_outputs`; this is the
+real kill.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from evalsuite.outputs import read_rows
-from test_eval_support import tiny_model
+from helpers import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS, FRAMES = 24, ("3", "4")

@@ -18,6 +18,7 @@ import pytest
 from evalsuite import stats
 from evalsuite.report import (Checkpoint, discover, matched_pairs, pair_findings, reads_infills, relative_gain,
                               sees_change, verdict, verdicts, write_report)
+from helpers import IRAVEN_SETTINGS, match_record, report_section, write_task_results
 
 TEMPORAL = [f"t{i}" for i in range(10)]
 STATIC = [f"s{i}" for i in range(5)]
@@ -42,8 +43,6 @@ SETTINGS = {"task": "vcot", "benchmark": "synthetic", "limit": 15, "frames": [5]
             "scoring": "loglik", "loglik_norm": "mean", "infills": "oracle", "n_boot": 200}
 # the contrasts must use these: so few replicates that the CI shows which n_boot and seed were used
 SHUFFLE_SETTINGS = SETTINGS | {"task": "shuffle", "n_boot": 30, "seed": 3}
-IRAVEN_SETTINGS = {"task": "iraven", "data": "generated", "generator_seed": 2026, "per_config": 10,
-                   "layout": "candidates", "protocol": "custom", "scoring": "loglik", "seed": 0, "n_boot": 250}
 
 
 def _est(value: float, low: float, high: float, n: int = 10) -> dict:
@@ -58,13 +57,6 @@ def _rows(pattern: dict[str, dict[str, int]], f: int = 5, kinds: bool = True) ->
     return [{"item": i, "frames": f, "condition": cond, "pred": 0 if ok else 1, "answer": 0, "correct": bool(ok),
              **({"kind": KIND[i]} if kinds else {})}
             for cond, right in pattern.items() for i, ok in right.items()]
-
-
-def _write(d, task: str, settings: dict, metrics: dict, rows: list[dict] | None):
-    (d / "eval" / task).mkdir(parents=True, exist_ok=True)
-    (d / "eval" / task / "metrics.json").write_text(json.dumps({"settings": settings, "metrics": metrics}))
-    if rows is not None:
-        (d / "eval" / task / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _vcot_metrics(pattern: dict, text_only: dict | None = None, blind: dict | None = None) -> dict:
@@ -94,9 +86,10 @@ def _ckpt(root, name: str, role: str, run: dict | None = None, *, tasks=("vcot",
     if run is not None:
         (d / "run.json").write_text(json.dumps(run))
     if "vcot" in tasks:
-        _write(d, "vcot", SETTINGS, _vcot_metrics(VCOT[role], text_only, blind), _rows(VCOT[role], kinds=kinds))
+        write_task_results(d, "vcot", SETTINGS, _vcot_metrics(VCOT[role], text_only, blind),
+                           _rows(VCOT[role], kinds=kinds))
     if "shuffle" in tasks:
-        _write(d, "shuffle", SHUFFLE_SETTINGS, {"f5": {"n_items": 15}}, _rows(SHUFFLE[role], kinds=kinds))
+        write_task_results(d, "shuffle", SHUFFLE_SETTINGS, {"f5": {"n_items": 15}}, _rows(SHUFFLE[role], kinds=kinds))
     if "iraven" in tasks:
         m = {"n_items": 10, "chance": 0.125, "acc": stats.accuracy_ci(list(IRAVEN[role].values())).to_dict(),
              "position_bias": {"value": 0.9 if informative is False else 0.3, "index": 2}}
@@ -104,26 +97,17 @@ def _ckpt(root, name: str, role: str, run: dict | None = None, *, tasks=("vcot",
             m |= {"informative": informative, "informative_reason": "" if informative else "answers sit on C"}
         rows = [{"item": p, "config": "center_single", "pred": 0 if ok else 1, "answer": 0, "correct": bool(ok)}
                 for p, ok in IRAVEN[role].items()]
-        _write(d, "iraven", IRAVEN_SETTINGS, m, rows)
+        write_task_results(d, "iraven", IRAVEN_SETTINGS, m, rows)
     return d
-
-
-def _match(root, reference: str) -> dict:
-    return {"reference": {"checkpoint": str(root / reference)}, "unit": "visual_tokens", "target": 5000,
-            "achieved": 5000, "rel_error": 0.0}
 
 
 def _study(root, **kw):
     """video_run and image_run matched to it; returns the one pair."""
     _ckpt(root, "video_run", "video", {"kind": "video", "recipe": "video_demo"}, **kw)
-    _ckpt(root, "image_run", "image", {"kind": "image", "recipe": "image_demo", "match": _match(root, "video_run")},
-          **kw)
+    _ckpt(root, "image_run", "image",
+          {"kind": "image", "recipe": "image_demo", "match": match_record(root, "video_run")}, **kw)
     (pair,) = matched_pairs(discover(root))
     return pair
-
-
-def _section(report: str, title: str) -> str:
-    return report.split(f"## {title}")[1].split("\n## ")[0]
 
 
 # --- verdict rules -----------------------------------------------------------------------------------
@@ -196,9 +180,9 @@ def test_f1_is_judged_on_temporal_items_with_each_runs_gain_and_headroom(tmp_pat
     (row,) = [r for r in verdicts(found) if r["finding"] == "F1"]
     assert row["items"] == "temporal" and row["verdict"] == verdict(expected.to_dict())
     text = write_report(tmp_path, track=False).read_text()
-    pairs = _section(text, "Image run vs video run")
+    pairs = report_section(text, "Image run vs video run")
     assert "| 5 | temporal | 10 | +40.0 [" in pairs and "| +50% [" in pairs  # gain/headroom of the image run
-    assert "| image_run vs video_run | F1 | 5 | temporal |" in _section(text, "Findings")
+    assert "| image_run vs video_run | F1 | 5 | temporal |" in report_section(text, "Findings")
 
 
 def test_f2_and_f3_contrasts_on_hand_made_rows(tmp_path):
@@ -234,9 +218,10 @@ def test_f2_and_f3_contrasts_on_hand_made_rows(tmp_path):
 
 def test_an_uninformative_iraven_run_shows_its_bias_instead_of_accuracy(tmp_path):
     _ckpt(tmp_path, "video_run", "video", {"kind": "video"})
-    _ckpt(tmp_path, "image_run", "image", {"kind": "image", "match": _match(tmp_path, "video_run")}, informative=False)
+    _ckpt(tmp_path, "image_run", "image", {"kind": "image", "match": match_record(tmp_path, "video_run")},
+          informative=False)
     text = write_report(tmp_path, track=False).read_text()
-    iraven = _section(text, "I-RAVEN transfer")
+    iraven = report_section(text, "I-RAVEN transfer")
     (line,) = [x for x in iraven.splitlines() if x.startswith("| image_run |")]
     assert "uninformative (position bias 90% on candidate C)" in line and "20.0 [" not in line
     (video,) = [x for x in iraven.splitlines() if x.startswith("| video_run |")]
@@ -249,13 +234,13 @@ def test_floors_flag_a_checkpoint_that_does_not_read_its_infills(tmp_path):
     blind = _est(0.2, 0.12, 0.28)
     _ckpt(tmp_path, "video_run", "video", {"kind": "video"}, tasks=("vcot",), text_only=_est(0.5, 0.35, 0.65),
           blind=blind)
-    _ckpt(tmp_path, "image_run", "image", {"kind": "image", "match": _match(tmp_path, "video_run")}, tasks=("vcot",),
-          text_only=_est(0.25, 0.15, 0.35), blind=blind)
+    _ckpt(tmp_path, "image_run", "image", {"kind": "image", "match": match_record(tmp_path, "video_run")},
+          tasks=("vcot",), text_only=_est(0.25, 0.15, 0.35), blind=blind)
     ckpts = {c.name: c for c in discover(tmp_path)}
     assert reads_infills(ckpts["image_run"], 5, "temporal") is False and reads_infills(ckpts["video_run"], 5) is True
     assert reads_infills(ckpts["image_run"], 10) is None  # not evaluated at F=10
     text = write_report(tmp_path, track=False).read_text()
-    vcot = _section(text, "vCoT on long-form video QA")
+    vcot = report_section(text, "vCoT on long-form video QA")
     assert ("| image_run | image | 5 | temporal | 20.0 [12.0, 28.0] | 25.0 [15.0, 35.0] |  | "
             "odd_one_out 21.0 [10.0, 30.0] |") in vcot
     assert ("| video_run | video | 5 | overall | 20.0 [12.0, 28.0] | 50.0 [35.0, 65.0] |  | "
@@ -280,20 +265,21 @@ def test_f1_notes_when_neither_run_reads_its_infills(tmp_path):
 
 def test_missing_keys_show_blanks_and_never_crash(tmp_path):
     old = tmp_path / "old_video"
-    _write(old, "vcot", {}, {"f5": {"n_items": 3, "acc_base": {"value": 0.5}}}, None)
-    _write(old, "shuffle", {}, {"f5": {}}, None)
-    _write(old, "iraven", {}, {}, None)
+    write_task_results(old, "vcot", {}, {"f5": {"n_items": 3, "acc_base": {"value": 0.5}}}, None)
+    write_task_results(old, "shuffle", {}, {"f5": {}}, None)
+    write_task_results(old, "iraven", {}, {}, None)
     (old / "run.json").write_text(json.dumps({"kind": "video"}))
     img = tmp_path / "old_image"
-    _write(img, "vcot", {}, {}, [{"item": "q0", "frames": 5, "condition": "base", "correct": True}])
+    write_task_results(img, "vcot", {}, {}, [{"item": "q0", "frames": 5, "condition": "base", "correct": True}])
     (img / "run.json").write_text(json.dumps({"kind": "image", "match": {"reference": {"checkpoint": "old_video"}}}))
     (pair,) = matched_pairs(discover(tmp_path))  # found by directory name: the recorded path was relative
     assert (pair.subject.name, pair.video.name) == ("old_image", "old_video")
     text = write_report(tmp_path, track=False).read_text()
     assert "| old_video | video | 5 | overall | 3 | 50.0 |  |  |  |  |  |  |" in text
-    verdict_rows = [x for x in _section(text, "Findings").splitlines() if x.startswith("| old_image vs old_video |")]
+    verdict_rows = [x for x in report_section(text, "Findings").splitlines()
+                    if x.startswith("| old_image vs old_video |")]
     assert [x.split(" | ")[6] for x in verdict_rows] == ["**not measured**", "**not evaluated**", "**not evaluated**"]
-    assert "| old_video | video |  |" in _section(text, "I-RAVEN transfer")
+    assert "| old_video | video |  |" in report_section(text, "I-RAVEN transfer")
     assert (tmp_path / "report" / "vcot_gain.png").is_file()
     assert not (tmp_path / "report" / "findings.png").exists()  # no contrast to draw
 
@@ -314,11 +300,11 @@ def test_figures_draw_gains_per_item_kind_and_the_findings(tmp_path):
 def test_the_shuffled_frames_control_is_labelled_by_run_json_not_by_position(tmp_path):
     _ckpt(tmp_path, "video_run", "video", {"kind": "video", "recipe": "video_demo"})
     _ckpt(tmp_path, "image_run", "image",
-          {"kind": "image", "recipe": "image_demo", "match": _match(tmp_path, "video_run")})
+          {"kind": "image", "recipe": "image_demo", "match": match_record(tmp_path, "video_run")})
     # the control plays the image patterns but is a video run; here the video run holds the match record
     _ckpt(tmp_path, "control", "image", {"kind": "video", "recipe": "video_shuffled_demo"})
     run = json.loads((tmp_path / "video_run" / "run.json").read_text())
-    (tmp_path / "video_run" / "run.json").write_text(json.dumps(run | {"match": _match(tmp_path, "control")}))
+    (tmp_path / "video_run" / "run.json").write_text(json.dumps(run | {"match": match_record(tmp_path, "control")}))
     listed = matched_pairs(discover(tmp_path))
     assert [p.subject.name for p in listed] == ["image_run", "control"]  # the control after the image pair
     pairs = {p.subject.name: p for p in listed}
@@ -338,9 +324,9 @@ def test_the_shuffled_frames_control_is_labelled_by_run_json_not_by_position(tmp
     text = write_report(tmp_path, track=False).read_text()
     assert "### control (shuffled-frames video run (control)) vs video_run (video run)" in text
     assert "control (image run)" not in text and "| gain shuffled | gain/headroom shuffled |" in text
-    assert "| control | shuffled | 5 | temporal | 10 |" in _section(text, "vCoT on long-form video QA")
+    assert "| control | shuffled | 5 | temporal | 10 |" in report_section(text, "vCoT on long-form video QA")
     assert "video_run was stopped at control's consumption" in text
-    findings = _section(text, "Findings")
+    findings = report_section(text, "Findings")
     assert "| control vs video_run | F1 | 5 | temporal |" in findings and "shuffled-frames control" in findings
 
 

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
            TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"), PYTHONPATH=str(REPO))
-MICRO_EVAL = ["--limit", "2", "--iraven-limit", "1", "--frames", "3", "--infill-tokens", "3", "--answer-tokens", "3",
-              "--n-boot", "100", "--no-progress", "--infills", "oracle"]
+MICRO_EVAL = ["--limit", "2", "--iraven_limit", "1", "--frames", "3", "--infill_tokens", "3", "--answer_tokens", "3",
+              "--n_boot", "100", "--no_progress", "--infills", "oracle"]
 RUN_KEYS = {"arm", "recipe", "budget", "unit", "seed", "run_dir", "status"}
 
 
@@ -94,8 +94,8 @@ def test_eval_flags_as_a_mapping_and_the_tasks_taken_out(tmp_path):
     write_recipes(tmp_path)
     study = parse_study(spec_data(tmp_path, eval={"limit": 2, "tasks": ["vcot", "iraven"], "no_progress": True}),
                         tmp_path / "m.yaml")
-    assert study.eval == ("--limit", "2", "--tasks", "vcot", "iraven", "--no-progress")
-    assert split_tasks(study.eval) == (["vcot", "iraven"], ["--limit", "2", "--no-progress"])
+    assert study.eval == ("--limit", "2", "--tasks", "vcot", "iraven", "--no_progress")
+    assert split_tasks(study.eval) == (["vcot", "iraven"], ["--limit", "2", "--no_progress"])
     assert split_tasks(("--limit", "2"))[0] == ["vcot", "shuffle", "iraven"]
 
 
@@ -124,7 +124,7 @@ def test_shipped_specs_load():
     specs = {p.stem: load_study(p) for p in sorted((REPO / "studies").glob("*.yaml"))}
     assert set(specs) == {"scale_demo", "architecture_demo", "paper_7b"}
     scale = specs["scale_demo"]
-    assert len(run_list(scale)) == 27 and scale.unit == "visual_tokens" and max(scale.budgets) == 800_000
+    assert len(run_list(scale)) == 27 and scale.unit == "visual_tokens" and scale.budgets == (50_000, 100_000, 200_000)
     assert [load_recipe_name(a.recipe) for a in scale.arms] == ["image_demo", "video_demo", "video_shuffled_demo"]
     arch = specs["architecture_demo"]
     qwen = train_args(arch, run_list(arch)[-1])

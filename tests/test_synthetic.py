@@ -1,6 +1,9 @@
 """Tests of the synthetic scene/sample generator (data_recipes.synthetic): determinism, split hygiene,
 pixels that match the ground truth, captions, option sets and the closed vocabulary. The make-up of
-option sets, item kinds and training mixes is tested in test_world_items.py."""
+option sets, item kinds and training mixes is tested by
+`tests/test_world_items.py::test_temporal_option_sets_are_two_reversal_pairs_and_one_self_reversing_option`,
+`tests/test_world_items.py::test_kinds_and_answer_slots_are_exactly_balanced_on_300_items` and
+`tests/test_world_items.py::test_training_video_mix`."""
 
 from __future__ import annotations
 

@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import ACCELERATE, LORA, PY, REPO, run_lora
 from train.config import ConfigError, resolve
-
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
-ACCELERATE = str(Path(PY).with_name("accelerate"))
-LORA = str(REPO / "train" / "lora.py")
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +28,6 @@ def work(tmp_path_factory):
     (d / "img.yaml").write_text(yaml.safe_dump({"kind": "image", "sources": [{"type": "synthetic_image"}],
                                                 "samples": 400, **common, "train": train}))
     return d
-
-
-def run(work: Path, *args: str, procs: int = 1, launcher: str | None = None, check: bool = True):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}",
-               PYTHONPATH=str(REPO), TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
-    if launcher:
-        cmd = [ACCELERATE, "launch", "--config_file", str(REPO / "ds_configs" / "accelerate" / launcher), LORA, *args]
-    elif procs > 1:
-        env["ACCELERATE_USE_CPU"] = "1"
-        cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(procs), LORA, *args]
-    else:
-        cmd = [PY, LORA, *args]
-    p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
-    return p
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -67,15 +47,15 @@ def test_trains_under_each_setup(work, mode):
     name = f"r_{mode}"
     args = ["--recipe", str(work / "vid.yaml"), "--run_name", name, "--max_steps", "4", "--record_samples", "true"]
     if mode == "zero2_1proc":
-        run(work, *args)  # a bare run: ZeRO-2 from ds_configs/zero2.json
+        run_lora(work, *args)  # a bare run: ZeRO-2 from ds_configs/zero2.json
     elif mode == "zero2_2proc":
-        run(work, *args, launcher="cpu_zero2_2proc.yaml")
+        run_lora(work, *args, launcher="cpu_zero2_2proc.yaml")
     elif mode == "zero3_2proc":
-        run(work, *args, launcher="cpu_zero3_2proc.yaml")
+        run_lora(work, *args, launcher="cpu_zero3_2proc.yaml")
     elif mode == "none_1proc":
-        run(work, *args, "--ds_config", "none")
+        run_lora(work, *args, "--ds_config", "none")
     else:
-        run(work, *args, "--ds_config", "none", procs=2)
+        run_lora(work, *args, "--ds_config", "none", procs=2)
     rd = work / "ckpt" / name
     info = json.loads((rd / "run.json").read_text())
     procs = 2 if "2proc" in mode else 1
@@ -99,11 +79,11 @@ def test_trains_under_each_setup(work, mode):
 
 @pytest.mark.slow
 def test_match_stops_exactly_and_mlflow_has_everything(work):
-    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "ref", "--max_steps", "3", "--ds_config", "none")
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "ref", "--max_steps", "3", "--ds_config", "none")
     ref = json.loads((work / "ckpt" / "ref" / "run.json").read_text())
     for unit in ("visual_tokens", "supervised_tokens", "samples"):
         name = f"img_{unit}"
-        run(work, "--recipe", str(work / "img.yaml"), "--run_name", name, "--ds_config", "none",
+        run_lora(work, "--recipe", str(work / "img.yaml"), "--run_name", name, "--ds_config", "none",
             "--match_to", str(work / "ckpt" / "ref"), "--match_by", unit, procs=2 if unit == "samples" else 1)
         info = json.loads((work / "ckpt" / name / "run.json").read_text())
         assert info["consumed"][unit] == ref["consumed"][unit], unit
@@ -130,10 +110,10 @@ def test_match_stops_exactly_and_mlflow_has_everything(work):
 @pytest.mark.slow
 def test_resume_continues_the_same_run(work):
     args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "6", "--save_steps", "3", "--record_samples", "true"]
-    run(work, *args, "--run_name", "full")
-    run(work, *args, "--run_name", "part")
+    run_lora(work, *args, "--run_name", "full")
+    run_lora(work, *args, "--run_name", "part")
     # Pretend the run died after its step-3 state: resume from it.
-    run(work, *args, "--run_name", "part", "--resume", str(work / "ckpt" / "part" / "checkpoints" / "step-3"))
+    run_lora(work, *args, "--run_name", "part", "--resume", str(work / "ckpt" / "part" / "checkpoints" / "step-3"))
     full, part = metrics(work / "ckpt" / "full"), metrics(work / "ckpt" / "part")
     assert [m["step"] for m in part] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(full[3:], part[3:]):
@@ -146,7 +126,7 @@ def test_resume_continues_the_same_run(work):
 
 @pytest.mark.slow
 def test_loss_falls_on_video_demo_data(work):
-    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "learn", "--max_steps", "60", "--ds_config", "none",
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "learn", "--max_steps", "60", "--ds_config", "none",
         "--learning_rate", "3e-3", "--train_embeddings", "true", "--per_device_batch_size", "8")
     losses = [m["loss"] for m in metrics(work / "ckpt" / "learn")]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -224,7 +204,7 @@ def test_resumable_state_holds_only_what_training_changes(work, ds_config):
     """A state is the trainable parameters + optimizer (+ small bookkeeping), not the frozen model:
     at most 1.5x (trainable fp32 + Adam's two moments) bytes."""
     name = f"state_{ds_config}"
-    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", name, "--max_steps", "3", "--save_steps", "2",
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", name, "--max_steps", "3", "--save_steps", "2",
         "--ds_config", ds_config)
     info = json.loads((work / "ckpt" / name / "run.json").read_text())
     trainable, total = info["parameters"]["trainable"], info["parameters"]["total"]
@@ -243,10 +223,10 @@ def test_resume_from_a_trainable_only_state_under_zero(work, launcher):
     name = "z2" if launcher is None else "z3"
     args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "4", "--save_steps", "2", "--record_samples", "true",
             "--run_name", name] + (["--ds_config", "zero2"] if launcher is None else [])
-    run(work, *args, launcher=launcher)
+    run_lora(work, *args, launcher=launcher)
     full, full_seen = metrics(work / "ckpt" / name), seen(work / "ckpt" / name)
     # Rerun steps 3-4 from the step-2 state, in the same run directory.
-    run(work, *args, "--resume", str(work / "ckpt" / name / "checkpoints" / "step-2"), launcher=launcher)
+    run_lora(work, *args, "--resume", str(work / "ckpt" / name / "checkpoints" / "step-2"), launcher=launcher)
     part = metrics(work / "ckpt" / name)
     assert [m["step"] for m in part] == [1, 2, 3, 4]
     for a, b in zip(full[2:], part[2:]):
@@ -259,18 +239,18 @@ def test_bf16_run_records_the_dtypes_it_used(work):
     """mixed_precision bf16 on CPU, as on a GPU: without DeepSpeed autocast computes in bf16 while the
     trained weights stay fp32; under ZeRO-2 DeepSpeed holds the model in bf16 (its optimizer keeps fp32
     masters). run.json says so from the tensors, not from the flag."""
-    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16", "--max_steps", "2", "--ds_config", "none",
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16", "--max_steps", "2", "--ds_config", "none",
         "--mixed_precision", "bf16")
     p = json.loads((work / "ckpt" / "bf16" / "run.json").read_text())["precision"]
     assert p == {"mixed_precision": "bf16", "trainable_dtype": "float32", "frozen_dtype": "bfloat16",
                  "forward_dtype": "bfloat16"}
-    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16_z2", "--max_steps", "2", "--ds_config", "zero2",
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16_z2", "--max_steps", "2", "--ds_config", "zero2",
         "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2", "--gradient_checkpointing", "true")
     info = json.loads((work / "ckpt" / "bf16_z2" / "run.json").read_text())
     assert info["precision"] == {"mixed_precision": "bf16", "trainable_dtype": "bfloat16",
                                  "frozen_dtype": "bfloat16", "forward_dtype": "bfloat16"}
     assert all(0 < m["loss"] < 20 for m in metrics(work / "ckpt" / "bf16_z2"))
-    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "fp32", "--max_steps", "1", "--ds_config", "none")
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "fp32", "--max_steps", "1", "--ds_config", "none")
     p = json.loads((work / "ckpt" / "fp32" / "run.json").read_text())["precision"]
     assert p["forward_dtype"] == p["trainable_dtype"] == p["frozen_dtype"] == "float32"
 
@@ -312,7 +292,7 @@ def test_long_samples_are_dropped_and_counted(work):
     from train.data import ShardStream
     from train.families import load_model
 
-    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "lens", "--max_steps", "1", "--ds_config", "none")
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "lens", "--max_steps", "1", "--ds_config", "none")
     info = json.loads((work / "ckpt" / "lens" / "run.json").read_text())
     _, processor, _ = load_model(work / info["base_model"])
     stream = ShardStream(shard_urls(work / "shards" / "vid"), processor, batch_size=64, seed=0, shuffle_buffer=1)
@@ -321,7 +301,7 @@ def test_long_samples_are_dropped_and_counted(work):
     lengths = dict(zip(keys, inputs["attention_mask"].sum(1).tolist()))
     limit = sorted(lengths.values())[len(lengths) // 2]
     assert min(lengths.values()) <= limit < max(lengths.values())
-    run(work, "--recipe", str(work / "vid.yaml"), "--run_name", "short", "--max_steps", "4", "--ds_config", "none",
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "short", "--max_steps", "4", "--ds_config", "none",
         "--max_length", str(limit), "--record_samples", "true")
     info = json.loads((work / "ckpt" / "short" / "run.json").read_text())
     trained = [k for ks in seen(work / "ckpt" / "short").values() for k in ks]
@@ -344,7 +324,7 @@ def test_logged_loss_is_the_token_mean_over_micro_batches(work):
     from train.lora import token_loss_sum
 
     steps = 4
-    run(work, "--recipe", str(work / "img.yaml"), "--run_name", "gas2", "--max_steps", str(steps), "--ds_config",
+    run_lora(work, "--recipe", str(work / "img.yaml"), "--run_name", "gas2", "--max_steps", str(steps), "--ds_config",
         "none", "--gradient_accumulation_steps", "2", "--per_device_batch_size", "2", "--learning_rate", "0",
         "--projector_lr", "0", "--record_samples", "true")
     logged = [m["loss"] for m in metrics(work / "ckpt" / "gas2")]

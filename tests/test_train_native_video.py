@@ -6,20 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from data_recipes.processors import load_processor
 from data_recipes.video_processors import video_tokens
+from helpers import REPO, run_lora
 from train.config import ConfigError, resolve
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import run  # noqa: E402
-
 FRAMES, SIZE = 4, 64
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +39,7 @@ def work(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_next_video"])
 def test_three_steps_through_the_video_path(work, family):
-    run(work, "--recipe", str(work / f"{family}.yaml"), "--run_name", family, "--max_steps", "3")
+    run_lora(work, "--recipe", str(work / f"{family}.yaml"), "--run_name", family, "--max_steps", "3")
     info = json.loads((work / "ckpt" / family / "run.json").read_text())
     assert info["video_input"] == "native" and info["config"]["video_input"] == "native"
     assert info["steps"] == 3 and info["consumed"]["samples"] == 6
@@ -68,7 +64,7 @@ def test_three_steps_through_the_video_path(work, family):
     assert settings["video_input"]["base"] == "native"
     # the same data as separate images costs more tokens per sample (LLaVA-NeXT-Video pools 4x, Qwen
     # merges two frames into one temporal patch)
-    run(work, "--recipe", str(work / f"{family}.yaml"), "--run_name", f"{family}_img", "--max_steps", "1",
+    run_lora(work, "--recipe", str(work / f"{family}.yaml"), "--run_name", f"{family}_img", "--max_steps", "1",
         "--video_input", "images")
     img = json.loads((work / "ckpt" / f"{family}_img" / "run.json").read_text())
     assert img["video_input"] == "images"
@@ -81,9 +77,9 @@ def test_an_image_run_matches_a_native_video_run_in_visual_tokens(work):
     stopped at those, not at what the frames would have cost as images."""
     ref = work / "ckpt" / "qwen2_vl"
     if not (ref / "run.json").exists():
-        run(work, "--recipe", str(work / "qwen2_vl.yaml"), "--run_name", "qwen2_vl", "--max_steps", "3")
+        run_lora(work, "--recipe", str(work / "qwen2_vl.yaml"), "--run_name", "qwen2_vl", "--max_steps", "3")
     target = json.loads((ref / "run.json").read_text())["consumed"]["visual_tokens"]
-    run(work, "--recipe", str(work / "img.yaml"), "--run_name", "img_matched", "--match_to", str(ref),
+    run_lora(work, "--recipe", str(work / "img.yaml"), "--run_name", "img_matched", "--match_to", str(ref),
         "--match_by", "visual_tokens")
     info = json.loads((work / "ckpt" / "img_matched" / "run.json").read_text())
     assert info["video_input"] == "images" and info["match"]["target"] == target
@@ -95,7 +91,7 @@ def test_an_image_run_matches_a_native_video_run_in_visual_tokens(work):
 
 @pytest.mark.slow
 def test_a_family_without_a_video_path_is_a_user_error(work):
-    p = run(work, "--recipe", str(work / "llava.yaml"), "--run_name", "llava", "--max_steps", "1", check=False)
+    p = run_lora(work, "--recipe", str(work / "llava.yaml"), "--run_name", "llava", "--max_steps", "1", check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "error: video_input native: llava" in p.stderr and "has no video path" in p.stderr
 

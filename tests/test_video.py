@@ -12,6 +12,7 @@ from PIL import Image
 
 from data_recipes import video
 from data_recipes.video import VideoError, count_frames, read_frames, uniform_indices, write_video
+from helpers import count_decoded
 
 N_FRAMES = 12
 W, H = 48, 32
@@ -100,8 +101,6 @@ def test_read_with_resize(clip):
 
 
 def test_read_stops_after_last_needed_frame(clip, monkeypatch):
-    from test_video_seek import count_decoded
-
     decoded = count_decoded(monkeypatch)
     frames = read_frames(clip, indices=[4, 1])
     assert [frame_id(f) for f in frames] == [4, 1]

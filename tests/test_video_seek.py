@@ -16,6 +16,7 @@ import pytest
 
 from data_recipes import video
 from data_recipes.video import read_frames, seek_stats, uniform_indices
+from helpers import count_decoded
 
 W, H = 64, 48
 N = 150
@@ -134,33 +135,6 @@ def test_num_frames_and_resize_match(clip):
     a = read_frames(clip, num_frames=8, size=32)
     b = read_frames(clip, num_frames=8, size=32, seek=False)
     assert [np.asarray(x).tobytes() for x in a] == [np.asarray(x).tobytes() for x in b]
-
-
-def count_decoded(monkeypatch):
-    """Patches av.open so that every frame a container's decode() yields is counted."""
-    decoded = []
-    real_open = av.open
-
-    class Counting:
-        def __init__(self, inner):
-            self._inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self._inner, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self._inner.__exit__(*exc)
-
-        def decode(self, *args, **kwargs):
-            for frame in self._inner.decode(*args, **kwargs):
-                decoded.append(frame.pts)
-                yield frame
-
-    monkeypatch.setattr(video.av, "open", lambda *a, **k: Counting(real_open(*a, **k)))
-    return decoded
 
 
 def test_seeking_decodes_a_few_gops_not_the_clip(tmp_path, monkeypatch):

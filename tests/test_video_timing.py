@@ -9,8 +9,6 @@ the evaluation pass it on as `video_metadata`.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,12 +18,10 @@ import yaml
 from data_recipes.build import build, shard_urls
 from data_recipes.video import write_video
 from evalsuite.benchmarks import EgoSchema
+from fixtures_real_data import llava_video_178k
 from train.chat import processor_inputs
 from train.data import encode_samples
 from train.tiny import build_tiny
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fixtures_real_data import llava_video_178k  # noqa: E402
 
 FRAMES = 4
 FIXTURE_FPS, FIXTURE_FRAMES = 8, 12  # what fixtures_real_data.mp4 writes (write_video's default rate)

@@ -10,13 +10,15 @@ tail of one sample's labels; text tokens cannot be split, so the closest sample 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-COUNTERS = ("samples", "images", "text_tokens", "supervised_tokens", "visual_tokens")
+from data_recipes.counters import CONSUMED_COUNTERS
+from train.run_record import RunRecord
+
+COUNTERS = CONSUMED_COUNTERS  # the matrices' column order
 
 
 def batch_matrix(counts: dict, batch_size: int) -> torch.Tensor:
@@ -103,9 +105,8 @@ def reference_consumption(match_to: str, tracking_uri: str) -> tuple[dict, dict]
     """(consumed counts, description) of a reference run: a checkpoint dir with run.json, or an MLflow run id."""
     p = Path(match_to)
     if (p / "run.json").exists():
-        info = json.loads((p / "run.json").read_text())
-        return info["consumed"], {"checkpoint": str(p), "mlflow_run_id": info.get("mlflow_run_id"),
-                                  "recipe": info.get("recipe")}
+        run = RunRecord.read(p / "run.json", require=("consumed",))
+        return run.consumed, {"checkpoint": str(p), "mlflow_run_id": run.mlflow_run_id, "recipe": run.recipe}
     if p.exists() or "/" in match_to:
         raise FileNotFoundError(f"--match_to {match_to}: no run.json there (expected a finished run's directory)")
     from train.tracking import run_metrics

@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_recipes.counters import TOKEN_UNITS
 from train import accounting
 
 PRESCAN_SAMPLES = 64
@@ -64,7 +65,7 @@ def per_sample_from_manifest(manifest: dict, unit: str, model_dir: str | Path, v
     n = counts.get("samples", 0)
     if not n or unit not in counts:
         return None
-    if unit in ("visual_tokens", "text_tokens"):
+    if unit in TOKEN_UNITS:
         model = manifest.get("tokens_model")
         if not model or Path(str(model)).resolve() != Path(model_dir).resolve():
             return None

@@ -28,9 +28,10 @@ from pathlib import Path
 import yaml
 
 from data_recipes.clips import VIDEO_INPUT_SETTINGS
+from data_recipes.counters import TRAIN_MATCH_UNITS
 from data_recipes.hints import did_you_mean
 
-MATCH_UNITS = ("samples", "visual_tokens", "text_tokens", "supervised_tokens")
+MATCH_UNITS = TRAIN_MATCH_UNITS  # what a run consumes; a recipe's build-time match.by has its own (data_recipes.counters)
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
 

@@ -51,7 +51,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed  # noqa: E402
 
 from data_recipes.build import build as build_shards  # noqa: E402
 from data_recipes.build import manifest_hash, read_manifest, shard_urls, verify  # noqa: E402
-from data_recipes.files import atomic_write_json, atomic_write_text  # noqa: E402
+from data_recipes.files import atomic_write_text  # noqa: E402
 from data_recipes.processors import save_processor  # noqa: E402
 from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
@@ -63,6 +63,7 @@ from train.config import ConfigError, TrainConfig, resolve  # noqa: E402
 from train.data import ShardStream, encode_samples, make_loader, resolve_frames, trim  # noqa: E402
 from train.families import get_module, load_model  # noqa: E402
 from train.models import resolve_base_model, wrap_lora  # noqa: E402
+from train.run_record import RunRecord  # noqa: E402
 from train.runtime import fill_ds_config, resolve_runtime  # noqa: E402
 from train.schedule import make_optimizer, make_scheduler  # noqa: E402
 from train.tracking import NullTracker, Tracker, default_tracking_uri, parent_run_tags  # noqa: E402
@@ -451,27 +452,29 @@ class LoRATrainer:
         """Write ckpt/<run>/: the peft adapter, the processor and run.json; log them to MLflow."""
         cfg, acc, state, b = self.cfg, self.acc, self.state, self.budget
         weights = trainable_state_dict(acc, self.model)  # every process joins the ZeRO-3 gathers
-        info = {
-            "base_model": str(self.base_dir), "family": self.family.name, "recipe": self.recipe.name,
-            "kind": self.recipe.kind, "frame_order": self.recipe.frame_order,
-            "manifest_hash": manifest_hash(self.shards), "shards": str(self.shards),
-            "video_input": self.video_input, "max_pixels": self.max_pixels,
-            "seed": cfg.seed, "mlflow_run_id": state.mlflow_run_id, "tracking_uri": self.tracking_uri,
-            "experiment": cfg.experiment, "consumed": state.consumed, "steps": state.step, "passes": state.passes,
-            "unique_samples": self.stream.unique_seen(state.positions, self.acc.num_processes * max(1, cfg.num_workers)),
-            "dropped": state.dropped, "precision": self.precision_record(), "runtime": self.runtime.describe(),
-            "parameters": {"trainable": self.trainable, "total": self.total_params},
-            "budget": b.to_dict(), "config": cfg.to_dict(),
-        }
+        match = None
         if b.unit is not None and cfg.match_to:
             achieved = state.consumed[b.unit]
-            info["match"] = {"reference": b.reference, "unit": b.unit, "target": b.target, "achieved": achieved,
-                             "rel_error": abs(achieved - b.target) / max(1, b.target)}
+            match = {"reference": b.reference, "unit": b.unit, "target": b.target, "achieved": achieved,
+                     "rel_error": abs(achieved - b.target) / max(1, b.target)}
+        record = RunRecord(
+            base_model=str(self.base_dir), family=self.family.name, recipe=self.recipe.name, kind=self.recipe.kind,
+            frame_order=self.recipe.frame_order, video_input=self.video_input, max_pixels=self.max_pixels,
+            seed=cfg.seed, mlflow_run_id=state.mlflow_run_id, tracking_uri=self.tracking_uri,
+            consumed=state.consumed, budget=b.to_dict(), config=cfg.to_dict(), match=match,
+            extra={"manifest_hash": manifest_hash(self.shards), "shards": str(self.shards),
+                   "experiment": cfg.experiment, "steps": state.step, "passes": state.passes,
+                   "unique_samples": self.stream.unique_seen(state.positions,
+                                                             self.acc.num_processes * max(1, cfg.num_workers)),
+                   "dropped": state.dropped, "precision": self.precision_record(),
+                   "runtime": self.runtime.describe(),
+                   "parameters": {"trainable": self.trainable, "total": self.total_params}})
+        info = record.to_dict()
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             acc.unwrap_model(self.model).save_pretrained(self.run_dir, state_dict=weights, safe_serialization=True)
             save_processor(self.processor, self.run_dir)
-            atomic_write_json(self.run_dir / "run.json", info)
+            record.write(self.run_dir / "run.json")
             t = self.tracker
             t.log_metrics({f"consumed/{c}": v for c, v in state.consumed.items()} | {"steps": state.step,
                           "unique_samples": info["unique_samples"]}, step=state.step)

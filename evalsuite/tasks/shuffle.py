@@ -17,7 +17,7 @@ that reads the infills as a bag of facts about the video does not. Its row recor
 Metrics per F: the five accuracies and `drop_<p>` = acc_vcot - acc_<p> (positive: accuracy lost),
 a paired difference over the same items with bootstrap CI and exact McNemar p; rows carry the item's
 `kind` and the summary repeats every block per kind under "by_kind", as vcot's. Every condition is a
-vCoT input (text between the frames), so frames are always fed as images, whatever `--video-input`
+vCoT input (text between the frames), so frames are always fed as images, whatever `--video_input`
 says; they go through the checkpoint's `max_pixels` like vcot's. Prompts, scoring and the settings'
 protocol are vcot's (`--protocol paper`: the letter-answer instruction, generate scoring, the judge).
 A model that reads its infills loses under `text`: in the paper the image LLaVA-NeXT lost 9.4 points

@@ -21,7 +21,7 @@ the summary repeats every block per kind under "by_kind". "floors" holds the opt
 accuracy (`evalsuite.floors.options_only_floor`): how far option wording alone gets, the line `blind`
 and every other condition should be read against.
 
-How frames reach the model (`--video-input`, default the checkpoint's run.json): on `native` the `base`
+How frames reach the model (`--video_input`, default the checkpoint's run.json): on `native` the `base`
 and `reversed` conditions, whose frames are one uninterrupted run, feed them as one clip through the
 family's video path (a `{"type": "video"}` part, `data_recipes.clips.as_video`), as a model trained with
 `video_input: native` saw its videos; caption and vcot put text between the frames, so they always feed
@@ -91,11 +91,11 @@ class VCoTTask(Task):
             return
         family = subject.family
         if family.name not in FAMILY_VIDEO_PROCESSOR:  # the one list of families with a video path
-            asked = ("--video-input native" if inputs.origin == "--video-input"
+            asked = ("--video_input native" if inputs.origin == "--video_input"
                      else f"{inputs.origin} says video_input native")
             with_path = ", ".join(sorted(FAMILY_VIDEO_PROCESSOR))
             raise ConfigError(f"{asked}, but {subject.ref.name} is a {family.name} model, which has no native video "
-                              f"path (families with one: {with_path}); evaluate it with --video-input images")
+                              f"path (families with one: {with_path}); evaluate it with --video_input images")
 
     def settings(self, subject_info: dict, inputs: FrameInputs | None = None) -> dict:
         cfg, inputs = self.cfg, inputs or FrameInputs()

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from fixtures_7b import PUBLISHED, write_config_dir  # tests/, on the path through tests/conftest.py
 
-from fixtures_7b import PUBLISHED, write_config_dir  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.bench
 

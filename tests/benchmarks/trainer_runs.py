@@ -1,7 +1,7 @@
 """Driving `train/lora.py` for the benchmarks: as a subprocess, in-process on a batch in memory, and bare.
 
 - `TrainWork.run(...)`: the real command (`python train/lora.py` or `accelerate launch ...`) in a
-  subprocess, as `tests/test_train.py` drives it; returns the run's `metrics.jsonl` rows.
+  subprocess, as `run_lora` in `tests/helpers.py` drives it; returns the run's `metrics.jsonl` rows.
 - `trainer_step_seconds(...)`: `train.lora.main` in this process with its data loader replaced by
   the same collated batch, again and again; the time between two requests for a batch is one full
   iteration of the trainer's loop (accounting, clipping, scheduler, logging included).

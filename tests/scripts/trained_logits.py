@@ -3,8 +3,9 @@
     accelerate launch --config_file ds_configs/accelerate/cpu_zero3_2proc.yaml tests/scripts/trained_logits.py \
         OUT.pt --recipe R --max_steps 3 ...
 
-Used by tests/test_train_scale.py to check that the adapter the trainer wrote reproduces the model it
-trained (under ZeRO-3 the forward runs on every rank with partitioned weights).
+Used by `tests/test_train.py::test_zero3_adapter_reproduces_the_trained_model` to check that the
+adapter the trainer wrote reproduces the model it trained (under ZeRO-3 the forward runs on every rank
+with partitioned weights).
 """
 
 import sys

@@ -6,9 +6,9 @@ script runs transformers' classes on deterministic frames and writes what they r
 grids, sums and the values at fixed positions) to `tests/fixtures/video_references.json`.
 Run it where torchvision works, with the same transformers version as the project:
 
-    python -m venv /tmp/tv && /tmp/tv/bin/pip install torch torchvision transformers pillow numpy
-    /tmp/tv/bin/python tests/scripts/video_references.py            # writes the fixture
-    /tmp/tv/bin/python tests/scripts/video_references.py --compare  # also compares element-wise
+    python -m venv ../tv && ../tv/bin/pip install torch torchvision transformers pillow numpy
+    ../tv/bin/python tests/scripts/video_references.py            # writes the fixture
+    ../tv/bin/python tests/scripts/video_references.py --compare  # also compares element-wise
 
 `--compare` runs `TorchVideoProcessor` beside transformers' class on every case plus random ones and
 prints the largest absolute difference (it imports the project from this checkout).
