@@ -143,8 +143,8 @@ def test_demo_stages_run_the_documented_commands():
     assert stages[1].env == {"OMP_NUM_THREADS": "2"}
     assert cmds["image"][0][-5:] == ["image_demo", "--match_to", "ckpt/video_demo", "--match_by", "visual_tokens"]
     assert cmds["eval"] == [["acc", "launch", "--multi_gpu", "--num_processes", "2", "-m", "evalsuite", "all", "ckpt/",
-                             "--infills", "oracle", "--limit", "300", "--frames", "5", "--iraven-limit", "20",
-                             "--iraven-layout", "candidates"]]
+                             "--infills", "oracle", "--limit", "300", "--frames", "5", "--iraven_limit", "20",
+                             "--iraven_layout", "candidates"]]
     assert stages[4].env == {"ACCELERATE_USE_CPU": "1"}
     assert D.demo_stages("py", "acc", 2, base_current=True)[1].skip
     control = D.control_stages("py", "acc")
