@@ -376,7 +376,7 @@ def test_a_killed_study_resumes_and_skips_what_is_done(tmp_path, mlflow_server):
     assert eval_metrics(out) == metrics and (first / "run.json").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.long  # about 8 minutes on 2 cores: 16 submitit jobs, each paying accelerate's start-up
+@pytest.mark.long  # 4-8 minutes on 2 cores: 16 submitit jobs, each paying accelerate's start-up
 def test_micro_study_killed_under_submitit_matches_an_uninterrupted_local_one(tmp_path):
     """2 arms x 2 budgets x 2 seeds (vcot only, to keep it to minutes): through the local launcher without a
     stop, and through submitit's local executor killed mid-way and rerun; both give the same evaluations and
