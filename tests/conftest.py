@@ -15,17 +15,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-REPO = Path(__file__).resolve().parents[1]
-IRAVEN_MISSING = ("I-RAVEN reference puzzles not found: set IRAVEN_REFERENCE or place them at "
-                  "../shared/iraven_reference")
+IRAVEN_MISSING = ("I-RAVEN reference puzzles not found: set IRAVEN_REFERENCE to a directory of puzzles made "
+                  "by the original I-RAVEN generator (answers.json and one folder per configuration)")
 
 
 @pytest.fixture(scope="session")
 def iraven_reference() -> Path:
     """The original generator's reference puzzles (answers.json, one folder per configuration):
-    `$IRAVEN_REFERENCE`, else `../shared/iraven_reference` next to the repository; skips when absent."""
-    ref = Path(os.environ.get("IRAVEN_REFERENCE") or REPO.parent / "shared" / "iraven_reference")
-    if not (ref / "answers.json").is_file():
+    the directory `$IRAVEN_REFERENCE` names; skips, saying how to set it, when it is unset or holds none."""
+    ref = Path(os.environ.get("IRAVEN_REFERENCE", ""))
+    if not os.environ.get("IRAVEN_REFERENCE") or not (ref / "answers.json").is_file():
         pytest.skip(IRAVEN_MISSING)
     return ref
 
