@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_recipes.files import atomic_write_text
-from evalsuite.report import DEFAULT_N_BOOT, IRAVEN_SET, ROLES, Checkpoint, _correct, compared_settings, verdict
+from evalsuite.report import IRAVEN_SET, ROLES, Bootstrap, Checkpoint, _correct, compared_settings, verdict
 from evalsuite.report import _uninformative as _reason
 from evalsuite.stats import SeedEstimate, hierarchical_bootstrap
 from train.run_record import RunRecordError
@@ -293,12 +293,9 @@ def _oriented(est: SeedEstimate, sign: int) -> dict:
 
 
 def _boot_settings(runs: list[StudyRun], n_boot: int | None, seed: int) -> dict:
-    """n_boot: the one asked for, else the largest the evaluations recorded, else `DEFAULT_N_BOOT`."""
-    if n_boot is None:
-        recorded = [s["n_boot"] for r in runs if r.ckpt for t in r.ckpt.metrics
-                    if isinstance((s := r.ckpt.settings(t)).get("n_boot"), int) and s["n_boot"] > 0]
-        n_boot = max(recorded, default=DEFAULT_N_BOOT)
-    return {"n_boot": n_boot, "seed": seed}
+    """n_boot: the one asked for, else the largest the evaluations recorded, else `DEFAULT_N_BOOT` (the
+    evaluation report's rule, `evalsuite.report.Bootstrap`); `seed` as given."""
+    return Bootstrap(n_boot, seed).of(*(r.ckpt.settings(t) for r in runs if r.ckpt for t in r.ckpt.metrics))
 
 
 def study_rows(spec, runs: list[StudyRun], boot: dict) -> tuple[list[Row], list[Row], dict[str, str]]:
