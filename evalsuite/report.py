@@ -54,7 +54,8 @@ from data_recipes.files import atomic_write_text
 from evalsuite.comparisons import block_of, fkeys
 from evalsuite.config import ConfigError
 from evalsuite.iraven.groups import ACTIVE_RULES, GROUPS, in_group
-from evalsuite.stats import accuracy_ci, contrast_of_differences, paired_difference
+from evalsuite.stats import (accuracy_ci, contrast_of_differences, paired_bootstrap_sums, paired_difference,
+                             percentile_interval)
 from train.run_record import RunRecord
 
 AUDIT = CONSUMED_COUNTERS
@@ -326,11 +327,13 @@ def frames_line(ckpts: list[Checkpoint], task: str) -> str:
     return "Frames fed: " + "; ".join(f"`{name}`: {how}" for name, how in fed.items()) + "."
 
 
-# --- paired contrasts from the prediction rows -----------------------------------------------------
-def _correct(c: Checkpoint, task: str, f: int | None = None, condition: str | None = None,
-             items: str = "overall") -> dict[str, int]:
-    """{item: 1 if right else 0} of one checkpoint's rows of `task`, at F `f` in `condition` (None: any),
-    on the items of one kind ("overall": all). Rows that could not be evaluated (`error`) are left out."""
+# --- what one checkpoint's results say, per item and per run (also read by evalsuite.study_report) --
+def item_correctness(c: Checkpoint, task: str, f: int | None = None, condition: str | None = None,
+                     items: str = "overall") -> dict[str, int]:
+    """{item: 1 if right else 0} of one checkpoint's rows of `task` (eval/<task>/predictions.jsonl), at F
+    `f` in `condition` (None: any), on the items of one kind ("overall": all). Rows that could not be
+    evaluated (`error`) are left out. The per-item vectors every paired contrast of this report and of
+    `evalsuite.study_report` is made of."""
     out = {}
     for r in c.predictions(task):
         if r.get("error") or "item" not in r:
@@ -343,6 +346,21 @@ def _correct(c: Checkpoint, task: str, f: int | None = None, condition: str | No
     return out
 
 
+def uninformative_reason(m: dict) -> str:
+    """Why an I-RAVEN run is uninformative, from its summary `m` (eval/iraven/metrics.json's `metrics`,
+    written by `evalsuite.tasks.iraven`): "position bias 73% on candidate C", else the recorded
+    `informative_reason`. Shown instead of the run's accuracy here and in `evalsuite.study_report`; only
+    meaningful for a summary with `informative: false`."""
+    bias = m.get("position_bias")
+    if isinstance(bias, dict) and isinstance(bias.get("value"), (int, float)):
+        where = bias.get("letter")
+        if where is None and isinstance(bias.get("index"), int):
+            where = "ABCDEFGH"[bias["index"]] if 0 <= bias["index"] < 8 else bias["index"]
+        return f"position bias {100 * bias['value']:.0f}% on candidate {where}"
+    return str(m.get("informative_reason") or "answers sit on one candidate")
+
+
+# --- paired contrasts from the prediction rows -----------------------------------------------------
 def _aligned(*vectors: dict[str, int]) -> tuple[int, list[list[int]]]:
     """The items every vector has, and each vector's values on them in one order."""
     keys = sorted(set.intersection(*(set(v) for v in vectors))) if vectors else []
@@ -354,11 +372,14 @@ def relative_gain(vcot, base, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, al
 
     The share of what the frames alone got wrong that the infills win back (net): a gain of 5 points
     means more to a model at 90% than at 30%. The CI resamples items and recomputes the ratio on each
-    resample (the same items for both conditions); resamples without headroom (every base answer right)
-    are undefined and left out. None when the observed base accuracy is 1 (no headroom at all).
+    resample (`stats.paired_bootstrap_sums`: the same items for both conditions, the draws of
+    `stats.paired_difference` for the same seed); resamples without headroom (every base answer right)
+    are undefined and left out, and with none left the CI is the point. None when the observed base
+    accuracy is 1 (no headroom at all).
 
     Raises:
-        ValueError: empty input or vectors of different lengths (the message gives both).
+        ValueError: empty input or vectors of different lengths (the message gives both), an invalid
+            `n_boot` or `alpha`.
     """
     v, b = np.asarray(vcot, dtype=np.int64), np.asarray(base, dtype=np.int64)
     if v.ndim != 1 or v.size == 0 or v.shape != b.shape:
@@ -368,16 +389,10 @@ def relative_gain(vcot, base, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, al
     if b.sum() == n:
         return None
     value = (int(v.sum()) - int(b.sum())) / (n - int(b.sum()))
-    rng = np.random.default_rng(seed)
-    ratios = []
-    rows = max(1, (1 << 22) // n)
-    for start in range(0, n_boot, rows):
-        idx = rng.integers(0, n, size=(min(rows, n_boot - start), n))
-        sv, sb = v[idx].sum(axis=1), b[idx].sum(axis=1)
-        ok = sb < n
-        ratios.append((sv[ok] - sb[ok]) / (n - sb[ok]))
-    boot = np.concatenate(ratios)
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2]) if boot.size else (value, value)
+    sv, sb = paired_bootstrap_sums([v, b], n_boot=n_boot, seed=seed)
+    ok = sb < n
+    boot = (sv[ok] - sb[ok]) / (n - sb[ok])
+    low, high = percentile_interval(boot, alpha) if boot.size else (value, value)
     return {"value": float(value), "ci_low": float(low), "ci_high": float(high), "n": int(n)}
 
 
@@ -409,7 +424,7 @@ def _difference_of_differences(pair: Pair, task: str, f: int, conditions: tuple[
     answered in both, with the (n_boot, seed) of the contrast: (n, (s_a, s_b, v_a, v_b), kw); n = 0 when
     no item is shared."""
     s, v = pair
-    n, vectors = _aligned(*(_correct(c, task, f, cond, items) for c in (s, v) for cond in conditions))
+    n, vectors = _aligned(*(item_correctness(c, task, f, cond, items) for c in (s, v) for cond in conditions))
     return n, vectors, boot.of(s.settings(task), v.settings(task))
 
 
@@ -441,8 +456,8 @@ def drop_finding(pair: Pair, f: int, items: str = "overall", boot: Bootstrap = B
 
 
 def _in_rule_group(c: Checkpoint, group: str | None) -> dict[str, int]:
-    """`_correct` of a checkpoint's I-RAVEN rows, on the puzzles of one rule group (None: all puzzles)."""
-    right = _correct(c, "iraven")
+    """`item_correctness` of a checkpoint's I-RAVEN rows, on the puzzles of one rule group (None: all puzzles)."""
+    right = item_correctness(c, "iraven")
     if group is None:
         return right
     members = {r.get("item") for r in c.predictions("iraven") if in_group(r, group)}
@@ -460,7 +475,7 @@ def iraven_finding(pair: Pair, group: str | None = None, boot: Bootstrap = Boots
     kw = boot.of(s.settings("iraven"), v.settings("iraven"))
     return {"n": n, "contrast": paired_difference(vc, sc, **kw).to_dict(),
             "subject_acc": accuracy_ci(sc, **kw).to_dict(), "video_acc": accuracy_ci(vc, **kw).to_dict(),
-            "uninformative": {c.name: _uninformative(c.task_metrics("iraven")) for c in (s, v)
+            "uninformative": {c.name: uninformative_reason(c.task_metrics("iraven")) for c in (s, v)
                               if c.task_metrics("iraven").get("informative") is False}}
 
 
@@ -558,17 +573,6 @@ def verdict(contrast: dict | None) -> str:
     if contrast["ci_high"] < 0:
         return "contradicted"
     return "inconclusive"
-
-
-def _uninformative(m: dict) -> str:
-    """'position bias 73% on candidate C' (or the recorded reason) for an I-RAVEN summary."""
-    bias = m.get("position_bias")
-    if isinstance(bias, dict) and isinstance(bias.get("value"), (int, float)):
-        where = bias.get("letter")
-        if where is None and isinstance(bias.get("index"), int):
-            where = "ABCDEFGH"[bias["index"]] if 0 <= bias["index"] < 8 else bias["index"]
-        return f"position bias {100 * bias['value']:.0f}% on candidate {where}"
-    return str(m.get("informative_reason") or "answers sit on one candidate")
 
 
 def verdicts(findings: dict) -> list[dict]:
@@ -929,7 +933,7 @@ def iraven_section(ckpts: list[Checkpoint], all_findings: list[dict] = ()) -> li
         value = bias.get("value") if isinstance(bias, dict) else bias
         bias_s = f"{100 * value:.1f}" if isinstance(value, (int, float)) else ""
         if m.get("informative") is False:
-            cells = [f"uninformative ({_uninformative(m)})", *["" for _ in configs]]
+            cells = [f"uninformative ({uninformative_reason(m)})", *["" for _ in configs]]
         else:
             cells = [_pct(m.get("acc")), *(_pct(per.get(k)) for k in configs)]
         out.append("| " + " | ".join([c.name, c.role, *cells, bias_s]) + " |")
@@ -955,7 +959,7 @@ def iraven_rule_lines(rows: list[Checkpoint]) -> list[str]:
             if not _est(est):
                 continue
             by_type = (m.get("by_rule_type") or {}).get(group) or {}
-            cells = ([f"uninformative ({_uninformative(m)})", *["" for _ in ACTIVE_RULES]]
+            cells = ([f"uninformative ({uninformative_reason(m)})", *["" for _ in ACTIVE_RULES]]
                      if m.get("informative") is False else [_pct(est), *(_pct(by_type.get(t)) for t in ACTIVE_RULES)])
             out.append("| " + " | ".join([group.replace("_", " "), c.name, c.role, str(est.get("n", "")), *cells]) + " |")
     return out + [""]

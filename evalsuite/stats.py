@@ -18,6 +18,12 @@ the *item*.  Three estimators cover the comparisons the reports make:
 * :func:`hierarchical_bootstrap` - a statistic averaged over training seeds (an arm of a
   study) or a contrast of such averages, with a CI that resamples seeds and items.
 
+Two building blocks serve statistics that are not a mean of one per-item score (the gain
+relative to headroom of :func:`evalsuite.report.relative_gain` is a ratio):
+:func:`paired_bootstrap_sums` resamples the items once per replicate and sums several
+vectors over the same draw, with the draws of the estimators above for the same ``seed``;
+:func:`percentile_interval` is the interval every estimator here reads off its replicates.
+
 Inputs are per-item correctness vectors (bools or 0/1 ints).  Only numpy and the
 standard library are used, and results are deterministic for a given ``seed``.
 
@@ -46,6 +52,8 @@ __all__ = [
     "random_fill_accuracy_ci",
     "SeedEstimate",
     "hierarchical_bootstrap",
+    "paired_bootstrap_sums",
+    "percentile_interval",
 ]
 
 # Upper bound on the number of resampled indices held in memory at once
@@ -118,31 +126,43 @@ def _as_binary_group(**vectors: Sequence[bool | int]) -> list[np.ndarray]:
     return arrays
 
 
-def _check_params(n_boot: int, alpha: float) -> None:
+def _check_n_boot(n_boot: int) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+
+
+def _check_alpha(alpha: float) -> None:
     if not (0.0 < float(alpha) < 1.0):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+
+
+def _check_params(n_boot: int, alpha: float) -> None:
+    _check_n_boot(n_boot)
+    _check_alpha(alpha)
 
 
 # ------------------------------------------------------------------------ bootstrap
 
 
-def _bootstrap_sums(scores: np.ndarray, n_boot: int, seed: int | None) -> np.ndarray:
-    """Sums of ``scores`` over ``n_boot`` resamples of the items (with replacement).
+def _bootstrap_sums(vectors: Sequence[np.ndarray], n_boot: int, seed: int | None) -> list[np.ndarray]:
+    """Per vector, its sums over ``n_boot`` resamples of the items (with replacement), every vector
+    summed over the same draw. The one item-resampling loop of this module (:func:`hierarchical_bootstrap`
+    draws seeds too and has its own).
 
     Integer scores give integer sums, so the bootstrap means ``sums / n`` are
     computed with a single rounding, exactly like the point estimate.
     """
-    n = scores.size
+    n = vectors[0].size
     rng = np.random.default_rng(seed)
-    sums = np.empty(n_boot, dtype=np.int64)
-    # Chunk size depends only on n, so results are reproducible for a given seed.
+    sums = [np.empty(n_boot, dtype=np.int64) for _ in vectors]
+    # Chunk size depends only on n (not on how many vectors), so the draws are reproducible for a
+    # given seed and the same whatever is summed over them.
     rows = max(1, _MAX_CHUNK_ELEMENTS // n)
     for start in range(0, n_boot, rows):
         stop = min(start + rows, n_boot)
         idx = rng.integers(0, n, size=(stop - start, n))
-        sums[start:stop] = scores[idx].sum(axis=1)
+        for out, scores in zip(sums, vectors):
+            out[start:stop] = scores[idx].sum(axis=1)
     return sums
 
 
@@ -151,9 +171,65 @@ def _percentile_estimate(scores: np.ndarray, n_boot: int, seed: int | None, alph
     """Mean of integer per-item ``scores`` / ``scale`` with a percentile-bootstrap interval."""
     n = scores.size
     value = int(scores.sum()) / (n * scale)
-    boot = _bootstrap_sums(scores, n_boot, seed) / (n * scale)
-    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    boot = _bootstrap_sums([scores], n_boot, seed)[0] / (n * scale)
+    low, high = percentile_interval(boot, alpha)
     return Estimate(value=float(value), ci_low=float(low), ci_high=float(high), n=int(n))
+
+
+def percentile_interval(replicates: Sequence[float], alpha: float = 0.05) -> Tuple[float, float]:
+    """``(low, high)``: the ``alpha / 2`` and ``1 - alpha / 2`` quantiles of bootstrap replicates
+    (numpy's default linear interpolation), the percentile interval of every estimator here.
+
+    Raises:
+        ValueError: no replicate, or ``alpha`` outside (0, 1).
+    """
+    _check_alpha(alpha)
+    boot = np.asarray(replicates)
+    if boot.size == 0:
+        raise ValueError("replicates is empty: a percentile interval needs at least one bootstrap replicate")
+    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def paired_bootstrap_sums(
+    vectors: Sequence[Sequence[bool | int]],
+    n_boot: int = 2000,
+    seed: int | None = 0,
+) -> list[np.ndarray]:
+    """Each vector's sum over the items of every bootstrap replicate, all vectors resampled alike.
+
+    Replicate ``r`` draws ``n`` item indices with replacement and sums every vector over them:
+    ``out[k][r]`` is vector ``k``'s sum on draw ``r`` (an int64 array of ``n_boot`` per vector). Any
+    statistic of the vectors' means on shared items is a function of these sums (``sums[k] / n``); a
+    replicate's statistic that is undefined (a ratio over zero) is the caller's to leave out. This is how
+    :func:`evalsuite.report.relative_gain` gets its replicates. The draws depend only on ``n``,
+    ``n_boot`` and ``seed``: with the same ones, :func:`accuracy_ci`, :func:`paired_difference` and the
+    others resample the same items, e.g. ``out[0] - out[1]`` of ``[a, b]`` are the replicate sums of
+    :func:`paired_difference` ``(a, b)``.
+
+    Args:
+        vectors: Per-item integer scores (bools or ints, e.g. correctness), aligned item by item.
+        n_boot, seed: As in :func:`accuracy_ci`.
+
+    Raises:
+        ValueError: no vector, an empty or non-integer vector, vectors of different lengths (the message
+            gives every length) or an invalid ``n_boot``.
+    """
+    _check_n_boot(n_boot)
+    if not vectors:
+        raise ValueError("vectors is empty: need at least one per-item score vector to resample")
+    arrays = []
+    for k, values in enumerate(vectors):
+        arr = np.asarray(values)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"vectors[{k}] must be a non-empty 1-D sequence of per-item scores, got shape {arr.shape}")
+        if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"vectors[{k}] must hold bools or integers (per-item scores), got dtype {arr.dtype}")
+        arrays.append(arr.astype(np.int64))
+    if len({a.size for a in arrays}) > 1:
+        described = ", ".join(f"vectors[{k}] has {a.size} items" for k, a in enumerate(arrays))
+        raise ValueError(f"length mismatch: {described}; a paired bootstrap needs the same items in every vector")
+    return _bootstrap_sums(arrays, n_boot, seed)
 
 
 # ------------------------------------------------------------------------ public API
@@ -400,7 +476,7 @@ def hierarchical_bootstrap(
             picks = rng.integers(0, x.shape[0], size=(size, x.shape[0]))
             total += wk * np.take_along_axis(means, picks, axis=1).mean(axis=1)
         boot[start:start + size] = total
-    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    low, high = percentile_interval(boot, alpha)
     return SeedEstimate(value=float(value), ci_low=float(low), ci_high=float(high), n=int(xs[0].shape[1]),
                         n_seeds=tuple(int(x.shape[0]) for x in xs),
                         per_seed=tuple(tuple(float(v) for v in ps) for ps in per_seed), paired=bool(paired))

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_recipes.files import atomic_write_text
-from evalsuite.report import IRAVEN_SET, ROLES, Bootstrap, Checkpoint, _correct, compared_settings, verdict
-from evalsuite.report import _uninformative as _reason
+from evalsuite.report import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, item_correctness,
+                              uninformative_reason, verdict)
 from evalsuite.stats import SeedEstimate, hierarchical_bootstrap
 from train.run_record import RunRecordError
 
@@ -164,12 +164,12 @@ def item_scores(c: Checkpoint, metric: str, f: int | None, items: str) -> dict[s
     items with both, or I-RAVEN correctness on the puzzles of one rule group ("overall": all)."""
     task, conditions = METRICS[metric]
     if conditions is None:
-        right = _correct(c, task)
+        right = item_correctness(c, task)
         if items != "overall":
             grouped = {r["item"] for r in c.predictions(task) if items in (r.get("rule_groups") or {})}
             right = {k: v for k, v in right.items() if k in grouped}
         return right
-    a, b = (_correct(c, task, f, cond, items) for cond in conditions)
+    a, b = (item_correctness(c, task, f, cond, items) for cond in conditions)
     return {k: a[k] - b[k] for k in a.keys() & b.keys()}
 
 
@@ -235,7 +235,7 @@ def arm_rows(arm: str, role: str, runs: list[StudyRun], boot: dict) -> list[Row]
             if keys:
                 est = hierarchical_bootstrap([list(scores.values())], **boot)
                 out.append(Row(arm, role, budget, unit, metric, f, items, est, dict(zip(scores, est.per_seed[0])),
-                               note=_uninformative(runs) if metric == "iraven_acc" else ""))
+                               note=_uninformative_runs(runs) if metric == "iraven_acc" else ""))
     return out
 
 
@@ -273,16 +273,16 @@ def contrast_rows(a: str, b: str, roles: tuple[str, str], runs_a: list[StudyRun]
             mean_a = dict(zip(sa, est.per_seed[0]))
             mean_b = dict(zip(sb, est.per_seed[1]))
             per_seed = {s: mean_a[s] - mean_b[s] for s in mean_a if s in mean_b}
-            unusable = _uninformative(runs_a + runs_b) if metric == "iraven_acc" else ""
+            unusable = _uninformative_runs(runs_a + runs_b) if metric == "iraven_acc" else ""
             out.append(Row(**base, frames=f, items=items, est=est, per_seed=per_seed, note=unusable,
                            verdict="uninformative" if unusable else verdict(_oriented(est, sign))))
     return out
 
 
-def _uninformative(runs: list[StudyRun]) -> str:
+def _uninformative_runs(runs: list[StudyRun]) -> str:
     """The runs whose I-RAVEN answers sit on one candidate (`informative: false`), as a note; "" when none:
     their accuracy is that candidate's share of targets, so no contrast of it is a verdict."""
-    return "; ".join(f"{r.label}: {_reason(r.ckpt.task_metrics('iraven'))}" for r in runs
+    return "; ".join(f"{r.label}: {uninformative_reason(r.ckpt.task_metrics('iraven'))}" for r in runs
                      if r.ckpt and r.ckpt.task_metrics("iraven").get("informative") is False)
 
 

@@ -15,9 +15,9 @@ import json
 
 import pytest
 
-from evalsuite import stats
-from evalsuite.report import (Checkpoint, discover, matched_pairs, pair_findings, reads_infills, relative_gain,
-                              sees_change, verdict, verdicts, write_report)
+from evalsuite import report, stats
+from evalsuite.report import (Bootstrap, Checkpoint, discover, matched_pairs, pair_findings, reads_infills,
+                              relative_gain, sees_change, verdict, verdicts, write_report)
 from helpers import IRAVEN_SETTINGS, match_record, report_section, write_task_results
 
 TEMPORAL = [f"t{i}" for i in range(10)]
@@ -183,6 +183,27 @@ def test_f1_is_judged_on_temporal_items_with_each_runs_gain_and_headroom(tmp_pat
     pairs = report_section(text, "Image run vs video run")
     assert "| 5 | temporal | 10 | +40.0 [" in pairs and "| +50% [" in pairs  # gain/headroom of the image run
     assert "| image_run vs video_run | F1 | 5 | temporal |" in report_section(text, "Findings")
+
+
+def test_every_resampling_of_the_report_takes_n_boot_and_seed_from_its_bootstrap(tmp_path, monkeypatch):
+    """`--n_boot` / `--seed` of `python -m evalsuite report` reach every statistic of the report, the gain
+    relative to headroom included; without them each contrast takes its evaluations' own."""
+    pair = _study(tmp_path)
+    image = [_vec(VCOT["image"][c], TEMPORAL) for c in ("vcot", "base")]
+    own = {"n_boot": SETTINGS["n_boot"], "seed": SETTINGS["seed"]}
+    assert pair_findings(pair)["f1"][5]["temporal"]["subject_relative"] == relative_gain(*image, **own)
+    asked = pair_findings(pair, Bootstrap(77, 9))["f1"][5]["temporal"]
+    assert asked["subject_relative"] == relative_gain(*image, n_boot=77, seed=9) != relative_gain(*image, **own)
+    calls = []
+    for name in ("accuracy_ci", "paired_difference", "contrast_of_differences", "paired_bootstrap_sums"):
+        def recording(*args, _real=getattr(report, name), _name=name, **kw):
+            calls.append((_name, kw))
+            return _real(*args, **kw)
+        monkeypatch.setattr(report, name, recording)
+    write_report(tmp_path, track=False, n_boot=77, seed=9)
+    assert {name for name, _ in calls} == {"accuracy_ci", "paired_difference", "contrast_of_differences",
+                                           "paired_bootstrap_sums"}
+    assert [c for c in calls if c[1] != {"n_boot": 77, "seed": 9}] == []
 
 
 def test_f2_and_f3_contrasts_on_hand_made_rows(tmp_path):

@@ -21,7 +21,9 @@ from evalsuite.stats import (
     accuracy_ci,
     contrast_of_differences,
     mcnemar_exact,
+    paired_bootstrap_sums,
     paired_difference,
+    percentile_interval,
 )
 
 
@@ -256,6 +258,56 @@ def test_estimate_to_dict_is_plain_and_omits_unset_fields():
     assert paired["discordant"] == [1, 6]
     assert paired["p_value"] == pytest.approx(0.125)
     json.dumps(paired)  # serialisable as-is
+
+
+# ------------------------------------------- paired_bootstrap_sums, percentile_interval
+
+
+def test_paired_bootstrap_sums_draw_the_items_of_the_estimators():
+    """Same seed, same items: the sums reproduce accuracy_ci, paired_difference and contrast_of_differences,
+    across several chunks of replicates (3000 items: 1398 replicates per chunk)."""
+    rng = np.random.default_rng(11)
+    a1, b1, a2, b2 = ((rng.random(3000) < p).astype(int) for p in (0.6, 0.5, 0.45, 0.4))
+    s1, t1, s2, t2 = paired_bootstrap_sums([a1, b1, a2, b2], n_boot=3000, seed=4)
+    assert all(s.dtype == np.int64 and s.shape == (3000,) for s in (s1, t1, s2, t2))
+    kw = {"n_boot": 3000, "seed": 4}
+    acc = accuracy_ci(a1, **kw)
+    assert percentile_interval(s1 / 3000) == (acc.ci_low, acc.ci_high)
+    gain = paired_difference(a1, b1, **kw)
+    assert percentile_interval((s1 - t1) / 3000) == (gain.ci_low, gain.ci_high)
+    contrast = contrast_of_differences(a1, b1, a2, b2, **kw)
+    assert percentile_interval(((s1 - t1) - (s2 - t2)) / 3000) == (contrast.ci_low, contrast.ci_high)
+    # one vector or four: the same draws
+    assert (paired_bootstrap_sums([b2], **kw)[0] == t2).all()
+
+
+def test_paired_bootstrap_sums_accepts_bools_and_is_seeded():
+    x = [True, False, True, True]
+    first = paired_bootstrap_sums([x, [1, 0, 0, 1]], n_boot=50, seed=2)
+    again = paired_bootstrap_sums([x, [1, 0, 0, 1]], n_boot=50, seed=2)
+    assert all((f == g).all() for f, g in zip(first, again))
+    assert ((first[0] >= 0) & (first[0] <= 4)).all() and (first[0] != first[0][0]).any()
+
+
+@pytest.mark.parametrize("vectors, n_boot, message", [
+    ([], 10, "vectors is empty"),
+    ([[1, 0], []], 10, r"vectors\[1\] must be a non-empty 1-D sequence"),
+    ([[0.5, 1.0]], 10, r"vectors\[0\] must hold bools or integers"),
+    ([[1, 0, 1], [1, 0]], 10, r"vectors\[0\] has 3 items, vectors\[1\] has 2 items"),
+    ([[1, 0]], 0, "n_boot must be a positive integer, got 0"),
+])
+def test_paired_bootstrap_sums_rejects_bad_input(vectors, n_boot, message):
+    with pytest.raises(ValueError, match=message):
+        paired_bootstrap_sums(vectors, n_boot=n_boot)
+
+
+def test_percentile_interval():
+    assert percentile_interval(np.arange(101) / 100) == pytest.approx((0.025, 0.975))
+    assert percentile_interval([0.3], alpha=0.1) == (0.3, 0.3)
+    with pytest.raises(ValueError, match="replicates is empty"):
+        percentile_interval([])
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
+        percentile_interval([0.1, 0.2], alpha=1.0)
 
 
 # ----------------------------------------------------------- offline evaluate modules

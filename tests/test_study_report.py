@@ -306,6 +306,26 @@ def test_rerun_writes_the_same_report(study):
     assert report.read_text() == first
 
 
+def test_every_estimate_takes_n_boot_and_seed_from_the_report_bootstrap(tmp_path, monkeypatch):
+    """The study report's `n_boot` and `seed` reach every bootstrap of it (arms and contrasts); without
+    `n_boot`, the evaluations' recorded one (`report.Bootstrap`)."""
+    import evalsuite.study_report as study_report
+
+    calls = []
+
+    def recording(*args, **kw):
+        calls.append({k: kw.get(k) for k in ("n_boot", "seed")})
+        return hierarchical_bootstrap(*args, **kw)
+
+    monkeypatch.setattr(study_report, "hierarchical_bootstrap", recording)
+    runs = [make_run(tmp_path, "img", "image", 100, 0), make_run(tmp_path, "vid", "video", 100, 0)]
+    write_study_report(tmp_path, None, runs, n_boot=50, seed=4)
+    assert len(calls) > 10 and all(c == {"n_boot": 50, "seed": 4} for c in calls)
+    calls.clear()
+    write_study_report(tmp_path, None, runs)
+    assert len(calls) > 10 and all(c == {"n_boot": VCOT["n_boot"], "seed": 0} for c in calls)
+
+
 def test_differently_evaluated_arms_are_not_contrasted(tmp_path):
     runs = [make_run(tmp_path, "img", "image", 100, 0, vcot_settings=VCOT | {"infills": "model:gen"}),
             make_run(tmp_path, "vid", "video", 100, 0)]
