@@ -6,8 +6,8 @@
     python -m data_recipes verify DIR
     python -m data_recipes audit DIR [DIR ...]      # the counts of several builds side by side
 
-`build` writes `shards/NAME/` by default; a recipe matched to another builds that one first when
-its shards are missing or stale.
+`build` writes `shards/NAME/` by default; a recipe sized from another (`size_from`) builds that one first
+when its shards are missing or stale.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def audit_table(manifests: list[dict]) -> str:
 def cmd_list(_args) -> int:
     for name in recipe_names():
         r = load_recipe(name)
-        amount = f"{r.samples} samples" if r.samples else f"matched to {r.match.to} by {r.match.by}"
+        amount = f"{r.samples} samples" if r.samples else f"size_from {r.size_from.recipe} in {r.size_from.unit}"
         print(f"{name:<24}{r.kind:<7}{amount:<40}{', '.join(s.type for s in r.sources)}")
     return 0
 

@@ -3,8 +3,8 @@
 The build streams: a lazy plan of (source, position) pairs is cut into chunks, each chunk is turned
 into encoded samples by a process pool (or in-process with one worker), and the main process writes
 them in plan order. Output therefore does not depend on the number of workers, memory does not grow
-with the number of samples, and the stop point (a sample count, or a match to another recipe in some
-unit) is decided sample by sample.
+with the number of samples, and the stop point (a sample count, or a recipe's `size_from`: as much as
+another recipe's build holds in some unit) is decided sample by sample.
 
 The manifest audits what went in and what did not: `counts` (samples, images, frames, text
 characters, tokens), `kinds` (written samples by kind: image, multi_image, text_only, video), `bad`
@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import re
-import shutil
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from tqdm import tqdm
 
 from data_recipes.counters import TOKEN_UNITS
 from data_recipes.recipe import Recipe, expand_path, load_recipe
-from data_recipes.files import atomic_write_json, file_sha256
+from data_recipes.files import atomic_dir, atomic_write_json, file_sha256
 from data_recipes.shards import ShardWriter, sample_members
 from data_recipes.sources import Skip, Unsupported, mix_plan, open_sources
 
@@ -181,10 +180,10 @@ def read_manifest(out_dir: Path) -> dict:
 
 
 def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> dict:
-    """The manifest of the recipe this one is matched to, built (or rebuilt) if needed."""
-    ref = load_recipe(recipe.match.to)
+    """The manifest of the recipe this one is sized from (`size_from`), built (or rebuilt) if needed."""
+    ref = load_recipe(recipe.size_from.recipe)
     ref_dir = root / ref.name
-    unit = recipe.match.by
+    unit = recipe.size_from.unit
     try:
         m = read_manifest(ref_dir)
         # A build from before the resize rule (no `resize`) may hold other sizes: it is rebuilt.
@@ -207,15 +206,16 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
     if not model and recipe.model:
         model = str(expand_path(recipe.model, f"{recipe.path or recipe.name}: model"))
     match = None
-    if recipe.match:
+    if recipe.size_from:
         if limit is not None:
-            raise BuildError(f"recipe {recipe.name} is matched to {recipe.match.to}: --limit would break the match")
-        unit = recipe.match.by
+            raise BuildError(f"recipe {recipe.name} is sized from {recipe.size_from.recipe} (size_from): "
+                             f"--limit would break the match")
+        unit = recipe.size_from.unit
         if unit in TOKEN_UNITS and not model:
             raise BuildError(f"recipe {recipe.name}: matching by {unit} needs a model directory to count tokens "
                              f"(field 'model' in the recipe, or --model DIR)")
         ref = _reference(recipe, root, model, workers)
-        match = {"to": recipe.match.to, "by": unit, "reference_recipe_hash": ref["recipe_hash"],
+        match = {"to": recipe.size_from.recipe, "by": unit, "reference_recipe_hash": ref["recipe_hash"],
                  "target": ref["counts"][unit]}
         target = match["target"]
     else:
@@ -225,68 +225,65 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
     if model and recipe.video_input == "native" and recipe.kind == "video":
         _check_native(recipe, model)  # here, not in a worker's initializer (a pool would retry it forever)
     plan = ((f"{i:09d}", k, pos) for i, (k, pos) in enumerate(mix_plan(recipe, [len(s) for s in sources])))
-    tmp = root / f".{recipe.name}.building"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    writer, audit = ShardWriter(tmp, recipe.name, recipe.shard_size), Audit()
-    pool = mp.get_context("fork").Pool(workers, _init_worker, (recipe, model)) if workers > 1 else None
-    if pool is None:
-        _init_worker(recipe, model)
-    bar = tqdm(total=target, desc=f"build {recipe.name} ({unit})", unit="", disable=not progress)
-    check_every = max(32, 16 * workers)
-    done = False
-    try:
-        for n, res in enumerate(_in_order(pool, plan, window=8 * workers), 1):
-            if n % check_every == 0:
-                _check_bad(recipe, audit, final=False)
-            if isinstance(res, Skip):
-                audit.skip(res)
-                continue
-            members, counts = res
-            have, u = audit.counts.get(unit, 0), counts[unit]
-            if have + u > target and (have + u - target) >= (target - have):
-                done = True  # the next sample would overshoot more than stopping undershoots
-                break
-            writer.write(members)
-            audit.add(counts)
-            bar.update(u)
-            if audit.counts[unit] >= target:
-                done = True
-                break
-        if not done:
-            raise BuildError(f"recipe {recipe.name}: the sources ran out after {audit.counts['samples']} "
-                             f"usable samples, short of the {target} {unit} asked for"
-                             + (f" (bad records by reason: {audit.skipped})" if audit.skipped else "")
-                             + (f" (unsupported records by reason: {audit.unsupported})" if audit.unsupported
-                                else ""))
-    finally:
-        bar.close()
-        if pool:
-            pool.terminate()
-    _check_bad(recipe, audit, final=True)
-    shards = writer.close()
-    manifest = {
-        "recipe": recipe.name, "recipe_hash": recipe.content_hash(), "recipe_file": recipe.path,
-        "kind": recipe.kind, "seed": recipe.seed, "split": recipe.split, "frames": recipe.frames,
-        "image_size": recipe.image_size, "video_input": recipe.video_input, "frame_order": recipe.frame_order,
-        "resize": resize_record(recipe),
-        "counts": audit.counts, "tokens_model": model,
-        "skipped": audit.skipped, "skipped_examples": audit.examples, "bad_fraction": audit.bad_fraction,
-        "shards": shards, "limit": limit,
-        "kinds": audit.kinds, "bad": audit.skipped, "unsupported": audit.unsupported,
-        "unsupported_examples": audit.unsupported_examples,
-    }
-    if match:
-        achieved = audit.counts[unit]
-        match.update(achieved=achieved, rel_error=abs(achieved - target) / max(1, target))
-        manifest["match"] = match
-        if match["rel_error"] > MAX_MATCH_ERROR:
-            shutil.rmtree(tmp)
-            raise BuildError(f"recipe {recipe.name}: matched {achieved} {unit} to {target} of {recipe.match.to}: "
-                             f"relative error {match['rel_error']:.2%} > {MAX_MATCH_ERROR:.1%}")
-    atomic_write_json(tmp / MANIFEST, manifest)
-    _swap_in(tmp, out_dir)
+    # Written into .NAME.building (removed if the build fails), swapped in only once complete
+    with atomic_dir(out_dir, tmp_name=f".{recipe.name}.building", existing="swap") as tmp:
+        writer, audit = ShardWriter(tmp, recipe.name, recipe.shard_size), Audit()
+        pool = mp.get_context("fork").Pool(workers, _init_worker, (recipe, model)) if workers > 1 else None
+        if pool is None:
+            _init_worker(recipe, model)
+        bar = tqdm(total=target, desc=f"build {recipe.name} ({unit})", unit="", disable=not progress)
+        check_every = max(32, 16 * workers)
+        done = False
+        try:
+            for n, res in enumerate(_in_order(pool, plan, window=8 * workers), 1):
+                if n % check_every == 0:
+                    _check_bad(recipe, audit, final=False)
+                if isinstance(res, Skip):
+                    audit.skip(res)
+                    continue
+                members, counts = res
+                have, u = audit.counts.get(unit, 0), counts[unit]
+                if have + u > target and (have + u - target) >= (target - have):
+                    done = True  # the next sample would overshoot more than stopping undershoots
+                    break
+                writer.write(members)
+                audit.add(counts)
+                bar.update(u)
+                if audit.counts[unit] >= target:
+                    done = True
+                    break
+            if not done:
+                raise BuildError(f"recipe {recipe.name}: the sources ran out after {audit.counts['samples']} "
+                                 f"usable samples, short of the {target} {unit} asked for"
+                                 + (f" (bad records by reason: {audit.skipped})" if audit.skipped else "")
+                                 + (f" (unsupported records by reason: {audit.unsupported})" if audit.unsupported
+                                    else ""))
+        finally:
+            bar.close()
+            if pool:
+                pool.terminate()
+        _check_bad(recipe, audit, final=True)
+        shards = writer.close()
+        manifest = {
+            "recipe": recipe.name, "recipe_hash": recipe.content_hash(), "recipe_file": recipe.path,
+            "kind": recipe.kind, "seed": recipe.seed, "split": recipe.split, "frames": recipe.frames,
+            "image_size": recipe.image_size, "video_input": recipe.video_input, "frame_order": recipe.frame_order,
+            "resize": resize_record(recipe),
+            "counts": audit.counts, "tokens_model": model,
+            "skipped": audit.skipped, "skipped_examples": audit.examples, "bad_fraction": audit.bad_fraction,
+            "shards": shards, "limit": limit,
+            "kinds": audit.kinds, "bad": audit.skipped, "unsupported": audit.unsupported,
+            "unsupported_examples": audit.unsupported_examples,
+        }
+        if match:
+            achieved = audit.counts[unit]
+            match.update(achieved=achieved, rel_error=abs(achieved - target) / max(1, target))
+            manifest["match"] = match
+            if match["rel_error"] > MAX_MATCH_ERROR:
+                raise BuildError(f"recipe {recipe.name}: matched {achieved} {unit} to {target} of "
+                                 f"{recipe.size_from.recipe}: "
+                                 f"relative error {match['rel_error']:.2%} > {MAX_MATCH_ERROR:.1%}")
+        atomic_write_json(tmp / MANIFEST, manifest)
     return manifest
 
 
@@ -298,22 +295,6 @@ def _check_native(recipe: Recipe, model: str) -> None:
         TokenCounter(model, recipe.video_input)
     except TokenCountError as e:
         raise BuildError(f"recipe {recipe.name}: {e}") from None
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Put a finished build in place of the previous one.
-
-    The old build is renamed aside first, the new one renamed in, and only then is the old one
-    deleted: at every instant `out_dir` is the complete old build, absent for the instant between two
-    renames (the old one then sits in `.NAME.old`, which the next build clears), or the complete new one.
-    """
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def verify(out_dir: str | Path) -> list[str]:

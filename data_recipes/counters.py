@@ -6,11 +6,14 @@ Who counts what:
 - `train.accounting` counts `CONSUMED_COUNTERS` per sample of every micro-batch and the trainer writes
   their sums to run.json's `consumed` (read by `--match_to`, the report's scale-match audit, studies).
 
-Two mechanisms match one amount of data to another, each over the units it can see:
-- `BUILD_MATCH_UNITS`, a recipe's build-time `match: {to, by}`: what a manifest knows. No supervised
-  tokens: which tokens are supervised is decided by the trainer's chat template, not by the build.
-- `TRAIN_MATCH_UNITS`, the trainer's `--match_by` / `--budget_unit`: what a run consumes and can stop
-  at exactly (`train.accounting.plan`). Images are counted and audited, but not offered as a budget.
+Two mechanisms make one amount of data equal to another, each over the units it can see, each list
+declared here only:
+- `SIZE_FROM_UNITS` (build time), a recipe's `size_from: {recipe, unit}` (`data_recipes.recipe`): what a
+  manifest knows. No supervised tokens: which tokens are supervised is decided by the trainer's chat
+  template, not by the build.
+- `TRAIN_MATCH_UNITS` (train time), the trainer's `--match_by` / `--budget_unit` (`train.config`): what a
+  run consumes and can stop at exactly (`train.accounting.plan`). Images are counted and audited, but not
+  offered as a budget.
 """
 
 SAMPLES = "samples"
@@ -30,8 +33,8 @@ MANIFEST_COUNTERS = (SAMPLES, IMAGES, FRAMES, TEXT_CHARS, TEXT_TOKENS, VISUAL_TO
 CONSUMED_COUNTERS = (SAMPLES, IMAGES, TEXT_TOKENS, SUPERVISED_TOKENS, VISUAL_TOKENS)
 """run.json's `consumed`. The order is the column order of `train.accounting`'s per-sample matrices."""
 
-BUILD_MATCH_UNITS = (SAMPLES, IMAGES, *TOKEN_UNITS)
-"""What a recipe's build-time `match.by` accepts: units a manifest has counted (see the module docstring)."""
+SIZE_FROM_UNITS = (SAMPLES, IMAGES, *TOKEN_UNITS)
+"""What a recipe's build-time `size_from.unit` accepts: units a manifest has counted (see the module docstring)."""
 
 TRAIN_MATCH_UNITS = (SAMPLES, *TOKEN_UNITS, SUPERVISED_TOKENS)
 """What the trainer's `--match_by` / `--budget_unit` accept: units a run consumes (see the module docstring)."""

@@ -6,7 +6,7 @@ A recipe says what goes into a training set and how much of it:
     sources:                    # where samples come from, mixed by weight
       - {type: synthetic_video, weight: 1.0}
     samples: 2000               # how many samples ... or, instead:
-    match: {to: video_demo, by: images}   # as much as another recipe, in some unit
+    size_from: {recipe: video_demo, unit: images}   # as much as another recipe's build holds, in a unit
     frames: 5                   # frames per video sample
     image_size: 64              # side of generated frames; real media get at most image_size**2 pixels
     max_pixels: 200704          # optional: the resize rule's pixel budget instead (448*448 here)
@@ -16,6 +16,12 @@ A recipe says what goes into a training set and how much of it:
     split: train
     max_bad_fraction: 0.01      # share of bad source records tolerated before the build fails
     train: {...}                # the recipe's own training section (read by train/lora.py)
+
+`size_from` sizes the build from another recipe: build samples of this one until they hold as much as
+the other recipe's build holds, counted in `unit` (samples | images | visual_tokens | text_tokens,
+`data_recipes.counters.SIZE_FROM_UNITS`); `data_recipes.build` builds the other recipe first. It is a
+build-time mechanism, not the trainer's `--match_to/--match_by`, which stops a training run once it has
+consumed what another run consumed. Its old spelling `match: {to, by}` still loads, with a warning.
 
 `max_pixels` and `image_size` set the one resize rule (`data_recipes.resize.fit`): every stored
 image and frame of a real source has at most `max_pixels` pixels (default `image_size**2`), aspect
@@ -43,20 +49,20 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from data_recipes.clips import VIDEO_INPUTS
-from data_recipes.counters import BUILD_MATCH_UNITS
+from data_recipes.counters import SIZE_FROM_UNITS
 from data_recipes.files import file_sha256
 from data_recipes.hints import did_you_mean
 from data_recipes.resize import check_max_pixels
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SOURCE_TYPES = ("synthetic_image", "synthetic_video", "llava_image", "llava_video")
-MATCH_UNITS = BUILD_MATCH_UNITS  # what a manifest counts; the trainer's --match_by has its own (data_recipes.counters)
 FRAME_ORDERS = ("ordered", "shuffled")
 SPLITS = ("train", "val", "test")
 
@@ -78,11 +84,13 @@ class Source:
 
 
 @dataclass(frozen=True)
-class Match:
-    to: str
-    """Name of the reference recipe."""
-    by: str
-    """samples | images | visual_tokens | text_tokens."""
+class SizeFrom:
+    """A recipe's `size_from: {recipe, unit}`: build as much as `recipe`'s build holds, counted in `unit`
+    (read by `data_recipes.build`, which records the outcome in the manifest's `match`)."""
+    recipe: str
+    """Name or path of the recipe whose build sets the amount."""
+    unit: str
+    """samples | images | visual_tokens | text_tokens (`data_recipes.counters.SIZE_FROM_UNITS`)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,8 @@ class Recipe:
     """image | video."""
     sources: tuple[Source, ...]
     samples: int | None = None
-    match: Match | None = None
+    size_from: SizeFrom | None = None
+    """Instead of `samples`: as much as another recipe's build holds (old spelling `match: {to, by}`)."""
     frames: int = 5
     image_size: int = 64
     """Side of generated frames; without `max_pixels`, real media are shrunk to image_size**2 pixels."""
@@ -129,9 +138,12 @@ class Recipe:
         annotation file rebuilds the shards instead of silently reusing the old ones; for a generated
         source, `data_recipes.synthetic.GENERATOR_VERSION` plays that part. Fields added
         later (`max_pixels`, `video_input`, `frame_order`) count only when they differ from their
-        default, so a recipe that does not use them keeps the hash it had before they existed."""
+        default, so a recipe that does not use them keeps the hash it had before they existed. `size_from`
+        is hashed under its old spelling (`_hashed_size_from`), so renaming it changed no recipe's hash."""
         d = dataclasses.asdict(self)
         d.pop("path"), d.pop("description"), d.pop("train")
+        d["match"] = _hashed_size_from(self.size_from)
+        d.pop("size_from")
         for name, default in _LATER_FIELDS.items():
             if d[name] == default:
                 d.pop(name)
@@ -149,6 +161,29 @@ class Recipe:
 
 _LATER_FIELDS = {"max_pixels": None, "video_input": "images", "frame_order": "ordered"}
 """Fields left out of `content_hash` at their default (they were added after recipes were hashed)."""
+
+_OLD_SIZE_FROM_KEYS = {"to": "recipe", "by": "unit"}
+"""`size_from`'s keys as the old spelling `match: {to, by}` named them (read by `parse_recipe`)."""
+
+
+def _hashed_size_from(size_from: SizeFrom | None) -> dict | None:
+    """`size_from` as `content_hash` hashes it: under the key and sub-keys it had when recipes were first
+    hashed (`match: {to, by}`), so the rename left every recipe's hash, and every build, as it was."""
+    if size_from is None:
+        return None
+    return {old: getattr(size_from, new) for old, new in _OLD_SIZE_FROM_KEYS.items()}
+
+
+def _from_old_match(data: dict, where: str) -> dict:
+    """`data` with its deprecated `match: {to, by}` respelled `size_from: {recipe, unit}`, warning on stderr."""
+    print(f"warning: {where}: field 'match' is deprecated, use 'size_from' "
+          f"(match: {{to: R, by: U}} is size_from: {{recipe: R, unit: U}})", file=sys.stderr)
+    if "size_from" in data:
+        raise RecipeError(f"{where}: give 'size_from' only; 'match' is its old spelling")
+    old = data.pop("match")
+    data["size_from"] = {_OLD_SIZE_FROM_KEYS.get(k, k): v for k, v in old.items()} if isinstance(old, dict) else old
+    return data
+
 
 _ANNOTATION_HASHES: dict = {}
 
@@ -218,23 +253,33 @@ def parse_recipe(data: dict, name: str, where: str) -> Recipe:
     if not isinstance(data["sources"], list) or not data["sources"]:
         raise RecipeError(f"{where}: field 'sources' must be a non-empty list")
     data["sources"] = tuple(_build(Source, s, f"{where}: sources[{i}]") for i, s in enumerate(data["sources"]))
-    if data.get("match") is not None:
-        data["match"] = _build(Match, data["match"], f"{where}: match")
+    if "match" in data:
+        data = _from_old_match(data, where)
+    if data.get("size_from") is not None:
+        sf = data["size_from"]
+        for old, new in _OLD_SIZE_FROM_KEYS.items():
+            if isinstance(sf, dict) and old in sf:
+                raise RecipeError(f"{where}: size_from: unknown key '{old}' (did you mean '{new}'? 'to' and 'by' "
+                                  f"are the keys of its old spelling, match: {{to, by}})")
+        data["size_from"] = _build(SizeFrom, sf, f"{where}: size_from")
     r = _build(Recipe, data, where)
     # The name becomes a directory under the output root: it must not be able to escape it.
     _expect(isinstance(r.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", r.name) is not None, where,
             f"field 'name' must be letters, digits, '_', '-' or '.', got {r.name!r}")
     _expect(isinstance(r.kind, str) and r.kind in ("image", "video"), where,
             f"field 'kind' must be image or video, got {r.kind!r}")
-    _expect((r.samples is None) != (r.match is None), where, "give exactly one of 'samples' or 'match'")
+    _expect((r.samples is None) != (r.size_from is None), where, "give exactly one of 'samples' or 'size_from'")
     if r.samples is not None:
         _expect(_is_int(r.samples) and r.samples > 0, where, f"field 'samples' must be a positive integer, got {r.samples!r}")
-    if r.match:
-        _expect(isinstance(r.match.by, str) and r.match.by in MATCH_UNITS, where,
-                f"match.by must be one of {', '.join(MATCH_UNITS)}, got {r.match.by!r}{did_you_mean(r.match.by, MATCH_UNITS)}")
-        _expect(isinstance(r.match.to, str) and r.match.to != "", where,
-                f"match.to must be the name or path of another recipe, got {r.match.to!r}")
-        _expect(r.match.to != r.name, where, "a recipe cannot be matched to itself")
+    if r.size_from:
+        unit = r.size_from.unit
+        _expect(isinstance(unit, str) and unit in SIZE_FROM_UNITS, where,
+                f"size_from.unit must be one of {', '.join(SIZE_FROM_UNITS)}, got {unit!r}"
+                f"{did_you_mean(unit, SIZE_FROM_UNITS)}")
+        _expect(isinstance(r.size_from.recipe, str) and r.size_from.recipe != "", where,
+                f"size_from.recipe must be the name or path of another recipe, got {r.size_from.recipe!r}")
+        _expect(r.size_from.recipe != r.name, where,
+                "size_from.recipe names this recipe itself: a recipe cannot be sized from itself")
     for i, s in enumerate(r.sources):
         sw = f"{where}: sources[{i}]"
         _expect(isinstance(s.type, str) and s.type in SOURCE_TYPES, sw,

@@ -1,4 +1,4 @@
-"""Sources: where a recipe's samples come from, turned into the toolkit's sample schema.
+"""Sources: where a recipe's samples come from, turned into the toolkit's sample schema (`data_recipes.schema`).
 
 Every source is addressed by position: `source.make(i)` returns the i-th sample (or a `Skip` saying
 why record i is unusable), a pure function of the recipe and i. That is what lets the build run in
@@ -43,12 +43,13 @@ from PIL import Image
 from data_recipes import synthetic
 from data_recipes.recipe import Recipe, RecipeError, Source, expand_path
 from data_recipes.resize import fit
+from data_recipes.schema import SampleRecord, image_part, text_part, validate_messages
 from data_recipes.video import VideoError, count_frames, frame_rate, read_frames, sampled_fps, uniform_indices
 
 
 @dataclass
 class Sample:
-    json: dict
+    json: SampleRecord
     images: list  # PIL images, one per {"type": "image"} marker, in order
 
 
@@ -221,23 +222,23 @@ def turns_to_messages(turns: list[tuple[str, list]], media: list[int], media_kin
     if system_turn:
         text = "".join(v for _, v in system_turn[1]).strip()
         if text:
-            messages.append({"role": "system", "content": [{"type": "text", "text": text}]})
+            messages.append({"role": "system", "content": [text_part(text)]})
     for t, (role, segs) in enumerate(body):
         if role == "assistant":
             text = "".join(v for _, v in segs).strip()
             if not text:
                 raise ValueError(f"{where}: turn {t} (assistant) must be non-empty text")
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
+            messages.append({"role": "assistant", "content": [text_part(text)]})
             continue
         content = []
         if t == 0 and not tags:
-            content += [{"type": "image"}] * sum(media)
+            content += [image_part()] * sum(media)
         for kind, value in segs:
             if kind == "tag":
-                content += [{"type": "image"}] * media[k]
+                content += [image_part()] * media[k]
                 k += 1
             elif value.strip():
-                content.append({"type": "text", "text": value.strip()})
+                content.append(text_part(value.strip()))
         if not content:
             raise ValueError(f"{where}: turn {t} (user) holds neither text nor media")
         messages.append({"role": "user", "content": content})
@@ -429,7 +430,7 @@ class LlavaSource:
             if isinstance(im, Skip):
                 return im
             pixels.append(im)
-        markers = sum(1 for m in messages for p in m["content"] if p["type"] == "image")
+        markers = validate_messages(messages, where=where)  # the schema's check, as the trainer's loader makes it
         if markers != len(pixels):  # a video that gave fewer frames than asked for
             return Skip("unreadable_video", rid, f"{where}: {len(pixels)} frames read, {markers} expected")
         files = videos or images
@@ -439,8 +440,8 @@ class LlavaSource:
             meta = {"files": files} if files else {}
         if isinstance(rec.get("data_source"), str):
             meta["data_source"] = rec["data_source"]
-        js = {"id": rid, "source": self.path.name, "kind": "video" if self.video else "image",
-              "messages": messages, "meta": meta}
+        js: SampleRecord = {"id": rid, "source": self.path.name, "kind": "video" if self.video else "image",
+                            "messages": messages, "meta": meta}
         if videos:  # frames per clip: two videos whose tags stood side by side stay two clips (`as_video`)
             js["clips"] = [self.recipe.frames] * len(videos)
             if any(rates):  # sampled frames per second of each clip (None: unknown), for Qwen2.5-VL's time ids

@@ -1,5 +1,19 @@
 """Count visual and text tokens of samples the way a model's processor sees them.
 
+The contract, one definition: a sample's visual tokens are the placeholder tokens its encoded
+`input_ids` hold, image ones plus, on the native video path, video ones; its text tokens are the rest
+of its attention mask (`split_tokens`). Two counters apply it, and agree (tests/test_token_counter.py,
+tests/test_tokens_contract.py, for every tiny family):
+- `TokenCounter` (this module) counts each sample of a build without the trainer's batching;
+  `data_recipes.build` writes the sums to the manifest's `counts` (`visual_tokens`, `text_tokens`, with
+  `tokens_model` and `video_input`), read by a recipe's `size_from` (build time), the trainer's budget and
+  schedule (`train.budget.per_sample_from_manifest`) and its dry-run plan (`train.plan.plan_budget`);
+- `train.chat.encode` counts every encoded batch (`Encoded.visual_tokens`) through `split_tokens`;
+  read, via `train.data.encode_samples`, by the trainer's accounting (run.json's `consumed`, then
+  `--match_to`, the report's audit, studies), its budget prescan when a manifest has no count for the
+  model (`train.budget.prescan_per_sample`), and the plan's sequence statistics (`train.plan.sequence_stats`,
+  whose mean visual tokens size the vision tower's activations in `train.memory`).
+
 Visual tokens per image differ by family (16 for a tiny LLaVA frame, hundreds to thousands for a
 7B LLaVA-NeXT image), so a token match is only meaningful for a named model: the count is exactly
 what the trainer's collator will feed, i.e. the processor run on the rendered chat template.
@@ -29,6 +43,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,6 +52,37 @@ from data_recipes.processors import _model_config, frame_options, load_processor
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR, video_tokens
 
 CHECKED_SAMPLES = 8
+
+
+def image_token_id(processor) -> int:
+    """The token an image placeholder expands into."""
+    return processor.image_token_id
+
+
+def video_token_id(processor) -> int | None:
+    """The token a clip's placeholder expands into (None where clips become image tokens, as InternVL's)."""
+    return getattr(processor, "video_token_id", None)
+
+
+class TokenSplit(NamedTuple):
+    visual: Any
+    text: Any
+    video: Any
+    """The video placeholder tokens among the visual ones; None unless clips were counted."""
+
+
+def split_tokens(input_ids, attention_mask, processor, clips: bool = False) -> TokenSplit:
+    """Visual and text tokens of encoded samples, along the last axis (numpy or torch, one row or a batch).
+
+    Visual: the image placeholder tokens, plus the video placeholder tokens when the samples were encoded
+    with clips (`clips`, the native video path) and the family has a video token. Text: the attention
+    mask's other tokens. The one definition of both counts (see the module docstring)."""
+    visual = (input_ids == image_token_id(processor)).sum(-1)
+    video = None
+    if clips and video_token_id(processor) is not None:
+        video = (input_ids == video_token_id(processor)).sum(-1)
+        visual = visual + video
+    return TokenSplit(visual, attention_mask.sum(-1) - visual, video)
 
 
 class TokenCountError(ValueError):
@@ -61,7 +107,7 @@ class TokenCounter:
         self.family = _model_config(Path(model_dir)).get("model_type")
         self._images = _Check("check" if hasattr(self.processor, "_get_num_multimodal_tokens") else "processor")
         self._clips = _Check("check" if self.family in FAMILY_VIDEO_PROCESSOR else "processor")
-        self.video_token_id = getattr(self.processor, "video_token_id", None)
+        self.video_token_id = video_token_id(self.processor)
         if video_input == "native":
             if getattr(self.processor, "video_processor", None) is None:
                 raise TokenCountError(
@@ -136,26 +182,23 @@ class TokenCounter:
 
     def _by_processor(self, text: str, images: list, options: dict | None = None) -> dict:
         enc = self.processor(text=[text], images=[images] if images else None, return_tensors="np", **(options or {}))
-        ids = enc["input_ids"][0]
-        visual = int((ids == self.processor.image_token_id).sum())
-        return {"visual_tokens": visual, "text_tokens": int(enc["attention_mask"][0].sum()) - visual}
+        split = split_tokens(enc["input_ids"][0], enc["attention_mask"][0], self.processor)
+        return {"visual_tokens": int(split.visual), "text_tokens": int(split.text)}
 
     def _by_arithmetic(self, text: str, images: list) -> dict:
         sizes = [[im.height, im.width] for im in images]
         visual = int(sum(self.processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"]))
         ids = self.processor.tokenizer(text)["input_ids"]  # special tokens as the processor adds them
-        placeholders = sum(1 for i in ids if i == self.processor.image_token_id)
+        placeholders = sum(1 for i in ids if i == image_token_id(self.processor))
         text_tokens = len(ids) - placeholders + (self._images.extra or 0) * len(images)
         return {"visual_tokens": visual, "text_tokens": text_tokens}
 
     def _clips_by_processor(self, text: str, groups: list[list]) -> dict:
         # "pt": InternVL's processor flattens its clips with torch's signature.
         enc = self.processor(text=[text], videos=[list(g) for g in groups], return_tensors="pt")
-        ids = np.asarray(enc["input_ids"][0])
-        visual = int((ids == self.processor.image_token_id).sum())
-        if self.video_token_id is not None:  # None: the family writes clips as image tokens (InternVL)
-            visual += int((ids == self.video_token_id).sum())
-        return {"visual_tokens": visual, "text_tokens": int(np.asarray(enc["attention_mask"][0]).sum()) - visual}
+        split = split_tokens(np.asarray(enc["input_ids"][0]), np.asarray(enc["attention_mask"][0]), self.processor,
+                             clips=True)  # no video token: the family writes clips as image tokens (InternVL)
+        return {"visual_tokens": int(split.visual), "text_tokens": int(split.text)}
 
     def _clips_by_arithmetic(self, text: str, groups: list[list]) -> dict:
         visual = sum(video_tokens(self.family, self.processor, len(g), g[0].height, g[0].width) for g in groups)

@@ -30,7 +30,7 @@ PAPER_FRAMES = (5, 10)
 """The numbers of frames of the paper's EgoSchema table."""
 INFILL_KINDS = ("self", "oracle", "oracle_noisy", "file", "model")
 IRAVEN_LAYOUTS = ("composite", "separate", "candidates")
-"""How an I-RAVEN puzzle is shown (`--iraven-layout`, `evalsuite.raven_prompt` renders each)."""
+"""How an I-RAVEN puzzle is shown (`--iraven-layout`; `evalsuite.prompts`, its I-RAVEN section, renders each)."""
 
 
 class ConfigError(ValueError):

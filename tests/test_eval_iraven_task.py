@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import evalsuite.tasks.iraven as iraven_mod
-from evalsuite import raven_prompt
+from evalsuite import prompts
 from evalsuite.config import ConfigError
 from evalsuite.iraven import CONFIG_NAMES, generate_item, item_rng
-from evalsuite.raven_prompt import composite_layout, letter_choice, model_image_size, render_composite
+from evalsuite.prompts import (iraven_composite_image, iraven_composite_layout, iraven_image_size,
+                               iraven_letter_choice)
 from evalsuite.resources import Resources
 from evalsuite.scoring import OptionScores
 from evalsuite.tasks.iraven import IRavenTask
@@ -34,7 +35,7 @@ def _crop(img, box, inset=4):  # inside the drawn frame
 def test_composite_shows_the_grid_a_question_mark_and_lettered_candidates(puzzle):
     same = puzzle.copy()
     same[8:] = puzzle[8]  # eight identical candidates: only their letters can tell them apart
-    lay, img = composite_layout(), render_composite(same)
+    lay, img = iraven_composite_layout(), iraven_composite_image(same)
     assert img.size == (lay["side"], lay["side"]) and img.mode == "RGB"
     for box, panel in zip(lay["cells"], puzzle[:8]):
         assert np.array_equal(_crop(img, box), panel[4:-4, 4:-4])
@@ -48,39 +49,45 @@ def test_composite_shows_the_grid_a_question_mark_and_lettered_candidates(puzzle
     boxes = lay["cells"] + lay["candidates"] + lay["labels"]
     assert not any(a != b and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] for a in boxes for b in boxes)
 
-    small = render_composite(same, 336)
+    small = iraven_composite_image(same, 336)
     assert small.size == (336, 336)
     scale = 336 / lay["side"]
     scaled = [tuple(round(v * scale) for v in b) for b in lay["labels"]]
     assert len({_crop(small, b, inset=1).tobytes() for b in scaled}) == 8  # still eight letters after the resize
 
 
+def test_iraven_prompt_texts_are_unchanged():
+    """The templates' hash, computed from evalsuite/raven_prompt.py's RAVEN_HASH before its prompts moved into
+    evalsuite/prompts.py's I-RAVEN section: the move changed no text (finished evaluations' settings hold it)."""
+    assert prompts.IRAVEN_HASH == "aa88d75c5dc1"
+
+
 def test_user_content_of_each_layout():
-    composite, separate = raven_prompt.user_content("composite"), raven_prompt.user_content("separate")
+    composite, separate = prompts.iraven_user_content("composite"), prompts.iraven_user_content("separate")
     assert [p["type"] for p in composite].count("image") == 1
     assert [p["type"] for p in separate].count("image") == 16
-    candidates = raven_prompt.user_content("candidates")
+    candidates = prompts.iraven_user_content("candidates")
     assert [p["type"] for p in candidates] == ["image"] * 9 + ["text"]  # the nine panels, then the question
-    assert candidates[-1]["text"] == raven_prompt.CANDIDATE_QUESTION and "yes or no" in candidates[-1]["text"]
-    assert raven_prompt.LAYOUTS == ("composite", "separate", "candidates")
+    assert candidates[-1]["text"] == prompts.IRAVEN_CANDIDATE_QUESTION and "yes or no" in candidates[-1]["text"]
+    assert prompts.IRAVEN_LAYOUTS == ("composite", "separate", "candidates")
     assert fast_config(iraven_layout="candidates").iraven_layout == "candidates"
     letters = [p["text"].strip(": ") for p in separate if p["type"] == "text" and p["text"].endswith(": ")]
     assert letters == list("ABCDEFGH")
     with pytest.raises(ValueError, match="unknown I-RAVEN layout"):
-        raven_prompt.user_content("grid")
+        prompts.iraven_user_content("grid")
     with pytest.raises(ConfigError, match="Did you mean 'separate'"):
         fast_config(iraven_layout="seperate")
 
 
 def test_model_image_size():
     ip = SimpleNamespace
-    assert model_image_size(ip(image_processor=ip(size={"shortest_edge": 336}, do_center_crop=True,
-                                                  crop_size={"height": 336, "width": 336}))) == 336
-    assert model_image_size(ip(image_processor=ip(size={"height": 384, "width": 384}))) == 384
+    assert iraven_image_size(ip(image_processor=ip(size={"shortest_edge": 336}, do_center_crop=True,
+                                                   crop_size={"height": 336, "width": 336}))) == 336
+    assert iraven_image_size(ip(image_processor=ip(size={"height": 384, "width": 384}))) == 384
     qwen = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}  # a pixel budget, not an edge
-    assert model_image_size(ip(image_processor=ip(size=qwen, merge_size=2))) == raven_prompt.DYNAMIC_SIZE
+    assert iraven_image_size(ip(image_processor=ip(size=qwen, merge_size=2))) == prompts.IRAVEN_DYNAMIC_SIZE
     tiny = {"shortest_edge": 64 * 64, "longest_edge": 64 * 64}
-    assert model_image_size(ip(image_processor=ip(size=tiny, merge_size=2))) == 64
+    assert iraven_image_size(ip(image_processor=ip(size=tiny, merge_size=2))) == 64
 
 
 @pytest.mark.parametrize("answer, expected", [
@@ -88,26 +95,26 @@ def test_model_image_size():
     ("A red square", None), ("the answer is a circle", None),
     ("I think so", None), ("", None), ("J", None)])
 def test_letter_choice(answer, expected):
-    assert letter_choice(answer) == expected
+    assert iraven_letter_choice(answer) == expected
 
 
 @pytest.mark.parametrize("answer, expected", [
     ("yes.", True), ("no.", False), ("Yes, they do.", True), (" No", False), ('"yes"', True),
     ("not really", None), ("yesterday", None), ("nothing", None), ("", None), ("the answer is yes", None)])
 def test_judgement_reads_the_leading_yes_or_no(answer, expected):
-    assert raven_prompt.judgement(answer) is expected
+    assert prompts.iraven_judgement(answer) is expected
 
 
 def test_best_margin_and_single_yes():
-    assert raven_prompt.best_margin([0.1, -2.0, 3.5, 3.5, 0.0, -1.0, 2.0, 3.4]) == 2  # a tie goes to the lower index
-    assert raven_prompt.best_margin([-5.0, -4.0, -3.0, -2.0, -1.0, -0.5, -0.2, -0.1]) == 7  # all "no": the least sure
+    assert prompts.iraven_best_margin([0.1, -2.0, 3.5, 3.5, 0.0, -1.0, 2.0, 3.4]) == 2  # a tie goes to the lower index
+    assert prompts.iraven_best_margin([-5.0, -4.0, -3.0, -2.0, -1.0, -0.5, -0.2, -0.1]) == 7  # all "no": the least sure
     with pytest.raises(ValueError, match="one margin per candidate"):
-        raven_prompt.best_margin([1.0, 2.0])
+        prompts.iraven_best_margin([1.0, 2.0])
     no, yes = False, True
-    assert raven_prompt.single_yes([no, no, no, yes, no, no, no, no]) == 3
-    assert raven_prompt.single_yes([no] * 8) is None
-    assert raven_prompt.single_yes([yes, no, no, yes, no, no, no, no]) is None  # two yeses cannot be ranked
-    assert raven_prompt.single_yes([None, None, yes, None, None, None, None, None]) == 2
+    assert prompts.iraven_single_yes([no, no, no, yes, no, no, no, no]) == 3
+    assert prompts.iraven_single_yes([no] * 8) is None
+    assert prompts.iraven_single_yes([yes, no, no, yes, no, no, no, no]) is None  # two yeses cannot be ranked
+    assert prompts.iraven_single_yes([None, None, yes, None, None, None, None, None]) == 2
 
 
 def _task(tmp_path, **cfg):
@@ -164,18 +171,18 @@ def test_candidates_layout_shows_each_completed_matrix_in_reading_order(tmp_path
     task = _task(tmp_path, limit=1)
     panels = np.load(task.items()[0].path)["image"]  # (16, 160, 160): 8 context panels, then 8 candidates
     for c in (0, 5, 7):
-        native = raven_prompt.candidate_images(panels, c)
+        native = prompts.iraven_candidate_images(panels, c)
         assert len(native) == 9 and all(im.mode == "RGB" and im.size == (160, 160) for im in native)
         assert [np.asarray(im.convert("L")).tobytes() for im in native] == \
             [p.tobytes() for p in list(panels[:8]) + [panels[8 + c]]]
-    small = [raven_prompt.candidate_images(panels, c, 64) for c in range(8)]
+    small = [prompts.iraven_candidate_images(panels, c, 64) for c in range(8)]
     assert all(im.size == (64, 64) for imgs in small for im in imgs)
     first8 = {b"".join(im.tobytes() for im in imgs[:8]) for imgs in small}
     assert len(first8) == 1  # every candidate's prompt shows the same context ...
     distinct = len({panels[8 + c].tobytes() for c in range(8)})
     assert len({imgs[8].tobytes() for imgs in small}) == distinct  # ... and its own ninth panel
     with pytest.raises(ValueError, match="candidate must be 0..7"):
-        raven_prompt.candidate_images(panels, 8)
+        prompts.iraven_candidate_images(panels, 8)
 
 
 def _ninth(images, panels) -> int:
@@ -286,7 +293,7 @@ def test_candidates_layout_end_to_end_on_a_tiny_model(tmp_path, tmp_path_factory
     assert main(["iraven", str(model), "--iraven-layout", "candidates", "--iraven-limit", "2", "--n-boot", "100",
                  "--no-tracking", "--no-progress"]) == 0
     result = json.loads((model / "eval/iraven/metrics.json").read_text())
-    assert result["settings"]["layout"] == "candidates" and result["settings"]["prompts"] == raven_prompt.RAVEN_HASH
+    assert result["settings"]["layout"] == "candidates" and result["settings"]["prompts"] == prompts.IRAVEN_HASH
     m = result["metrics"]
     rows = read_rows(model / "eval/iraven/predictions.jsonl")
     assert m["n_items"] == len(rows) == 2 * len(CONFIG_NAMES)

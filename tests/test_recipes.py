@@ -1,4 +1,4 @@
-"""Recipes, shard builds, real sources, matching and the CLI."""
+"""Recipes, shard builds, real sources, `size_from` (sizing a build from another recipe) and the CLI."""
 
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ def write_recipe(tmp: Path, name: str, **fields) -> Path:
 def test_every_shipped_recipe_validates(name):
     r = load_recipe(name)
     assert r.name == name and r.sources
-    if r.match:
-        assert r.match.to in recipe_names()
+    if r.size_from:
+        assert r.size_from.recipe in recipe_names()
 
 
-def test_demo_recipes_are_matched_to_each_other():
+def test_image_demo_is_sized_from_video_demo():
     img, vid = load_recipe("image_demo"), load_recipe("video_demo")
-    assert img.match.to == "video_demo" and img.kind == "image" and vid.kind == "video"
+    assert img.size_from.recipe == "video_demo" and img.kind == "image" and vid.kind == "video"
     assert img.image_size == vid.image_size
 
 
@@ -44,9 +44,10 @@ def test_demo_recipes_are_matched_to_each_other():
     ({"kind": "image", "sources": [{"type": "synthetic_image"}], "samples": 5, "sedd": 1}, "unknown key 'sedd' \\(did you mean 'seed'\\?\\)"),
     ({"kind": "image", "sources": [{"type": "synthetic_imag"}], "samples": 5}, "did you mean 'synthetic_image'"),
     ({"kind": "image", "sources": [{"type": "synthetic_image", "wieght": 2}], "samples": 5}, "sources\\[0\\]: unknown key 'wieght'"),
-    ({"kind": "image", "sources": [{"type": "synthetic_image"}]}, "exactly one of 'samples' or 'match'"),
+    ({"kind": "image", "sources": [{"type": "synthetic_image"}]}, "exactly one of 'samples' or 'size_from'"),
     ({"kind": "image", "sources": [{"type": "synthetic_video"}], "samples": 5}, "cannot feed a image recipe"),
-    ({"kind": "video", "sources": [{"type": "synthetic_video"}], "match": {"to": "x", "by": "tokens"}}, "match.by must be one of"),
+    ({"kind": "video", "sources": [{"type": "synthetic_video"}], "size_from": {"recipe": "x", "unit": "tokens"}},
+     "size_from.unit must be one of"),
     ({"kind": "image", "sources": [{"type": "llava_image"}], "samples": 5}, "needs 'path' and 'media_root'"),
     ({"kind": "image", "samples": 5}, "field 'sources' is required"),
 ])
@@ -194,13 +195,13 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("unit", ["samples", "images", "visual_tokens", "text_tokens"])
-def test_matching_in_each_unit(tmp_path, tiny_model, unit):
+def test_size_from_in_each_unit(tmp_path, tiny_model, unit):
     # Text tokens come in sample-sized steps of ~30: the reference must be large for 0.5% to be reachable.
     n_ref = 300 if unit == "text_tokens" else 10
     ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=n_ref,
                        frames=4, model=str(tiny_model))
     img = write_recipe(tmp_path, "imatch", kind="image", sources=[{"type": "synthetic_image"}],
-                       match={"to": str(ref), "by": unit}, model=str(tiny_model))
+                       size_from={"recipe": str(ref), "unit": unit}, model=str(tiny_model))
     m = build(str(img), tmp_path / "imatch")
     ref_m = read_manifest(tmp_path / "vref")
     x = m["match"]
@@ -215,20 +216,20 @@ def test_matching_in_each_unit(tmp_path, tiny_model, unit):
     assert cli(["audit", str(tmp_path / "vref"), str(tmp_path / "imatch")]) == 0
 
 
-def test_match_beyond_tolerance_fails(tmp_path, tiny_model):
+def test_size_from_beyond_tolerance_fails(tmp_path, tiny_model):
     ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=3, frames=2,
                        model=str(tiny_model))
     img = write_recipe(tmp_path, "im", kind="image", sources=[{"type": "synthetic_image"}],
-                       match={"to": str(ref), "by": "text_tokens"}, model=str(tiny_model))
+                       size_from={"recipe": str(ref), "unit": "text_tokens"}, model=str(tiny_model))
     with pytest.raises(BuildError, match=r"relative error .*% > 0.5%"):
         build(str(img), tmp_path / "im")
     assert not (tmp_path / "im").exists()
 
 
-def test_token_match_needs_a_model(tmp_path):
+def test_size_from_in_tokens_needs_a_model(tmp_path):
     ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=3)
     img = write_recipe(tmp_path, "im", kind="image", sources=[{"type": "synthetic_image"}],
-                       match={"to": str(ref), "by": "visual_tokens"})
+                       size_from={"recipe": str(ref), "unit": "visual_tokens"})
     with pytest.raises(BuildError, match="needs a model directory"):
         build(str(img), tmp_path / "im")
 
@@ -316,7 +317,7 @@ def test_video_shuffled_demo_is_video_demo_out_of_order():
     order differs, so the control differs from the video run in nothing else."""
     vid, ctl = load_recipe("video_demo"), load_recipe("video_shuffled_demo")
     assert ctl.frame_order == "shuffled" and vid.frame_order == "ordered"
-    for f in ("kind", "sources", "samples", "match", "frames", "image_size", "max_pixels", "video_input", "seed",
+    for f in ("kind", "sources", "samples", "size_from", "frames", "image_size", "max_pixels", "video_input", "seed",
               "split", "max_bad_fraction", "shard_size", "model", "train"):
         assert getattr(ctl, f) == getattr(vid, f), f
 

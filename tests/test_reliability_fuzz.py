@@ -89,8 +89,9 @@ def test_conversation_to_messages_output_always_validates(conv, n_images):
 
 
 # --- recipes -----------------------------------------------------------------------------------------
-RECIPE_KEYS = ["kind", "sources", "samples", "match", "frames", "image_size", "seed", "split", "max_bad_fraction",
-               "shard_size", "model", "description", "train", "name", "path", "max_pixels", "video_input", "bogus"]
+RECIPE_KEYS = ["kind", "sources", "samples", "size_from", "match", "frames", "image_size", "seed", "split",
+               "max_bad_fraction", "shard_size", "model", "description", "train", "name", "path", "max_pixels",
+               "video_input", "bogus"]
 sources = st.lists(st.fixed_dictionaries({}, optional={
     "type": st.sampled_from(["synthetic_image", "synthetic_video", "llava_image", "llava_video"]) | yaml_values,
     "weight": st.floats(allow_nan=True) | st.integers() | yaml_values,
@@ -102,7 +103,10 @@ recipes = st.fixed_dictionaries({}, optional={
     "kind": st.sampled_from(["image", "video"]) | yaml_values,
     "sources": sources | yaml_values,
     "samples": st.integers() | yaml_values,
-    "match": st.fixed_dictionaries({}, optional={"to": st.text(max_size=6) | yaml_values,
+    "size_from": st.fixed_dictionaries({}, optional={"recipe": st.text(max_size=6) | yaml_values,
+                                                     "unit": st.sampled_from(["samples", "images"]) | yaml_values,
+                                                     "to": yaml_values}) | yaml_values,
+    "match": st.fixed_dictionaries({}, optional={"to": st.text(max_size=6) | yaml_values,  # size_from's old spelling
                                                  "by": st.sampled_from(["samples", "images"]) | yaml_values}),
     "frames": st.integers(-2, 10) | yaml_values,
     "image_size": st.integers(0, 100) | yaml_values,
@@ -126,6 +130,7 @@ recipes = st.fixed_dictionaries({}, optional={
 @example(None)                                                            # YAML file holding a scalar
 @example({"kind": "image", "sources": [{}], "samples": 1})                # a source without 'type'
 @example({"kind": "video", "sources": [{"type": "synthetic_video"}], "match": {"to": "x", "by": 5}})
+@example({"kind": "video", "sources": [{"type": "synthetic_video"}], "size_from": {"recipe": "x", "unit": [1]}})
 @example({"kind": "video", "sources": [{"type": "synthetic_video", "weight": float("inf")}], "samples": True})
 @example({"kind": "video", "sources": [{"type": "llava_video", "path": 5, "media_root": [1]}], "samples": 3})
 def test_parse_recipe_raises_only_recipe_errors(data):
@@ -135,7 +140,7 @@ def test_parse_recipe_raises_only_recipe_errors(data):
         assert str(e).startswith("fuzzed.yaml")  # names the file (and the field)
         return
     assert isinstance(r, Recipe) and "/" not in r.name and not r.name.startswith(".")
-    assert isinstance(r.samples, int) or r.match is not None
+    assert isinstance(r.samples, int) or r.size_from is not None
     assert all(math.isfinite(s.weight) and s.weight > 0 for s in r.sources)
     assert len(r.content_hash()) == 64  # what the build hashes is plain JSON
 

@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from data_recipes.counters import (BUILD_MATCH_UNITS, CONSUMED_COUNTERS, MANIFEST_COUNTERS, SUPERVISED_TOKENS,
+from data_recipes.counters import (CONSUMED_COUNTERS, MANIFEST_COUNTERS, SIZE_FROM_UNITS, SUPERVISED_TOKENS,
                                    TRAIN_MATCH_UNITS)
 from data_recipes.files import atomic_write_json
 from helpers import run_lora
@@ -120,11 +120,11 @@ def test_readers_report_the_records_errors_in_their_own_words(tmp_path):
 
 
 def test_each_match_unit_is_a_counter_its_side_counts():
-    from data_recipes.recipe import MATCH_UNITS as build_units
+    from data_recipes.recipe import SIZE_FROM_UNITS as build_units
     from train.accounting import COUNTERS
     from train.config import MATCH_UNITS as train_units
 
-    assert build_units == BUILD_MATCH_UNITS and set(BUILD_MATCH_UNITS) <= set(MANIFEST_COUNTERS)
+    assert build_units == SIZE_FROM_UNITS and set(SIZE_FROM_UNITS) <= set(MANIFEST_COUNTERS)
     assert train_units == TRAIN_MATCH_UNITS and set(TRAIN_MATCH_UNITS) <= set(CONSUMED_COUNTERS)
     assert SUPERVISED_TOKENS not in MANIFEST_COUNTERS  # the build cannot know what the chat template supervises
     assert COUNTERS == CONSUMED_COUNTERS  # the accounting matrices' columns are run.json's consumed keys

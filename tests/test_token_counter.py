@@ -167,15 +167,15 @@ def test_native_build_of_real_videos_keeps_each_clip(tiny_dirs, tmp_path):
         "visual_tokens"]
 
 
-def test_match_by_visual_tokens_uses_the_references_video_path(tiny_dirs, tmp_path):
+def test_size_from_visual_tokens_uses_the_references_video_path(tiny_dirs, tmp_path):
     model = str(tiny_dirs["qwen2_vl"])
     video = dict(kind="video", sources=[{"type": "synthetic_video"}], samples=10, frames=FRAMES, model=model)
     ref_native = _recipe(tmp_path, "vnat", video_input="native", **video)
     ref_images = _recipe(tmp_path, "vimg", **video)
     img = dict(kind="image", sources=[{"type": "synthetic_image"}], model=model)
-    to_native = build(str(_recipe(tmp_path, "m1", match={"to": str(ref_native), "by": "visual_tokens"}, **img)),
+    to_native = build(str(_recipe(tmp_path, "m1", size_from={"recipe": str(ref_native), "unit": "visual_tokens"}, **img)),
                       tmp_path / "m1")
-    to_images = build(str(_recipe(tmp_path, "m2", match={"to": str(ref_images), "by": "visual_tokens"}, **img)),
+    to_images = build(str(_recipe(tmp_path, "m2", size_from={"recipe": str(ref_images), "unit": "visual_tokens"}, **img)),
                       tmp_path / "m2")
     native_ref = read_manifest(tmp_path / "vnat")
     assert native_ref["video_input"] == "native"

@@ -1,7 +1,7 @@
 """Interleaved conversations -> model inputs, with labels on the assistant's tokens only.
 
 A conversation is a list of chat turns whose user content interleaves `{"type": "image"}` markers and
-`{"type": "text", "text": ...}` parts (the sample schema, `validate_messages` below); the frames are PIL images, one
+`{"type": "text", "text": ...}` parts (the sample schema, `data_recipes.schema`); the frames are PIL images, one
 per marker, in order. Rendering always goes through the processor's own chat template, so a real
 checkpoint gets exactly its published prompt format.
 
@@ -27,47 +27,10 @@ from typing import Sequence
 import torch
 
 from data_recipes.clips import clip_metadata
+from data_recipes.schema import ConversationError, validate_messages  # noqa: F401 (the schema's home; re-exported)
+from data_recipes.tokens import image_token_id, split_tokens, video_token_id  # noqa: F401 (the count's home)
 
 IGNORE_INDEX = -100
-
-
-class ConversationError(ValueError):
-    """A conversation that does not fit the sample schema (wrong roles, marker/image count...)."""
-
-
-def validate_messages(messages: Sequence[dict], num_images: int | None = None, where: str = "sample",
-                      num_videos: int | None = None) -> int:
-    """Check the schema of a conversation; return the number of image markers it holds.
-
-    `{"type": "video"}` parts (one per clip, `video_input: native`) are counted apart and checked
-    against `num_videos` when given."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ConversationError(f"{where}: field 'messages' must be a non-empty list of turns")
-    markers = videos = 0
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise ConversationError(f"{where}: messages[{i}] must be a dict with role system|user|assistant")
-        content = m.get("content")
-        if isinstance(content, str):
-            continue
-        if not isinstance(content, list):
-            raise ConversationError(f"{where}: messages[{i}].content must be a string or a list of parts")
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind in ("image", "video"):
-                if m["role"] == "assistant":
-                    what = "an image" if kind == "image" else "a video"
-                    raise ConversationError(f"{where}: messages[{i}] is an assistant turn with {what}")
-                markers += kind == "image"
-                videos += kind == "video"
-            elif kind != "text" or not isinstance(part.get("text"), str):
-                raise ConversationError(
-                    f"{where}: messages[{i}].content[{j}] must be {{'type': 'image'}} or {{'type': 'text', 'text': str}}")
-    if num_images is not None and markers != num_images:
-        raise ConversationError(f"{where}: {markers} image markers in 'messages' but {num_images} images")
-    if num_videos is not None and videos != num_videos:
-        raise ConversationError(f"{where}: {videos} video markers in 'messages' but {num_videos} clips")
-    return markers
 
 
 def render(processor, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
@@ -173,20 +136,12 @@ class Encoded:
     """A collated batch plus the per-sample counts that training accounting needs."""
     inputs: dict
     visual_tokens: list[int]
-    """Image and video placeholder tokens per sample (what the vision tower fed the language model)."""
+    """Image and video placeholder tokens per sample (what the vision tower fed the language model),
+    counted by `data_recipes.tokens.split_tokens` as the build's manifest counts them."""
     text_tokens: list[int]
     supervised_tokens: list[int]
     video_tokens: list[int] | None = None
     """The video placeholder tokens among them (None: no sample had a clip)."""
-
-
-def image_token_id(processor) -> int:
-    return processor.image_token_id
-
-
-def video_token_id(processor) -> int | None:
-    """The token a clip's placeholder expands into (None where clips become image tokens, as InternVL's)."""
-    return getattr(processor, "video_token_id", None)
 
 
 def processor_inputs(processor, texts: list[str], images: Sequence[Sequence], videos: Sequence[Sequence] | None,
@@ -235,12 +190,7 @@ def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[
                            **(image_options or {}))
     out = dict(out)
     ids, mask = out["input_ids"], out["attention_mask"]
-    visual = (ids == image_token_id(processor)).sum(1)
-    video = None
-    if videos is not None and any(videos) and video_token_id(processor) is not None:
-        video = (ids == video_token_id(processor)).sum(1)
-        visual = visual + video
-    text_tokens = mask.sum(1) - visual
+    visual, text_tokens, video = split_tokens(ids, mask, processor, clips=videos is not None and any(videos))
     if with_labels:
         offsets = torch.as_tensor(out.pop("offset_mapping"))
         replacements = out.pop("text_replacement_offsets", None)

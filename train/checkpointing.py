@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from data_recipes.files import atomic_write_json
+from data_recipes.files import atomic_dir, atomic_write_json
 from train import accounting
 
 STATE_FILE = "trainer_state.json"
@@ -97,21 +98,17 @@ def save_state(accelerator, run_dir: Path, state: TrainingState, keep: int) -> P
     """Write a complete resumable state for `state.step` (all processes call this)."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{state.step}", root / f".step-{state.step}.tmp"
+    # The main process makes .step-N.tmp and renames it to step-N once complete; every process writes in it.
+    with atomic_dir(final, tmp_name=tmp.name) if accelerator.is_main_process else nullcontext():
+        accelerator.wait_for_everyone()
+        if _is_deepspeed(accelerator):
+            accelerator.save_state(str(tmp), exclude_frozen_parameters=True)
+        else:
+            accelerator.save_state(str(tmp))  # trainable_only (registered by the trainer) filters the weights
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_json(tmp / STATE_FILE, state.to_json())  # the marker of completeness, written last
     if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    if _is_deepspeed(accelerator):
-        accelerator.save_state(str(tmp), exclude_frozen_parameters=True)
-    else:
-        accelerator.save_state(str(tmp))  # trainable_only (registered by the trainer) filters the weights
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / STATE_FILE, state.to_json())  # the marker of completeness, written last
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
         for old in valid_states(run_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

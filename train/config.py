@@ -31,7 +31,7 @@ from data_recipes.clips import VIDEO_INPUT_SETTINGS
 from data_recipes.counters import TRAIN_MATCH_UNITS
 from data_recipes.hints import did_you_mean
 
-MATCH_UNITS = TRAIN_MATCH_UNITS  # what a run consumes; a recipe's build-time match.by has its own (data_recipes.counters)
+MATCH_UNITS = TRAIN_MATCH_UNITS  # --match_by's units; a recipe's build-time size_from.unit takes SIZE_FROM_UNITS
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
 

@@ -15,9 +15,10 @@ while more than one sample per reader has not come once. A reader opens only the
 shards its range overlaps and skips the positions before its range undecoded. Positions come from
 the manifest's counts, so a truncated shard costs its own missing or bad samples only and never
 shifts another reader's range. Every sample is checked before it enters the buffer: its `json`
-member parses into the sample schema and its markers match its image members; a sample cut by a
-truncated shard or of the wrong shape is dropped and counted in `errors` (first ones in
-`error_examples`), never a crash of the run or a half sample in a batch.
+member parses into the sample schema and its markers match its image members
+(`data_recipes.schema.validate_record`); a sample cut by a truncated shard or of the wrong shape is
+dropped and counted in `errors` (first ones in `error_examples`), never a crash of the run or a half
+sample in a batch.
 
 A sample longer than `max_length` (reason `too_long`) or than the language model's context
 (`over_context`; each reader reports its first one on stderr) is dropped after collation, never cut:
@@ -50,7 +51,9 @@ from data_recipes.build import read_manifest, shard_urls
 from data_recipes.resize import fit
 from data_recipes.clips import VIDEO_INPUTS, as_video
 from data_recipes.processors import frame_options
-from train.chat import ConversationError, encode, validate_messages, video_token_id
+from data_recipes.schema import ConversationError, validate_record
+from data_recipes.tokens import video_token_id
+from train.chat import encode
 
 
 _EXAMPLES = 5
@@ -227,10 +230,7 @@ class ShardStream(IterableDataset):
         try:
             if "json" not in s:
                 raise ConversationError(f"{where}: no json member")
-            js = json.loads(s["json"])
-            if not isinstance(js, dict):
-                raise ConversationError(f"{where}: json member must be an object, got {type(js).__name__}")
-            validate_messages(js.get("messages"), len(_image_names(s)), where=where)
+            validate_record(json.loads(s["json"]), len(_image_names(s)), where=where)
         except (ValueError, UnicodeDecodeError) as e:  # ConversationError and JSONDecodeError are ValueErrors
             self._count_error(e)
             return False

@@ -44,7 +44,9 @@ Sequence lengths
     ~12 s), rendered and tokenized with the base model's own processor through `train.chat.encode`,
     as the trainer's collator does. Printed: p50/p90/p99/max of the total length (text + visual
     tokens), and the shares over `max_length` (0: the context) and over the context. Missing shards
-    are reported and this part is skipped.
+    are reported and this part is skipped. Visual and text tokens are counted as the manifest counts
+    them (`data_recipes.tokens.split_tokens`); the mean visual tokens per sample size the trainable
+    vision tower's activations (Memory).
 
 Memory per GPU
     Formulas and their sources in `train/memory.py` (`python -c 'import train.memory; help(train.memory)'`).

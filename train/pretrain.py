@@ -38,12 +38,12 @@ import math
 import random
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from data_recipes.files import atomic_dir
 from data_recipes.processors import frame_options
 from data_recipes.synthetic.reading import reading_record, still_record, still_sample
 from data_recipes.synthetic.samples import image_record, image_sample
@@ -246,9 +246,7 @@ def pretrain_tiny(family: str, out: str | Path, *, steps: int = DEFAULT_STEPS, s
     """Build the tiny model of `family` (initialised with `seed`), run the base stage, write it to `out`
     atomically, with the held-out accuracy of each part and the stage's timings in its tiny.json."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # the base model is written here; the initial one goes to tmp/init
         t_start = time.perf_counter()
         build_tiny(family, tmp / "init", image_size=image_size, seed=seed)
         model, processor, fam = load_model(tmp / "init")
@@ -263,10 +261,10 @@ def pretrain_tiny(family: str, out: str | Path, *, steps: int = DEFAULT_STEPS, s
         after = accuracy_by_part(model, val)
         if not all(math.isfinite(x) for x in losses):
             raise RuntimeError("base stage diverged (non-finite loss)")
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True)
         for f in (tmp / "init").iterdir():
-            if not (tmp / "model" / f.name).exists():
-                shutil.copy(f, tmp / "model" / f.name)
+            if not (tmp / f.name).exists():
+                shutil.copy(f, tmp / f.name)
         info = json.loads((tmp / "init" / "tiny.json").read_text())
         tail = losses[-20:]
         info.update(base_stage={
@@ -280,15 +278,11 @@ def pretrain_tiny(family: str, out: str | Path, *, steps: int = DEFAULT_STEPS, s
             "seconds": {"encode": round(encode_s, 1), "train": round(train_s, 1),
                         "total": round(time.perf_counter() - t_start, 1)},
             "train_samples_per_s": round(steps * BATCH / train_s, 1)})
-        (tmp / "model" / "tiny.json").write_text(json.dumps(info, indent=1))
+        (tmp / "tiny.json").write_text(json.dumps(info, indent=1))
         print("base stage: held-out exact-answer accuracy "
               + ", ".join(f"{p} {before[p]:.1%} -> {after[p]:.1%}" for p in PARTS)
               + f" ({time.perf_counter() - t_start:.0f} s)")
-        if out.exists():
-            shutil.rmtree(out)
-        (tmp / "model").rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp / "init")  # scratch: only the base model is renamed to out
     return out
 
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from data_recipes.files import atomic_dir
 from data_recipes.processors import make_processor, save_processor, video_processor_from_image
 from train.families import FAMILIES, Family, get_family
 from train.templates import STYLE_SPECIAL_TOKENS, chat_template
@@ -186,20 +185,12 @@ def build_tiny(family_name: str, out: str | Path, image_size: int = 64, seed: in
         # A ChatML turn ends with <|im_end|>: generation must stop there, not only at </s>.
         model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
     processor = build_processor(family, tok, image_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         save_processor(processor, tmp)
         (tmp / "tiny.json").write_text(json.dumps(
             {"family": family.name, "image_size": image_size, "seed": seed,
              "parameters": sum(p.numel() for p in model.parameters())}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

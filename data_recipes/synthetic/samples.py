@@ -24,7 +24,7 @@ self-reversing answer 1 time in 5 as in the evaluation) with static questions ab
 `shuffle_frames=True` is the "more frames, no order" control: the same sample with its frames in a
 seeded non-identity order (`meta["frame_order"]`).
 
-Sample JSON::
+Sample JSON (the sample schema, `data_recipes.schema.SampleRecord`)::
 
     {"id": ..., "source": "synthetic", "kind": "image" | "video",
      "messages": [{"role": "user", "content": [{"type": "image"}, ..., {"type": "text", "text": q}]},
@@ -43,6 +43,8 @@ import random
 from collections.abc import Callable
 
 from PIL import Image
+
+from data_recipes.schema import Message, image_part, text_part
 
 from .language import event_phrase, static_caption, transition_caption
 from .questions import IMAGE_TYPES, QA, STATIC_EVAL_TYPES, TWO_EVENT_TYPES, image_qa, static_qa, temporal_qa
@@ -74,9 +76,9 @@ SINGLETON_P = 1 / BLOCK
 TWO_EVENT_HAPPENS_P = 0.3  # training "what happens to X?" clips with a second event (frames >= 3)
 
 
-def _messages(n_images: int, qa: QA) -> list[dict]:
-    user = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": qa.user_text}]
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": qa.answer}]}]
+def _messages(n_images: int, qa: QA) -> list[Message]:
+    user = [image_part() for _ in range(n_images)] + [text_part(qa.user_text)]
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": [text_part(qa.answer)]}]
 
 
 def _events_meta(scene: Scene) -> list[dict]:

@@ -1,7 +1,7 @@
 """I-RAVEN transfer: does finetuning on video help a VLM complete Raven's progressive matrices?
 
 Each puzzle has 8 context panels, 8 candidates and one answer (chance 12.5%). Three layouts
-(`--iraven-layout`, rendered by `evalsuite.raven_prompt`):
+(`--iraven-layout`, rendered by `evalsuite.prompts`, its I-RAVEN section):
 
 - `composite` (default; one image) and `separate` (16 images) ask for the letter A-H: loglik scores
   the eight one-letter answers, generate reads the letter out of the reply.
@@ -52,16 +52,17 @@ configuration, default 20) under the cache directory and reused by every checkpo
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalsuite import raven_prompt
+from data_recipes.files import atomic_dir
 from evalsuite.iraven import CONFIG_NAMES, IRavenFormatError, generate_dataset, read_npz
 from evalsuite.iraven.groups import ACTIVE_RULES, GROUPING, GROUPS, RULE_GROUPS, in_group, meta_rules, rule_groups
 from evalsuite.iraven.loader import split_files
-from evalsuite.raven_prompt import LETTERS
+from evalsuite.prompts import IRAVEN_LETTERS as LETTERS
+from evalsuite.prompts import (IRAVEN_HASH, IRAVEN_JUDGEMENTS, iraven_best_margin, iraven_candidate_images,
+                               iraven_composite_image, iraven_image_size, iraven_judgement, iraven_letter_choice,
+                               iraven_separate_images, iraven_single_yes, iraven_user_content)
 from evalsuite.scoring import score_options
 from evalsuite.stats import accuracy_ci
 from evalsuite.tasks.base import Task, Workload, loglik_forwards
@@ -83,7 +84,7 @@ class IRavenTask(Task):
     name = "iraven"
     description = "Raven's progressive matrices (I-RAVEN, 8 candidates): accuracy per configuration, position bias"
     n_options = len(LETTERS)  # the run plan's forward passes: 8 letters scored per puzzle (letter layouts)
-    uses_judge = False        # answers are read by raven_prompt.letter_choice, never by the judge
+    uses_judge = False        # answers are read by prompts.iraven_letter_choice, never by the judge
 
     _puzzles: list[Puzzle] | None = None  # listed on first use: a finished checkpoint needs no data
 
@@ -93,7 +94,7 @@ class IRavenTask(Task):
         data = {"data": str(Path(cfg.iraven_data).expanduser().resolve()), "per_config": cfg.iraven_limit or cfg.limit} \
             if cfg.iraven_data else {"data": "generated", "generator_seed": SEED, "per_config": cfg.iraven_limit or cfg.limit or PER_CONFIG}
         out = {"task": self.name, **data, "layout": cfg.iraven_layout, "protocol": cfg.protocol, "scoring": cfg.scoring, "seed": cfg.seed,
-               "n_boot": cfg.n_boot, "prompts": raven_prompt.RAVEN_HASH, "rule_groups": GROUPING,
+               "n_boot": cfg.n_boot, "prompts": IRAVEN_HASH, "rule_groups": GROUPING,
                "checkpoint": {k: v for k, v in subject_info.items() if k.endswith("fingerprint")}}
         return out | ({"answer_tokens": cfg.answer_tokens} if cfg.scoring == "generate" else {})
 
@@ -102,13 +103,8 @@ class IRavenTask(Task):
         root = Path(self.resources.cache_dir) / "iraven" / f"seed{SEED}_n{n}"
         if not root.is_dir():
             # Written aside, then renamed: ranks each write an identical copy, the first rename wins.
-            root.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-            generate_dataset(tmp, per_config=n, seed=SEED, val=0, test=10)  # val=0, test=10: all test
-            try:
-                tmp.rename(root)
-            except OSError:
-                shutil.rmtree(tmp)
+            with atomic_dir(root, existing="keep") as tmp:
+                generate_dataset(tmp, per_config=n, seed=SEED, val=0, test=10)  # val=0, test=10: all test
         return root
 
     def items(self) -> list[Puzzle]:
@@ -128,7 +124,7 @@ class IRavenTask(Task):
             return w
         k = len(LETTERS)
         prompts = k * w.prompts
-        forwards = prompts * loglik_forwards(len(raven_prompt.JUDGEMENTS)) if self.cfg.scoring == "loglik" else 0
+        forwards = prompts * loglik_forwards(len(IRAVEN_JUDGEMENTS)) if self.cfg.scoring == "loglik" else 0
         return Workload(items=w.items, prompts=prompts, forwards=forwards, generations=k * w.generations)
 
     def predict(self, subject, item: Puzzle, todo: list[str]) -> list[dict]:
@@ -144,36 +140,36 @@ class IRavenTask(Task):
             row |= self._judge_candidates(subject, rec.image)
         else:
             if layout == "composite":
-                row["image_size"] = size = raven_prompt.model_image_size(subject.processor)
-                images = [raven_prompt.render_composite(rec.image, size)]
+                row["image_size"] = size = iraven_image_size(subject.processor)
+                images = [iraven_composite_image(rec.image, size)]
             else:
-                images = raven_prompt.separate_images(rec.image)
-            content = raven_prompt.user_content(layout)
+                images = iraven_separate_images(rec.image)
+            content = iraven_user_content(layout)
             if self.cfg.scoring == "loglik":
                 scores = score_options(subject.model, subject.processor, content, images, list(LETTERS))
                 row |= {"pred": scores.choice, "logliks": scores.logliks}
             else:
                 answer = subject.chat.generate([content], [images], max_new_tokens=self.cfg.answer_tokens)[0]
-                pred = raven_prompt.letter_choice(answer)
+                pred = iraven_letter_choice(answer)
                 row |= {"pred": pred, "output": answer, "extraction": "failed" if pred is None else "letter"}
         row["correct"] = row["pred"] == rec.target
         return [row]
 
     def _judge_candidates(self, subject, panels) -> dict:
         """The `candidates` layout's row fields: each candidate's matrix judged yes/no, then the choice."""
-        size = raven_prompt.model_image_size(subject.processor)
-        content = raven_prompt.user_content("candidates")
-        images = [raven_prompt.candidate_images(panels, c, size) for c in range(len(LETTERS))]
+        size = iraven_image_size(subject.processor)
+        content = iraven_user_content("candidates")
+        images = [iraven_candidate_images(panels, c, size) for c in range(len(LETTERS))]
         out: dict = {"image_size": size}
         if self.cfg.scoring == "loglik":
             logliks = [score_options(subject.model, subject.processor, content, imgs,
-                                     list(raven_prompt.JUDGEMENTS)).logliks for imgs in images]
+                                     list(IRAVEN_JUDGEMENTS)).logliks for imgs in images]
             margins = [yes - no for yes, no in logliks]
-            return out | {"pred": raven_prompt.best_margin(margins), "margins": margins, "logliks": logliks}
+            return out | {"pred": iraven_best_margin(margins), "margins": margins, "logliks": logliks}
         replies = subject.chat.generate([content] * len(images), images, max_new_tokens=self.cfg.answer_tokens,
                                         batch_size=self.cfg.batch_size)
-        judgements = [raven_prompt.judgement(r) for r in replies]
-        pred = raven_prompt.single_yes(judgements)
+        judgements = [iraven_judgement(r) for r in replies]
+        pred = iraven_single_yes(judgements)
         return out | {"pred": pred, "outputs": replies, "judgements": judgements,
                       "extraction": "failed" if pred is None else "single yes"}
 
