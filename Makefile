@@ -62,19 +62,19 @@ validity: setup
 
 # The whole study on the embedded default: tiny base -> scale-matched image and video shards ->
 # two LoRA runs (2 processes, ZeRO-2), the image run stopped at the video run's visual tokens ->
-# every evaluation on every checkpoint (2 ranks) -> report. train/demo.py runs these stages as the
-# commands `python -m train.demo --dry-run` prints (300 items per F: at 150 a 95% CI is +-7 points,
+# every evaluation on every checkpoint (2 ranks) -> report. train/toy/demo.py runs these stages as the
+# commands `python -m train.toy.demo --dry-run` prints (300 items per F: at 150 a 95% CI is +-7 points,
 # too wide to tell a 25%-accurate model from the 20% of chance), times each one, and first estimates
 # the whole run's time from a few seconds of calibration.
 demo: setup
-	$(PY) -m train.demo --base-threads $(BASE_THREADS)
+	$(PY) -m train.toy.demo --base-threads $(BASE_THREADS)
 	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$${PORT:-5000})"
 
 # The shuffled-frames control, after `make demo`: builds video_shuffled_demo (video_demo's clips with
 # their frames out of order), trains it to exactly ckpt/video_demo's visual tokens, evaluates it with
 # the demo's settings (the demo's checkpoints are not evaluated again) and rewrites ckpt/report.md.
 control: setup
-	$(PY) -m train.demo --control
+	$(PY) -m train.toy.demo --control
 
 # Speed against the obvious alternatives, measured side by side in one run (about 10 minutes on
 # 2 cores); prints one table and writes it to bench-results.md. Not part of `make test`.

@@ -167,7 +167,7 @@ def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
 
 def evaluated(root: str | os.PathLike, task: str = "*") -> list[Path]:
     """Every directory under `root` (root included) holding `eval/<task>/metrics.json` (`task` may be a
-    glob), sorted: the checkpoints `evalsuite.runner` wrote results of `task` for, as `evalsuite.export`
+    glob), sorted: the checkpoints `evalsuite.runner` wrote results of `task` for, as `evalsuite.report.export`
     finds them."""
     return sorted(d for d, _ in _walk(Path(root)) if any((d / "eval").glob(f"{task}/metrics.json")))
 

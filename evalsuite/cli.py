@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lmms-eval: OUT/<model>/<date>_results.json and <date>_samples_<task>.jsonl per F and condition")
     x.add_argument("--out", default=None, help="output directory (default: CKPT_DIR/lmms-eval)")
     sub.add_parser("list", help="list tasks and benchmarks")
-    from evalsuite.study import add_parser as add_study_parser
+    from evalsuite.study.run import add_parser as add_study_parser
 
     add_study_parser(sub)
     return p
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark  {b}")
         return 0
     if args.command == "export":
-        from evalsuite.export import ExportError, export_lmms_eval
+        from evalsuite.report.export import ExportError, export_lmms_eval
 
         try:
             written = export_lmms_eval(args.ckpt_dir, args.out)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "study":
         from data_recipes.recipe import RecipeError
-        from evalsuite.study import main as study_main
+        from evalsuite.study.run import main as study_main
         from train.config import ConfigError as TrainConfigError
         from train.plan import PlanError
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     if args.command == "report":
-        from evalsuite.report import summary_text, write_report
+        from evalsuite.report.evaluation import summary_text, write_report
 
         try:
             report = write_report(args.ckpt_dir, track=args.tracking is not False, n_boot=args.n_boot, seed=args.seed)
@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from evalsuite.benchmarks import BenchmarkError
+    from evalsuite.benchmarks.video_qa import BenchmarkError
     from evalsuite.checkpoints import CheckpointError
     from evalsuite.infills import InfillError
-    from evalsuite.iraven import IRavenFormatError
+    from evalsuite.benchmarks.iraven import IRavenFormatError
     from evalsuite.outputs import OutputError
     from data_recipes.processors import ProcessorLoadError
     from train.families import FamilyError
@@ -196,7 +196,7 @@ def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:
             for task, metrics in per_task.items():
                 print(f"{task:<6} {Path(path).name:<24} {get_task(task).headline(metrics['metrics'])}")
         if args.command == "all":
-            from evalsuite.report import summary_text, write_report
+            from evalsuite.report.evaluation import summary_text, write_report
 
             report = write_report(root, track=cfg.tracking, n_boot=cfg.n_boot, seed=cfg.seed)
             print(f"\n{summary_text(report)}\n\nfull report: {report} (figures and metrics.csv in {report.parent / 'report'})")

@@ -31,7 +31,7 @@ from PIL import Image
 
 from data_recipes.processors import frame_options
 from evalsuite import prompts
-from evalsuite.benchmarks import Item
+from evalsuite.benchmarks.video_qa import Item
 from evalsuite.generation import ChatModel
 
 Frames = dict[int, Image.Image]  # clip frame index -> frame

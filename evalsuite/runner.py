@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from evalsuite.benchmarks import Benchmark
+from evalsuite.benchmarks.video_qa import Benchmark
 from evalsuite.checkpoints import CheckpointRef
 from evalsuite.config import EvalConfig
 from evalsuite.distributed import Ranks

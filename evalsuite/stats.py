@@ -19,7 +19,7 @@ the *item*.  Three estimators cover the comparisons the reports make:
   study) or a contrast of such averages, with a CI that resamples seeds and items.
 
 Two building blocks serve statistics that are not a mean of one per-item score (the gain
-relative to headroom of :func:`evalsuite.report.relative_gain` is a ratio):
+relative to headroom of :func:`evalsuite.report.evaluation.relative_gain` is a ratio):
 :func:`paired_bootstrap_sums` resamples the items once per replicate and sums several
 vectors over the same draw, with the draws of the estimators above for the same ``seed``;
 :func:`percentile_interval` is the interval every estimator here reads off its replicates.
@@ -202,7 +202,7 @@ def paired_bootstrap_sums(
     ``out[k][r]`` is vector ``k``'s sum on draw ``r`` (an int64 array of ``n_boot`` per vector). Any
     statistic of the vectors' means on shared items is a function of these sums (``sums[k] / n``); a
     replicate's statistic that is undefined (a ratio over zero) is the caller's to leave out. This is how
-    :func:`evalsuite.report.relative_gain` gets its replicates. The draws depend only on ``n``,
+    :func:`evalsuite.report.evaluation.relative_gain` gets its replicates. The draws depend only on ``n``,
     ``n_boot`` and ``seed``: with the same ones, :func:`accuracy_ci`, :func:`paired_difference` and the
     others resample the same items, e.g. ``out[0] - out[1]`` of ``[a, b]`` are the replicate sums of
     :func:`paired_difference` ``(a, b)``.

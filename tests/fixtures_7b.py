@@ -1,7 +1,7 @@
 """Config-only 7B checkpoint directories (no weights) for planning tests.
 
 Each directory holds a config.json written by transformers' own config class, shaped like the
-published checkpoint, and the processor/tokenizer of the family's tiny model (`train.tiny`: a locally
+published checkpoint, and the processor/tokenizer of the family's tiny model (`train.toy.tiny`: a locally
 trained BPE and a 64-px image processor), so that `--dry_run` can tokenize shards without any
 download. The config's image/video token ids are set to the tiny tokenizer's; the tokenizer's
 512-token vocabulary against the config's 32k-152k is irrelevant to a plan (the vocabulary size
@@ -73,7 +73,7 @@ def write_config_dir(family: str, out: Path, corpus: list[str] | None = None) ->
     """A config-only 7B directory of `family` with the tiny model's processor (no weights)."""
     from data_recipes.processors import save_processor
     from train.families import get_family
-    from train.tiny import build_processor, build_tokenizer, default_corpus
+    from train.toy.tiny import build_processor, build_tokenizer, default_corpus
 
     fam = get_family(family)
     tok = build_tokenizer(fam, corpus if corpus is not None else default_corpus())

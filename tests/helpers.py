@@ -24,7 +24,7 @@ LORA = str(REPO / "train" / "lora.py")
 
 def tiny_model(family: str, tmp_path_factory) -> Path:
     """A tiny random-init model of `family`, built once per pytest session under its base temp directory."""
-    from train.tiny import build_tiny
+    from train.toy.tiny import build_tiny
 
     out = tmp_path_factory.getbasetemp() / "eval-tiny" / family
     if not (out / "config.json").exists():

@@ -19,7 +19,7 @@ import torch
 from train.chat import IGNORE_INDEX, ConversationError, encode, validate_messages
 from train.families import FAMILIES, load_model
 from train.smoke import demo_frames
-from train.tiny import build_tiny
+from train.toy.tiny import build_tiny
 
 
 # --- the reference: the straightforward algorithm ------------------------------------------------

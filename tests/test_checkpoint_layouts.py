@@ -38,8 +38,8 @@ from evalsuite.checkpoints import checkpoint_ref, discover
 from train.chat import encode
 from train.families import FAMILIES, FamilyError, load_model
 from train.smoke import demo_frames
-from train.templates import chat_template
-from train.tiny import build_config, build_image_processor, build_tokenizer
+from train.toy.templates import chat_template
+from train.toy.tiny import build_config, build_image_processor, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 ALL = sorted(FAMILIES)

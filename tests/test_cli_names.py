@@ -132,7 +132,7 @@ def test_an_ill_typed_flag_names_the_field_in_either_spelling():
 
 # --- --data is the data of the one task that runs -------------------------------------------------------------
 def test_iraven_data_is_the_puzzle_directory_and_is_used(tmp_path):
-    from evalsuite.iraven import generate_dataset
+    from evalsuite.benchmarks.iraven import generate_dataset
     from evalsuite.resources import Resources
     from evalsuite.tasks.iraven import IRavenTask
 
@@ -231,13 +231,14 @@ def test_report_contrasts_follow_n_boot_and_seed(tmp_path):
 def test_all_passes_its_own_n_boot_and_seed_to_the_report(tmp_path, monkeypatch):
     """`all` hands the report the n_boot and seed its evaluations used (the one path for every statistic)."""
     import evalsuite.checkpoints
-    import evalsuite.report
+    import evalsuite.report.evaluation
     import evalsuite.runner
 
     seen = {}
     monkeypatch.setattr(evalsuite.checkpoints, "discover", lambda root, broken: [object()])
     monkeypatch.setattr(evalsuite.runner, "evaluate", lambda *a, **k: {})
-    monkeypatch.setattr(evalsuite.report, "write_report", lambda root, **kw: seen.update(kw) or tmp_path / "r.md")
-    monkeypatch.setattr(evalsuite.report, "summary_text", lambda report: "")
+    monkeypatch.setattr(evalsuite.report.evaluation, "write_report",
+                        lambda root, **kw: seen.update(kw) or tmp_path / "r.md")
+    monkeypatch.setattr(evalsuite.report.evaluation, "summary_text", lambda report: "")
     assert main(["all", str(tmp_path), "--n_boot", "77", "--seed", "9", "--no_tracking", "--no_progress"]) == 0
     assert seen == {"track": False, "n_boot": 77, "seed": 9}

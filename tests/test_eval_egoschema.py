@@ -9,7 +9,7 @@ import pytest
 
 from data_recipes.synthetic import eval_item
 from data_recipes.video import count_frames, uniform_indices, write_video
-from evalsuite.benchmarks import BenchmarkError, EgoSchema
+from evalsuite.benchmarks.video_qa import BenchmarkError, EgoSchema
 from evalsuite.checkpoints import checkpoint_ref
 from evalsuite.outputs import read_rows
 from evalsuite.runner import evaluate

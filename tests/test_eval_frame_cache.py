@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evalsuite.benchmarks as benchmarks
+import evalsuite.benchmarks.video_qa as benchmarks
 from data_recipes.synthetic import eval_item
 from data_recipes.video import write_video
-from evalsuite.benchmarks import EgoSchema, Synthetic
+from evalsuite.benchmarks.video_qa import EgoSchema, Synthetic
 from evalsuite.checkpoints import checkpoint_ref
 from evalsuite.config import EvalConfig
 from evalsuite.framecache import FrameCache

@@ -67,7 +67,7 @@ def test_oracle_infills_are_the_ground_truth(two_checkpoints, tmp_path, generate
     ckpt = shutil.copytree(base, tmp_path / "b")
     evaluate([checkpoint_ref(ckpt)], ["vcot"], fast_config(infills="oracle", limit=2), tmp_path / "cache")
     assert sum(generate_calls.values()) == 0
-    from evalsuite.benchmarks import Synthetic
+    from evalsuite.benchmarks.video_qa import Synthetic
 
     items = {i.id: i for i in Synthetic(0, 2, None).items}
     rows = read_rows(ckpt / "eval/vcot/predictions.jsonl")
@@ -86,7 +86,7 @@ def test_oracle_infills_are_the_ground_truth(two_checkpoints, tmp_path, generate
 
 def test_file_infills(two_checkpoints, tmp_path, generate_calls, one_thread):
     root, base, _ = two_checkpoints
-    from evalsuite.benchmarks import Synthetic
+    from evalsuite.benchmarks.video_qa import Synthetic
     from data_recipes.video import uniform_indices
 
     item = Synthetic(0, 1, None).items[0]

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from evalsuite import stats
-from evalsuite.iraven import CONFIG_NAMES, IRavenFormatError, generate_item, item_rng
-from evalsuite.iraven.groups import in_group, meta_rules, rule_groups
-from evalsuite.report import discover, matched_pairs, pair_findings, pairs_section, write_report
+from evalsuite.benchmarks.iraven import CONFIG_NAMES, IRavenFormatError, generate_item, item_rng
+from evalsuite.benchmarks.iraven.groups import in_group, meta_rules, rule_groups
+from evalsuite.report.evaluation import discover, matched_pairs, pair_findings, pairs_section, write_report
 from helpers import (IRAVEN_SETTINGS, fast_config, match_record, report_section, tiny_model,
                      write_task_results)
 

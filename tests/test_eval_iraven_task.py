@@ -14,7 +14,7 @@ import pytest
 import evalsuite.tasks.iraven as iraven_mod
 from evalsuite import prompts
 from evalsuite.config import ConfigError
-from evalsuite.iraven import CONFIG_NAMES, generate_item, item_rng
+from evalsuite.benchmarks.iraven import CONFIG_NAMES, generate_item, item_rng
 from evalsuite.prompts import (iraven_composite_image, iraven_composite_layout, iraven_image_size,
                                iraven_letter_choice)
 from evalsuite.resources import Resources

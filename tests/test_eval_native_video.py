@@ -16,7 +16,7 @@ import evalsuite.generation
 import evalsuite.scoring
 from data_recipes.clips import as_video
 from evalsuite import prompts
-from evalsuite.benchmarks import EgoSchema, Synthetic
+from evalsuite.benchmarks.video_qa import EgoSchema, Synthetic
 from evalsuite.checkpoints import checkpoint_ref
 from evalsuite.cli import build_parser, main
 from evalsuite.config import ConfigError, EvalConfig, FrameInputs, field_help, resolve_frame_inputs
@@ -312,7 +312,7 @@ def test_cli_documents_the_flags():
 
 
 def test_report_says_how_frames_were_fed(tmp_path):
-    from evalsuite.report import write_report
+    from evalsuite.report.evaluation import write_report
 
     est = {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
     block = {"f2": {"n_items": 1, "acc_base": est, "acc_caption": est, "acc_vcot": est, "gain": est}}

@@ -11,7 +11,7 @@ import pytest
 
 from evalsuite import stats
 from evalsuite.comparisons import summarize
-from evalsuite.report import discover, evaluation_differences, matched_pairs, pairs_section, write_report
+from evalsuite.report.evaluation import discover, evaluation_differences, matched_pairs, pairs_section, write_report
 
 CONDITIONS = ("base", "caption", "vcot")
 CONTRASTS = {"gain": ("vcot", "base")}

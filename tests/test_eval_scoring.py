@@ -176,7 +176,7 @@ def test_the_vcot_task_scores_with_the_configured_norm_and_records_the_counts(mo
     (evalsuite/tasks/vcot.py: `score_options(..., norm=self.cfg.loglik_norm)`, `row |= scores.as_row()`)."""
     from types import SimpleNamespace
 
-    from evalsuite.benchmarks import Item
+    from evalsuite.benchmarks.video_qa import Item
     from evalsuite.tasks import vcot
 
     asked = []

@@ -14,7 +14,7 @@ from transformers import AutoModelForImageTextToText
 from train.chat import IGNORE_INDEX, ConversationError, encode, validate_messages
 from train.families import FAMILIES, FamilyError, detect_family, get_family, get_module, load_model
 from train.smoke import demo_frames, interleaved_conversation
-from train.tiny import build_tiny
+from train.toy.tiny import build_tiny
 
 ALL = sorted(FAMILIES)
 

@@ -6,10 +6,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from evalsuite.iraven import CONFIG_NAMES, generate_item, item_rng, load_reference
-from evalsuite.iraven.attributes import attribute_signature
-from evalsuite.iraven.candidates import _apply_change, _NumberState, _sample_change, modifiable_attributes
-from evalsuite.iraven.layouts import get_config
+from evalsuite.benchmarks.iraven import CONFIG_NAMES, generate_item, item_rng, load_reference
+from evalsuite.benchmarks.iraven.attributes import attribute_signature
+from evalsuite.benchmarks.iraven.candidates import _apply_change, _NumberState, _sample_change, modifiable_attributes
+from evalsuite.benchmarks.iraven.layouts import get_config
 
 ATTRS = ("Number", "Position", "Type", "Size", "Color")
 PER_CONFIG = 100  # 700 puzzles in all

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from evalsuite.iraven import CONFIG_NAMES, check_item, generate_item, item_from_reference, load_reference
+from evalsuite.benchmarks.iraven import CONFIG_NAMES, check_item, generate_item, item_from_reference, load_reference
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from evalsuite.iraven import CONFIG_NAMES, generate_dataset, generate_item, item_rng, save_npz, split_of
-from evalsuite.iraven.__main__ import main as cli_main
-from evalsuite.iraven.layouts import CONFIGS, LAYOUTS, UnknownConfigError, get_config
-from evalsuite.iraven.rules import narrow_ranges, sample_admissible_rules
+from evalsuite.benchmarks.iraven import CONFIG_NAMES, generate_dataset, generate_item, item_rng, save_npz, split_of
+from evalsuite.benchmarks.iraven.__main__ import main as cli_main
+from evalsuite.benchmarks.iraven.layouts import CONFIGS, LAYOUTS, UnknownConfigError, get_config
+from evalsuite.benchmarks.iraven.rules import narrow_ranges, sample_admissible_rules
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from evalsuite.iraven import (CONFIG_NAMES, IRavenFormatError, generate_dataset, generate_item,
-                              item_rng, load_split, read_npz)
+from evalsuite.benchmarks.iraven import (CONFIG_NAMES, IRavenFormatError, generate_dataset, generate_item,
+                                         item_rng, load_split, read_npz)
 
 
 def test_loads_all_reference_files(iraven_reference):

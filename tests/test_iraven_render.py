@@ -3,8 +3,8 @@
 
 import numpy as np
 
-from evalsuite.iraven import load_reference, render_panel
-from evalsuite.iraven.attributes import ComponentState, Entity, Panel
+from evalsuite.benchmarks.iraven import load_reference, render_panel
+from evalsuite.benchmarks.iraven.attributes import ComponentState, Entity, Panel
 
 CIRCLE, SQUARE, TRIANGLE = 5, 2, 1
 BLACK, WHITE = 9, 0  # color levels

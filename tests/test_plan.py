@@ -47,7 +47,7 @@ def work(tmp_path_factory):
     """Config-only 7B directories of the four families and one small built video recipe."""
     from data_recipes.build import build
     from data_recipes.recipe import load_recipe
-    from train.tiny import default_corpus
+    from train.toy.tiny import default_corpus
 
     d = tmp_path_factory.mktemp("plan")
     corpus = default_corpus()

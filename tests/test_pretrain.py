@@ -1,4 +1,4 @@
-"""The base stage (train/pretrain.py) and the demo's clock (train/demo.py)."""
+"""The base stage (train/toy/pretrain.py) and the demo's clock (train/toy/demo.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 
 from data_recipes.recipe import load_recipe
 from data_recipes.sources import open_sources
-from train import demo as D
-from train import pretrain as P
+from train.toy import demo as D
+from train.toy import pretrain as P
 from train.chat import IGNORE_INDEX, image_token_id
 from train.families import load_model
-from train.tiny import build_tiny
+from train.toy.tiny import build_tiny
 
 N_KEYS = 300
 
@@ -138,7 +138,7 @@ def test_demo_stages_run_the_documented_commands():
     assert [s.name for s in stages] == ["data", "base", "video", "image", "eval"]
     cmds = {s.name: s.commands for s in stages}
     assert cmds["data"][0] == ["py", "-m", "data_recipes", "build", "video_demo"]
-    assert cmds["base"] == [["py", "-m", "train.pretrain", "--family", "llava", "--out",
+    assert cmds["base"] == [["py", "-m", "train.toy.pretrain", "--family", "llava", "--out",
                              "models/tiny-llava-pretrained"]]
     assert stages[1].env == {"OMP_NUM_THREADS": "2"}
     assert cmds["image"][0][-5:] == ["image_demo", "--match_to", "ckpt/video_demo", "--match_by", "visual_tokens"]

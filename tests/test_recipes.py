@@ -189,7 +189,7 @@ def test_conversation_conversion():
 # --- matching --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from train.tiny import build_tiny
+    from train.toy.tiny import build_tiny
 
     return build_tiny("llava", tmp_path_factory.mktemp("tok") / "llava")
 

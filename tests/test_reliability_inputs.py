@@ -31,9 +31,9 @@ from data_recipes.shards import ShardWriter, sample_members
 from data_recipes.sources import open_sources
 from data_recipes.synthetic import video_sample
 from data_recipes.video import write_video
-from evalsuite.benchmarks import BenchmarkError, EgoSchema
+from evalsuite.benchmarks.video_qa import BenchmarkError, EgoSchema
 from evalsuite.checkpoints import CheckpointError, checkpoint_ref
-from evalsuite.iraven.loader import IRavenFormatError, read_npz
+from evalsuite.benchmarks.iraven.loader import IRavenFormatError, read_npz
 from helpers import tiny_model
 from train.chat import ConversationError, validate_messages
 from train.data import ShardStream
@@ -70,8 +70,8 @@ class Inputs:
 
     @cached_property
     def npz(self) -> Path:
-        from evalsuite.iraven.generate import generate_dataset
-        from evalsuite.iraven.layouts import CONFIG_NAMES
+        from evalsuite.benchmarks.iraven.generate import generate_dataset
+        from evalsuite.benchmarks.iraven.layouts import CONFIG_NAMES
 
         generate_dataset(self.root / "iraven", 10, seed=1, configs=[CONFIG_NAMES[0]])
         return sorted((self.root / "iraven" / CONFIG_NAMES[0]).glob("*.npz"))[0]
@@ -397,20 +397,20 @@ ROWS = [
     Row("markers != images", "train.chat.validate_messages", "error: ConversationError",
         "tests/test_families.py::test_marker_count_must_match_images"),
     # EgoSchema
-    Row("question with 4 options, questions.json missing", "evalsuite.benchmarks.EgoSchema", "error: BenchmarkError",
-        "tests/test_eval_egoschema.py::test_egoschema_errors_name_the_file_and_question"),
+    Row("question with 4 options, questions.json missing", "evalsuite.benchmarks.video_qa.EgoSchema",
+        "error: BenchmarkError", "tests/test_eval_egoschema.py::test_egoschema_errors_name_the_file_and_question"),
     Row("video missing / undecodable", "evalsuite vcot", "skip: metrics.json problems / errors",
         "tests/test_eval_egoschema.py::test_egoschema_end_to_end_with_missing_and_broken_videos"),
     Row("question without text, entry not an object, answer not 0..4, answers not a mapping, not JSON",
-        "evalsuite.benchmarks.EgoSchema", "error: BenchmarkError", egoschema_bad_entries),
-    Row("q_uid with ../", "evalsuite.benchmarks.EgoSchema", "error: BenchmarkError", egoschema_uid_escapes),
+        "evalsuite.benchmarks.video_qa.EgoSchema", "error: BenchmarkError", egoschema_bad_entries),
+    Row("q_uid with ../", "evalsuite.benchmarks.video_qa.EgoSchema", "error: BenchmarkError", egoschema_uid_escapes),
     # I-RAVEN
-    Row("npz image of the wrong shape", "evalsuite.iraven.loader", "error: IRavenFormatError",
+    Row("npz image of the wrong shape", "evalsuite.benchmarks.iraven.loader", "error: IRavenFormatError",
         "tests/test_iraven_loader.py::test_wrong_image_shape_names_file_field_and_expectation"),
-    Row("npz wrong dtype, missing field, target out of range", "evalsuite.iraven.loader", "error: IRavenFormatError",
-        "tests/test_iraven_loader.py::test_wrong_dtype_and_missing_field_are_reported"),
-    Row("npz empty, cut, bit-flipped, not a zip; bad file name", "evalsuite.iraven.loader", "error: IRavenFormatError",
-        iraven_unreadable_npz),
+    Row("npz wrong dtype, missing field, target out of range", "evalsuite.benchmarks.iraven.loader",
+        "error: IRavenFormatError", "tests/test_iraven_loader.py::test_wrong_dtype_and_missing_field_are_reported"),
+    Row("npz empty, cut, bit-flipped, not a zip; bad file name", "evalsuite.benchmarks.iraven.loader",
+        "error: IRavenFormatError", iraven_unreadable_npz),
     # recipes
     Row("recipe with an unknown key / unknown source type / no sources", "data_recipes.recipe",
         "error: RecipeError with did-you-mean", "tests/test_recipes.py::test_bad_recipes_name_file_and_field"),

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evalsuite import report, stats
-from evalsuite.report import item_correctness, relative_gain, uninformative_reason
+from evalsuite import stats
+from evalsuite.report import evaluation as report
+from evalsuite.report.evaluation import item_correctness, relative_gain, uninformative_reason
 
 
 def _chunked_vectors() -> tuple[list[int], list[int]]:

@@ -15,9 +15,10 @@ import json
 
 import pytest
 
-from evalsuite import report, stats
-from evalsuite.report import (Bootstrap, Checkpoint, discover, matched_pairs, pair_findings, reads_infills,
-                              relative_gain, sees_change, verdict, verdicts, write_report)
+from evalsuite import stats
+from evalsuite.report import evaluation as report
+from evalsuite.report.evaluation import (Bootstrap, Checkpoint, discover, matched_pairs, pair_findings, reads_infills,
+                                         relative_gain, sees_change, verdict, verdicts, write_report)
 from helpers import IRAVEN_SETTINGS, match_record, report_section, write_task_results
 
 TEMPORAL = [f"t{i}" for i in range(10)]
@@ -306,7 +307,7 @@ def test_missing_keys_show_blanks_and_never_crash(tmp_path):
 
 
 def test_figures_draw_gains_per_item_kind_and_the_findings(tmp_path):
-    from evalsuite.plots import _kinds, plot_findings, plot_gains
+    from evalsuite.report.plots import _kinds, plot_findings, plot_gains
 
     pair = _study(tmp_path / "ckpt")
     assert _kinds(list(pair), "vcot") == ["overall", "static", "temporal"]

@@ -61,7 +61,7 @@ def test_match_to_reads_the_reference_record(runs):
 
 @pytest.mark.slow
 def test_a_study_recognises_its_finished_run_by_the_record(runs):
-    from evalsuite.study import StudyError, trained
+    from evalsuite.study.run import StudyError, trained
 
     run = {"run_dir": str(runs / "matched"), "budget": 8, "unit": "samples", "seed": 0}
     assert trained(run) and not trained(run | {"run_dir": str(runs / "absent")})
@@ -100,7 +100,7 @@ def test_a_missing_or_ill_typed_field_names_the_file_and_the_field(tmp_path, dat
 
 def test_readers_report_the_records_errors_in_their_own_words(tmp_path):
     from evalsuite.checkpoints import CheckpointError, checkpoint_ref
-    from evalsuite.study import StudyError, trained
+    from evalsuite.study.run import StudyError, trained
     from train.accounting import reference_consumption
 
     d = tmp_path / "run"

@@ -142,7 +142,7 @@ def test_loaded_model_uses_the_requested_attention(tiny_llava):
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory):
-    from train.tiny import build_tiny
+    from train.toy.tiny import build_tiny
 
     return build_tiny("llava", tmp_path_factory.mktemp("tiny") / "llava")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalsuite.launchers import AccelerateJob, RunJob, SubmititLauncher, eval_commands
-from evalsuite.study import (StudyError, load_study, parse_study, run_list, split_tasks, status_on_disk,
-                             train_args)
+from evalsuite.study.launchers import AccelerateJob, RunJob, SubmititLauncher, eval_commands
+from evalsuite.study.run import (StudyError, load_study, parse_study, run_list, split_tasks, status_on_disk,
+                                 train_args)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

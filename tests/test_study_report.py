@@ -1,4 +1,4 @@
-"""Statistics across seeds (`stats.hierarchical_bootstrap`) and the study report (`evalsuite.study_report`)
+"""Statistics across seeds (`stats.hierarchical_bootstrap`) and the study report (`evalsuite.report.study`)
 from hand-made study directories: runs whose eval/ outputs are written with the runner's own writer
 (`TaskOutputs`) in the layout `python -m evalsuite all` leaves, with correctness patterns chosen so that
 every number can be computed by hand (no models run)."""
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from evalsuite.outputs import TaskOutputs
-from evalsuite.report import verdict
+from evalsuite.report.evaluation import verdict
 from evalsuite.stats import SeedEstimate, accuracy_ci, hierarchical_bootstrap, paired_difference
-from evalsuite.study_report import _oriented, write_study_report
+from evalsuite.report.study import _oriented, write_study_report
 
 N_ITEMS, N_PUZZLES = 20, 16
 ITEMS = [f"synthetic-eval-test-s0-{i:07d}" for i in range(N_ITEMS)]
@@ -309,7 +309,7 @@ def test_rerun_writes_the_same_report(study):
 def test_every_estimate_takes_n_boot_and_seed_from_the_report_bootstrap(tmp_path, monkeypatch):
     """The study report's `n_boot` and `seed` reach every bootstrap of it (arms and contrasts); without
     `n_boot`, the evaluations' recorded one (`report.Bootstrap`)."""
-    import evalsuite.study_report as study_report
+    import evalsuite.report.study as study_report
 
     calls = []
 

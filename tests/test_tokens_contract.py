@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
-    from train.tiny import build_tiny
+    from train.toy.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("contract")
     return {f: build_tiny(f, root / f) for f in FAMILIES}

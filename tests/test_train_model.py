@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from train.tiny import build_tiny
+    from train.toy.tiny import build_tiny
 
     return build_tiny("llava", tmp_path_factory.mktemp("tiny") / "llava")
 

@@ -24,7 +24,7 @@ stage and 500 steps of 32 clips, 0.15; the demo's video run (base stage + 16,000
 temporal items from frames at 22% against a blind floor of 21%, and even static items only at 27%
 (the image run reaches 43% on those). The tiny model with its frozen random vision tower does not learn
 to see changes from this much video, so the demo cannot show reasoning between frames: the report
-notes this on every F1/F2 verdict (`evalsuite.report.sees_change`). (b) takes about two minutes and
+notes this on every F1/F2 verdict (`evalsuite.report.evaluation.sees_change`). (b) takes about two minutes and
 is left out of `make test` (marker `known_invalid`); `make validity` runs every check here.
 
 Two narrower checks below locate the failure (see the comment above them): the frozen vision features
@@ -46,10 +46,10 @@ from evalsuite import prompts
 from evalsuite.floors import options_only_floor
 from evalsuite.scoring import score_options
 from evalsuite.stats import accuracy_ci
-from train import pretrain as P
+from train.toy import pretrain as P
 from train.chat import encode
 from train.families import load_model
-from train.tiny import build_tiny
+from train.toy.tiny import build_tiny
 
 N_ITEMS = 100
 F = 5

@@ -21,7 +21,7 @@ import torch
 from data_recipes.processors import load_processor, save_processor
 from data_recipes.video_processors import (TorchVideoProcessor, VideoProcessorError, video_processor_for,
                                            video_tokens)
-from train.tiny import build_tiny
+from train.toy.tiny import build_tiny
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import video_references as refs  # noqa: E402

@@ -17,11 +17,11 @@ import yaml
 
 from data_recipes.build import build, shard_urls
 from data_recipes.video import write_video
-from evalsuite.benchmarks import EgoSchema
+from evalsuite.benchmarks.video_qa import EgoSchema
 from fixtures_real_data import llava_video_178k
 from train.chat import processor_inputs
 from train.data import encode_samples
-from train.tiny import build_tiny
+from train.toy.tiny import build_tiny
 
 FRAMES = 4
 FIXTURE_FPS, FIXTURE_FRAMES = 8, 12  # what fixtures_real_data.mp4 writes (write_video's default rate)

@@ -37,7 +37,7 @@ class Family:
     image_processor_class: str
     """A PIL-backed image processor: no torchvision needed."""
     prompt_style: str
-    """Shape of the tiny model's chat template (`train.templates`): vicuna, mistral or chatml."""
+    """Shape of the tiny model's chat template (`train.toy.templates`): vicuna, mistral or chatml."""
     image_placeholder: str
     """What the chat template writes for one `{"type": "image"}` part (before expansion)."""
     projector: str

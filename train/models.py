@@ -5,7 +5,7 @@ A base model is named as
 - an HF-style id such as `llava-hf/llava-v1.6-mistral-7b-hf`, looked up under `$MODEL_ROOT` and
   `models/` (nothing is downloaded);
 - `tiny:FAMILY`, a random-init tiny model built on demand under `models/`;
-- `tiny-pretrained:FAMILY`, the same after a short base stage (`train.pretrain`: single images, still
+- `tiny-pretrained:FAMILY`, the same after a short base stage (`train.toy.pretrain`: single images, still
   clips and text-only reading items), so that it sees and reads before any LoRA run; one made by an
   older base stage is refused rather than silently reused.
 """
@@ -37,19 +37,19 @@ def resolve_base_model(spec: str, build: bool = True) -> Path:
             out = MODELS_ROOT / (f"tiny-{family}" + ("-pretrained" if prefix == "tiny-pretrained:" else ""))
             if (out / "config.json").exists() or not build:
                 if prefix == "tiny-pretrained:" and (out / "config.json").exists():
-                    from train.pretrain import is_current
+                    from train.toy.pretrain import is_current
 
                     if not is_current(out):  # an older base stage's model: stale tokenizer and data
                         raise ModelNotFound(
                             f"{out} was made by an older base stage (its tiny.json does not match the current "
-                            f"design): delete it, or rebuild it with python -m train.pretrain --family {family} "
+                            f"design): delete it, or rebuild it with python -m train.toy.pretrain --family {family} "
                             f"--out {out}")
                 return out
             if prefix == "tiny:":
-                from train.tiny import build_tiny
+                from train.toy.tiny import build_tiny
 
                 return build_tiny(family, out)
-            from train.pretrain import pretrain_tiny
+            from train.toy.pretrain import pretrain_tiny
 
             return pretrain_tiny(family, out)
     candidates = [Path(spec).expanduser()]

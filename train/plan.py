@@ -357,7 +357,7 @@ def make_plan(cfg, environ=os.environ) -> dict:
     except ModelNotFound as e:
         raise PlanError(str(e)) from None
     if not (Path(model_dir) / "config.json").exists():
-        hint = (f" (a tiny model is built by the first real run, or now with python -m train.tiny --family "
+        hint = (f" (a tiny model is built by the first real run, or now with python -m train.toy.tiny --family "
                 f"{cfg.base_model.split(':', 1)[1]} --out {model_dir})" if cfg.base_model.startswith("tiny") else "")
         raise PlanError(f"base model {cfg.base_model!r}: no config.json in {model_dir}{hint}")
     model = inspect_model(Path(model_dir), cfg)

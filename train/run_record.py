@@ -6,9 +6,9 @@ Written once per run, last (so a run directory holding it is a finished run), by
 - `evalsuite.checkpoints.checkpoint_ref`: an adapter's `base_model`; the record rides on
   `CheckpointRef.run` to `evalsuite.config.resolve_frame_inputs` (`video_input`, `max_pixels`) and
   `evalsuite.tracking` (`mlflow_run_id`, `tracking_uri`, `recipe`);
-- `evalsuite.report.Checkpoint` (`kind`, `frame_order`, `recipe`, `match`, `consumed`), and through it
-  `evalsuite.study_report`;
-- `evalsuite.study.trained`: a run directory's `budget` and `config.seed`.
+- `evalsuite.report.evaluation.Checkpoint` (`kind`, `frame_order`, `recipe`, `match`, `consumed`), and through it
+  `evalsuite.report.study`;
+- `evalsuite.study.run.trained`: a run directory's `budget` and `config.seed`.
 
 The file is JSON with sorted keys (`data_recipes.files.atomic_write_json`). The fields readers use are
 typed; everything else the trainer records (steps, passes, dropped, precision, runtime, parameters, ...)

@@ -19,7 +19,7 @@ predicted candidate (~0.125 unbiased, targets being balanced; 1.0 when always th
 `informative` is False when that share exceeds 0.5: the model then answers one position whatever the
 puzzle, its accuracy is mostly that position's share of the targets, and `informative_reason` says so.
 
-Rule groups (`by_rule_group`, decoded by `evalsuite.iraven.groups`): which kind of regularity a
+Rule groups (`by_rule_group`, decoded by `evalsuite.benchmarks.iraven.groups`): which kind of regularity a
 puzzle asks for, read from its `meta_matrix` (one row per rule: component 0's Number/Position, Type, Size
 and Color rules, then component 1's; each row sets one rule column, Constant / Progression / Arithmetic /
 Distribute_Three, and its attribute column(s)). A rule is *active* when it is not Constant: Constant holds
@@ -42,7 +42,7 @@ its groups with their active rule types (`rule_groups`: {"spatial": ["Progressio
 can pair two runs group by group.
 
 Data: the test split of an official-layout directory (`--iraven-data DIR`), or by default a test
-split made once by `evalsuite.iraven.generate_dataset` (seed 2026, `--limit` puzzles per
+split made once by `evalsuite.benchmarks.iraven.generate_dataset` (seed 2026, `--limit` puzzles per
 configuration, default 20) under the cache directory and reused by every checkpoint.
 
     python -m evalsuite iraven ckpt/video_100k --limit 50
@@ -56,9 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_recipes.files import atomic_dir
-from evalsuite.iraven import CONFIG_NAMES, IRavenFormatError, generate_dataset, read_npz
-from evalsuite.iraven.groups import ACTIVE_RULES, GROUPING, GROUPS, RULE_GROUPS, in_group, meta_rules, rule_groups
-from evalsuite.iraven.loader import split_files
+from evalsuite.benchmarks.iraven import CONFIG_NAMES, IRavenFormatError, generate_dataset, read_npz
+from evalsuite.benchmarks.iraven.groups import (ACTIVE_RULES, GROUPING, GROUPS, RULE_GROUPS, in_group, meta_rules,
+                                                rule_groups)
+from evalsuite.benchmarks.iraven.loader import split_files
 from evalsuite.prompts import IRAVEN_LETTERS as LETTERS
 from evalsuite.prompts import (IRAVEN_HASH, IRAVEN_JUDGEMENTS, iraven_best_margin, iraven_candidate_images,
                                iraven_composite_image, iraven_image_size, iraven_judgement, iraven_letter_choice,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from data_recipes.video import VideoError
 from evalsuite import comparisons, prompts
-from evalsuite.benchmarks import Item
+from evalsuite.benchmarks.video_qa import Item
 from evalsuite.perturb import derangement, shuffle_order, shuffle_words
 from evalsuite.tasks.vcot import VCoTTask, between
 

@@ -46,7 +46,7 @@ from data_recipes.processors import frame_options
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR
 from data_recipes.video import VideoError
 from evalsuite import comparisons, prompts
-from evalsuite.benchmarks import Item, load_benchmark
+from evalsuite.benchmarks.video_qa import Item, load_benchmark
 from evalsuite.config import ConfigError, FrameInputs
 from evalsuite.extraction import extract_choice
 from evalsuite.scoring import score_options

@@ -58,8 +58,8 @@ def bench_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llava(bench_root) -> Path:
-    """The tiny random-init Llava (`train.tiny.build_tiny("llava", dir)`) every benchmark runs on."""
-    from train.tiny import build_tiny
+    """The tiny random-init Llava (`train.toy.tiny.build_tiny("llava", dir)`) every benchmark runs on."""
+    from train.toy.tiny import build_tiny
 
     return build_tiny("llava", bench_root / "tiny-llava")
 

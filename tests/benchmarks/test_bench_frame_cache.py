@@ -40,7 +40,7 @@ def egoschema(bench_root):
 
 
 def test_frame_cache_second_pass(egoschema, bench_root, table):
-    from evalsuite.benchmarks import EgoSchema
+    from evalsuite.benchmarks.video_qa import EgoSchema
     from evalsuite.framecache import FrameCache
 
     fresh = itertools.count()

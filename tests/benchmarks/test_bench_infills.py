@@ -63,7 +63,7 @@ def test_infill_cache_across_checkpoints(tiny_llava, bench_root, generator_use, 
     from evalsuite.checkpoints import checkpoint_ref
     from evalsuite.config import EvalConfig
     from evalsuite.runner import evaluate
-    from train.tiny import build_tiny
+    from train.toy.tiny import build_tiny
 
     root = bench_root / "infill-cache"
     generator = shutil.copytree(tiny_llava, root / "generator")

@@ -25,9 +25,9 @@ What a run does (`run_study`): each arm's recipe is built once (`python -m data_
 when the manifest is current); every arm x budget x seed is trained with `train/lora.py --budget B
 --budget_unit UNIT --seed S --resume latest` into `<output_dir>/runs/<arm>-b<budget>-s<seed>/`, not
 matched to another run; every checkpoint is evaluated (`python -m evalsuite TASK RUN_DIR... <eval flags>`
-per task, sharing `runs/.infill_cache`; see `evalsuite.launchers`); then `evalsuite.study_report.write_study_report` writes the
-study report. Commands run in the directory the study was started from, through the launcher
-(`evalsuite.launchers`).
+per task, sharing `runs/.infill_cache`; see `evalsuite.study.launchers`); then
+`evalsuite.report.study.write_study_report` writes the study report. Commands run in the directory the
+study was started from, through the launcher (`evalsuite.study.launchers`).
 
 Resume: the study writes `<output_dir>/study.json` (atomically) after every step: the run list in the
 shape `write_study_report` reads ({arm, recipe, budget, unit, seed, run_dir, status}, status one of
@@ -71,7 +71,7 @@ from data_recipes.hints import did_you_mean
 from data_recipes.recipe import RecipeError, _build, _expect, _is_int, load_recipe
 from train.run_record import RunRecord, RunRecordError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCHER_TYPES = ("local", "submitit_local", "slurm")
 STATUSES = ("pending", "partial", "trained", "done", "failed")
 STUDY_SET = ("recipe", "run_name", "output_root", "output_dir", "shards_root", "base_model", "seed", "budget", "budget_unit",
@@ -457,7 +457,7 @@ def finish_parent(study: Study, state: StudyState, report: Path | None, status: 
 
 def make_launcher(study: Study):
     """`parent run id -> launcher` of the spec's launcher type; children get the store and the parent run."""
-    from evalsuite.launchers import LocalLauncher, SubmititLauncher
+    from evalsuite.study.launchers import LocalLauncher, SubmititLauncher
     from train.tracking import PARENT_RUN_ENV
 
     def env(parent: str) -> dict:
@@ -472,14 +472,14 @@ def make_launcher(study: Study):
 
 
 def write_report(study: Study, runs: list[dict]) -> Path:
-    from evalsuite.study_report import write_study_report  # another module's: imported when needed
+    from evalsuite.report.study import write_study_report  # another module's: imported when needed
 
     return write_study_report(study.out, study, runs)
 
 
 def run_study(study: Study, launcher=None) -> int:
     """Build, train, evaluate and report (see the module docstring); 0, or 1 when a run failed."""
-    from evalsuite.launchers import LaunchError, RunJob
+    from evalsuite.study.launchers import LaunchError, RunJob
 
     state = StudyState(study)
     state.write()
@@ -511,7 +511,7 @@ MFU = 0.35
 """Share of that peak a LoRA run is assumed to reach."""
 DEMO_VIDEO_TOKENS = 1_105_110
 """Tokens (visual + text) the demo's video run consumes (10,000 clips of 5 frames): the unit of the CPU
-estimate, whose time is `train.demo.STAGE_RATIOS['video']` seconds per second of the demo's calibration."""
+estimate, whose time is `train.toy.demo.STAGE_RATIOS['video']` seconds per second of the demo's calibration."""
 
 
 def _world_of(study: Study) -> dict:
@@ -542,7 +542,7 @@ def _plan_arm(cfg, environ: dict, tmp: Path) -> tuple[dict | None, str]:
     except PlanError as e:
         if not cfg.base_model.startswith(("tiny:", "tiny-pretrained:")):
             return None, str(e)
-        from train.tiny import build_tiny
+        from train.toy.tiny import build_tiny
 
         family = cfg.base_model.split(":", 1)[1]
         path = tmp / f"tiny-{family}"
@@ -627,7 +627,7 @@ def dry_run(study: Study, out=None) -> dict:
     gpu = study.launcher.gpus_per_node > 0
     cpu_per_token = None
     if not gpu:
-        from train.demo import STAGE_RATIOS, calibrate
+        from train.toy.demo import STAGE_RATIOS, calibrate
 
         cpu_per_token = calibrate() * STAGE_RATIOS["video"] / DEMO_VIDEO_TOKENS
     seconds = [estimate_seconds(r, cpu_per_token) for r in rows]

@@ -3,12 +3,12 @@
 Every attribute is stored as a *level*: an index into one of the value tables below,
 exactly as the original generator and the official ``.xml``/answers.json files do. The
 tables are the published ones (answers.json ``value_tables``), so levels read from real
-I-RAVEN metadata and levels produced by :mod:`evalsuite.iraven.generate` mean the same.
+I-RAVEN metadata and levels produced by :mod:`evalsuite.benchmarks.iraven.generate` mean the same.
 
 A panel is a :class:`Panel` (a structure name plus one :class:`ComponentState` per
 component); a component holds its layout name, its uniformity flag and its entities in
 the order the generator lists them. An entity's position is the index of its slot in the
-layout (see :mod:`evalsuite.iraven.layouts` for the slot boxes).
+layout (see :mod:`evalsuite.benchmarks.iraven.layouts` for the slot boxes).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Chat templates for the tiny models, one per prompt style of the real families.
 
 Real checkpoints ship their own template in `chat_template.jinja` and the toolkit always renders
-through `processor.apply_chat_template`, so these are only used when `train.tiny` writes a
+through `processor.apply_chat_template`, so these are only used when `train.toy.tiny` writes a
 random-init model. Each mimics the *shape* of its family's published prompt format (role markers,
 where image placeholders go, the end-of-turn token) so that code paths exercised by the tiny models
 are the same as those hit by the 7B checkpoints: in particular, label masking must find the assistant

@@ -16,11 +16,11 @@ each beside its per-seed values:
 
 Per budget, the contrasts `image - video` and `video - shuffled` of every metric, paired over the items
 both arms answered. An arm's role comes from its runs' run.json (`kind`, and `frame_order: shuffled`
-for the shuffled-frames control), as `evalsuite.report.Checkpoint.role` reads it, never from its name;
+for the shuffled-frames control), as `evalsuite.report.evaluation.Checkpoint.role` reads it, never from its name;
 an arm of another role (or of mixed roles) is listed, not contrasted. Contrasts are refused between arms
-whose evaluations were made differently (`evalsuite.report.compared_settings`, `IRAVEN_SET`).
+whose evaluations were made differently (`evalsuite.report.evaluation.compared_settings`, `IRAVEN_SET`).
 
-"What the study found" is computed from the contrasts' CIs with `evalsuite.report.verdict`, each
+"What the study found" is computed from the contrasts' CIs with `evalsuite.report.evaluation.verdict`, each
 contrast oriented so that the paper's direction is positive (the shuffled-frames control takes the
 image run's place, as in the evaluation report): F1 on the vCoT gain, F2 on the text drop (temporal
 items when the items have kinds), F3 on I-RAVEN accuracy, "uninformative" when a run's I-RAVEN answers
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_recipes.files import atomic_write_text
-from evalsuite.report import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, item_correctness,
-                              uninformative_reason, verdict)
+from evalsuite.report.evaluation import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, item_correctness,
+                                         uninformative_reason, verdict)
 from evalsuite.stats import SeedEstimate, hierarchical_bootstrap
 from train.run_record import RunRecordError
 
@@ -153,7 +153,7 @@ def study_tasks(spec) -> list[str] | None:
     flags = getattr(spec, "eval", None)
     if flags is None:
         return None
-    from evalsuite.study import split_tasks
+    from evalsuite.study.run import split_tasks
 
     return split_tasks(tuple(flags))[0]
 
@@ -294,7 +294,7 @@ def _oriented(est: SeedEstimate, sign: int) -> dict:
 
 def _boot_settings(runs: list[StudyRun], n_boot: int | None, seed: int) -> dict:
     """n_boot: the one asked for, else the largest the evaluations recorded, else `DEFAULT_N_BOOT` (the
-    evaluation report's rule, `evalsuite.report.Bootstrap`); `seed` as given."""
+    evaluation report's rule, `evalsuite.report.evaluation.Bootstrap`); `seed` as given."""
     return Bootstrap(n_boot, seed).of(*(r.ckpt.settings(t) for r in runs if r.ckpt for t in r.ckpt.metrics))
 
 
@@ -435,7 +435,7 @@ def _runs_lines(runs: list[StudyRun], roles: dict[str, str], arms: list[str], mi
 
 
 def _figures(arm_rows: list[Row], contrasts: list[Row], roles: dict[str, str], fig_dir: Path) -> list[Path]:
-    from evalsuite.plots import KIND_COLOURS, plot_vs_budget
+    from evalsuite.report.plots import KIND_COLOURS, plot_vs_budget
 
     unit = next((r.unit for r in arm_rows), "")
     figures = []

@@ -113,7 +113,7 @@ def plot_shuffle(ckpts, out_dir: Path) -> Path | None:
 
 
 def plot_findings(rows: list[dict], out_dir: Path) -> Path | None:
-    """The verdict rows' contrasts (`evalsuite.report.verdicts`) as points with CIs, coloured by verdict;
+    """The verdict rows' contrasts (`evalsuite.report.evaluation.verdicts`) as points with CIs, coloured by verdict;
     the paper's direction is to the right of 0."""
     rows = [r for r in rows if r.get("contrast") and "ci_low" in r["contrast"]]
     if not rows:
@@ -164,7 +164,7 @@ def plot_vs_budget(panels: dict[str, dict[str, list]], unit: str, ylabel: str, t
     """One panel per key of `panels`, one line per series: `panels[panel][label]` = [(budget, estimate)]
     with `evalsuite.stats.Estimate`s in [0, 1], drawn in points against the budget in `unit`
     with CI error bars (log x when budgets span 4x or more); `hline` (points) is a reference line. The
-    study report's figures (`evalsuite.study_report`)."""
+    study report's figures (`evalsuite.report.study`)."""
     if not panels:
         return None
     cols = min(3, len(panels))

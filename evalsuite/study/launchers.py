@@ -1,6 +1,6 @@
 """How a study's commands run: one after another on this machine, or as submitit jobs.
 
-A study (`evalsuite.study.run_study`) builds a launcher with the evaluation flags and hands it its
+A study (`evalsuite.study.run.run_study`) builds a launcher with the evaluation flags and hands it its
 `RunJob`s, each a run's directory, its `train/lora.py` arguments (None when it is trained already) and
 the evaluation tasks it still needs, and a callback `event(name, status)` that records `trained`,
 `done` or `failed` in `study.json`. A failure raises `LaunchError` after its `failed` event.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LORA = str(REPO / "train" / "lora.py")
 MAIN_PORT = 29500
 

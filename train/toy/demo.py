@@ -1,8 +1,8 @@
 """The demo's clock: `make demo` and `make control` run their stages through this module, timed.
 
-    python -m train.demo                  # make demo: data, base stage, video run, image run, evaluation
-    python -m train.demo --control        # make control: the shuffled-frames control, after make demo
-    python -m train.demo --dry-run        # the commands of every stage, nothing run
+    python -m train.toy.demo                  # make demo: data, base stage, video run, image run, evaluation
+    python -m train.toy.demo --control        # make control: the shuffled-frames control, after make demo
+    python -m train.toy.demo --dry-run        # the commands of every stage, nothing run
 
 Each stage is the commands a user would type (`--dry-run` prints them), run as subprocesses from the
 project's root; after each one the module prints `stage NAME done in N s`, and a table of every
@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE_MODEL = Path("models/tiny-llava-pretrained")
 ACCELERATE_CONFIG = "ds_configs/accelerate/cpu_zero2_2proc.yaml"
 EVAL_FLAGS = ("--infills", "oracle", "--limit", "300", "--frames", "5", "--iraven_limit", "20",
@@ -92,7 +92,7 @@ def demo_stages(python: str, accelerate: str, base_threads: int, base_current: b
         Stage("data", [[python, "-m", "data_recipes", "build", "video_demo"],
                        [python, "-m", "data_recipes", "build", "image_demo"],
                        [python, "-m", "data_recipes", "audit", "shards/video_demo", "shards/image_demo"]]),
-        Stage("base", [[python, "-m", "train.pretrain", "--family", "llava", "--out", str(BASE_MODEL)]],
+        Stage("base", [[python, "-m", "train.toy.pretrain", "--family", "llava", "--out", str(BASE_MODEL)]],
               env={"OMP_NUM_THREADS": str(base_threads)},
               skip=f"{BASE_MODEL} is up to date" if base_current else ""),
         Stage("video", [train + ["--recipe", "video_demo"]]),
@@ -121,8 +121,8 @@ def calibrate(steps: int = CALIBRATION_STEPS, batch: int = CALIBRATION_BATCH) ->
     import torch
 
     from train.families import load_model
-    from train.pretrain import encode_part
-    from train.tiny import build_tiny
+    from train.toy.pretrain import encode_part
+    from train.toy.tiny import build_tiny
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -192,7 +192,7 @@ def run_stages(stages: list[Stage], estimates: dict[str, float], *, runner=subpr
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.toy.demo", description=__doc__.splitlines()[0])
     p.add_argument("--control", action="store_true", help="the shuffled-frames control instead of the demo")
     p.add_argument("--base-threads", type=int, default=int(os.environ.get("BASE_THREADS", "2")),
                    help="threads of the single-process base stage (default: $BASE_THREADS or 2)")
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         stages = control_stages(sys.executable, accelerate)
     else:
-        from train.pretrain import is_current
+        from train.toy.pretrain import is_current
 
         stages = demo_stages(sys.executable, accelerate, args.base_threads, is_current(BASE_MODEL))
     if args.dry_run:

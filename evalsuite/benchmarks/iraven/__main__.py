@@ -1,4 +1,4 @@
-"""Command line: ``python -m evalsuite.iraven <command>``.
+"""Command line: ``python -m evalsuite.benchmarks.iraven <command>``.
 
 Commands:
   generate  write I-RAVEN puzzles in the official layout
@@ -26,7 +26,7 @@ def _config_name(value: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evalsuite.iraven",
+    p = argparse.ArgumentParser(prog="python -m evalsuite.benchmarks.iraven",
                                 description="I-RAVEN generator, checker and loader")
     sub = p.add_subparsers(dest="command", required=True)
 

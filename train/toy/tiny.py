@@ -1,6 +1,6 @@
 """Write a random-init tiny model of a family, with a locally trained tokenizer, offline.
 
-    python -m train.tiny --family llava_next_video --out models/tiny-llava_next_video [--image-size 64] [--seed 0]
+    python -m train.toy.tiny --family llava_next_video --out models/tiny-llava_next_video [--image-size 64] [--seed 0]
 
 The result loads with `AutoModelForImageTextToText.from_pretrained(DIR)` and with the family layer
 (`train.families.load_model`). Shapes are chosen for CPU speed: a 64-wide, 2-layer vision encoder
@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from data_recipes.files import atomic_dir
 from data_recipes.processors import make_processor, save_processor, video_processor_from_image
 from train.families import FAMILIES, Family, get_family
-from train.templates import STYLE_SPECIAL_TOKENS, chat_template
+from train.toy.templates import STYLE_SPECIAL_TOKENS, chat_template
 
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -195,7 +195,7 @@ def build_tiny(family_name: str, out: str | Path, image_size: int = 64, seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.tiny", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.toy.tiny", description=__doc__.splitlines()[0])
     p.add_argument("--family", required=True, help=f"one of: {', '.join(FAMILIES)}")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--image-size", type=int, default=64)

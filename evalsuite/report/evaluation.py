@@ -25,7 +25,7 @@ Sections, in the order of report.md:
 * **Robustness** (the perturbation drops per kind) and **I-RAVEN** (per configuration; a run whose
   answers sit on one candidate is shown as uninformative instead of an accuracy), then I-RAVEN **by rule
   group** (spatial: an active Number/Position rule; abstract: an active Type/Size/Color rule; abstract
-  only: abstract and not spatial; see `evalsuite.iraven.groups`): each checkpoint's accuracy per group
+  only: abstract and not spatial; see `evalsuite.benchmarks.iraven.groups`): each checkpoint's accuracy per group
   and per active rule type, and per matched pair acc(video) - acc(other run) per group, paired over the
   puzzles of that group.
 
@@ -53,7 +53,7 @@ from data_recipes.counters import CONSUMED_COUNTERS
 from data_recipes.files import atomic_write_text
 from evalsuite.comparisons import block_of, fkeys
 from evalsuite.config import ConfigError
-from evalsuite.iraven.groups import ACTIVE_RULES, GROUPS, in_group
+from evalsuite.benchmarks.iraven.groups import ACTIVE_RULES, GROUPS, in_group
 from evalsuite.stats import (accuracy_ci, contrast_of_differences, paired_bootstrap_sums, paired_difference,
                              percentile_interval)
 from train.run_record import RunRecord
@@ -327,13 +327,13 @@ def frames_line(ckpts: list[Checkpoint], task: str) -> str:
     return "Frames fed: " + "; ".join(f"`{name}`: {how}" for name, how in fed.items()) + "."
 
 
-# --- what one checkpoint's results say, per item and per run (also read by evalsuite.study_report) --
+# --- what one checkpoint's results say, per item and per run (also read by evalsuite.report.study) --
 def item_correctness(c: Checkpoint, task: str, f: int | None = None, condition: str | None = None,
                      items: str = "overall") -> dict[str, int]:
     """{item: 1 if right else 0} of one checkpoint's rows of `task` (eval/<task>/predictions.jsonl), at F
     `f` in `condition` (None: any), on the items of one kind ("overall": all). Rows that could not be
     evaluated (`error`) are left out. The per-item vectors every paired contrast of this report and of
-    `evalsuite.study_report` is made of."""
+    `evalsuite.report.study` is made of."""
     out = {}
     for r in c.predictions(task):
         if r.get("error") or "item" not in r:
@@ -349,7 +349,7 @@ def item_correctness(c: Checkpoint, task: str, f: int | None = None, condition: 
 def uninformative_reason(m: dict) -> str:
     """Why an I-RAVEN run is uninformative, from its summary `m` (eval/iraven/metrics.json's `metrics`,
     written by `evalsuite.tasks.iraven`): "position bias 73% on candidate C", else the recorded
-    `informative_reason`. Shown instead of the run's accuracy here and in `evalsuite.study_report`; only
+    `informative_reason`. Shown instead of the run's accuracy here and in `evalsuite.report.study`; only
     meaningful for a summary with `informative: false`."""
     bias = m.get("position_bias")
     if isinstance(bias, dict) and isinstance(bias.get("value"), (int, float)):
@@ -1016,7 +1016,7 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int
                  seed: int | None = None) -> Path:
     """Write report.md, report/*.png and report/metrics.csv under `ckpt_dir`; returns report.md. `n_boot` and
     `seed` resample every paired contrast (None: the evaluations' own, see `Bootstrap`)."""
-    from evalsuite.plots import plot_findings, plot_gains, plot_iraven, plot_shuffle
+    from evalsuite.report.plots import plot_findings, plot_gains, plot_iraven, plot_shuffle
 
     boot = Bootstrap(n_boot, seed)
     root = Path(ckpt_dir).resolve()

@@ -7,7 +7,7 @@ balanced tree of attribute changes, so no candidate stands out without the conte
 Typical use::
 
     import numpy as np
-    from evalsuite.iraven import CONFIG_NAMES, load_split, generate_item, check_item
+    from evalsuite.benchmarks.iraven import CONFIG_NAMES, load_split, generate_item, check_item
 
     for rec in load_split("data/I-RAVEN", "test", limit=100):   # official layout
         panels, target = rec.image, rec.target                  # (16,160,160) uint8, 0..7
@@ -15,7 +15,7 @@ Typical use::
     item = generate_item("distribute_four", np.random.default_rng(0))
     check_item(item).ok                                          # True
 
-Command line: ``python -m evalsuite.iraven generate --out DIR --per-config N --seed S``.
+Command line: ``python -m evalsuite.benchmarks.iraven generate --out DIR --per-config N --seed S``.
 """
 
 from .attributes import Entity, ComponentState, Panel

@@ -1,6 +1,6 @@
 """The base stage of the embedded default: make a tiny random-init model a working multi-image reader.
 
-    python -m train.pretrain --family llava --out models/tiny-llava-pretrained [--steps 1000] [--seed 1]
+    python -m train.toy.pretrain --family llava --out models/tiny-llava-pretrained [--steps 1000] [--seed 1]
 
 LoRA on a random-init model stays at chance (measured when the demo was designed), so before the
 image-vs-video comparison the tiny base learns what a pretrained VLM brings to it, and nothing about
@@ -50,7 +50,7 @@ from data_recipes.synthetic.samples import image_record, image_sample
 from train.chat import IGNORE_INDEX, encode
 from train.families import get_module, load_model
 from train.schedule import lr_factor
-from train.tiny import build_tiny
+from train.toy.tiny import build_tiny
 
 PARTS = ("image", "still", "reading")
 MIXTURE = {"image": 0.4, "still": 0.3, "reading": 0.3}
@@ -287,7 +287,7 @@ def pretrain_tiny(family: str, out: str | Path, *, steps: int = DEFAULT_STEPS, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.pretrain", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.toy.pretrain", description=__doc__.splitlines()[0])
     p.add_argument("--family", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
