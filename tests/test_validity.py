@@ -34,6 +34,7 @@ for one object in two frames (a strict expected failure, like (b)).
 
 from __future__ import annotations
 
+import collections
 import time
 
 import pytest
@@ -149,15 +150,13 @@ def test_video_training_teaches_answering_from_frames(tmp_path, items):
 #
 # Two narrower checks locate the failure of (b). The change is in the frozen features: a linear probe
 # on the random vision tower's features of a clip's first and last frame, concatenated in order, tells
-# six kinds of change apart (passes, in `make test`). The language model does not learn to read it:
-# the simplest temporal question (one object, two frames, which way did it move, five fixed options)
-# stays at chance after 600 steps on fresh clips (fails: strict expected failure, `make validity`).
-# Everything a token of the language model receives about a frame is the same whether that frame came
-# first or last (nothing in the token says which frame it is); only causal attention between the frames
-# can tell the order, and the 2-layer tiny model does not learn that from this much data. Tried without
-# success on the full task (base stage + 900-1,200 steps of the video samples): text frame labels
-# ("frame 1:") before each image, 4 layers instead of 2, a trainable vision tower, 48-px frames whose
-# 3x3 patches match the scene grid: all stayed at 0.16-0.23.
+# six kinds of change apart (passes, in `make test`). The language model does not learn to read it from
+# the change question alone: one object, two frames, which way did it move (five fixed options) stays
+# on the answer prior after 600 steps of fresh clips, every clip answered "it does not change" (strict
+# expected failure, `make validity`). Mixing in "where is it in the first / last frame?" questions
+# (`_train_two_frame(..., ("motion", "first", "last"), 900)`) got it learned in two runs of four and
+# left it on the prior in the other two: not reliable enough to be a check. docs/toy_world.md lists
+# what else was tried.
 
 PROBE_CLASSES = ("left", "right", "up", "down", "recolour", "none")
 
@@ -212,35 +211,58 @@ def test_frozen_vision_features_carry_the_change(tmp_path):
     assert held_out > 0.6
 
 
-@pytest.mark.known_invalid
-@pytest.mark.xfail(strict=True, reason="the tiny llava does not learn which way one object moved between two "
-                   "frames (see the comment above these tests)")
-def test_simplest_change_is_learnable_from_frames(tmp_path):
+MOVES = {d: f"it moves {d}" for d in ("left", "right", "up", "down")} | {"none": "it does not change"}
+
+
+def _two_frame_clip(rng, question: str):
+    """One object, frames 0 and 31 of a clip with one event, and a 5-option question: "motion" (which way
+    did it move, or not at all) or "first"/"last" (where it is in that frame; the clip has a one-cell move)."""
+    from data_recipes.synthetic.language import position_phrase
+    from data_recipes.synthetic.scenes import DIRECTIONS, GRID
+
+    if question == "motion":
+        label = rng.choice(sorted(MOVES))
+        scene = _change_scene(rng, label)
+        text, answer, opts = f"what happens to the {scene.objects[0].shape}?", MOVES[label], sorted(MOVES.values())
+    else:
+        scene = _change_scene(rng, rng.choice(sorted(DIRECTIONS)))
+        answer = position_phrase(*scene.state(0 if question == "first" else 31)[0].cell)
+        cells = [position_phrase(c, r) for r in range(GRID) for c in range(GRID)]
+        opts = [answer] + rng.sample([c for c in cells if c != answer], 4)
+        text = f"where is the {scene.objects[0].shape} in the {question} frame?"
+    rng.shuffle(opts)
+    content = prompts.user_content("base", 2, text, opts)
+    return content, render_frames(scene, [0, 31], 64), opts, opts.index(answer)
+
+
+def _train_two_frame(tmp_path, questions: tuple[str, ...], steps: int, seed: int = 0):
+    """A fresh tiny llava trained for `steps` steps of 32 new clips (no clip seen twice), each asking one of
+    `questions` (drawn), then its accuracy on 200 new clips asking "motion". ("first"/"last" are here for
+    the experiments docs/toy_world.md reports: mixing them in helped in two runs of four.)"""
     import random
 
-    rng = random.Random(0)
-    answers = {d: f"it moves {d}" for d in ("left", "right", "up", "down")} | {"none": "it does not change"}
-
-    def clip():
-        label = rng.choice(sorted(answers))
-        scene = _change_scene(rng, label)
-        opts = sorted(answers.values())
-        rng.shuffle(opts)
-        content = prompts.user_content("base", 2, f"what happens to the {scene.objects[0].shape}?", opts)
-        return content, render_frames(scene, [0, 31], 64), opts, opts.index(answers[label])
-
+    rng = random.Random(seed)
     model, processor, fam = load_model(build_tiny("llava", tmp_path / "tiny", seed=P.BASE_SEED))
     options = frame_options(processor)
     batches = []
-    for _ in range(600):  # 600 steps of 32 fresh clips: no clip is seen twice
-        clips = [clip() for _ in range(P.BATCH)]
+    for _ in range(steps):
+        clips = [_two_frame_clip(rng, rng.choice(questions)) for _ in range(P.BATCH)]
         messages = [prompts.conversation(c) + [prompts.answer_turn(o[a])] for c, _, o, a in clips]
         batches.append(encode(processor, messages, [f for _, f, _, _ in clips], image_options=options).inputs)
-    _train(model, processor, fam, {"moves": batches}, 600, 0)
+    _train(model, processor, fam, {"two_frames": batches}, steps, seed)
     model.eval()
-    test = [clip() for _ in range(200)]
-    correct = [score_options(model, processor, c, f, o, image_options=options, norm="mean").choice == a
-               for c, f, o, a in test]
-    est = accuracy_ci(correct, n_boot=2000, seed=0)
-    print(f"\none object, two frames, which way it moved: {est.value:.3f} [{est.ci_low:.3f}, {est.ci_high:.3f}]")
-    assert est.ci_low > 0.3
+    test = [_two_frame_clip(rng, "motion") for _ in range(200)]
+    scores = [(score_options(model, processor, c, f, o, image_options=options, norm="mean"), o, a) for c, f, o, a in test]
+    est = accuracy_ci([s.choice == a for s, _, a in scores], n_boot=2000, seed=0)
+    picked = collections.Counter(o[s.choice] for s, o, _ in scores).most_common(1)[0]
+    print(f"\none object, two frames, which way it moved, after {steps} steps of {'/'.join(questions)}: "
+          f"{est.value:.3f} [{est.ci_low:.3f}, {est.ci_high:.3f}]; most picked {picked[0]!r} ({picked[1]} of 200)")
+    return est
+
+
+@pytest.mark.known_invalid
+@pytest.mark.xfail(strict=True, reason="the tiny llava does not learn which way one object moved between two "
+                   "frames from that question alone (see the comment above these tests)")
+def test_simplest_change_is_learnable_from_frames(tmp_path):
+    assert _train_two_frame(tmp_path, ("motion",), 600).ci_low > 0.3
+

@@ -31,7 +31,6 @@ from data_recipes.clips import VIDEO_INPUT_SETTINGS
 from data_recipes.counters import TRAIN_MATCH_UNITS
 from data_recipes.hints import did_you_mean
 
-MATCH_UNITS = TRAIN_MATCH_UNITS  # --match_by's units; a recipe's build-time size_from.unit takes SIZE_FROM_UNITS
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
 
@@ -363,8 +362,8 @@ def resolve(argv: list[str], recipe_train: typing.Callable[[str], dict] | None =
 
 def validate(cfg: TrainConfig) -> None:
     for name in ("match_by", "budget_unit"):
-        if getattr(cfg, name) not in MATCH_UNITS:
-            raise ConfigError(f"{name} must be one of {', '.join(MATCH_UNITS)}, got {getattr(cfg, name)!r}")
+        if getattr(cfg, name) not in TRAIN_MATCH_UNITS:
+            raise ConfigError(f"{name} must be one of {', '.join(TRAIN_MATCH_UNITS)}, got {getattr(cfg, name)!r}")
     if cfg.budget < 0:
         raise ConfigError(f"budget must be >= 0 (0: none), got {cfg.budget}")
     if cfg.budget and cfg.match_to:

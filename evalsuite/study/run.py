@@ -245,7 +245,7 @@ def parse_study(data, path: Path) -> Study:
 
 
 def _parse_study(data, path: Path) -> Study:
-    from train.config import MATCH_UNITS
+    from data_recipes.counters import TRAIN_MATCH_UNITS as MATCH_UNITS
 
     where = str(path)
     if not isinstance(data, dict):
