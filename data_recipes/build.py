@@ -33,7 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_recipes.counters import TOKEN_UNITS
-from data_recipes.recipe import Recipe, expand_path, load_recipe
+from data_recipes.recipe import RECIPES_DIR, Recipe, expand_path, load_recipe
 from data_recipes.files import atomic_dir, atomic_write_json, file_sha256
 from data_recipes.shards import ShardWriter, sample_members
 from data_recipes.sources import Skip, Unsupported, mix_plan, open_sources
@@ -179,6 +179,19 @@ def read_manifest(out_dir: Path) -> dict:
     return m
 
 
+def shareable_recipe_file(path: str | None) -> str | None:
+    """Where a manifest says its recipe came from, without the machine's paths: a shipped recipe's path
+    inside the repository (`data_recipes/recipes/NAME.yaml`), another recipe file's name alone. The
+    recipe is identified by name and hash; this is only a pointer for a reader."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(RECIPES_DIR.resolve().parents[1]).as_posix()
+    except ValueError:
+        return p.name
+
+
 def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> dict:
     """The manifest of the recipe this one is sized from (`size_from`), built (or rebuilt) if needed."""
     ref = load_recipe(recipe.size_from.recipe)
@@ -265,7 +278,7 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
         _check_bad(recipe, audit, final=True)
         shards = writer.close()
         manifest = {
-            "recipe": recipe.name, "recipe_hash": recipe.content_hash(), "recipe_file": recipe.path,
+            "recipe": recipe.name, "recipe_hash": recipe.content_hash(), "recipe_file": shareable_recipe_file(recipe.path),
             "kind": recipe.kind, "seed": recipe.seed, "split": recipe.split, "frames": recipe.frames,
             "image_size": recipe.image_size, "video_input": recipe.video_input, "frame_order": recipe.frame_order,
             "resize": resize_record(recipe),

@@ -96,6 +96,21 @@ def test_generated_build_is_deterministic_and_readable(tmp_path):
     assert verify(tmp_path / "a") == []
 
 
+def test_manifest_holds_no_path_of_the_machine(tmp_path):
+    """A manifest is shared with the shards: it names its recipe by name, hash and a repository-relative
+    file (or the bare file name of a recipe kept elsewhere), never by where the files happened to be."""
+    from data_recipes.build import shareable_recipe_file
+    from data_recipes.recipe import RECIPES_DIR
+
+    rec = write_recipe(tmp_path, "vid", kind="video", sources=[{"type": "synthetic_video"}], samples=3, frames=2)
+    manifest = build(str(rec), tmp_path / "out")
+    text = (tmp_path / "out" / "manifest.json").read_text()
+    assert manifest["recipe_file"] == "vid.yaml" and str(tmp_path) not in text
+    shipped = shareable_recipe_file(str(RECIPES_DIR / "video_demo.yaml"))
+    assert shipped == "data_recipes/recipes/video_demo.yaml"
+    assert shareable_recipe_file(None) is None
+
+
 def test_verify_detects_tampering(tmp_path):
     rec = write_recipe(tmp_path, "img", kind="image", sources=[{"type": "synthetic_image"}], samples=4)
     build(str(rec), tmp_path / "o")
