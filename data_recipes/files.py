@@ -111,6 +111,17 @@ def atomic_write_json(path: str | os.PathLike, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
+def shareable_path(path: str | os.PathLike) -> str:
+    """`path` as written into outputs users share (metrics.json, MLflow params): relative to the working
+    directory when it lies under it (the project's own checkpoints and models), so the record does not
+    carry the machine's layout; as given otherwise (a model on shared storage, whose path is its name)."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from data_recipes.files import shareable_path
 from train.run_record import RunRecord, RunRecordError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,10 +65,10 @@ class CheckpointRef:
     def identity(self) -> dict:
         """What the checkpoint is, for metrics.json and MLflow params."""
         role = "base" if self.is_base else ("adapter" if self.kind == "adapter" else "full")
-        out = {"name": self.name, "kind": self.kind, "role": role, "model_path": str(self.model_path),
+        out = {"name": self.name, "kind": self.kind, "role": role, "model_path": shareable_path(self.model_path),
                "fingerprint": fingerprint(self.model_path)}
         if self.base_model is not None:
-            out["base_model"] = str(self.base_model)
+            out["base_model"] = shareable_path(self.base_model)
             out["base_fingerprint"] = fingerprint(self.base_model)
         return out
 

@@ -211,3 +211,14 @@ def test_bad_options_are_refused_before_anything_is_made(tmp_path):
         with atomic_dir(tmp_path / "out", existing="keep", tmp_name=".out.tmp"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shareable_path_drops_the_machine_layout_under_the_working_directory(tmp_path, monkeypatch):
+    from data_recipes.files import shareable_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt" / "video_demo").mkdir(parents=True)
+    assert shareable_path(tmp_path / "ckpt" / "video_demo") == "ckpt/video_demo"
+    assert shareable_path("ckpt/video_demo") == "ckpt/video_demo"
+    elsewhere = tmp_path.parent / "shared-models" / "llava-next-7b"
+    assert shareable_path(elsewhere) == str(elsewhere)  # outside the project: its path is its name
