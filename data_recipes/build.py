@@ -33,8 +33,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_recipes.counters import TOKEN_UNITS
-from data_recipes.recipe import RECIPES_DIR, Recipe, expand_path, load_recipe
-from data_recipes.files import atomic_dir, atomic_write_json, file_sha256
+from data_recipes.recipe import Recipe, expand_path, load_recipe
+from data_recipes.files import REPO_ROOT, atomic_dir, atomic_write_json, file_sha256, shareable_path
 from data_recipes.shards import ShardWriter, sample_members
 from data_recipes.sources import Skip, Unsupported, mix_plan, open_sources
 
@@ -183,13 +183,7 @@ def shareable_recipe_file(path: str | None) -> str | None:
     """Where a manifest says its recipe came from, without the machine's paths: a shipped recipe's path
     inside the repository (`data_recipes/recipes/NAME.yaml`), another recipe file's name alone. The
     recipe is identified by name and hash; this is only a pointer for a reader."""
-    if path is None:
-        return None
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(RECIPES_DIR.resolve().parents[1]).as_posix()
-    except ValueError:
-        return p.name
+    return None if path is None else shareable_path(path, REPO_ROOT, outside="name")
 
 
 def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> dict:

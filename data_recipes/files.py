@@ -111,15 +111,22 @@ def atomic_write_json(path: str | os.PathLike, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
-def shareable_path(path: str | os.PathLike) -> str:
-    """`path` as written into outputs users share (metrics.json, MLflow params): relative to the working
-    directory when it lies under it (the project's own checkpoints and models), so the record does not
-    carry the machine's layout; as given otherwise (a model on shared storage, whose path is its name)."""
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The repository's root: where the shipped recipes, DeepSpeed configs, `train/lora.py` and the default
+MLflow store live."""
+
+
+def shareable_path(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
+                   outside: str = "as_given") -> str:
+    """`path` as written into outputs users share (manifests, metrics.json, MLflow params), without the
+    machine's layout: relative to `root` (default: the working directory) when it lies under it; otherwise
+    as given (`outside="as_given"`: a model on shared storage, whose path is its name) or its file name
+    alone (`outside="name"`)."""
     p = Path(path)
     try:
-        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        return p.resolve().relative_to(Path(root or Path.cwd()).resolve()).as_posix()
     except ValueError:
-        return str(path)
+        return p.name if outside == "name" else str(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

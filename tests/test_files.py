@@ -222,3 +222,5 @@ def test_shareable_path_drops_the_machine_layout_under_the_working_directory(tmp
     assert shareable_path("ckpt/video_demo") == "ckpt/video_demo"
     elsewhere = tmp_path.parent / "shared-models" / "llava-next-7b"
     assert shareable_path(elsewhere) == str(elsewhere)  # outside the project: its path is its name
+    assert shareable_path(elsewhere, tmp_path, outside="name") == "llava-next-7b"
+    assert shareable_path(tmp_path / "ckpt" / "video_demo", tmp_path / "ckpt") == "video_demo"

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from data_recipes.files import REPO_ROOT as REPO
+
 MIN_BUCKET = 1 << 22  # elements per ZeRO communication bucket, at least (16 MB in fp32)
 # DeepSpeed's dynamic loss scaling for fp16: start at 2**16, halve on overflow (after `hysteresis`
 # overflows), double after `loss_scale_window` clean steps. loss_scale 0 means dynamic.

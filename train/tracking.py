@@ -25,9 +25,10 @@ import threading
 import time
 from pathlib import Path
 
+from data_recipes.files import REPO_ROOT as REPO
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def default_tracking_uri() -> str:

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[2]
+from data_recipes.files import REPO_ROOT as REPO
+
 LORA = str(REPO / "train" / "lora.py")
 MAIN_PORT = 29500
 

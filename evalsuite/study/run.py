@@ -66,12 +66,11 @@ from pathlib import Path
 
 import yaml
 
-from data_recipes.files import atomic_write_json
+from data_recipes.files import REPO_ROOT as REPO, atomic_write_json
 from data_recipes.hints import did_you_mean
 from data_recipes.recipe import RecipeError, _build, _expect, _is_int, load_recipe
 from train.run_record import RunRecord, RunRecordError
 
-REPO = Path(__file__).resolve().parents[2]
 LAUNCHER_TYPES = ("local", "submitit_local", "slurm")
 STATUSES = ("pending", "partial", "trained", "done", "failed")
 STUDY_SET = ("recipe", "run_name", "output_root", "output_dir", "shards_root", "base_model", "seed", "budget", "budget_unit",

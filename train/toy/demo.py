@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from data_recipes.files import REPO_ROOT as ROOT
+
 BASE_MODEL = Path("models/tiny-llava-pretrained")
 ACCELERATE_CONFIG = "ds_configs/accelerate/cpu_zero2_2proc.yaml"
 EVAL_FLAGS = ("--infills", "oracle", "--limit", "300", "--frames", "5", "--iraven_limit", "20",
