@@ -41,6 +41,38 @@ def seen(run_dir: Path) -> dict[int, list[str]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def ref_run(work):
+    """`ckpt/ref`: 3 plain fp32 steps without DeepSpeed, run once per module; the reference a matched
+    run stops at, and a run whose tiny model and video shards the tests read. No test writes to it."""
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "ref", "--max_steps", "3", "--ds_config", "none")
+    return work / "ckpt" / "ref"
+
+
+@pytest.fixture(scope="module")
+def resumed(work):
+    """`resumed(launcher)`: a 4-step run that saves its state every 2 steps, then the same run resumed from
+    its step-2 state in its own run directory (as if it had died after it); done once per module and
+    launcher (None: a bare run, ZeRO-2 in one process). Returns the run directory and what the
+    uninterrupted run had left in it: its metrics, its samples and its run.json."""
+    done = {}
+
+    def run(launcher):
+        if launcher not in done:
+            name = "z2" if launcher is None else "z3"
+            rd = work / "ckpt" / name
+            args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "4", "--save_steps", "2",
+                    "--record_samples", "true", "--run_name", name]
+            run_lora(work, *args, launcher=launcher)
+            full = metrics(rd), seen(rd), json.loads((rd / "run.json").read_text())
+            # Rerun steps 3-4 from the step-2 state, in the same run directory.
+            run_lora(work, *args, "--resume", str(rd / "checkpoints" / "step-2"), launcher=launcher)
+            done[launcher] = (rd, *full)
+        return done[launcher]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["zero2_1proc", "zero2_2proc", "zero3_2proc", "none_1proc", "ddp_2proc"])
 def test_trains_under_each_setup(work, mode):
@@ -78,9 +110,8 @@ def test_trains_under_each_setup(work, mode):
 
 
 @pytest.mark.slow
-def test_match_stops_exactly_and_mlflow_has_everything(work):
-    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "ref", "--max_steps", "3", "--ds_config", "none")
-    ref = json.loads((work / "ckpt" / "ref" / "run.json").read_text())
+def test_match_stops_exactly_and_mlflow_has_everything(work, ref_run):
+    ref = json.loads((ref_run / "run.json").read_text())
     for unit in ("visual_tokens", "supervised_tokens", "samples"):
         name = f"img_{unit}"
         run_lora(work, "--recipe", str(work / "img.yaml"), "--run_name", name, "--ds_config", "none",
@@ -108,20 +139,18 @@ def test_match_stops_exactly_and_mlflow_has_everything(work):
 
 
 @pytest.mark.slow
-def test_resume_continues_the_same_run(work):
-    args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "6", "--save_steps", "3", "--record_samples", "true"]
-    run_lora(work, *args, "--run_name", "full")
-    run_lora(work, *args, "--run_name", "part")
-    # Pretend the run died after its step-3 state: resume from it.
-    run_lora(work, *args, "--run_name", "part", "--resume", str(work / "ckpt" / "part" / "checkpoints" / "step-3"))
-    full, part = metrics(work / "ckpt" / "full"), metrics(work / "ckpt" / "part")
-    assert [m["step"] for m in part] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(full[3:], part[3:]):
+def test_resume_continues_the_same_run(resumed):
+    """A bare run (ZeRO-2) resumed from its step-2 state ends as the uninterrupted run did: the same losses
+    and learning rates after the state, the same samples, the same consumption."""
+    rd, full, full_seen, full_info = resumed(None)
+    part = metrics(rd)
+    assert [m["step"] for m in part] == [1, 2, 3, 4]
+    for a, b in zip(full[2:], part[2:]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
         assert a["lr"] == pytest.approx(b["lr"])
-    assert seen(work / "ckpt" / "full") == seen(work / "ckpt" / "part")
-    info = json.loads((work / "ckpt" / "part" / "run.json").read_text())
-    assert info["consumed"] == json.loads((work / "ckpt" / "full" / "run.json").read_text())["consumed"]
+    assert seen(rd) == full_seen
+    info = json.loads((rd / "run.json").read_text())
+    assert info["consumed"] == full_info["consumed"]
 
 
 @pytest.mark.slow
@@ -217,28 +246,22 @@ def test_resumable_state_holds_only_what_training_changes(work, ds_config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [None, "cpu_zero3_2proc.yaml"], ids=["zero2_1proc", "zero3_2proc"])
-def test_resume_from_a_trainable_only_state_under_zero(work, launcher):
+def test_resume_from_a_trainable_only_state_under_zero(resumed, launcher):
     """A DeepSpeed state without the frozen weights resumes to the same losses and samples as an
     uninterrupted run (ZeRO-2 in one process; ZeRO-3 partitions over two)."""
-    name = "z2" if launcher is None else "z3"
-    args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "4", "--save_steps", "2", "--record_samples", "true",
-            "--run_name", name] + (["--ds_config", "zero2"] if launcher is None else [])
-    run_lora(work, *args, launcher=launcher)
-    full, full_seen = metrics(work / "ckpt" / name), seen(work / "ckpt" / name)
-    # Rerun steps 3-4 from the step-2 state, in the same run directory.
-    run_lora(work, *args, "--resume", str(work / "ckpt" / name / "checkpoints" / "step-2"), launcher=launcher)
-    part = metrics(work / "ckpt" / name)
+    rd, full, full_seen, _ = resumed(launcher)
+    part = metrics(rd)
     assert [m["step"] for m in part] == [1, 2, 3, 4]
     for a, b in zip(full[2:], part[2:]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
-    assert seen(work / "ckpt" / name) == full_seen
+    assert seen(rd) == full_seen
 
 
 @pytest.mark.slow
-def test_bf16_run_records_the_dtypes_it_used(work):
+def test_bf16_run_records_the_dtypes_it_used(work, ref_run):
     """mixed_precision bf16 on CPU, as on a GPU: without DeepSpeed autocast computes in bf16 while the
     trained weights stay fp32; under ZeRO-2 DeepSpeed holds the model in bf16 (its optimizer keeps fp32
-    masters). run.json says so from the tensors, not from the flag."""
+    masters). run.json says so from the tensors, not from the flag (and a plain run's says fp32)."""
     run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16", "--max_steps", "2", "--ds_config", "none",
         "--mixed_precision", "bf16")
     p = json.loads((work / "ckpt" / "bf16" / "run.json").read_text())["precision"]
@@ -250,8 +273,7 @@ def test_bf16_run_records_the_dtypes_it_used(work):
     assert info["precision"] == {"mixed_precision": "bf16", "trainable_dtype": "bfloat16",
                                  "frozen_dtype": "bfloat16", "forward_dtype": "bfloat16"}
     assert all(0 < m["loss"] < 20 for m in metrics(work / "ckpt" / "bf16_z2"))
-    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "fp32", "--max_steps", "1", "--ds_config", "none")
-    p = json.loads((work / "ckpt" / "fp32" / "run.json").read_text())["precision"]
+    p = json.loads((ref_run / "run.json").read_text())["precision"]  # no --mixed_precision, no DeepSpeed
     assert p["forward_dtype"] == p["trainable_dtype"] == p["frozen_dtype"] == "float32"
 
 
@@ -285,15 +307,14 @@ def test_zero3_adapter_reproduces_the_trained_model(work):
 
 
 @pytest.mark.slow
-def test_long_samples_are_dropped_and_counted(work):
+def test_long_samples_are_dropped_and_counted(work, ref_run):
     """max_length below some samples' length: those samples are dropped (never cut), counted in
     run.json, and every sample that was trained on fits."""
     from data_recipes.build import shard_urls
     from train.data import ShardStream
     from train.families import load_model
 
-    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "lens", "--max_steps", "1", "--ds_config", "none")
-    info = json.loads((work / "ckpt" / "lens" / "run.json").read_text())
+    info = json.loads((ref_run / "run.json").read_text())
     _, processor, _ = load_model(work / info["base_model"])
     stream = ShardStream(shard_urls(work / "shards" / "vid"), processor, batch_size=64, seed=0, shuffle_buffer=1)
     _, raw = next(stream.batches_of_reader(0, 1))
@@ -351,12 +372,47 @@ def test_logged_loss_is_the_token_mean_over_micro_batches(work):
     assert uneven  # at least one step had micro-batches of different supervised-token counts
 
 
+# `python train/lora.py ARGS` for each ARGS in turn, in one process (each run pays the imports of torch,
+# accelerate and DeepSpeed only once): the script runs as __main__ as the interpreter runs it, and what the
+# interpreter does at the end (exit status, traceback of an uncaught exception) is done here.
+_CLI = """
+import contextlib, io, json, os, runpy, sys, traceback
+lora, cases, dest = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+sys.path[0] = os.path.dirname(lora)  # as for `python train/lora.py`: the script's own directory
+out = []
+for args in cases:
+    sys.argv = [lora, *args]
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(lora, run_name="__main__")
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    out.append({"returncode": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
+with open(dest, "w") as f:
+    json.dump(out, f)
+"""
+
+
 def test_cli_help_and_user_errors_without_tracebacks(tmp_path):
-    """--help renders every field's docstring; a settings mistake is one `error:` line, exit 2."""
-    p = subprocess.run([PY, LORA, "--help"], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and "--mixed_precision" in p.stdout and "30% more compute" in p.stdout
-    for args, msg in ((["--recipe", "nosuch", "--max_steps", "1"], "error: unknown recipe 'nosuch'"),
-                      (["--recipe", "video_demo", "--lora_rank", "3"], "did you mean 'lora_r'"),
-                      (["--recipe", "video_demo", "--mixed_precision", "fp8"], "mixed_precision must be one of")):
-        p = subprocess.run([PY, LORA, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    """--help renders every field's docstring; a settings mistake is one `error:` line, exit 2.
+    (The four invocations run one after the other in one process; a user error comes first, so it
+    meets the imports' own output too.)"""
+    errors = ((["--recipe", "nosuch", "--max_steps", "1"], "error: unknown recipe 'nosuch'"),
+              (["--recipe", "video_demo", "--lora_rank", "3"], "did you mean 'lora_r'"),
+              (["--recipe", "video_demo", "--mixed_precision", "fp8"], "mixed_precision must be one of"))
+    cases = [args for args, _ in errors] + [["--help"]]
+    p = subprocess.run([PY, "-c", _CLI, LORA, json.dumps(cases), str(tmp_path / "cli.json")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    *runs, help_ = json.loads((tmp_path / "cli.json").read_text())
+    assert help_["returncode"] == 0 and "--mixed_precision" in help_["stdout"] and "30% more compute" in help_["stdout"]
+    for (_, msg), r in zip(errors, runs):
+        assert r["returncode"] == 2 and msg in r["stderr"] and "Traceback" not in r["stderr"], r["stderr"][-2000:]

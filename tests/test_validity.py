@@ -4,7 +4,7 @@ The demo asks whether the image run gains more from vCoT infills than the video 
 video run reads frames better. Either finding can only appear if (a) a tiny model can learn to answer
 a temporal question from infills it is given, and (b) a tiny model can learn to answer it from the
 frames. If either failed here, a null result of the demo would say nothing about the question. These
-checks train small models for a small budget and must beat the options-only floor on the evaluation's
+checks train tiny models (on small budgets; (b) also on a long one) and must beat the options-only floor on the evaluation's
 own temporal items (the first 100 of the synthetic benchmark, seed 0, test split), scored as the
 evaluation scores them (log-likelihood per token of each option's assistant turn).
 
@@ -18,18 +18,18 @@ evaluation scores them (log-likelihood per token of each option's assistant turn
 The thresholds are fixed in advance (accuracy above 0.35 and a 95% bootstrap CI low above 0.22 for (a);
 a CI low above 0.22 for (b); chance is 0.20): a failure is reported as measured, never tuned away.
 
-Status: (a) passes (about 0.68 here). (b) FAILS, and is marked as a strict expected failure so that it
-stays visible and turns red the day it starts passing: here about 0.20 [0.12, 0.28]; with the real base
-stage and 500 steps of 32 clips, 0.15; the demo's video run (base stage + 16,000 clips, LoRA) answers
-temporal items from frames at 22% against a blind floor of 21%, and even static items only at 27%
-(the image run reaches 43% on those). The tiny model with its frozen random vision tower does not learn
-to see changes from this much video, so the demo cannot show reasoning between frames: the report
-notes this on every F1/F2 verdict (`evalsuite.report.evaluation.sees_change`). (b) takes about two minutes and
-is left out of `make test` (marker `known_invalid`); `make validity` runs every check here.
-
-Two narrower checks below locate the failure (see the comment above them): the frozen vision features
-carry the change (a linear probe on them passes), and the language model does not learn to read it even
-for one object in two frames (a strict expected failure, like (b)).
+Status: (a) passes (about 0.68 here). (b) fails at the small budget above and passes on a long one,
+so the world can teach reading frames, but not within what `make demo` can afford:
+- small budget (strict expected failure, marker `known_invalid`): about 0.20 [0.12, 0.28]. The demo's
+  video run (base stage + 10,000 clips, LoRA) answers temporal items from frames at 22% against a
+  blind floor of 21%: the report notes on every F1/F2 verdict that it does not see change
+  (`evalsuite.report.evaluation.sees_change`);
+- long budget (marker `validity_long`): the demo's own base stage, then 4,000 steps of 32 clips of the
+  video recipe (full finetuning, cosine cycles of 500 steps) answer at 0.44 [0.35, 0.54]. Measured
+  every 500 steps: 0.23, 0.21, 0.19, 0.28, 0.23, 0.34, 0.43, 0.44; the training loss at the end of each
+  cycle: 0.50, 0.48, 0.47, 0.44, 0.42, 0.39, 0.35, 0.33. About 25 minutes on one core.
+The model learns to compare frames only after a long plateau: see the two-frame checks at the end.
+`make validity` runs every check here; `make test` runs (a) and the probe only.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ READING_STEPS, READING_POOL = 200, 1600
 BASE_STEPS, BASE_POOL = 300, 1536
 VIDEO_STEPS, VIDEO_POOL = 300, 1600
 """(b): a short base stage (all parts), then steps of 32 video samples of the video recipe's source."""
+VIDEO_LONG_STEPS, VIDEO_RESTART, VIDEO_LONG_POOL = 4000, 500, 8000
+"""(b) on a long budget: steps of 32 clips in cosine cycles of `VIDEO_RESTART` steps, over 8,000 clips."""
 
 
 def temporal_items(n: int = N_ITEMS) -> list[dict]:
@@ -119,44 +121,71 @@ def test_reading_items_teach_answering_from_infills(tmp_path, items):
     assert est.value > 0.35 and est.ci_low > 0.22
 
 
-@pytest.mark.known_invalid
-@pytest.mark.xfail(strict=True, reason="validity check (b) fails in the current world: the tiny model does not learn "
-                   "to answer temporal items from frames at these budgets (see the module docstring)")
-def test_video_training_teaches_answering_from_frames(tmp_path, items):
-    t0 = time.perf_counter()
-    model, processor, fam = load_model(build_tiny("llava", tmp_path / "tiny", seed=P.BASE_SEED))
-    base = P.encode_pool(processor, P.BASE_SEED, "train", P.pool_sizes(BASE_POOL, P.BATCH), P.BATCH)
-    _train(model, processor, fam, base, BASE_STEPS, P.BASE_SEED)
-    videos = []
-    options = frame_options(processor)
-    for start in range(0, VIDEO_POOL, P.BATCH):  # the video recipe's samples (seed 0, train split)
+def _video_batches(processor, n: int) -> list[dict]:
+    """The video recipe's first `n` training samples (seed 0, train split), encoded in batches of 32."""
+    options, batches = frame_options(processor), []
+    for start in range(0, n, P.BATCH):
         samples = [video_sample(0, start + i, "train") for i in range(P.BATCH)]
-        videos.append(encode(processor, [js["messages"] for js, _ in samples], [ims for _, ims in samples],
-                             image_options=options).inputs)
-    _train(model, processor, fam, {"video": videos}, VIDEO_STEPS, 0)
+        batches.append(encode(processor, [js["messages"] for js, _ in samples], [ims for _, ims in samples],
+                              image_options=options).inputs)
+    return batches
+
+
+def _answers_from_frames(model, processor, items: list[dict]) -> list[bool]:
+    """Each item answered from its F sampled frames in the evaluation's `base` layout."""
     model.eval()
-    correct = []
+    options, correct = frame_options(processor), []
     for item in items:
         indices = item["meta"]["sampled_frames"][str(F)]
         frames = render_frames(item_scene(item["meta"]), indices, 64)
         content = prompts.user_content("base", F, item["question"], item["options"])
         scores = score_options(model, processor, content, frames, item["options"], image_options=options, norm="mean")
         correct.append(scores.choice == item["answer"])
+    return correct
+
+
+@pytest.mark.known_invalid
+@pytest.mark.xfail(strict=True, reason="validity check (b) fails at this small budget: the tiny model is still on "
+                   "the plateau before it learns to compare frames (see the module docstring)")
+def test_video_training_teaches_answering_from_frames(tmp_path, items):
+    t0 = time.perf_counter()
+    model, processor, fam = load_model(build_tiny("llava", tmp_path / "tiny", seed=P.BASE_SEED))
+    base = P.encode_pool(processor, P.BASE_SEED, "train", P.pool_sizes(BASE_POOL, P.BATCH), P.BATCH)
+    _train(model, processor, fam, base, BASE_STEPS, P.BASE_SEED)
+    _train(model, processor, fam, {"video": _video_batches(processor, VIDEO_POOL)}, VIDEO_STEPS, 0)
+    correct = _answers_from_frames(model, processor, items)
     est, _ = _report("(b) base stage + video samples, base layout", correct, items, time.perf_counter() - t0)
     assert est.ci_low > 0.22
 
 
-# ------------------------------------------------------------------ where (b) breaks down
+@pytest.mark.validity_long
+def test_video_training_teaches_answering_from_frames_past_the_plateau(tmp_path, items):
+    """(b) on a long budget: the demo's own base stage, then full finetuning on 8,000 clips of the video
+    recipe for `VIDEO_LONG_STEPS` steps of 32, as `VIDEO_LONG_STEPS // VIDEO_RESTART` cosine cycles (each
+    with its own warmup). The temporal items are answered from frames above the floor only once the
+    model is past the plateau (see the module docstring for the trajectory)."""
+    t0 = time.perf_counter()
+    model, processor, fam = load_model(P.pretrain_tiny("llava", tmp_path / "base"))
+    videos = _video_batches(processor, VIDEO_LONG_POOL)
+    for cycle in range(VIDEO_LONG_STEPS // VIDEO_RESTART):
+        _train(model, processor, fam, {"video": videos}, VIDEO_RESTART, cycle)
+    correct = _answers_from_frames(model, processor, items)
+    est, _ = _report(f"(b) demo base + {VIDEO_LONG_STEPS} video steps, base layout", correct, items,
+                     time.perf_counter() - t0)
+    assert est.ci_low > 0.22
+
+
+# ------------------------------------------------------------------ why (b) needs a long budget
 #
-# Two narrower checks locate the failure of (b). The change is in the frozen features: a linear probe
-# on the random vision tower's features of a clip's first and last frame, concatenated in order, tells
-# six kinds of change apart (passes, in `make test`). The language model does not learn to read it from
-# the change question alone: one object, two frames, which way did it move (five fixed options) stays
-# on the answer prior after 600 steps of fresh clips, every clip answered "it does not change" (strict
-# expected failure, `make validity`). Mixing in "where is it in the first / last frame?" questions
-# (`_train_two_frame(..., ("motion", "first", "last"), 900)`) got it learned in two runs of four and
-# left it on the prior in the other two: not reliable enough to be a check. docs/toy_world.md lists
-# what else was tried.
+# Two narrower checks. The change is in the frozen features: a linear probe on the random vision
+# tower's features of a clip's first and last frame, concatenated in order, tells six kinds of change
+# apart (passes, in `make test`). And the language model learns to read it, after a plateau: one object,
+# two frames, which way did it move (five fixed options, 32 new clips a step). For the first 600-1,000
+# steps the loss stays on the answer prior and every test clip gets "it does not change" (the longest
+# option wins under per-token scoring when the model is unsure); then the loss falls, and after 2,000
+# steps the held-out accuracy was 0.81 (seed 0) and 1.00 (seed 1). Every 600-step variant tried before
+# (4 layers, frame labels, a 3x learning rate, tiny qwen2_vl) stopped inside that plateau. What shortens
+# it is docs/toy_world.md's subject.
 
 PROBE_CLASSES = ("left", "right", "up", "down", "recolour", "none")
 
@@ -238,7 +267,7 @@ def _two_frame_clip(rng, question: str):
 def _train_two_frame(tmp_path, questions: tuple[str, ...], steps: int, seed: int = 0):
     """A fresh tiny llava trained for `steps` steps of 32 new clips (no clip seen twice), each asking one of
     `questions` (drawn), then its accuracy on 200 new clips asking "motion". ("first"/"last" are here for
-    the experiments docs/toy_world.md reports: mixing them in helped in two runs of four.)"""
+    the experiments docs/toy_world.md reports: training them first shortened the plateau.)"""
     import random
 
     rng = random.Random(seed)
@@ -249,7 +278,10 @@ def _train_two_frame(tmp_path, questions: tuple[str, ...], steps: int, seed: int
         clips = [_two_frame_clip(rng, rng.choice(questions)) for _ in range(P.BATCH)]
         messages = [prompts.conversation(c) + [prompts.answer_turn(o[a])] for c, _, o, a in clips]
         batches.append(encode(processor, messages, [f for _, f, _, _ in clips], image_options=options).inputs)
-    _train(model, processor, fam, {"two_frames": batches}, steps, seed)
+    losses = _train(model, processor, fam, {"two_frames": batches}, steps, seed)
+    window = max(1, steps // 10)
+    print("\ntraining loss by tenth of the run (the answer prior is about 0.39): "
+          + " ".join(f"{sum(losses[i:i + window]) / len(losses[i:i + window]):.2f}" for i in range(0, steps, window)))
     model.eval()
     test = [_two_frame_clip(rng, "motion") for _ in range(200)]
     scores = [(score_options(model, processor, c, f, o, image_options=options, norm="mean"), o, a) for c, f, o, a in test]
@@ -260,9 +292,9 @@ def _train_two_frame(tmp_path, questions: tuple[str, ...], steps: int, seed: int
     return est
 
 
-@pytest.mark.known_invalid
-@pytest.mark.xfail(strict=True, reason="the tiny llava does not learn which way one object moved between two "
-                   "frames from that question alone (see the comment above these tests)")
-def test_simplest_change_is_learnable_from_frames(tmp_path):
-    assert _train_two_frame(tmp_path, ("motion",), 600).ci_low > 0.3
-
+@pytest.mark.validity_long
+def test_simplest_change_is_learned_from_frames_past_the_plateau(tmp_path):
+    """Which way one object moved between two frames: learned, but only after a plateau. The loss sits at
+    the answer prior ("it does not change" wins every test clip) for the first 600-1,000 steps, then
+    falls; after 2,000 steps the held-out accuracy was 0.81 (seed 0) and 1.00 (seed 1) here."""
+    assert _train_two_frame(tmp_path, ("motion",), 2000).ci_low > 0.3
