@@ -195,3 +195,32 @@ def test_multiprocess_job_refuses_to_build_real_data(tmp_path, monkeypatch):
     trainer.recipe = load_recipe(recipe)
     with pytest.raises(ShardsMissing, match="python -m data_recipes build .*real_images.yaml --out .* --workers N"):
         trainer._setup_shards()
+
+
+def test_a_missing_tiny_model_is_built_unpartitioned_inside_a_zero3_job(tmp_path, monkeypatch):
+    """Under ZeRO-3 accelerate registers its DeepSpeed config with transformers, and a model constructed
+    then is partitioned by `deepspeed.zero.Init`, a collective of all ranks. The trainer builds a missing
+    tiny model on the main process while the other ranks wait at a barrier: a partitioned build there
+    hung a 2-process ZeRO-3 job forever (and in one process it fails looking for MPI). The build must
+    give full, unpartitioned weights and leave the registration as it found it."""
+    from safetensors.torch import load_file
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    import train.models as models
+
+    monkeypatch.setattr(models, "MODELS_ROOT", tmp_path)
+    zero3 = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        assert is_deepspeed_zero3_enabled()
+        out = models.resolve_base_model("tiny:llava")
+        assert is_deepspeed_zero3_enabled()  # restored for the job's own model loading
+    finally:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        del zero3
+    weights = load_file(out / "model.safetensors")
+    embed = [t for k, t in weights.items() if k.endswith("embed_tokens.weight")]
+    assert len(embed) == 1 and embed[0].shape[1] == 128 and embed[0].shape[0] > 100  # (vocabulary, width)
+    assert all(t.numel() > 0 for t in weights.values())  # a partitioned model saves empty tensors

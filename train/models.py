@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
@@ -45,13 +46,14 @@ def resolve_base_model(spec: str, build: bool = True) -> Path:
                             f"design): delete it, or rebuild it with python -m train.toy.pretrain --family {family} "
                             f"--out {out}")
                 return out
-            if prefix == "tiny:":
-                from train.toy.tiny import build_tiny
+            with _unpartitioned():
+                if prefix == "tiny:":
+                    from train.toy.tiny import build_tiny
 
-                return build_tiny(family, out)
-            from train.toy.pretrain import pretrain_tiny
+                    return build_tiny(family, out)
+                from train.toy.pretrain import pretrain_tiny
 
-            return pretrain_tiny(family, out)
+                return pretrain_tiny(family, out)
     candidates = [Path(spec).expanduser()]
     if os.environ.get("MODEL_ROOT"):
         root = Path(os.environ["MODEL_ROOT"])
@@ -64,6 +66,25 @@ def resolve_base_model(spec: str, build: bool = True) -> Path:
     hint = "" if os.environ.get("MODEL_ROOT") else " ($MODEL_ROOT is not set)"
     raise ModelNotFound(f"base model '{spec}' not found; looked in: {looked}{hint}. "
                         f"Nothing is downloaded: put the checkpoint in a local directory and name it.")
+
+
+@contextmanager
+def _unpartitioned():
+    """Build a tiny model as plain torch modules, even inside a ZeRO-3 job.
+
+    Under ZeRO-3, accelerate registers its DeepSpeed config with transformers, and every model
+    constructed while it is registered is partitioned across the ranks by `deepspeed.zero.Init`: a
+    collective that all ranks must join. The trainer builds a missing tiny model on the main process
+    only while the other ranks wait at a barrier, so a partitioned build would wait for them forever.
+    The registration is lifted while building and restored after."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
 LM_MLP = ("gate_proj", "up_proj", "down_proj")
