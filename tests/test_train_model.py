@@ -205,21 +205,18 @@ def test_a_missing_tiny_model_is_built_unpartitioned_inside_a_zero3_job(tmp_path
     give full, unpartitioned weights and leave the registration as it found it."""
     from safetensors.torch import load_file
     from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 
     import train.models as models
 
     monkeypatch.setattr(models, "MODELS_ROOT", tmp_path)
-    zero3 = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    zero3 = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})  # noqa: F841 (registered while alive)
     try:
         assert is_deepspeed_zero3_enabled()
         out = models.resolve_base_model("tiny:llava")
         assert is_deepspeed_zero3_enabled()  # restored for the job's own model loading
     finally:
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
         unset_hf_deepspeed_config()
-        del zero3
     weights = load_file(out / "model.safetensors")
     embed = [t for k, t in weights.items() if k.endswith("embed_tokens.weight")]
     assert len(embed) == 1 and embed[0].shape[1] == 128 and embed[0].shape[0] > 100  # (vocabulary, width)

@@ -4,9 +4,9 @@ The demo asks whether the image run gains more from vCoT infills than the video 
 video run reads frames better. Either finding can only appear if (a) a tiny model can learn to answer
 a temporal question from infills it is given, and (b) a tiny model can learn to answer it from the
 frames. If either failed here, a null result of the demo would say nothing about the question. These
-checks train tiny models (on small budgets; (b) also on a long one) and must beat the options-only floor on the evaluation's
-own temporal items (the first 100 of the synthetic benchmark, seed 0, test split), scored as the
-evaluation scores them (log-likelihood per token of each option's assistant turn).
+checks train tiny models (on small budgets; (b) also on a long one) and must beat the options-only floor
+on the evaluation's own temporal items (the first 100 of the synthetic benchmark, seed 0, test split),
+scored as the evaluation scores them (log-likelihood per token of each option's assistant turn).
 
 (a) A random-init tiny llava trained only on the base stage's reading items (text-only: infills
     between sampled frames, then the question) answers from oracle infills alone, in the evaluation's
@@ -25,7 +25,8 @@ so the world can teach reading frames, but not within what `make demo` can affor
   blind floor of 21%: the report notes on every F1/F2 verdict that it does not see change
   (`evalsuite.report.evaluation.sees_change`);
 - long budget (marker `validity_long`): the demo's own base stage, then 4,000 steps of 32 clips of the
-  video recipe (full finetuning, cosine cycles of 500 steps) answer at 0.44 [0.35, 0.54]. Measured
+  video recipe (language model and projector trained, cosine cycles of 500 steps) answer at 0.44
+  [0.35, 0.54]. Measured
   every 500 steps: 0.23, 0.21, 0.19, 0.28, 0.23, 0.34, 0.43, 0.44; the training loss at the end of each
   cycle: 0.50, 0.48, 0.47, 0.44, 0.42, 0.39, 0.35, 0.33. About 25 minutes on one core.
 The model learns to compare frames only after a long plateau: see the two-frame checks at the end.
@@ -160,8 +161,8 @@ def test_video_training_teaches_answering_from_frames(tmp_path, items):
 
 @pytest.mark.validity_long
 def test_video_training_teaches_answering_from_frames_past_the_plateau(tmp_path, items):
-    """(b) on a long budget: the demo's own base stage, then full finetuning on 8,000 clips of the video
-    recipe for `VIDEO_LONG_STEPS` steps of 32, as `VIDEO_LONG_STEPS // VIDEO_RESTART` cosine cycles (each
+    """(b) on a long budget: the demo's own base stage, then training of the language model and projector
+    (the vision tower frozen, as in the base stage) on 8,000 clips of the video recipe for `VIDEO_LONG_STEPS` steps of 32, as `VIDEO_LONG_STEPS // VIDEO_RESTART` cosine cycles (each
     with its own warmup). The temporal items are answered from frames above the floor only once the
     model is past the plateau (see the module docstring for the trajectory)."""
     t0 = time.perf_counter()

@@ -79,12 +79,14 @@ def _unpartitioned():
     The registration is lifted while building and restored after."""
     from transformers.integrations import deepspeed as hf_deepspeed
 
-    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers keeps no public getter of the object
+    registered = ref() if ref is not None else None
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
         yield
     finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+        if registered is not None:
+            hf_deepspeed.set_hf_deepspeed_config(registered)
 
 
 LM_MLP = ("gate_proj", "up_proj", "down_proj")
