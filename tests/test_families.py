@@ -114,17 +114,6 @@ def test_auto_class_loads_and_family_is_detected(tiny):
     assert 200_000 <= n <= 5_000_000
 
 
-def test_language_model_starts_at_the_fan_in_scale(tiny):
-    """The tiny language model's linear weights start at std 1/sqrt(width), not the library's 0.02 (at
-    0.02 the tiny llava sat on a long plateau before it told frames apart)."""
-    _, model, _, family = tiny
-    width = model.config.get_text_config().hidden_size
-    lm = [w for n, w in model.named_parameters() if "language_model" in n and n.endswith("q_proj.weight")]
-    assert lm
-    for w in lm:
-        assert w.std().item() == pytest.approx(width ** -0.5, rel=0.1)
-
-
 def test_same_seed_same_weights(tmp_path):
     a = build_tiny("llava", tmp_path / "a", seed=3)
     b = build_tiny("llava", tmp_path / "b", seed=3)

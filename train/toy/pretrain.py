@@ -50,7 +50,7 @@ from data_recipes.synthetic.samples import image_record, image_sample
 from train.chat import IGNORE_INDEX, encode
 from train.families import get_module, load_model
 from train.schedule import lr_factor
-from train.toy.tiny import TEXT, build_tiny
+from train.toy.tiny import build_tiny
 
 PARTS = ("image", "still", "reading")
 MIXTURE = {"image": 0.4, "still": 0.3, "reading": 0.3}
@@ -225,8 +225,7 @@ def design(steps: int = DEFAULT_STEPS, seed: int = BASE_SEED, pool: int = POOL_S
         for i in range(4):
             h.update(json.dumps(part_record(part, seed, i), sort_keys=True).encode())
     return {"parts": dict(MIXTURE), "pool": pool, "pool_name": BASE_POOL, "still_frames": STILL_FRAMES,
-            "steps": steps, "batch": BATCH, "lr": LR, "seed": seed, "records_sha256": h.hexdigest()[:16],
-            "init_std": round(TEXT["initializer_range"], 6)}
+            "steps": steps, "batch": BATCH, "lr": LR, "seed": seed, "records_sha256": h.hexdigest()[:16]}
 
 
 def is_current(model_dir: str | Path, steps: int = DEFAULT_STEPS, seed: int = BASE_SEED,

@@ -27,11 +27,6 @@ from train.toy.templates import STYLE_SPECIAL_TOKENS, chat_template
 
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)
-# Weights of the language model and projector start at std 1/sqrt(width) (0.088 for 128), the scale the
-# library's default 0.02 has for a 2,500-wide model. At 0.02 this narrow model sat on a long plateau
-# before it learned to tell frames apart (docs/toy_world.md, "Validity checks"). Vision towers keep
-# their own initialisation.
-TEXT["initializer_range"] = TEXT["hidden_size"] ** -0.5
 VISION_HIDDEN = 64
 
 # Family-specific multimodal tokens; they become single special tokens of the tokenizer.
