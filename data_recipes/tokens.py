@@ -26,8 +26,9 @@ arithmetic must give the same visual tokens, and the text around the placeholder
 (a family that adds tokens of its own around each image, like InternVL's `<img>`...`</img>`, is
 learnt from the first sample and then checked). Any disagreement switches the counter to the full
 processor for good: a count is never a guess. (Seen with the tiny models: LLaVA, LLaVA-NeXT(-Video)
-and Qwen2(.5)-VL agree and switch; InternVL's arithmetic counts `<img>`/`</img>` as image tokens and
-OneVision's differs on non-square images, so those two keep the processor.)
+and Qwen2(.5)-VL agree and switch; OneVision's differs on non-square images and keeps the processor;
+InternVL's counts `<img>`/`</img>` as image tokens up to transformers 5.24, which then keeps the
+processor, and agrees from 5.25.)
 
 The video path (`video_input`, as the recipe says) decides what a video sample costs. On `images`
 every frame is an image, as above. On `native` the sample's frames become clips (`as_video`, the
