@@ -26,9 +26,9 @@ so the world can teach reading frames, but not within what `make demo` can affor
   (`evalsuite.report.evaluation.sees_change`);
 - long budget (marker `validity_long`): the demo's own base stage, then 4,000 steps of 32 clips of the
   video recipe (language model and projector trained, cosine cycles of 500 steps) answer at 0.44
-  [0.35, 0.54]. Measured
-  every 500 steps: 0.23, 0.21, 0.19, 0.28, 0.23, 0.34, 0.43, 0.44; the training loss at the end of each
-  cycle: 0.50, 0.48, 0.47, 0.44, 0.42, 0.39, 0.35, 0.33. About 25 minutes on one core.
+  [0.35, 0.54]. Measured every 500 steps: 0.23, 0.21, 0.19, 0.28, 0.23, 0.34, 0.43, 0.44; the training
+  loss at the end of each cycle: 0.50, 0.48, 0.47, 0.44, 0.42, 0.39, 0.35, 0.33. About 25 minutes on
+  one core.
 The model learns to compare frames only after a long plateau: see the two-frame checks at the end.
 `make validity` runs every check here; `make test` runs (a) and the probe only.
 """
@@ -162,8 +162,9 @@ def test_video_training_teaches_answering_from_frames(tmp_path, items):
 @pytest.mark.validity_long
 def test_video_training_teaches_answering_from_frames_past_the_plateau(tmp_path, items):
     """(b) on a long budget: the demo's own base stage, then training of the language model and projector
-    (the vision tower frozen, as in the base stage) on 8,000 clips of the video recipe for `VIDEO_LONG_STEPS` steps of 32, as `VIDEO_LONG_STEPS // VIDEO_RESTART` cosine cycles (each
-    with its own warmup). The temporal items are answered from frames above the floor only once the
+    (the vision tower frozen, as in the base stage) on 8,000 clips of the video recipe for
+    `VIDEO_LONG_STEPS` steps of 32, as `VIDEO_LONG_STEPS // VIDEO_RESTART` cosine cycles (each with its
+    own warmup). The temporal items are answered from frames above the floor only once the
     model is past the plateau (see the module docstring for the trajectory)."""
     t0 = time.perf_counter()
     model, processor, fam = load_model(P.pretrain_tiny("llava", tmp_path / "base"))
