@@ -119,15 +119,19 @@ def test_base_stage_writes_accuracy_by_part(tmp_path, monkeypatch):
     """A short base stage: the loss falls, tiny.json holds each part's held-out accuracy and the design,
     and `is_current` tells this base from one built with other settings."""
     monkeypatch.setattr(P, "VAL_SAMPLES", 16)
-    out = P.pretrain_tiny("llava", tmp_path / "base", steps=40, pool=3 * 64)
+    out = P.pretrain_tiny("llava", tmp_path / "base", steps=40, pool=3 * 64, vision_steps=30)
     info = json.loads((out / "tiny.json").read_text())["base_stage"]
     assert set(info["val_answer_accuracy_by_part"]) == set(P.PARTS)
     assert all(0.0 <= v <= 1.0 for v in info["val_answer_accuracy_by_part"].values())
     assert info["seed"] == P.BASE_SEED and info["steps"] == 40
-    assert info["design"] == P.design(40, P.BASE_SEED, 3 * 64)
+    assert info["design"] == P.design(40, P.BASE_SEED, 3 * 64, 30)
+    vision = info["vision"]
+    assert vision["steps"] == 30 and set(vision["val_patch_accuracy"]) == {"colour", "shape", "size"}
+    assert info["seconds"]["vision"] == vision["seconds"] > 0
     assert info["train_samples_per_s"] > 0 and info["seconds"]["total"] >= info["seconds"]["train"]
     assert info["final_loss"] < 6.0  # log(vocab 512) = 6.2: the model has learned something
-    assert P.is_current(out, 40, P.BASE_SEED, 3 * 64)
+    assert P.is_current(out, 40, P.BASE_SEED, 3 * 64, 30)
+    assert not P.is_current(out, 40, P.BASE_SEED, 3 * 64, 31)
     assert not P.is_current(out) and not P.is_current(tmp_path / "absent")
     assert (out / "config.json").exists() and not list(tmp_path.glob(".base.*"))
 

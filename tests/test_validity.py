@@ -52,6 +52,7 @@ from train.toy import pretrain as P
 from train.chat import encode
 from train.families import load_model
 from train.toy.tiny import build_tiny
+from train.toy.vision import train_vision
 
 N_ITEMS = 100
 F = 5
@@ -151,6 +152,7 @@ def _answers_from_frames(model, processor, items: list[dict]) -> list[bool]:
 def test_video_training_teaches_answering_from_frames(tmp_path, items):
     t0 = time.perf_counter()
     model, processor, fam = load_model(build_tiny("llava", tmp_path / "tiny", seed=P.BASE_SEED))
+    train_vision(model, processor, fam, seed=P.BASE_SEED)
     base = P.encode_pool(processor, P.BASE_SEED, "train", P.pool_sizes(BASE_POOL, P.BATCH), P.BATCH)
     _train(model, processor, fam, base, BASE_STEPS, P.BASE_SEED)
     _train(model, processor, fam, {"video": _video_batches(processor, VIDEO_POOL)}, VIDEO_STEPS, 0)

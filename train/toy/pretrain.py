@@ -21,11 +21,14 @@ Its samples come from their own pool ("base") and seed (`BASE_SEED`, not the rec
 are disjoint from every recipe's samples by construction. Scenes may recur (the generator's scene space
 is small); tests/test_pretrain.py reports how many.
 
-The language model and projector train fully, the vision tower stays frozen at its random init (a
-trainable one collapsed). Each optimizer step takes one batch of one part (the parts have different
-numbers of images per sample), in a seeded interleaved order with exactly `MIXTURE`'s shares. The
-held-out (val split) exact-answer accuracy of each part is written to `tiny.json`
-(`base_stage.val_answer_accuracy_by_part`) so the demo and the report can see the base works before
+It starts with the vision stage (`train.toy.vision`): the tower alone learns, on still frames of its
+own pool, to name the object in each patch, as a pretrained encoder would; then it is frozen. (Trained
+together with the language model on the questions below, the tower collapsed.) Then the language
+model and projector train fully on the three parts. Each optimizer step takes one batch of one part
+(the parts have different numbers of images per sample), in a seeded interleaved order with exactly
+`MIXTURE`'s shares. The held-out (val split) exact-answer accuracy of each part, and the vision
+stage's accuracy at naming patches, are written to `tiny.json` (`base_stage.vision` and
+`base_stage.val_answer_accuracy_by_part`) so the demo and the report can see the base works before
 going on. At real scale this stage does not exist: the base is a pretrained 7B checkpoint.
 """
 
@@ -51,6 +54,11 @@ from train.chat import IGNORE_INDEX, encode
 from train.families import get_module, load_model
 from train.schedule import lr_factor
 from train.toy.tiny import build_tiny
+from train.toy.vision import BATCH as VISION_BATCH
+from train.toy.vision import LR as VISION_LR
+from train.toy.vision import POOL as VISION_POOL
+from train.toy.vision import STEPS as VISION_STEPS
+from train.toy.vision import train_vision
 
 PARTS = ("image", "still", "reading")
 MIXTURE = {"image": 0.4, "still": 0.3, "reading": 0.3}
@@ -216,7 +224,8 @@ def pretrain(model, processor, family, *, steps: int, batch: int = BATCH, lr: fl
     return losses
 
 
-def design(steps: int = DEFAULT_STEPS, seed: int = BASE_SEED, pool: int = POOL_SAMPLES) -> dict:
+def design(steps: int = DEFAULT_STEPS, seed: int = BASE_SEED, pool: int = POOL_SAMPLES,
+           vision_steps: int = VISION_STEPS) -> dict:
     """What a base built with these settings was made of, for telling a stale base from a current one:
     the constants of this module and a fingerprint of each part's first generated records (a change in
     the generator changes it)."""
@@ -224,32 +233,36 @@ def design(steps: int = DEFAULT_STEPS, seed: int = BASE_SEED, pool: int = POOL_S
     for part in PARTS:
         for i in range(4):
             h.update(json.dumps(part_record(part, seed, i), sort_keys=True).encode())
-    return {"parts": dict(MIXTURE), "pool": pool, "pool_name": BASE_POOL, "still_frames": STILL_FRAMES,
+    return {"vision": {"steps": vision_steps, "batch": VISION_BATCH, "lr": VISION_LR, "pool": VISION_POOL},
+            "parts": dict(MIXTURE), "pool": pool, "pool_name": BASE_POOL, "still_frames": STILL_FRAMES,
             "steps": steps, "batch": BATCH, "lr": LR, "seed": seed, "records_sha256": h.hexdigest()[:16]}
 
 
 def is_current(model_dir: str | Path, steps: int = DEFAULT_STEPS, seed: int = BASE_SEED,
-               pool: int = POOL_SAMPLES) -> bool:
+               pool: int = POOL_SAMPLES, vision_steps: int = VISION_STEPS) -> bool:
     """Whether `model_dir` holds a base built by this base stage's current design with these settings
     (False when there is none, or one from before: `make demo` then builds it again)."""
     info = Path(model_dir) / "tiny.json"
     if not (Path(model_dir) / "config.json").exists() or not info.exists():
         return False
     try:
-        return json.loads(info.read_text()).get("base_stage", {}).get("design") == design(steps, seed, pool)
+        return json.loads(info.read_text()).get("base_stage", {}).get("design") == design(steps, seed, pool,
+                                                                                          vision_steps)
     except (json.JSONDecodeError, AttributeError):
         return False
 
 
 def pretrain_tiny(family: str, out: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = BASE_SEED,
-                  image_size: int = 64, pool: int = POOL_SAMPLES) -> Path:
-    """Build the tiny model of `family` (initialised with `seed`), run the base stage, write it to `out`
-    atomically, with the held-out accuracy of each part and the stage's timings in its tiny.json."""
+                  image_size: int = 64, pool: int = POOL_SAMPLES, vision_steps: int = VISION_STEPS) -> Path:
+    """Build the tiny model of `family` (initialised with `seed`), run the base stage (the vision stage's
+    `vision_steps`, then `steps`), write it to `out` atomically, with the held-out accuracy of each part
+    and the stage's timings in its tiny.json."""
     out = Path(out)
     with atomic_dir(out) as tmp:  # the base model is written here; the initial one goes to tmp/init
         t_start = time.perf_counter()
         build_tiny(family, tmp / "init", image_size=image_size, seed=seed)
         model, processor, fam = load_model(tmp / "init")
+        vision_stats = train_vision(model, processor, fam, steps=vision_steps, seed=seed, image_size=image_size)
         t0 = time.perf_counter()
         batches = encode_pool(processor, seed, "train", pool_sizes(pool, BATCH), BATCH, image_size)
         val = encode_pool(processor, seed, "val", {p: VAL_SAMPLES for p in PARTS}, BATCH, image_size)
@@ -268,17 +281,21 @@ def pretrain_tiny(family: str, out: str | Path, *, steps: int = DEFAULT_STEPS, s
         info = json.loads((tmp / "init" / "tiny.json").read_text())
         tail = losses[-20:]
         info.update(base_stage={
-            "design": design(steps, seed, pool), "steps": steps, "batch": BATCH, "seed": seed,
+            "design": design(steps, seed, pool, vision_steps), "steps": steps, "batch": BATCH, "seed": seed,
+            "vision": vision_stats,
             "final_loss": sum(tail) / len(tail),
             "val_samples_per_part": VAL_SAMPLES,
             "val_answer_accuracy_before": sum(before.values()) / len(before),
             "val_answer_accuracy": sum(after.values()) / len(after),
             "val_answer_accuracy_by_part_before": before,
             "val_answer_accuracy_by_part": after,
-            "seconds": {"encode": round(encode_s, 1), "train": round(train_s, 1),
+            "seconds": {"vision": vision_stats["seconds"], "encode": round(encode_s, 1), "train": round(train_s, 1),
                         "total": round(time.perf_counter() - t_start, 1)},
             "train_samples_per_s": round(steps * BATCH / train_s, 1)})
         (tmp / "tiny.json").write_text(json.dumps(info, indent=1))
+        named, named_before = vision_stats["val_patch_accuracy"], vision_stats["val_patch_accuracy_before"]
+        print("base stage: vision tower, held-out object patches named "
+              + ", ".join(f"{a} {named_before[a]:.0%} -> {named[a]:.0%}" for a in named))
         print("base stage: held-out exact-answer accuracy "
               + ", ".join(f"{p} {before[p]:.1%} -> {after[p]:.1%}" for p in PARTS)
               + f" ({time.perf_counter() - t_start:.0f} s)")
@@ -293,11 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--seed", type=int, default=BASE_SEED)
     p.add_argument("--pool", type=int, default=POOL_SAMPLES, help="generated samples encoded once and cycled")
+    p.add_argument("--vision-steps", type=int, default=VISION_STEPS, help="steps of the vision stage, before the rest")
     args = p.parse_args(argv)
-    for name in ("steps", "pool"):
+    for name in ("steps", "pool", "vision_steps"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    pretrain_tiny(args.family, args.out, steps=args.steps, seed=args.seed, pool=args.pool)
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    pretrain_tiny(args.family, args.out, steps=args.steps, seed=args.seed, pool=args.pool,
+                  vision_steps=args.vision_steps)
     return 0
 
 
