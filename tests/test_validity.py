@@ -19,8 +19,9 @@ The thresholds are fixed in advance (accuracy above 0.35 and a 95% bootstrap CI 
 a CI low above 0.22 for (b); chance is 0.20): a failure is reported as measured, never tuned away.
 
 Status: (a) passes (about 0.68 here). (b) fails at the small budget above and passes on a longer one:
-- small budget (strict expected failure, marker `known_invalid`): a 300-step base stage (after the
-  vision stage) and 300 video steps give 0.21 [0.14, 0.29]: a short base reads single frames too poorly;
+- small budget (strict expected failure, marker `known_invalid`): the vision stage, a 300-step base
+  stage and 300 video steps give 0.21 [0.14, 0.29] (options-only floor on these items 0.24): a short
+  base stage reads single frames too poorly for a short video training to build on;
 - longer budget (marker `validity_long`): the demo's own base stage (vision stage included), then
   2,000 steps of 32 clips of the video recipe (language model and projector trained, cosine cycles of
   250 steps) answer at 0.38 [0.28, 0.46]. Measured after every cycle: 0.28, 0.31, 0.33, 0.32, 0.37,
@@ -147,8 +148,8 @@ def _answers_from_frames(model, processor, items: list[dict]) -> list[bool]:
 
 
 @pytest.mark.known_invalid
-@pytest.mark.xfail(strict=True, reason="validity check (b) fails at this small budget: the tiny model is still on "
-                   "the plateau before it learns to compare frames (see the module docstring)")
+@pytest.mark.xfail(strict=True, reason="validity check (b) fails at this small budget: after a short base stage "
+                   "the tiny model has not yet learned to compare frames (see the module docstring)")
 def test_video_training_teaches_answering_from_frames(tmp_path, items):
     t0 = time.perf_counter()
     model, processor, fam = load_model(build_tiny("llava", tmp_path / "tiny", seed=P.BASE_SEED))

@@ -49,20 +49,21 @@ CALIBRATION_STEPS = 20
 CALIBRATION_WARMUP = 3
 CALIBRATION_BATCH = 16
 STAGE_RATIOS = {
-    "data": 10.5,
-    "base": 127.0,
-    "video": 108.0,
-    "image": 130.0,
-    "eval": 112.0,
+    "data": 11.1,
+    "base": 179.4,
+    "video": 104.8,
+    "image": 102.4,
+    "eval": 92.9,
     "control_data": 4.5,
-    "control_train": 108.0,
-    "control_eval": 40.0,
+    "control_train": 104.8,
+    "control_eval": 31.0,
 }
 """Seconds of each stage per second of calibration, on the 2-core machine the demo was developed on.
-Measured there in one full `make demo` (calibration 1.05 s): data 11 s, base stage 133 s (2 threads),
-video run 113 s, image run 136 s, evaluation 118 s; control data 4.6 s. The control's training is
-matched to the video run's visual tokens, so it takes the video run's ratio; its evaluation (one
-checkpoint instead of three) a third of the evaluation's. Re-measure them when a stage changes."""
+Measured there in one full `make demo` (calibration 1.26 s): data 14 s, base stage 226 s (2 threads;
+its vision stage 59 s), video run 132 s, image run 129 s, evaluation 117 s; control data 4.6 s (in an
+earlier run, calibration 1.05 s). The control's training is matched to the video run's visual
+tokens, so it takes the video run's ratio; its evaluation (one checkpoint instead of three) a third of
+the evaluation's. Re-measure them when a stage changes."""
 
 
 @dataclass

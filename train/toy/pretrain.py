@@ -71,10 +71,11 @@ BASE_SEED = 1
 STILL_FRAMES = 5
 """Frames of a still clip: as many as a video_demo clip."""
 DEFAULT_STEPS = 1000
-"""Sized to keep the stage near two minutes: on the 2-core development machine with 2 threads the
-whole stage took 124 s (pool encoding 6 s, 1000 steps 110 s at 291 samples/s; a still-clip step costs
-about 4 image steps, a reading step about 2), reaching held-out exact answers of 42% (image), 38%
-(still) and 58% (reading), from 0% at random init."""
+"""Sized to keep the stage near three and a half minutes: on the 2-core development machine with 2
+threads the whole stage took 223 s (the vision stage 59 s, pool encoding 8 s, 1000 steps 150 s at 214
+samples/s; a still-clip step costs about 4 image steps, a reading step about 2), reaching held-out
+exact answers of 56% (image), 49% (still) and 62% (reading), from 0% at random init (42%, 38% and 58%
+before the vision stage)."""
 BATCH = 32
 POOL_SAMPLES = 4800
 """Generated samples encoded once and cycled, split between the parts by `MIXTURE` (so every part is
