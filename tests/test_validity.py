@@ -24,7 +24,7 @@ Status: (a) passes (about 0.68 here). (b) fails at the small budget above and pa
   base stage reads single frames too poorly for a short video training to build on;
 - longer budget (marker `validity_long`): the demo's own base stage (vision stage included), then
   2,000 steps of 32 clips of the video recipe (language model and projector trained, cosine cycles of
-  250 steps) answer at 0.38 [0.28, 0.46]. Measured after every cycle: 0.28, 0.31, 0.33, 0.32, 0.37,
+  250 steps) answer at 0.38 [0.28, 0.47]. Measured after every cycle: 0.28, 0.31, 0.33, 0.32, 0.37,
   0.36, 0.37, 0.38 (after the base 0.14): above the floor from 750 steps on. About 14 minutes on one
   core. With the random tower the base stage had before its vision stage, the same training sat on a
   plateau: 0.23, 0.21, 0.19, 0.28 every 500 steps to 2,000, 0.44 only after 4,000.

@@ -38,7 +38,7 @@ STEPS = 1500
 """Optimizer steps of the vision stage: 96,000 frames, about 60 s of the demo's base stage on the
 development machine (2 threads), after which held-out object patches are named at colour 96%, shape
 60%, size 92%. 1,000 steps (shape 39%) saved 30 s, but the long validity check (b) after it was 0.32
-[0.23, 0.41] instead of 0.38 [0.28, 0.46]; 4,000 steps (shape 92%) did not make the video training
+[0.23, 0.41] instead of 0.38 [0.28, 0.47]; 4,000 steps (shape 92%) did not make the video training
 after the base stage learn faster (docs/toy_world.md, "Validity checks")."""
 BATCH = 64
 LR = 1e-3
