@@ -32,6 +32,7 @@ from PIL import Image
 from data_recipes.synthetic.render import render_frame
 from data_recipes.synthetic.sampler import random_scene, rng_for, scene_for_split, video_windows
 from data_recipes.synthetic.scenes import COLOURS, SHAPES, SIZES, Scene
+from data_recipes.processors import frame_options
 from train.families import Family, get_module
 
 STEPS = 1500
@@ -90,6 +91,7 @@ class _Tokens:
         self.model, self.family, self.image_size = model, family, image_size
         self.tower = get_module(model, family.vision_tower)
         self.image_processor = processor.image_processor
+        self.options = frame_options(processor)  # as every frame of a clip is fed
         cfg = self.tower.config
         patch = cfg.patch_size[0] if isinstance(cfg.patch_size, (list, tuple)) else cfg.patch_size
         self.merged = family.name in MERGED
@@ -107,7 +109,7 @@ class _Tokens:
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         if self.merged:
-            enc = self.image_processor(images, return_tensors="pt")
+            enc = self.image_processor(images, return_tensors="pt", **self.options)
             grid = {"image_grid_thw": enc["image_grid_thw"]} if "image_grid_thw" in enc else {}
             feats = self.model.model.get_image_features(pixel_values=enc["pixel_values"], **grid)
             feats = getattr(feats, "pooler_output", feats)
@@ -165,7 +167,7 @@ def train_vision(model, processor, family: Family, *, steps: int = STEPS, seed: 
         losses, t0 = [], time.perf_counter()
         for step in range(steps if train_tower else steps // 5):
             images, labels = _batch(seed, "train", range(step * batch, (step + 1) * batch), tokens.grid, image_size)
-            hidden = tokens(images) if train_tower else tokens(images).detach()
+            hidden = tokens(images)  # no graph through the tower while it is frozen
             loss = sum(torch.nn.functional.cross_entropy(h(hidden).flatten(0, 1), labels[:, k].flatten())
                        for k, h in enumerate(heads))
             opt.zero_grad(set_to_none=True)
@@ -185,6 +187,7 @@ def train_vision(model, processor, family: Family, *, steps: int = STEPS, seed: 
     after = _accuracy(tokens, heads, val)
     for p in tokens.params:
         p.requires_grad_(False)
-    return {"steps": steps, "batch": batch, "lr": lr, "grid": tokens.grid, "final_loss": sum(losses[-20:]) / 20,
+    tail = losses[-20:]
+    return {"steps": steps, "batch": batch, "lr": lr, "grid": tokens.grid, "final_loss": sum(tail) / len(tail),
             "val_patch_accuracy_before": before, "val_patch_accuracy": after,
             "seconds": round(time.perf_counter() - t0, 1)}
