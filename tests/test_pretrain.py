@@ -136,6 +136,20 @@ def test_base_stage_writes_accuracy_by_part(tmp_path, monkeypatch):
     assert (out / "config.json").exists() and not list(tmp_path.glob(".base.*"))
 
 
+def test_design_follows_the_vision_stage_frames_and_labels(monkeypatch):
+    """A base whose vision stage drew other frames, or labelled them otherwise, is not current: the
+    design fingerprints them beside the base parts' records."""
+    from train.toy import vision
+
+    current = P.design()
+    assert P.design() == current  # deterministic
+    monkeypatch.setattr(P, "patch_labels", lambda scene, t, grid: torch.zeros(3, grid * grid, dtype=torch.long))
+    assert P.design() != current
+    monkeypatch.undo()
+    monkeypatch.setattr(P, "vision_frame", lambda seed, index, split: vision.frame(seed, index + 1, split))
+    assert P.design() != current
+
+
 # --- the demo's clock ------------------------------------------------------------------------------
 def test_demo_stages_run_the_documented_commands():
     stages = D.demo_stages("py", "acc", 2, base_current=False)

@@ -58,7 +58,8 @@ from train.toy.vision import BATCH as VISION_BATCH
 from train.toy.vision import LR as VISION_LR
 from train.toy.vision import POOL as VISION_POOL
 from train.toy.vision import STEPS as VISION_STEPS
-from train.toy.vision import train_vision
+from train.toy.vision import frame as vision_frame
+from train.toy.vision import patch_labels, train_vision
 
 PARTS = ("image", "still", "reading")
 MIXTURE = {"image": 0.4, "still": 0.3, "reading": 0.3}
@@ -228,12 +229,17 @@ def pretrain(model, processor, family, *, steps: int, batch: int = BATCH, lr: fl
 def design(steps: int = DEFAULT_STEPS, seed: int = BASE_SEED, pool: int = POOL_SAMPLES,
            vision_steps: int = VISION_STEPS) -> dict:
     """What a base built with these settings was made of, for telling a stale base from a current one:
-    the constants of this module and a fingerprint of each part's first generated records (a change in
-    the generator changes it)."""
+    the constants of this module and a fingerprint of each part's first generated records and of the
+    vision stage's first frames and their patch labels (a change in the generator or the labels changes
+    it)."""
     h = hashlib.sha256()
     for part in PARTS:
         for i in range(4):
             h.update(json.dumps(part_record(part, seed, i), sort_keys=True).encode())
+    for i in range(4):
+        scene, t = vision_frame(seed, i, "train")
+        h.update(json.dumps({"scene": scene.to_dict(), "t": t, "labels": patch_labels(scene, t, 4).tolist()},
+                            sort_keys=True).encode())
     return {"vision": {"steps": vision_steps, "batch": VISION_BATCH, "lr": VISION_LR, "pool": VISION_POOL},
             "parts": dict(MIXTURE), "pool": pool, "pool_name": BASE_POOL, "still_frames": STILL_FRAMES,
             "steps": steps, "batch": BATCH, "lr": LR, "seed": seed, "records_sha256": h.hexdigest()[:16]}
