@@ -408,3 +408,46 @@ def test_tasks_the_study_did_not_ask_for_are_not_missing(tmp_path):
     spec.eval = ("--limit", "3")  # every task asked for: I-RAVEN is missing from both runs
     text = write_study_report(tmp_path, spec, runs, n_boot=100).read_text()
     assert "0 evaluated, 2 missing." in text and "| no evaluation of iraven |" in text
+
+
+def _validity_study(root, guesser: float) -> tuple:
+    """An image and a video arm, 2 seeds, evaluated with a `blind` condition: on the temporal items 0-9 the
+    video run is right from frames on 8 and blind on 2 (both seeds), the image run on 4 and 4."""
+    runs = []
+    for role, base, blind in (("image", 4, 4), ("video", 8, 2)):
+        for seed in (0, 1):
+            run_dir = root / "runs" / f"{role}_s{seed}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "run.json").write_text(json.dumps(RUN_JSON[role] | {"seed": seed}))
+            floors = {"floors": {"guesser": {"value": guesser, "by_kind": {"temporal": {"value": guesser, "n": 10}}}}}
+            _write_task(run_dir, "vcot", VCOT, _vcot_rows({"base": base, "blind": blind, "vcot": base}), floors)
+            runs.append({"arm": role, "recipe": RUN_JSON[role]["recipe"], "budget": 100, "unit": "samples",
+                         "seed": seed, "run_dir": str(run_dir.relative_to(root)), "status": "done"})
+    report = write_study_report(root, SimpleNamespace(name="v", arms=[]), runs, n_boot=300)
+    with open(root / "report" / "metrics.csv") as f:
+        return report.read_text(), list(csv.DictReader(f))
+
+
+def test_validity_b_pools_the_seeds_and_judges_against_both_floors(tmp_path):
+    text, rows = _validity_study(tmp_path / "low", guesser=0.2)
+    lead = _row(rows, "video", 100, "frames_over_blind", items="temporal")
+    assert float(lead["value"]) == pytest.approx(0.6) and lead["per_seed"] == "0=0.6;1=0.6"
+    assert lead["verdict"] == "above its floors" and float(lead["ci_low"]) > 0
+    acc = _row(rows, "video", 100, "frames_acc", items="temporal")
+    assert float(acc["value"]) == pytest.approx(0.8) and acc["note"] == "options-only guesser 20.0%"
+    flat = _row(rows, "image", 100, "frames_over_blind", items="temporal")
+    assert float(flat["value"]) == 0.0 and flat["verdict"] == "not above its floors"
+    assert not [r for r in rows if r["metric"] in ("frames_acc", "frames_over_blind") and r["items"] != "temporal"]
+    assert not [r for r in rows if " - " in r["role"] and r["metric"].startswith("frames")]  # no finding of its own
+    assert "- validity (b), `video` (video run) answering from frames (F=5, temporal items): above its floors at " \
+           "100 samples." in text
+    assert "| video | video | 100 samples | F=5, temporal | 80.0 [" in text
+    # the same lead over blind, but accuracy from frames under the options-only guesser: not above
+    _, rows = _validity_study(tmp_path / "high", guesser=0.9)
+    assert _row(rows, "video", 100, "frames_over_blind", items="temporal")["verdict"] == "not above its floors"
+
+
+def test_no_validity_rows_without_a_blind_condition(study):
+    _, report, rows, *_ = study
+    assert not [r for r in rows if r["metric"].startswith("frames")]
+    assert "## Validity check (b)" not in report.read_text()

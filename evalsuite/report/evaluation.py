@@ -499,7 +499,7 @@ def sees_change(c: Checkpoint, f: int, items: str = "temporal") -> bool | None:
     between frames."""
     m = c.task_metrics("vcot")
     b = block_of(m, f"f{f}", items)
-    acc, blind, guess = b.get("acc_base"), b.get("acc_blind"), _guesser(m, items)
+    acc, blind, guess = b.get("acc_base"), b.get("acc_blind"), guesser_floor(m, items)
     if not (_est(acc) and _has_ci(acc)):
         return None
     floors = [e["value"] for e in (blind, guess) if _est(e)]
@@ -725,7 +725,7 @@ def _kind_blocks(rows: list[Checkpoint], task: str):
                     yield c, m, fk, items, b
 
 
-def _guesser(m: dict, items: str) -> dict | None:
+def guesser_floor(m: dict, items: str) -> dict | None:
     g = (m.get("floors") or {}).get("guesser")
     if not isinstance(g, dict):
         return None
@@ -748,7 +748,7 @@ def floors_lines(rows: list[Checkpoint]) -> list[str]:
            "|---|---|---|---|---|---|---|---|"]
     flagged: dict[str, list[str]] = {}
     for c, m, fk, items, b in _kind_blocks(rows, "vcot"):
-        g = _guesser(m, items)
+        g = guesser_floor(m, items)
         guess = f"{g.get('best', '')} {_pct(g)}" if g else ""
         out.append(f"| {c.name} | {c.role} | {fk[1:]} | {items} | {_pct(b.get('acc_blind'))} | "
                    f"{_pct(b.get('acc_text_only'))} | {_pts(b.get('text_only_gain'))} | {guess} |")

@@ -14,6 +14,13 @@ each beside its per-seed values:
   per F and item kind;
 * `iraven_acc`: I-RAVEN accuracy, overall and per rule group when the rows carry `rule_groups`.
 
+And, when the evaluations have a `blind` condition, validity check (b) across seeds: on temporal items
+(all items when they have no kinds), `frames_acc` (accuracy from frames, the `base` condition) and
+`frames_over_blind` (per item, right from frames - right blind). An arm answers from frames above its
+floors at a budget when the CI of `frames_over_blind` lies above 0 and that of `frames_acc` above the
+options-only guesser's accuracy (`floors.guesser` in the evaluations' metrics): the evaluation report's
+`sees_change`, with the seeds pooled. One run's CI can reach its floor where three seeds' together do not.
+
 Per budget, the contrasts `image - video` and `video - shuffled` of every metric, paired over the items
 both arms answered. An arm's role comes from its runs' run.json (`kind`, and `frame_order: shuffled`
 for the shuffled-frames control), as `evalsuite.report.evaluation.Checkpoint.role` reads it, never from its name;
@@ -38,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_recipes.files import atomic_write_text
-from evalsuite.report.evaluation import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, item_correctness,
-                                         uninformative_reason, verdict)
+from evalsuite.report.evaluation import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, guesser_floor,
+                                         item_correctness, uninformative_reason, verdict)
 from evalsuite.stats import SeedEstimate, hierarchical_bootstrap
 from train.run_record import RunRecordError
 
@@ -51,6 +58,10 @@ other (pending, partial, trained, failed) is missing, whatever its directory hol
 METRICS = {"vcot_gain": ("vcot", ("vcot", "base")), "text_drop": ("shuffle", ("vcot", "text")),
            "iraven_acc": ("iraven", None)}
 """metric -> (evaluation task, (condition, condition subtracted)); None: plain accuracy."""
+VALIDITY = {"frames_acc": ("vcot", ("base",)), "frames_over_blind": ("vcot", ("base", "blind"))}
+"""Validity check (b)'s read-outs: metric -> (task, (condition,) accuracy | (condition, condition subtracted))."""
+SEES_CHANGE, NOT_ABOVE = "above its floors", "not above its floors"
+"""The validity rows' verdicts."""
 LABELS = {"vcot_gain": "vCoT gain (vCoT - base)", "text_drop": "text-shuffle drop (vCoT - other video's infills)",
           "iraven_acc": "I-RAVEN accuracy"}
 ITEM_KINDS = ("overall", "static", "temporal")
@@ -162,13 +173,15 @@ def study_tasks(spec) -> list[str] | None:
 def item_scores(c: Checkpoint, metric: str, f: int | None, items: str) -> dict[str, int]:
     """{item: score} of one run: the paired difference of the metric's two conditions (-1, 0, 1) over the
     items with both, or I-RAVEN correctness on the puzzles of one rule group ("overall": all)."""
-    task, conditions = METRICS[metric]
+    task, conditions = (METRICS | VALIDITY)[metric]
     if conditions is None:
         right = item_correctness(c, task)
         if items != "overall":
             grouped = {r["item"] for r in c.predictions(task) if items in (r.get("rule_groups") or {})}
             right = {k: v for k, v in right.items() if k in grouped}
         return right
+    if len(conditions) == 1:
+        return item_correctness(c, task, f, conditions[0], items)
     a, b = (item_correctness(c, task, f, cond, items) for cond in conditions)
     return {k: a[k] - b[k] for k in a.keys() & b.keys()}
 
@@ -176,7 +189,7 @@ def item_scores(c: Checkpoint, metric: str, f: int | None, items: str) -> dict[s
 def _splits(runs: list[StudyRun], metric: str) -> list[tuple[int | None, str]]:
     """(F, items) of a metric over the runs' prediction rows: every F recorded, overall then each kind
     (vCoT, shuffle) or rule group (I-RAVEN) the rows carry."""
-    task, conditions = METRICS[metric]
+    task, conditions = (METRICS | VALIDITY)[metric]
     rows = [r for run in runs if run.ckpt and task in run.ckpt.metrics for r in run.ckpt.predictions(task)]
     if conditions is None:
         groups = sorted({g for r in rows for g in (r.get("rule_groups") or {})})
@@ -189,7 +202,7 @@ def _splits(runs: list[StudyRun], metric: str) -> list[tuple[int | None, str]]:
 def seed_matrix(runs: list[StudyRun], metric: str, f: int | None, items: str) -> tuple[list[str], dict[int, list]]:
     """(items every seed scored, {seed: its scores on them}) of one arm at one budget."""
     per_seed = {r.seed: item_scores(r.ckpt, metric, f, items) for r in runs
-                if r.ckpt and METRICS[metric][0] in r.ckpt.metrics}
+                if r.ckpt and (METRICS | VALIDITY)[metric][0] in r.ckpt.metrics}
     per_seed = {s: v for s, v in per_seed.items() if v}
     if not per_seed:
         return [], {}
@@ -236,6 +249,33 @@ def arm_rows(arm: str, role: str, runs: list[StudyRun], boot: dict) -> list[Row]
                 est = hierarchical_bootstrap([list(scores.values())], **boot)
                 out.append(Row(arm, role, budget, unit, metric, f, items, est, dict(zip(scores, est.per_seed[0])),
                                note=_uninformative_runs(runs) if metric == "iraven_acc" else ""))
+    return out
+
+
+def validity_rows(arm: str, role: str, runs: list[StudyRun], boot: dict) -> list[Row]:
+    """Validity check (b) of one arm at one budget across its seeds, per F: `frames_acc` then
+    `frames_over_blind`, whose verdict says whether the arm answers from frames above its floors (see the
+    module's docstring); nothing when the evaluations have no `blind` condition."""
+    out = []
+    budget, unit = runs[0].budget, runs[0].unit
+    splits = _splits(runs, "frames_over_blind")
+    kinds = {k for _, k in splits}
+    for f, items in (s for s in splits if s[1] == ("temporal" if "temporal" in kinds else "overall")):
+        diff_keys, diff = seed_matrix(runs, "frames_over_blind", f, items)
+        if not diff_keys:
+            continue
+        _, acc = seed_matrix(runs, "frames_acc", f, items)
+        acc = {s: v for s, v in acc.items() if s in diff}
+        acc_est = hierarchical_bootstrap([list(acc.values())], **boot)
+        diff_est = hierarchical_bootstrap([list(diff.values())], **boot)
+        floors = [g["value"] for r in runs if r.ckpt and (g := guesser_floor(r.ckpt.task_metrics("vcot"), items))]
+        guess = max(floors) if floors else None
+        above = diff_est.ci_low > 0 and (guess is None or acc_est.ci_low > guess)
+        note = "options-only guesser " + (f"{100 * guess:.1f}%" if guess is not None else "not recorded")
+        out += [Row(arm, role, budget, unit, "frames_acc", f, items, acc_est, dict(zip(acc, acc_est.per_seed[0])),
+                    note=note),
+                Row(arm, role, budget, unit, "frames_over_blind", f, items, diff_est,
+                    dict(zip(diff, diff_est.per_seed[0])), verdict=SEES_CHANGE if above else NOT_ABOVE)]
     return out
 
 
@@ -307,7 +347,7 @@ def study_rows(spec, runs: list[StudyRun], boot: dict) -> tuple[list[Row], list[
         at = {a: [r for r in runs if r.arm == a and r.budget == budget and r.ckpt] for a in arms}
         for a in arms:
             if at[a]:
-                arm_out += arm_rows(a, roles[a], at[a], boot)
+                arm_out += arm_rows(a, roles[a], at[a], boot) + validity_rows(a, roles[a], at[a], boot)
         for pair in CONTRASTS:
             for a in (x for x in arms if roles[x] == pair[0] and at[x]):
                 for b in (x for x in arms if roles[x] == pair[1] and at[x]):
@@ -344,7 +384,7 @@ def _pts(e: SeedEstimate | None, scale: float = 100, fmt: str = "+.1f") -> str:
 
 def _accuracy(r: Row) -> bool:
     """Whether the row is an accuracy (printed in %), not a gain, drop or contrast (signed points)."""
-    return r.metric == "iraven_acc" and " - " not in r.role
+    return r.metric in ("iraven_acc", "frames_acc") and " - " not in r.role
 
 
 def _fmt(r: Row) -> str:
@@ -418,6 +458,33 @@ def _table(rows: list[Row], contrast: bool) -> list[str]:
     return head + body
 
 
+def validity_lines(rows: list[Row]) -> list[str]:
+    """The validity section: per arm and budget, accuracy from frames and its lead over blind, across seeds."""
+    acc = {(r.arm, r.budget, r.frames): r for r in rows if r.metric == "frames_acc"}
+    out = ["Validity check (b), with the seeds pooled: does the arm answer from frames above its floors? "
+           "Accuracy from frames (%) and per item, right from frames - right blind (points), mean over seeds "
+           "with the hierarchical-bootstrap CI. **" + SEES_CHANGE + "** when the second CI lies above 0 and the "
+           "first above the options-only guesser; otherwise the arm's contrasts compare reading the infills, "
+           "not reasoning between frames.", "",
+           "| arm | run | budget | where | from frames, % | frames - blind, points | per seed (frames - blind) | "
+           "floor | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in rows if r.metric == "frames_over_blind"):
+        a = acc[r.arm, r.budget, r.frames]
+        out.append(f"| {r.arm} | {r.role} | {_num(r.budget)} {r.unit} | {_where(r)} | {_fmt(a)} | {_fmt(r)} | "
+                   f"{_seeds(r)} | {a.note} | {r.verdict} |")
+    return out
+
+
+def validity_found(rows: list[Row]) -> list[str]:
+    """The "what the study found" lines of validity check (b): per arm, the budgets at each verdict."""
+    by_arm: dict[tuple, dict[str, list[str]]] = {}
+    for r in sorted((r for r in rows if r.metric == "frames_over_blind"), key=lambda r: r.budget):
+        by_arm.setdefault((r.arm, r.role, r.unit, _where(r)), {}).setdefault(r.verdict, []).append(_num(r.budget))
+    return [f"- validity (b), `{arm}` ({role} run) answering from frames ({where} items): "
+            + "; ".join(f"{v} at {', '.join(bs)}" for v, bs in verdicts.items()) + f" {unit}."
+            for (arm, role, unit, where), verdicts in by_arm.items()]
+
+
 def _runs_lines(runs: list[StudyRun], roles: dict[str, str], arms: list[str], missing: list[StudyRun],
                 wanted: list[str] | None = None) -> list[str]:
     out = ["| arm | recipe | role (from run.json) | budgets | seeds | runs evaluated |", "|---|---|---|---|---|---|"]
@@ -466,19 +533,23 @@ def write_study_report(study_dir: Path, spec, runs: list[dict], *, n_boot: int |
     loaded = load_runs(study_dir, runs)
     boot = _boot_settings(loaded, n_boot, seed)
     arm_out, contrast_out, roles = study_rows(spec, loaded, boot)
+    validity = [r for r in arm_out if r.metric in VALIDITY]
+    estimates = [r for r in arm_out if r.metric not in VALIDITY]
     wanted = study_tasks(spec)
     missing = [r for r in loaded if missing_tasks(r, wanted)]
     arms = arm_order(spec, loaded)
     fig_dir = study_dir / "report"
     fig_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(fig_dir / "metrics.csv", metrics_csv(arm_out + contrast_out))
-    figures = _figures(arm_out, contrast_out, roles, fig_dir)
+    figures = _figures(estimates, contrast_out, roles, fig_dir)
     name = getattr(spec, "name", None) or study_dir.name
     lines = [f"# Study report: {name}", "",
              f"{len(loaded)} runs in {len(arms)} arms x {len({r.budget for r in loaded})} budgets; "
              f"{len(loaded) - len(missing)} evaluated, {len(missing)} missing.", "",
              *_runs_lines(loaded, roles, arms, missing, wanted), "",
-             "## What the study found", "", *found_lines(contrast_out, missing, len(loaded)), "",
+             "## What the study found", "", *found_lines(contrast_out, missing, len(loaded)),
+             *(["", *validity_found(validity), "", "## Validity check (b): answering from frames", "",
+                *validity_lines(validity)] if validity else []), "",
              "## Contrasts per budget", "",
              f"`a - b` of the arms' means over seeds, in points; CI: hierarchical bootstrap ({boot['n_boot']} "
              "replicates, seeds resampled per arm, items resampled within each seed, the same items for both arms "
@@ -486,7 +557,7 @@ def write_study_report(study_dir: Path, spec, runs: list[dict], *, n_boot: int |
              *_table(contrast_out, contrast=True), "",
              "## Per arm and budget", "",
              "Mean over seeds with its hierarchical-bootstrap CI, beside each seed's own value: gains and drops in "
-             "points, I-RAVEN accuracy in % (chance 12.5%).", "", *_table(arm_out, contrast=False), "",
+             "points, I-RAVEN accuracy in % (chance 12.5%).", "", *_table(estimates, contrast=False), "",
              "## Figures", "", *[f"![{f.stem}](report/{f.name})" for f in figures], "",
              "Every number with its CI and per-seed values: [report/metrics.csv](report/metrics.csv)."]
     out = study_dir / "report.md"

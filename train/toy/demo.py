@@ -49,21 +49,23 @@ CALIBRATION_STEPS = 20
 CALIBRATION_WARMUP = 3
 CALIBRATION_BATCH = 16
 STAGE_RATIOS = {
-    "data": 11.1,
+    "data": 10.3,
     "base": 179.4,
-    "video": 104.8,
-    "image": 102.4,
-    "eval": 92.9,
+    "video": 98.4,
+    "image": 129.4,
+    "eval": 115.9,
     "control_data": 4.5,
-    "control_train": 104.8,
-    "control_eval": 31.0,
+    "control_train": 98.4,
+    "control_eval": 38.6,
 }
 """Seconds of each stage per second of calibration, on the 2-core machine the demo was developed on.
-Measured there in one full `make demo` (calibration 1.26 s): data 14 s, base stage 226 s (2 threads;
-its vision stage 59 s), video run 132 s, image run 129 s, evaluation 117 s; control data 4.6 s (in an
+Measured there in one full `make demo` (calibration 1.26 s): data 13 s, base stage 226 s (2 threads;
+its vision stage 55 s), video run 124 s, image run 163 s, evaluation 146 s; control data 4.6 s (in an
 earlier run, calibration 1.05 s). The control's training is matched to the video run's visual
 tokens, so it takes the video run's ratio; its evaluation (one checkpoint instead of three) a third of
-the evaluation's. Re-measure them when a stage changes."""
+the evaluation's. The same machine at the same calibration has run the two-process stages 20% faster
+(image run 129 s, evaluation 117 s, the video run about 100 s): the calibration times one process,
+and the estimate is only as good as that. Re-measure them when a stage changes."""
 
 
 @dataclass
