@@ -18,8 +18,11 @@ And, when the evaluations have a `blind` condition, validity check (b) across se
 (all items when they have no kinds), `frames_acc` (accuracy from frames, the `base` condition) and
 `frames_over_blind` (per item, right from frames - right blind). An arm answers from frames above its
 floors at a budget when the CI of `frames_over_blind` lies above 0 and that of `frames_acc` above the
-options-only guesser's accuracy (`floors.guesser` in the evaluations' metrics): the evaluation report's
-`sees_change`, with the seeds pooled. One run's CI can reach its floor where three seeds' together do not.
+options-only guesser's accuracy (`floors.guesser` in the evaluations' metrics). This is the study's
+counterpart of the evaluation report's `sees_change`, with the seeds pooled and the blind floor taken
+paired, item by item, with its own uncertainty (`sees_change` compares one run's CI with its blind
+accuracy's value): a lead whose CI holds 0 is not above the floor, even when the accuracy's CI clears
+the mean blind accuracy.
 
 Per budget, the contrasts `image - video` and `video - shuffled` of every metric, paired over the items
 both arms answered. An arm's role comes from its runs' run.json (`kind`, and `frame_order: shuffled`
