@@ -41,12 +41,12 @@ def test_frames_belong_to_their_split_and_pool():
     assert Vs.frame(1, 3, "train")[0].signature() == train[3][0].signature(), "not a pure function of its arguments"
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "internvl", "llava_onevision"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl", "internvl", "llava_onevision"])
 def test_the_tower_learns_to_name_patches_and_only_the_tower_changes(tmp_path, family):
-    """A short stage on each kind of tower (CLIP, Qwen2-VL's and InternVL's merged patches, SigLIP): the
-    held-out colour of object patches is named far better than by heads on the random tower, which
-    only works if the labels line up with the family's tokens; the language model is untouched and
-    the tower (with the merger for merged families) is frozen afterwards."""
+    """A short stage on each kind of tower (CLIP; Qwen2-VL's, Qwen2.5-VL's windowed and InternVL's merged
+    patches; SigLIP): the held-out colour of object patches is named far better than by heads on the
+    random tower, which only works if the labels line up with the family's tokens; the language model
+    is untouched and the tower (with the merger for merged families) is frozen afterwards."""
     model, processor, fam = load_model(build_tiny(family, tmp_path / family, seed=1))
     tower_ids = {id(p) for p in get_module(model, fam.vision_tower).parameters()}
     if family in Vs.MERGED:  # trained through the merger of 2 x 2 patches, which InternVL keeps apart
