@@ -63,6 +63,8 @@ METRICS = {"vcot_gain": ("vcot", ("vcot", "base")), "text_drop": ("shuffle", ("v
 """metric -> (evaluation task, (condition, condition subtracted)); None: plain accuracy."""
 VALIDITY = {"frames_acc": ("vcot", ("base",)), "frames_over_blind": ("vcot", ("base", "blind"))}
 """Validity check (b)'s read-outs: metric -> (task, (condition,) accuracy | (condition, condition subtracted))."""
+READ_OUTS = METRICS | VALIDITY
+"""Every metric an arm is scored on, by name."""
 SEES_CHANGE, NOT_ABOVE = "above its floors", "not above its floors"
 """The validity rows' verdicts."""
 LABELS = {"vcot_gain": "vCoT gain (vCoT - base)", "text_drop": "text-shuffle drop (vCoT - other video's infills)",
@@ -176,7 +178,7 @@ def study_tasks(spec) -> list[str] | None:
 def item_scores(c: Checkpoint, metric: str, f: int | None, items: str) -> dict[str, int]:
     """{item: score} of one run: the paired difference of the metric's two conditions (-1, 0, 1) over the
     items with both, or I-RAVEN correctness on the puzzles of one rule group ("overall": all)."""
-    task, conditions = (METRICS | VALIDITY)[metric]
+    task, conditions = READ_OUTS[metric]
     if conditions is None:
         right = item_correctness(c, task)
         if items != "overall":
@@ -192,7 +194,7 @@ def item_scores(c: Checkpoint, metric: str, f: int | None, items: str) -> dict[s
 def _splits(runs: list[StudyRun], metric: str) -> list[tuple[int | None, str]]:
     """(F, items) of a metric over the runs' prediction rows: every F recorded, overall then each kind
     (vCoT, shuffle) or rule group (I-RAVEN) the rows carry."""
-    task, conditions = (METRICS | VALIDITY)[metric]
+    task, conditions = READ_OUTS[metric]
     rows = [r for run in runs if run.ckpt and task in run.ckpt.metrics for r in run.ckpt.predictions(task)]
     if conditions is None:
         groups = sorted({g for r in rows for g in (r.get("rule_groups") or {})})
@@ -205,7 +207,7 @@ def _splits(runs: list[StudyRun], metric: str) -> list[tuple[int | None, str]]:
 def seed_matrix(runs: list[StudyRun], metric: str, f: int | None, items: str) -> tuple[list[str], dict[int, list]]:
     """(items every seed scored, {seed: its scores on them}) of one arm at one budget."""
     per_seed = {r.seed: item_scores(r.ckpt, metric, f, items) for r in runs
-                if r.ckpt and (METRICS | VALIDITY)[metric][0] in r.ckpt.metrics}
+                if r.ckpt and READ_OUTS[metric][0] in r.ckpt.metrics}
     per_seed = {s: v for s, v in per_seed.items() if v}
     if not per_seed:
         return [], {}
@@ -264,11 +266,12 @@ def validity_rows(arm: str, role: str, runs: list[StudyRun], boot: dict) -> list
     splits = _splits(runs, "frames_over_blind")
     kinds = {k for _, k in splits}
     for f, items in (s for s in splits if s[1] == ("temporal" if "temporal" in kinds else "overall")):
-        diff_keys, diff = seed_matrix(runs, "frames_over_blind", f, items)
-        if not diff_keys:
+        keys, diff = seed_matrix(runs, "frames_over_blind", f, items)
+        if not keys:
             continue
-        _, acc = seed_matrix(runs, "frames_acc", f, items)
-        acc = {s: v for s, v in acc.items() if s in diff}
+        # accuracy from frames on the same items and seeds as the lead over blind
+        scored = {r.seed: item_scores(r.ckpt, "frames_acc", f, items) for r in runs if r.ckpt and r.seed in diff}
+        acc = {seed: [scored[seed][k] for k in keys] for seed in diff}
         acc_est = hierarchical_bootstrap([list(acc.values())], **boot)
         diff_est = hierarchical_bootstrap([list(diff.values())], **boot)
         floors = [g["value"] for r in runs if r.ckpt and (g := guesser_floor(r.ckpt.task_metrics("vcot"), items))]
