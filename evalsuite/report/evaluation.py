@@ -615,7 +615,7 @@ def verdicts(findings: dict) -> list[dict]:
         if not per_f:
             rows.append(row | {"verdict": "not measured", "note": "no prediction rows to pair"})
         for f in sorted(per_f):
-            items = "temporal" if per_f[f].get("temporal") else "overall"
+            items = judged_kind(k for k, v in per_f[f].items() if v)
             found = per_f[f].get(items)
             notes = ([] if items == "temporal" else ["no item is of the temporal kind: all items"] if found
                      else ["no prediction rows to pair at this F"])
@@ -723,6 +723,12 @@ def _kind_blocks(rows: list[Checkpoint], task: str):
                 b = block_of(m, fk, items)
                 if b:
                     yield c, m, fk, items, b
+
+
+def judged_kind(kinds) -> str:
+    """The item kind a finding (and validity check (b)) is judged on, of the kinds a metric was split
+    into: temporal items when there are any, else all items."""
+    return "temporal" if "temporal" in kinds else "overall"
 
 
 def guesser_floor(m: dict, items: str) -> dict | None:

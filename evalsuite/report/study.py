@@ -49,7 +49,7 @@ from pathlib import Path
 
 from data_recipes.files import atomic_write_text
 from evalsuite.report.evaluation import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, guesser_floor,
-                                         item_correctness, uninformative_reason, verdict)
+                                         item_correctness, judged_kind, uninformative_reason, verdict)
 from evalsuite.stats import SeedEstimate, hierarchical_bootstrap
 from train.run_record import RunRecordError
 
@@ -264,8 +264,8 @@ def validity_rows(arm: str, role: str, runs: list[StudyRun], boot: dict) -> list
     out = []
     budget, unit = runs[0].budget, runs[0].unit
     splits = _splits(runs, "frames_over_blind")
-    kinds = {k for _, k in splits}
-    for f, items in (s for s in splits if s[1] == ("temporal" if "temporal" in kinds else "overall")):
+    kind = judged_kind({k for _, k in splits})
+    for f, items in (s for s in splits if s[1] == kind):
         keys, diff = seed_matrix(runs, "frames_over_blind", f, items)
         if not keys:
             continue
@@ -407,17 +407,13 @@ def _where(r: Row) -> str:
 
 
 def judged(rows: list[Row]) -> list[Row]:
-    """The contrast rows a finding is judged on: temporal items when there are any, else all items, at
-    every F; I-RAVEN on all puzzles; a refused contrast as it is."""
-    keep = []
-    temporal = {(r.arm, r.budget, r.metric, r.frames) for r in rows if r.items == "temporal"}
+    """The contrast rows a finding is judged on: `judged_kind`'s items at every F; I-RAVEN on all puzzles;
+    a refused contrast as it is."""
+    kinds: dict[tuple, set] = {}
     for r in rows:
-        if r.est is None or (r.metric == "iraven_acc" and r.items == "overall"):
-            keep.append(r)
-        elif r.metric != "iraven_acc" and r.items == ("temporal" if (r.arm, r.budget, r.metric, r.frames) in temporal
-                                                      else "overall"):
-            keep.append(r)
-    return keep
+        kinds.setdefault((r.arm, r.budget, r.metric, r.frames), set()).add(r.items)
+    return [r for r in rows if r.est is None or (r.metric == "iraven_acc" and r.items == "overall")
+            or (r.metric != "iraven_acc" and r.items == judged_kind(kinds[(r.arm, r.budget, r.metric, r.frames)]))]
 
 
 def found_lines(contrasts: list[Row], missing: list[StudyRun], n_runs: int) -> list[str]:
