@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalsuite.study.launchers import AccelerateJob, RunJob, SubmititLauncher, eval_commands
+from evalsuite.study.launchers import AccelerateJob, LaunchError, LocalLauncher, RunJob, SubmititLauncher, eval_commands
 from evalsuite.study.run import (StudyError, load_study, parse_study, run_list, split_tasks, status_on_disk,
                                  train_args)
 
@@ -194,6 +194,50 @@ def test_accelerate_job_spans_the_nodes():
     cpu = AccelerateJob([["-m", "evalsuite", "vcot", "r"]], gpus_per_node=0, env={}, cwd=".")
     assert cpu.argv(cpu.commands[0], 1, 0, "")[2:] == ["--num_processes", "1", "--num_machines", "1", "-m",
                                                       "evalsuite", "vcot", "r"]
+
+
+@pytest.mark.parametrize("config, procs, on_cpu", [
+    ("ds_configs/accelerate/cpu_zero2_2proc.yaml", 2, True),
+    ("ds_configs/accelerate/gpu_1node_8gpu_zero2.yaml", 8, False),
+    ("ds_configs/accelerate/gpu_2node_8gpu_zero2.yaml", 8, False),  # 16 over 2 machines: 8 on this one
+    (None, 1, False),
+])
+def test_local_evaluations_take_the_accelerate_configs_processes(monkeypatch, config, procs, on_cpu):
+    """The local launcher trains under the spec's accelerate config and evaluates over as many processes
+    as that config runs on one machine (on CPU when it says use_cpu), one process without a config."""
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, cwd, env: calls.append((argv, env)) or
+                        subprocess.CompletedProcess(argv, 0))
+    events = []
+    launcher = LocalLauncher(["--limit", "2"], {"X": "1"}, cwd=Path("."), accelerate_config=config)
+    launcher.run([RunJob("runs/a", ["--seed", "0"], ["vcot"]), RunJob("runs/b", None, ["vcot"])],
+                 lambda name, status: events.append((name, status)))
+    (train, train_env), (evaluate, eval_env) = calls
+    lora = [str(REPO / "train" / "lora.py"), "--seed", "0"]
+    if config:
+        assert Path(train[0]).name == "accelerate" and train[1:3] == ["launch", "--config_file"]
+        assert Path(train[3]) == REPO / config and train[4:] == lora
+    else:
+        assert train == [sys.executable, *lora]
+    tail = ["-m", "evalsuite", "vcot", "runs/a", "runs/b", "--limit", "2"]
+    if procs > 1:
+        assert Path(evaluate[0]).name == "accelerate"
+        assert evaluate[1:] == ["launch", "--multi_gpu", "--num_processes", str(procs), *tail]
+    else:
+        assert evaluate == [sys.executable, *tail]
+    assert (eval_env.get("ACCELERATE_USE_CPU") == "1") == on_cpu and eval_env["X"] == "1"
+    assert events == [("a", "trained"), ("a", "done"), ("b", "done")]
+
+
+def test_a_bad_accelerate_config_fails_the_evaluation_with_its_name(tmp_path, monkeypatch):
+    bad = tmp_path / "acc.yaml"
+    bad.write_text("num_processes: two\n")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    events = []
+    with pytest.raises(LaunchError, match=r"acc\.yaml: num_processes and num_machines must be integers, got 'two'"):
+        LocalLauncher([], {}, cwd=tmp_path, accelerate_config=str(bad)).run(
+            [RunJob("runs/a", None, ["vcot"])], lambda name, status: events.append((name, status)))
+    assert events == [("a", "failed")]
 
 
 def test_slurm_evaluations_depend_on_their_training_job(tmp_path, monkeypatch):

@@ -9,7 +9,9 @@ An evaluation is `python -m evalsuite TASK RUN_DIR... <eval flags>` per task.
 - `LocalLauncher`: each command in turn as a subprocess, stopping at the first failure: every training
   run (`python train/lora.py ...`, or `accelerate launch --config_file C train/lora.py ...` when the
   spec names an accelerate config), then one evaluation per task over all the trained checkpoints (one
-  model-loading process per task instead of one per run).
+  model-loading process per task instead of one per run). The evaluation takes as many processes as
+  the accelerate config's `num_processes` (`accelerate launch --multi_gpu`, on CPU when the config says
+  `use_cpu`; the ranks split the items and merge to the single process's files), else one.
 - `SubmititLauncher`: one submitit job per training run and one per evaluation, each command an
   `accelerate launch` over the job's nodes and GPUs (`AccelerateJob`). On Slurm
   (`submitit.AutoExecutor(cluster="slurm")`) every job is submitted at once, each evaluation depending
@@ -28,6 +30,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import yaml
 
 from data_recipes.files import REPO_ROOT as REPO
 
@@ -69,15 +73,40 @@ class LocalLauncher:
     def __init__(self, eval_flags: list[str], env: dict, cwd: Path, accelerate_config: str | None = None):
         self.eval_flags, self.env, self.cwd, self.accelerate_config = eval_flags, env, cwd, accelerate_config
 
+    def _config_path(self) -> Path:
+        c = self.accelerate_config
+        return REPO / c if (REPO / c).is_file() else Path(c)
+
     def train_argv(self, args: list[str]) -> list[str]:
         if self.accelerate_config:
-            cfg = REPO / self.accelerate_config if (REPO / self.accelerate_config).is_file() else self.accelerate_config
-            return [_accelerate(), "launch", "--config_file", str(cfg), LORA, *args]
+            return [_accelerate(), "launch", "--config_file", str(self._config_path()), LORA, *args]
         return [sys.executable, LORA, *args]
 
-    def _call(self, jobs: list[RunJob], argv: list[str], event: Event) -> None:
+    def eval_call(self, args: list[str]) -> tuple[list[str], dict]:
+        """(argv, extra environment) of one evaluation command: over the accelerate config's processes on
+        this machine (its DeepSpeed settings are the trainer's, not the evaluation's), else one process."""
+        conf = {}
+        if self.accelerate_config:
+            path = self._config_path()
+            try:
+                conf = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise LaunchError(f"accelerate config {path}: cannot be read ({type(e).__name__}: {e})") from None
+            if not isinstance(conf, dict):
+                raise LaunchError(f"accelerate config {path}: expected a mapping, got {type(conf).__name__}")
+        try:  # accelerate's num_processes counts every machine's; this launcher runs on one
+            procs = int(conf.get("num_processes") or 1) // max(1, int(conf.get("num_machines") or 1))
+        except (TypeError, ValueError):
+            raise LaunchError(f"accelerate config {self._config_path()}: num_processes and num_machines must be "
+                              f"integers, got {conf.get('num_processes')!r} and {conf.get('num_machines')!r}") from None
+        if procs <= 1:
+            return [sys.executable, "-m", "evalsuite", *args], {}
+        env = {"ACCELERATE_USE_CPU": "1"} if conf.get("use_cpu") else {}
+        return [_accelerate(), "launch", "--multi_gpu", "--num_processes", str(procs), "-m", "evalsuite", *args], env
+
+    def _call(self, jobs: list[RunJob], argv: list[str], event: Event, env: dict | None = None) -> None:
         print(f"[{', '.join(j.name for j in jobs)}] {shlex.join(argv)}", flush=True)
-        code = subprocess.run(argv, cwd=self.cwd, env={**os.environ, **self.env}).returncode
+        code = subprocess.run(argv, cwd=self.cwd, env={**os.environ, **self.env, **(env or {})}).returncode
         if code != 0:
             for job in jobs:
                 event(job.name, "failed")
@@ -89,7 +118,14 @@ class LocalLauncher:
                 self._call([job], self.train_argv(job.train), event)
                 event(job.name, "trained")
         for args in eval_commands(jobs, self.eval_flags):
-            self._call([j for j in jobs if j.run_dir in args], [sys.executable, "-m", "evalsuite", *args], event)
+            these = [j for j in jobs if j.run_dir in args]
+            try:
+                argv, env = self.eval_call(args)
+            except LaunchError:
+                for job in these:
+                    event(job.name, "failed")
+                raise
+            self._call(these, argv, event, env)
         for job in jobs:
             event(job.name, "done")
 
