@@ -122,13 +122,17 @@ def test_run_list_is_arms_x_budgets_x_seeds_each_with_its_own_budget(tmp_path):
 
 def test_shipped_specs_load():
     specs = {p.stem: load_study(p) for p in sorted((REPO / "studies").glob("*.yaml"))}
-    assert set(specs) == {"scale_demo", "seeds_demo", "architecture_demo", "paper_7b"}
+    assert set(specs) == {"scale_demo", "seeds_demo", "long_demo", "architecture_demo", "paper_7b"}
     scale = specs["scale_demo"]
     assert len(run_list(scale)) == 27 and scale.unit == "visual_tokens" and scale.budgets == (50_000, 100_000, 200_000)
     assert [load_recipe_name(a.recipe) for a in scale.arms] == ["image_demo", "video_demo", "video_shuffled_demo"]
     seeds = specs["seeds_demo"]  # the demo's runs at the demo's budget: the video run's 10,000 clips
     assert len(run_list(seeds)) == 9 and seeds.budgets == (800_000,) and seeds.seeds == (0, 1, 2)
     assert [a.recipe for a in seeds.arms] == [a.recipe for a in scale.arms] and seeds.eval == scale.eval
+    long = specs["long_demo"]  # the same runs at 2.5 x the demo's budget: 25,000 clips
+    assert len(run_list(long)) == 9 and long.budgets == (2_000_000,) and long.seeds == (0, 1, 2)
+    assert [a.recipe for a in long.arms] == [a.recipe for a in scale.arms] and long.eval == scale.eval
+    assert long.launcher == seeds.launcher and long.base_model == seeds.base_model
     arch = specs["architecture_demo"]
     qwen = train_args(arch, run_list(arch)[-1])
     assert qwen[qwen.index("--base_model") + 1] == "tiny-pretrained:qwen2_vl"
