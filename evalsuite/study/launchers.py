@@ -68,14 +68,18 @@ def _accelerate() -> str:
     return str(Path(sys.executable).with_name("accelerate"))
 
 
+def _config_file(config: str | None) -> str | None:
+    """An accelerate config named by a spec: the repository's file when the name is one, else as given."""
+    return str(REPO / config) if config and (REPO / config).is_file() else config
+
+
 # --- one after another, here ---------------------------------------------------------------------------
 class LocalLauncher:
     def __init__(self, eval_flags: list[str], env: dict, cwd: Path, accelerate_config: str | None = None):
         self.eval_flags, self.env, self.cwd, self.accelerate_config = eval_flags, env, cwd, accelerate_config
 
     def _config_path(self) -> Path:
-        c = self.accelerate_config
-        return REPO / c if (REPO / c).is_file() else Path(c)
+        return Path(_config_file(self.accelerate_config))
 
     def train_argv(self, args: list[str]) -> list[str]:
         if self.accelerate_config:
@@ -172,8 +176,7 @@ class SubmititLauncher:
         self.spec, self.folder, self.eval_flags, self.env, self.cwd = spec, Path(folder), eval_flags, env, str(cwd)
 
     def _config(self) -> str | None:
-        c = self.spec.accelerate_config
-        return str(REPO / c) if c and (REPO / c).is_file() else c
+        return _config_file(self.spec.accelerate_config)
 
     def _executor(self, name: str, nodes: int, dependency: str | None = None):
         import submitit
