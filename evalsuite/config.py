@@ -154,6 +154,10 @@ class EvalConfig:
     """Bootstrap replicates per confidence interval."""
     batch_size: int = 8
     """Prompts per batched generate call."""
+    option_batch_mb: float = 256.0
+    """Loglik scoring: score a prompt's options in one forward over copies of its prompt cache when the copies
+    take at most this many MiB (small models, short prompts); above it, one option at a time against one
+    cache (a 7B model's long prompts). 0: always one at a time. Results agree to float rounding either way."""
     infill_tokens: int = 48
     """max_new_tokens of each infill / caption generation step."""
     answer_tokens: int = 24
@@ -230,8 +234,15 @@ class EvalConfig:
                 raise ConfigError(f"--{name} {value}: no such model directory")
         if self.batch_size < 1 or self.n_boot < 1 or self.infill_tokens < 1 or self.answer_tokens < 1:
             raise ConfigError("--batch_size, --n_boot, --infill_tokens and --answer_tokens must be >= 1")
+        if not self.option_batch_mb >= 0:
+            raise ConfigError(f"--option_batch_mb must be a number of MiB >= 0, got {self.option_batch_mb}")
         if self.protocol == "paper":
             self._check_paper(spec, explicit_scoring, implicit_protocol)
+
+    @property
+    def option_batch_bytes(self) -> int:
+        """`option_batch_mb` in bytes, as `evalsuite.scoring.score_options` takes it."""
+        return int(self.option_batch_mb * 2**20)
 
     def _check_paper(self, spec: "InfillSpec", explicit_scoring: str | None, implicit: bool) -> None:
         """--protocol paper with every piece it needs, and no flag that contradicts it.

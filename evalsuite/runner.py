@@ -189,8 +189,9 @@ def format_plan(rows: list[tuple[str, str, Workload | None]], cfg: EvalConfig) -
         return ", ".join(parts)
 
     lines = ["[plan] what this run will do, per checkpoint and task. A prompt per prediction row; forward passes "
-             "are loglik scoring's model calls (the prompt, then each option against its cache); judge calls are "
-             "an upper bound; infill generations and frame decodes are what the caches do not hold yet"]
+             "are loglik scoring's model calls at most (the prompt, then each option against its cache; 2 per prompt "
+             "where the options are batched: --option_batch_mb); judge calls are an upper bound; infill generations "
+             "and frame decodes are what the caches do not hold yet"]
     total = Workload()
     for ckpt, task, w in rows:
         lines.append(f"[plan] {ckpt} {task}: " + ("done, skipped" if w is None else describe(w)))

@@ -3,16 +3,25 @@
 Each option is scored as the assistant turn that follows the prompt, exactly as training supervised
 it: the option text plus the template's end-of-turn tokens (`train.chat` labels the whole assistant
 span). The prompt (frames + question) is encoded once with `use_cache=True`; the options' continuations
-then run one after another against that ONE cache: each extends it by its own tokens, and
-`Cache.crop` drops them again before the next option. Nothing is repeated along the batch dimension,
-so peak memory stays at one prompt cache whatever the number of options (at 7B and 10 frames, k
-copies of the cache were the largest allocation of the evaluation); `make bench` measures it.
+then run against that prompt cache in one of two ways, by what copies of it would cost:
+- options batched (when the k copies take at most `option_batch_bytes`, `--option_batch_mb`, 256 MiB
+  by default): the cache is repeated along the batch dimension and every option's continuation runs in
+  ONE forward, right-padded (under the causal mask no scored position sees a pad). For a small model a
+  forward's cost is mostly its fixed overhead: with 2 forwards per prompt instead of 1 + k, evaluating
+  the demo's video checkpoint (vcot, shuffle and I-RAVEN tasks) ran 1.26x faster (runs interleaved in
+  one process), and all 10,320 prediction rows of the demo's three checkpoints kept their choice;
+- one option at a time (a cache too large to copy): each option extends the ONE cache by its own
+  tokens, and `Cache.crop` drops them again before the next option. Peak memory stays at one prompt
+  cache whatever the number of options (at 7B and 10 frames, k copies of the cache would be the
+  largest allocation of the evaluation); `make bench` measures both.
+The two ways agree to float rounding (about 1e-5 nats on the tiny models; tests check both against
+scoring each option from scratch).
 
-Why no attention mask on a continuation: the prefix is one unpadded sequence and each option runs
-alone, so there is nothing to mask. Passing a mask would also send Qwen2-VL into a branch that
-rebuilds M-RoPE positions from the mask's full length; without it the model continues positions from
-the cache's length and its cached rope deltas, as in generation (cropping restores that length).
-Tests check that this gives the same log-probabilities as scoring each option from scratch.
+Why no attention mask on a continuation: the prefix is one unpadded sequence, and a continuation's pads
+(batched) come after every position that is scored, so there is nothing to mask. Passing a mask would
+also send Qwen2-VL into a branch that rebuilds M-RoPE positions from the mask's full length; without it
+the model continues positions from the cache's length and its cached rope deltas (repeated over the
+batch), as in generation (cropping restores that length).
 
 Which option wins depends on the normalisation (`--loglik-norm`, `LOGLIK_NORMS`): `sum`, the total
 log-probability of the turn (favours short options); `mean`, per scored token (the default); `chars`,
@@ -104,8 +113,22 @@ def option_continuations(processor, messages: list[dict], options: list[str]) ->
 
 def forward_passes(n_options: int) -> int:
     """Model calls of one `score_options` with `n_options` options, at most: the prompt, then one continuation
-    per option (an option whose assistant turn is a single token needs none)."""
+    per option (an option whose assistant turn is a single token needs none; batched options take one)."""
     return 1 + n_options
+
+
+OPTION_BATCH_BYTES = 256 * 2**20
+"""Default bound on the copies of a prompt cache that batched options may take (`--option_batch_mb`)."""
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of a cache's keys and values over every layer (0 for a cache whose layers hold no tensors)."""
+    total = 0
+    for layer in getattr(cache, "layers", ()):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
 
 
 def _cache_kwarg(model) -> str:
@@ -117,11 +140,14 @@ def _cache_kwarg(model) -> str:
 @torch.no_grad()
 def score_options(model, processor, content: list[dict], images: list, options: list[str],
                   videos: list[list] | None = None, image_options: dict | None = None,
-                  video_fps: list | None = None, norm: str = "mean") -> OptionScores:
+                  video_fps: list | None = None, norm: str = "mean",
+                  option_batch_bytes: int = OPTION_BATCH_BYTES) -> OptionScores:
     """Log-likelihood of every option after the user turn `content` (with `images`, and `videos`: one clip
     of frames per `{"type": "video"}` part). `image_options` go to the image processor (a clip's frames
     fed as images take `data_recipes.processors.frame_options`); `video_fps` the clips' sampled frame
-    rates (None where unknown); `norm` how `choice` compares the options (`LOGLIK_NORMS`)."""
+    rates (None where unknown); `norm` how `choice` compares the options (`LOGLIK_NORMS`);
+    `option_batch_bytes` the most that copies of the prompt cache may take to score the options in one
+    forward (0: one option at a time against one cache)."""
     if norm not in LOGLIK_NORMS:
         raise ValueError(f"unknown loglik normalisation {norm!r}; known: {', '.join(LOGLIK_NORMS)}")
     prefix, conts = option_continuations(processor, prompts.conversation(content), options)
@@ -137,22 +163,48 @@ def score_options(model, processor, content: list[dict], images: list, options: 
         cache = out.past_key_values
     del out, enc  # the pixels and the prefix's outputs are not needed by the continuations
     logliks = [float(first[c[0]]) for c in conts]
+    rest = [i for i, c in enumerate(conts) if len(c) > 1]  # a one-token option was predicted by the prompt
+    if len(rest) > 1 and len(rest) * cache_bytes(cache) <= option_batch_bytes:
+        more = _batched_continuations(model, cache, [conts[i] for i in rest])
+    else:
+        more = _continuations_one_by_one(model, cache, [conts[i] for i in rest])
+    for i, ll in zip(rest, more):
+        logliks[i] += ll
+    return OptionScores(logliks, [len(c) for c in conts], [len(o) for o in options], norm)
+
+
+def _loglik_of(logits: torch.Tensor, cont: list[int]) -> float:
+    """Log-probability of `cont[1:]` from the logits of the positions fed `cont[:-1]`."""
+    logp = torch.log_softmax(logits[: len(cont) - 1].float(), dim=-1)
+    target = torch.tensor(cont[1:], device=logp.device)
+    return float(logp[torch.arange(len(cont) - 1, device=logp.device), target].sum())
+
+
+def _batched_continuations(model, cache, conts: list[list[int]]) -> list[float]:
+    """Every continuation in one forward, over one copy of the prompt cache per continuation."""
+    ids = torch.zeros((len(conts), max(len(c) for c in conts) - 1), dtype=torch.long)
+    for row, c in enumerate(conts):
+        ids[row, : len(c) - 1] = torch.tensor(c[:-1])  # right-padded with token 0: no scored position sees it
+    cache.batch_repeat_interleave(len(conts))
+    logits = model(input_ids=ids.to(model.device), use_cache=True, **{_cache_kwarg(model): cache}).logits
+    return [_loglik_of(logits[row], c) for row, c in enumerate(conts)]
+
+
+def _continuations_one_by_one(model, cache, conts: list[list[int]]) -> list[float]:
+    """Each continuation against the one prompt cache, cropped back to the prompt after each."""
     prompt_length, cache_kwarg = cache.get_seq_length(), _cache_kwarg(model)
     if hasattr(cache, "activate_past_recording"):
         # sliding-window layers keep what `crop` needs to roll an option back (a no-op for full attention)
         cache.activate_past_recording()
+    out = []
     for i, c in enumerate(conts):
-        if len(c) == 1:  # its only token was predicted by the prefix
-            continue
         ids = torch.tensor([c[:-1]], dtype=torch.long, device=model.device)
         logits = model(input_ids=ids, use_cache=True, **{cache_kwarg: cache}).logits
-        logp = torch.log_softmax(logits[0].float(), dim=-1)
-        target = torch.tensor(c[1:], device=logp.device)
-        logliks[i] += float(logp[torch.arange(len(c) - 1, device=logp.device), target].sum())
-        del logits, logp
+        out.append(_loglik_of(logits[0], c))
+        del logits
         cache.crop(-(len(c) - 1))  # back to the prompt alone for the next option
         if cache.get_seq_length() != prompt_length:
             raise RuntimeError(f"{type(cache).__name__} did not roll back to the prompt's {prompt_length} tokens "
-                               f"after option {i} (it holds {cache.get_seq_length()}): cannot score the options "
-                               "against one shared prompt cache")
-    return OptionScores(logliks, [len(c) for c in conts], [len(o) for o in options], norm)
+                               f"after continuation {i} (it holds {cache.get_seq_length()}): cannot score the "
+                               "options against one shared prompt cache")
+    return out

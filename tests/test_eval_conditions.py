@@ -75,7 +75,7 @@ def _captured(tmp_path, monkeypatch, **cfg):
     seen = []
 
     def score(model, processor, content, images, options, videos=None, image_options=None, video_fps=None,
-              norm="mean"):
+              norm="mean", option_batch_bytes=None):
         seen.append({"content": content, "images": list(images), "videos": videos or []})
         return OptionScores([0.0] * len(options), [1] * len(options))
 

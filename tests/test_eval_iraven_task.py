@@ -147,7 +147,7 @@ def test_predict_scores_the_eight_letters_of_the_puzzle(tmp_path, monkeypatch, l
     target = int(np.load(item.path)["target"])
     seen = []
 
-    def score(model, processor, content, images, options):
+    def score(model, processor, content, images, options, option_batch_bytes=None):
         seen.append((content, images, options))
         return OptionScores([1.0 if i == target else 0.0 for i in range(8)], [1] * 8)
 
@@ -199,7 +199,7 @@ def test_candidates_loglik_scores_yes_and_no_per_candidate_and_picks_the_largest
     wanted = (target + 3) % 8  # the fake model's favourite, not the answer: pred must follow the margins
     calls = []
 
-    def score(model, processor, content, images, options):
+    def score(model, processor, content, images, options, option_batch_bytes=None):
         c = _ninth(images, panels)
         calls.append((c, options, len(images), sum(p["type"] == "image" for p in content)))
         yes, no = -1.0 - 0.1 * c, -2.0 + (3.0 if c == wanted else 0.0)  # margins 1 - 0.1 c, except `wanted`
@@ -249,7 +249,7 @@ def test_a_model_that_always_says_yes_to_the_first_candidate_is_not_informative(
     task = _task(tmp_path, limit=2, iraven_layout="candidates")
     shown = {}  # the panels of the puzzle being predicted
 
-    def score(model, processor, content, images, options):  # "yes." for the candidate in slot 0, whatever it shows
+    def score(model, processor, content, images, options, option_batch_bytes=None):  # "yes." for the candidate in slot 0, whatever it shows
         c = _ninth(images, shown["panels"])
         return OptionScores([-0.1, -3.0] if c == 0 else [-3.0, -0.1], [2, 2])
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import weakref
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -30,7 +31,8 @@ from helpers import fast_config, make_adapter, tiny_model
 ITEMS, FRAMES, OPTIONS = 2, (3, 4), 5
 PAIRS, DISTINCT = 5, 7
 INFILLS_PER_ITEM = 2 * PAIRS + DISTINCT  # two generator steps per pair, one caption per frame: 17
-FORWARDS_PER_PROMPT = 1 + OPTIONS  # loglik: the prompt once, then each option against its cache
+FORWARDS_PER_PROMPT = 1 + OPTIONS  # loglik, planned (at most): the prompt once, then each option against its cache
+BATCHED_FORWARDS = 2  # what a tiny model's prompt takes: its cache's copies fit --option_batch_mb, options batched
 VCOT_ROWS = ITEMS * len(FRAMES) * 6  # base, caption, vcot, blind, text_only, reversed: 24
 VCOT_PROMPTS = ITEMS * (len(FRAMES) * 5 + 1)  # blind's prompt is the same for every F: asked once per item, 22
 SHUFFLE_PROMPTS = ITEMS * len(FRAMES) * 5  # vcot, text, visual, words, order: 20
@@ -92,8 +94,12 @@ def test_printed_plan_matches_a_hand_count_and_the_run(tmp_path, tmp_path_factor
                               f"{vcot_infills} infill generations, 0 frame decodes")
     # what the run did
     assert generate_calls["generator"] == vcot_infills
-    assert forwards["m"] == total * FORWARDS_PER_PROMPT
+    assert forwards["m"] == total * BATCHED_FORWARDS
     assert len(read_rows(ckpt / "eval/vcot/predictions.jsonl")) == VCOT_ROWS
+    # options one at a time (--option_batch_mb 0): the planned count exactly (infills all cached by now)
+    one_by_one = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "one")
+    evaluate([checkpoint_ref(one_by_one)], ["vcot", "shuffle"], replace(cfg, option_batch_mb=0), cache)
+    assert forwards["one"] == total * FORWARDS_PER_PROMPT
     # the generator loaded once, for vcot; freed after it (shuffle's infills were all cached)
     assert loads["names"] == ["generator"]
     gc.collect()

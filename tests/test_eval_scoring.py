@@ -1,5 +1,6 @@
-"""Shared-prefix loglik scoring equals naive scoring (images and the native video path), against ONE prompt
-cache (never repeated per option); the loglik normalisations; batched greedy generation equals one at a time."""
+"""Shared-prefix loglik scoring equals naive scoring (images and the native video path), with the options
+batched over copies of the prompt cache and one at a time against ONE cache (chosen by what the copies
+would take); the loglik normalisations; batched greedy generation equals one at a time."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from data_recipes.synthetic import eval_item
 from evalsuite import prompts
 from evalsuite.config import ConfigError, EvalConfig, field_help
 from evalsuite.generation import ChatModel
-from evalsuite.scoring import OptionScores, continuation_ids, score_options
+from evalsuite.scoring import OPTION_BATCH_BYTES, OptionScores, cache_bytes, continuation_ids, score_options
 from helpers import tiny_model
 from train.chat import IGNORE_INDEX, encode
 
 FAMILIES = ["llava", "qwen2_vl"]
+ONE_AT_A_TIME, BATCHED = 0, OPTION_BATCH_BYTES  # option_batch_bytes of the two ways to run the options
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -57,24 +59,28 @@ def _case(index: int, condition: str):
     return prompts.user_content(condition, 3, item["question"], item["options"], texts), frames, item["options"]
 
 
+@pytest.mark.parametrize("option_batch_bytes", [ONE_AT_A_TIME, BATCHED], ids=["one_at_a_time", "batched"])
 @pytest.mark.parametrize("condition", ["base", "vcot"])
-def test_shared_prefix_scoring_equals_naive_scoring(loaded, condition, one_thread):
+def test_shared_prefix_scoring_equals_naive_scoring(loaded, condition, option_batch_bytes, one_thread):
     model, processor = loaded
     lengths = set()
     for index in (0, 3):  # item 3's options have different token lengths
         content, frames, options = _case(index, condition)
         naive = naive_logliks(model, processor, content, frames, options)
         for norm in ("sum", "mean", "chars"):
-            shared = score_options(model, processor, content, frames, options, norm=norm)
+            shared = score_options(model, processor, content, frames, options, norm=norm,
+                                   option_batch_bytes=option_batch_bytes)
             assert shared.logliks == pytest.approx(naive, abs=1e-4)  # raw totals, whatever the norm
             assert shared.n_chars == [len(o) for o in options]
             per = {"sum": [1] * 5, "mean": shared.n_tokens, "chars": shared.n_chars}[norm]
             assert shared.choice == argmax([ll / n for ll, n in zip(naive, per)])
         lengths.add(len(set(shared.n_tokens)))
         # the options one after another against one cache: any order gives the same scores
-        backwards = score_options(model, processor, content, frames, options[::-1])
+        backwards = score_options(model, processor, content, frames, options[::-1],
+                                  option_batch_bytes=option_batch_bytes)
         assert backwards.logliks[::-1] == pytest.approx(naive, abs=1e-4)
-    # options of different lengths were scored: the rolled-back cache did not leak one option into the next
+    # options of different lengths were scored: neither a rolled-back cache nor a batch's padding leaked one
+    # option into another
     assert max(lengths) > 1
 
 
@@ -102,18 +108,54 @@ def cache_seen(monkeypatch):
     return seen, spy_on
 
 
+def _prompt_cache_bytes(model, processor, content, frames) -> int:
+    """What `score_options` measures before it decides: the bytes of the prompt's cache."""
+    from evalsuite.scoring import option_continuations
+    from train.chat import processor_inputs
+
+    prefix, _ = option_continuations(processor, prompts.conversation(content), ["x"])
+    with torch.no_grad():
+        out = model(**dict(processor_inputs(processor, [prefix], [frames], None, return_tensors="pt")), use_cache=True)
+    return cache_bytes(out.past_key_values)
+
+
 def test_options_continue_one_prompt_cache_without_copies(loaded, cache_seen, one_thread):
     model, processor = loaded
     seen, spy_on = cache_seen
-    spy_on(model)
     content, frames, options = _case(3, "vcot")
-    scores = score_options(model, processor, content, frames, options)
-    multi = [i for i, n in enumerate(scores.n_tokens) if n > 1]
-    assert len(seen) == len(multi) >= 2  # one continuation forward per option with more than one token
-    assert len({s["cache"] for s in seen}) == 1  # the same cache object every time
-    # never repeated along the batch dimension, and back at the prompt's length before every option
-    assert all(s["batch"] == 1 and s["layers_batches"] == {1} and s["input_batch"] == 1 for s in seen)
-    assert len({s["length"] for s in seen}) == 1
+    multi = [i for i, n in enumerate(score_options(model, processor, content, frames, options).n_tokens) if n > 1]
+    copies = len(multi) * _prompt_cache_bytes(model, processor, content, frames)
+    assert len(multi) >= 2 and copies > 0
+    spy_on(model)
+    # copies one byte over the bound (and the bound 0): one option at a time against one cache
+    for bound in (copies - 1, ONE_AT_A_TIME):
+        seen.clear()
+        score_options(model, processor, content, frames, options, option_batch_bytes=bound)
+        assert len(seen) == len(multi)  # one continuation forward per option with more than one token
+        assert len({s["cache"] for s in seen}) == 1  # the same cache object every time
+        # never repeated along the batch dimension, and back at the prompt's length before every option
+        assert all(s["batch"] == 1 and s["layers_batches"] == {1} and s["input_batch"] == 1 for s in seen)
+        assert len({s["length"] for s in seen}) == 1
+
+
+def test_options_run_batched_when_the_copies_fit_the_bound(loaded, cache_seen, one_thread):
+    model, processor = loaded
+    seen, spy_on = cache_seen
+    content, frames, options = _case(3, "vcot")
+    one = score_options(model, processor, content, frames, options, option_batch_bytes=ONE_AT_A_TIME)
+    multi = [i for i, n in enumerate(one.n_tokens) if n > 1]
+    copies = len(multi) * _prompt_cache_bytes(model, processor, content, frames)
+    spy_on(model)
+    batched = score_options(model, processor, content, frames, options, option_batch_bytes=copies)  # exactly fits
+    # ONE continuation forward: every multi-token option a row of it, over as many copies of the prompt cache
+    assert len(seen) == 1
+    assert seen[0]["input_batch"] == seen[0]["batch"] == len(multi) and seen[0]["layers_batches"] == {len(multi)}
+    assert batched.logliks == pytest.approx(one.logliks, abs=1e-4)
+    assert batched.n_tokens == one.n_tokens and batched.choice == one.choice
+    # the bound comes from the setting: --option_batch_mb in MiB, 0 turns batching off
+    assert EvalConfig(option_batch_mb=0.5).option_batch_bytes == 2**19 and EvalConfig().option_batch_bytes == BATCHED
+    with pytest.raises(ConfigError, match="option_batch_mb"):
+        EvalConfig(option_batch_mb=-1)
 
 
 def test_native_video_prompt_scores_as_the_trainer_encodes_it(tmp_path_factory, one_thread):
@@ -125,7 +167,10 @@ def test_native_video_prompt_scores_as_the_trainer_encodes_it(tmp_path_factory, 
     item = eval_item(0, 3)
     content = prompts.user_content("base", 4, item["question"], item["options"])
     (turn,), clips = as_video(prompts.conversation(content), [item["frames"][i] for i in (0, 8, 16, 24)])
-    scores = score_options(model, processor, turn["content"], [], item["options"], videos=clips)
+    scores = score_options(model, processor, turn["content"], [], item["options"], videos=clips,
+                           option_batch_bytes=ONE_AT_A_TIME)
+    batched = score_options(model, processor, turn["content"], [], item["options"], videos=clips,
+                            option_batch_bytes=BATCHED)  # the rope deltas repeated over the options' batch
     by_hand = []
     with torch.no_grad():
         for option in item["options"]:
@@ -135,6 +180,7 @@ def test_native_video_prompt_scores_as_the_trainer_encodes_it(tmp_path_factory, 
             pos = (labels[1:] != IGNORE_INDEX).nonzero().flatten()
             by_hand.append(float(logp[pos, labels[1:][pos]].sum()))
     assert scores.logliks == pytest.approx(by_hand, abs=1e-4)
+    assert batched.logliks == pytest.approx(by_hand, abs=1e-4)
     assert len(set(scores.n_tokens)) > 1
 
 
@@ -172,8 +218,9 @@ def test_loglik_norm_setting_and_flag():
 
 @pytest.mark.parametrize("norm, expected", [("sum", 0), ("mean", 1), ("chars", 2)])
 def test_the_vcot_task_scores_with_the_configured_norm_and_records_the_counts(monkeypatch, norm, expected):
-    """The task hands `--loglik-norm` to the scoring and its rows keep raw totals and counts
-    (evalsuite/tasks/vcot.py: `score_options(..., norm=self.cfg.loglik_norm)`, `row |= scores.as_row()`)."""
+    """The task hands `--loglik-norm` and `--option_batch_mb` to the scoring and its rows keep raw totals and
+    counts (evalsuite/tasks/vcot.py: `score_options(..., norm=self.cfg.loglik_norm, option_batch_bytes=...)`,
+    `row |= scores.as_row()`)."""
     from types import SimpleNamespace
 
     from evalsuite.benchmarks.video_qa import Item
@@ -182,16 +229,16 @@ def test_the_vcot_task_scores_with_the_configured_norm_and_records_the_counts(mo
     asked = []
 
     def fake_scores(model, processor, content, images, options, **kwargs):
-        asked.append(kwargs.get("norm"))
+        asked.append((kwargs.get("norm"), kwargs.get("option_batch_bytes")))
         return OptionScores([-3.0, -5.0, -6.0, -9.0, -9.0], [2, 5, 4, 5, 5], [5, 20, 30, 5, 5],
                             kwargs.get("norm", "mean"))
 
     monkeypatch.setattr(vcot, "score_options", fake_scores)
     task = vcot.VCoTTask.__new__(vcot.VCoTTask)
-    task.cfg, task.resources, task.instruction = EvalConfig(loglik_norm=norm), None, None
+    task.cfg, task.resources, task.instruction = EvalConfig(loglik_norm=norm, option_batch_mb=3), None, None
     item = Item("q0", "what happens?", ["a", "b", "c", "d", "e"], expected, "q0")
     (row,) = task.answer(SimpleNamespace(model=None, processor=object()), item, [{}], [[]], [[]])
-    assert asked == [norm]
+    assert asked == [(norm, 3 * 2**20)]
     assert (row["pred"], row["correct"]) == (expected, True)
     assert row["logliks"] == [-3.0, -5.0, -6.0, -9.0, -9.0] and row["n_tokens"] == [2, 5, 4, 5, 5]
 

@@ -52,7 +52,7 @@ def _captured_task(tmp_path, monkeypatch, **cfg):
     seen = []
 
     def score(model, processor, content, images, options, videos=None, image_options=None, video_fps=None,
-              norm="mean"):
+              norm="mean", option_batch_bytes=None):
         assert not videos  # every perturbation is a vCoT input: frames go in as images
         seen.append((content, images))
         return OptionScores([0.0] * len(options), [1] * len(options))

@@ -30,10 +30,12 @@ from typing import Any, ClassVar, Sequence
 
 from evalsuite.config import EvalConfig, FrameInputs
 
-# Model calls of one `evalsuite.scoring.score_options`: the prompt once (its KV cache kept), then each
-# option's continuation, one after another, against that cache (an option is always at least two tokens,
-# its text and the template's end of turn). `scoring.forward_passes(n_options)`, when scoring defines it,
-# takes precedence; with the number of options unknown the count assumes one option call.
+# Model calls of one `evalsuite.scoring.score_options`, at most: the prompt once (its KV cache kept), then
+# each option's continuation, one after another, against that cache (an option is always at least two
+# tokens, its text and the template's end of turn). Options batched over copies of the cache (when the copies
+# fit --option_batch_mb, which depends on the prompt's length) take one call for all: 2 per prompt.
+# `scoring.forward_passes(n_options)`, when scoring defines it, takes precedence; with the number of options
+# unknown the count assumes one option call.
 
 
 def loglik_forwards(n_options: int | None) -> int:
@@ -53,7 +55,7 @@ class Workload:
     prompts: int = 0
     """Rows to predict: one prompt each."""
     forwards: int = 0
-    """loglik scoring: model forward passes (calls)."""
+    """loglik scoring: model forward passes (calls), at most (batched options take fewer)."""
     generations: int = 0
     """generate scoring: answers generated (one per prompt)."""
     judge_calls: int = 0

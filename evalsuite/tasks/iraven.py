@@ -147,7 +147,8 @@ class IRavenTask(Task):
                 images = iraven_separate_images(rec.image)
             content = iraven_user_content(layout)
             if self.cfg.scoring == "loglik":
-                scores = score_options(subject.model, subject.processor, content, images, list(LETTERS))
+                scores = score_options(subject.model, subject.processor, content, images, list(LETTERS),
+                                       option_batch_bytes=self.cfg.option_batch_bytes)
                 row |= {"pred": scores.choice, "logliks": scores.logliks}
             else:
                 answer = subject.chat.generate([content], [images], max_new_tokens=self.cfg.answer_tokens)[0]
@@ -163,8 +164,8 @@ class IRavenTask(Task):
         images = [iraven_candidate_images(panels, c, size) for c in range(len(LETTERS))]
         out: dict = {"image_size": size}
         if self.cfg.scoring == "loglik":
-            logliks = [score_options(subject.model, subject.processor, content, imgs,
-                                     list(IRAVEN_JUDGEMENTS)).logliks for imgs in images]
+            logliks = [score_options(subject.model, subject.processor, content, imgs, list(IRAVEN_JUDGEMENTS),
+                                     option_batch_bytes=self.cfg.option_batch_bytes).logliks for imgs in images]
             margins = [yes - no for yes, no in logliks]
             return out | {"pred": iraven_best_margin(margins), "margins": margins, "logliks": logliks}
         replies = subject.chat.generate([content] * len(images), images, max_new_tokens=self.cfg.answer_tokens,

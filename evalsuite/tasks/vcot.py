@@ -203,7 +203,8 @@ class VCoTTask(Task):
         if self.cfg.scoring == "loglik":
             for row, content, imgs, clips, fps in zip(rows, contents, images, videos, rates):
                 scores = score_options(subject.model, subject.processor, content, imgs, item.options, videos=clips,
-                                       image_options=options, video_fps=fps, norm=self.cfg.loglik_norm)
+                                       image_options=options, video_fps=fps, norm=self.cfg.loglik_norm,
+                                       option_batch_bytes=self.cfg.option_batch_bytes)
                 row |= scores.as_row()  # pred, raw logliks, n_tokens, n_chars
         else:
             answers = subject.chat.generate(contents, images, max_new_tokens=self.cfg.answer_tokens,
