@@ -53,15 +53,16 @@ STAGE_RATIOS = {
     "base": 179.4,
     "video": 98.4,
     "image": 129.4,
-    "eval": 115.9,
+    "eval": 97.6,
     "control_data": 4.5,
     "control_train": 98.4,
-    "control_eval": 38.6,
+    "control_eval": 32.5,
 }
 """Seconds of each stage per second of calibration, on the 2-core machine the demo was developed on.
 Measured there in one full `make demo` (calibration 1.26 s): data 13 s, base stage 226 s (2 threads;
-its vision stage 55 s), video run 124 s, image run 163 s, evaluation 146 s; control data 4.6 s (in an
-earlier run, calibration 1.05 s). The control's training is matched to the video run's visual
+its vision stage 55 s), video run 124 s, image run 163 s; control data 4.6 s (in an earlier run,
+calibration 1.05 s); the evaluation 124 s at calibration 1.27 s, after loglik scoring began to batch the
+options (146 s at 1.26 s before). The control's training is matched to the video run's visual
 tokens, so it takes the video run's ratio; its evaluation (one checkpoint instead of three) a third of
 the evaluation's. The same machine at the same calibration has run the two-process stages 20% faster
 (image run 129 s, evaluation 117 s, the video run about 100 s): the calibration times one process,
