@@ -164,7 +164,8 @@ def score_options(model, processor, content: list[dict], images: list, options: 
     del out, enc  # the pixels and the prefix's outputs are not needed by the continuations
     logliks = [float(first[c[0]]) for c in conts]
     rest = [i for i, c in enumerate(conts) if len(c) > 1]  # a one-token option was predicted by the prompt
-    if len(rest) > 1 and len(rest) * cache_bytes(cache) <= option_batch_bytes:
+    size = cache_bytes(cache)  # 0: a cache whose layers hide their tensors, not copied on a guess
+    if len(rest) > 1 and 0 < len(rest) * size <= option_batch_bytes:
         more = _batched_continuations(model, cache, [conts[i] for i in rest])
     else:
         more = _continuations_one_by_one(model, cache, [conts[i] for i in rest])

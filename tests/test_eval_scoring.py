@@ -5,6 +5,7 @@ would take); the loglik normalisations; batched greedy generation equals one at 
 from __future__ import annotations
 
 import functools
+import unittest.mock
 
 import pytest
 import torch
@@ -116,7 +117,8 @@ def _prompt_cache_bytes(model, processor, content, frames) -> int:
     prefix, _ = option_continuations(processor, prompts.conversation(content), ["x"])
     with torch.no_grad():
         out = model(**dict(processor_inputs(processor, [prefix], [frames], None, return_tensors="pt")), use_cache=True)
-    return cache_bytes(out.past_key_values)
+    cache = getattr(out, "cache", None)
+    return cache_bytes(out.past_key_values if cache is None else cache)
 
 
 def test_options_continue_one_prompt_cache_without_copies(loaded, cache_seen, one_thread):
@@ -127,10 +129,12 @@ def test_options_continue_one_prompt_cache_without_copies(loaded, cache_seen, on
     copies = len(multi) * _prompt_cache_bytes(model, processor, content, frames)
     assert len(multi) >= 2 and copies > 0
     spy_on(model)
-    # copies one byte over the bound (and the bound 0): one option at a time against one cache
-    for bound in (copies - 1, ONE_AT_A_TIME):
+    # copies one byte over the bound (and the bound 0): one option at a time against one cache; so too a cache
+    # whose size cannot be read (its layers hide their tensors), whatever the bound
+    for bound, size_of in ((copies - 1, cache_bytes), (ONE_AT_A_TIME, cache_bytes), (2**40, lambda cache: 0)):
         seen.clear()
-        score_options(model, processor, content, frames, options, option_batch_bytes=bound)
+        with unittest.mock.patch("evalsuite.scoring.cache_bytes", size_of):
+            score_options(model, processor, content, frames, options, option_batch_bytes=bound)
         assert len(seen) == len(multi)  # one continuation forward per option with more than one token
         assert len({s["cache"] for s in seen}) == 1  # the same cache object every time
         # never repeated along the batch dimension, and back at the prompt's length before every option
