@@ -193,13 +193,14 @@ def _ninth(images, panels) -> int:
 
 
 def test_candidates_loglik_scores_yes_and_no_per_candidate_and_picks_the_largest_margin(tmp_path, monkeypatch):
-    task = _task(tmp_path, limit=1, iraven_layout="candidates")
+    task = _task(tmp_path, limit=1, iraven_layout="candidates", option_batch_mb=2)
     item = task.items()[0]
     panels, target = np.load(item.path)["image"], int(np.load(item.path)["target"])
     wanted = (target + 3) % 8  # the fake model's favourite, not the answer: pred must follow the margins
     calls = []
 
     def score(model, processor, content, images, options, option_batch_bytes=None):
+        assert option_batch_bytes == 2 * 2**20  # --option_batch_mb reaches the scoring
         c = _ninth(images, panels)
         calls.append((c, options, len(images), sum(p["type"] == "image" for p in content)))
         yes, no = -1.0 - 0.1 * c, -2.0 + (3.0 if c == wanted else 0.0)  # margins 1 - 0.1 c, except `wanted`
@@ -249,7 +250,8 @@ def test_a_model_that_always_says_yes_to_the_first_candidate_is_not_informative(
     task = _task(tmp_path, limit=2, iraven_layout="candidates")
     shown = {}  # the panels of the puzzle being predicted
 
-    def score(model, processor, content, images, options, option_batch_bytes=None):  # "yes." for the candidate in slot 0, whatever it shows
+    # "yes." for the candidate in slot 0, whatever it shows
+    def score(model, processor, content, images, options, option_batch_bytes=None):
         c = _ninth(images, shown["panels"])
         return OptionScores([-0.1, -3.0] if c == 0 else [-3.0, -0.1], [2, 2])
 

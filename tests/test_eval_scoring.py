@@ -76,7 +76,7 @@ def test_shared_prefix_scoring_equals_naive_scoring(loaded, condition, option_ba
             per = {"sum": [1] * 5, "mean": shared.n_tokens, "chars": shared.n_chars}[norm]
             assert shared.choice == argmax([ll / n for ll, n in zip(naive, per)])
         lengths.add(len(set(shared.n_tokens)))
-        # the options one after another against one cache: any order gives the same scores
+        # the options in another order: the same scores (one at a time or batched)
         backwards = score_options(model, processor, content, frames, options[::-1],
                                   option_batch_bytes=option_batch_bytes)
         assert backwards.logliks[::-1] == pytest.approx(naive, abs=1e-4)
