@@ -61,12 +61,13 @@ STAGE_RATIOS = {
 """Seconds of each stage per second of calibration, on the 2-core machine the demo was developed on.
 Measured there in one full `make demo` (calibration 1.26 s): data 13 s, base stage 226 s (2 threads;
 its vision stage 55 s), video run 124 s, image run 163 s; control data 4.6 s (in an earlier run,
-calibration 1.05 s); the evaluation, after loglik scoring began to batch the options, 124 s and 140 s in
-two runs at calibrations 1.27 s and 1.09 s (the mean of their ratios; 146 s at 1.26 s before). The control's training is matched to the video run's visual
-tokens, so it takes the video run's ratio; its evaluation (one checkpoint instead of three) a third of
-the evaluation's. The same machine at the same calibration has run the two-process stages 20% faster
-(image run 129 s, evaluation 117 s, the video run about 100 s): the calibration times one process,
-and the estimate is only as good as that. Re-measure them when a stage changes."""
+calibration 1.05 s); the evaluation, after loglik scoring began to batch the options, 124 s and 140 s
+in two runs at calibrations 1.27 s and 1.09 s (the mean of their ratios; 146 s at 1.26 s before). The
+control's training is matched to the video run's visual tokens, so it takes the video run's ratio; its
+evaluation (one checkpoint instead of three) a third of the evaluation's. The same machine at the same
+calibration has run the two-process stages 20% faster (image run 129 s, evaluation 117 s before the
+batching, the video run about 100 s): the calibration times one process, and the estimate is only as
+good as that. Re-measure them when a stage changes."""
 
 
 @dataclass
