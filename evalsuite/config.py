@@ -24,6 +24,7 @@ from train.run_record import RunRecord, RunRecordError
 BENCHMARKS = ("synthetic", "egoschema")
 SCORINGS = ("loglik", "generate")
 LOGLIK_NORMS = ("sum", "mean", "chars")
+OPTION_BATCH_MB = 256.0  # the default bound on the prompt-cache copies of batched options (`option_batch_mb`)
 """How loglik scoring compares options (`--loglik-norm`, `evalsuite.scoring.OptionScores`)."""
 PROTOCOLS = ("paper", "custom")
 PAPER_FRAMES = (5, 10)
@@ -154,7 +155,7 @@ class EvalConfig:
     """Bootstrap replicates per confidence interval."""
     batch_size: int = 8
     """Prompts per batched generate call."""
-    option_batch_mb: float = 256.0
+    option_batch_mb: float = OPTION_BATCH_MB
     """Loglik scoring: score a prompt's options in one forward over copies of its prompt cache when the copies
     take at most this many MiB (small models, short prompts); above it, one option at a time against one
     cache (a 7B model's long prompts). 0: always one at a time. Results agree to float rounding either way."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from evalsuite import prompts
-from evalsuite.config import LOGLIK_NORMS
+from evalsuite.config import LOGLIK_NORMS, OPTION_BATCH_MB
 from train.chat import processor_inputs, render
 
 
@@ -117,7 +117,7 @@ def forward_passes(n_options: int) -> int:
     return 1 + n_options
 
 
-OPTION_BATCH_BYTES = 256 * 2**20
+OPTION_BATCH_BYTES = int(OPTION_BATCH_MB * 2**20)
 """Default bound on the copies of a prompt cache that batched options may take (`--option_batch_mb`)."""
 
 
@@ -164,8 +164,8 @@ def score_options(model, processor, content: list[dict], images: list, options: 
     del out, enc  # the pixels and the prefix's outputs are not needed by the continuations
     logliks = [float(first[c[0]]) for c in conts]
     rest = [i for i, c in enumerate(conts) if len(c) > 1]  # a one-token option was predicted by the prompt
-    size = cache_bytes(cache)  # 0: a cache whose layers hide their tensors, not copied on a guess
-    if len(rest) > 1 and 0 < len(rest) * size <= option_batch_bytes:
+    # a cache whose layers hide their tensors (size 0) is not copied on a guess
+    if len(rest) > 1 and 0 < len(rest) * cache_bytes(cache) <= option_batch_bytes:
         more = _batched_continuations(model, cache, [conts[i] for i in rest])
     else:
         more = _continuations_one_by_one(model, cache, [conts[i] for i in rest])

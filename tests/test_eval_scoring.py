@@ -109,25 +109,26 @@ def cache_seen(monkeypatch):
     return seen, spy_on
 
 
-def _prompt_cache_bytes(model, processor, content, frames) -> int:
-    """What `score_options` measures before it decides: the bytes of the prompt's cache."""
-    from evalsuite.scoring import option_continuations
-    from train.chat import processor_inputs
+def _copies_measured(model, processor, content, frames, options) -> tuple[list[int], int]:
+    """(the multi-token options, the bytes their prompt-cache copies take) as `score_options` measures them."""
+    sizes = []
 
-    prefix, _ = option_continuations(processor, prompts.conversation(content), ["x"])
-    with torch.no_grad():
-        out = model(**dict(processor_inputs(processor, [prefix], [frames], None, return_tensors="pt")), use_cache=True)
-    cache = getattr(out, "cache", None)
-    return cache_bytes(out.past_key_values if cache is None else cache)
+    def recorded(cache):
+        sizes.append(cache_bytes(cache))
+        return sizes[-1]
+
+    with unittest.mock.patch("evalsuite.scoring.cache_bytes", recorded):
+        scores = score_options(model, processor, content, frames, options)
+    multi = [i for i, n in enumerate(scores.n_tokens) if n > 1]
+    assert len(sizes) == 1 and len(multi) >= 2 and sizes[0] > 0
+    return multi, len(multi) * sizes[0]
 
 
 def test_options_continue_one_prompt_cache_without_copies(loaded, cache_seen, one_thread):
     model, processor = loaded
     seen, spy_on = cache_seen
     content, frames, options = _case(3, "vcot")
-    multi = [i for i, n in enumerate(score_options(model, processor, content, frames, options).n_tokens) if n > 1]
-    copies = len(multi) * _prompt_cache_bytes(model, processor, content, frames)
-    assert len(multi) >= 2 and copies > 0
+    multi, copies = _copies_measured(model, processor, content, frames, options)
     spy_on(model)
     # copies one byte over the bound (and the bound 0): one option at a time against one cache; so too a cache
     # whose size cannot be read (its layers hide their tensors), whatever the bound
@@ -147,8 +148,7 @@ def test_options_run_batched_when_the_copies_fit_the_bound(loaded, cache_seen, o
     seen, spy_on = cache_seen
     content, frames, options = _case(3, "vcot")
     one = score_options(model, processor, content, frames, options, option_batch_bytes=ONE_AT_A_TIME)
-    multi = [i for i, n in enumerate(one.n_tokens) if n > 1]
-    copies = len(multi) * _prompt_cache_bytes(model, processor, content, frames)
+    multi, copies = _copies_measured(model, processor, content, frames, options)
     spy_on(model)
     batched = score_options(model, processor, content, frames, options, option_batch_bytes=copies)  # exactly fits
     # ONE continuation forward: every multi-token option a row of it, over as many copies of the prompt cache
