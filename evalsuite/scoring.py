@@ -131,6 +131,13 @@ def cache_bytes(cache) -> int:
     return total
 
 
+def options_batched(cache, n_continuations: int, option_batch_bytes: int) -> bool:
+    """Whether `n_continuations` run in one forward over copies of the prompt cache `cache`: when there are
+    several and their copies take at most `option_batch_bytes` (a cache whose layers hide their tensors,
+    size 0, is not copied on a guess)."""
+    return n_continuations > 1 and 0 < n_continuations * cache_bytes(cache) <= option_batch_bytes
+
+
 def _cache_kwarg(model) -> str:
     """The forward's name for a past cache: `cache` (transformers >= 5.24), else `past_key_values`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
@@ -164,8 +171,7 @@ def score_options(model, processor, content: list[dict], images: list, options: 
     del out, enc  # the pixels and the prefix's outputs are not needed by the continuations
     logliks = [float(first[c[0]]) for c in conts]
     rest = [i for i, c in enumerate(conts) if len(c) > 1]  # a one-token option was predicted by the prompt
-    # a cache whose layers hide their tensors (size 0) is not copied on a guess
-    if len(rest) > 1 and 0 < len(rest) * cache_bytes(cache) <= option_batch_bytes:
+    if options_batched(cache, len(rest), option_batch_bytes):
         more = _batched_continuations(model, cache, [conts[i] for i in rest])
     else:
         more = _continuations_one_by_one(model, cache, [conts[i] for i in rest])

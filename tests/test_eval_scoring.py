@@ -15,7 +15,8 @@ from data_recipes.synthetic import eval_item
 from evalsuite import prompts
 from evalsuite.config import ConfigError, EvalConfig, field_help
 from evalsuite.generation import ChatModel
-from evalsuite.scoring import OPTION_BATCH_BYTES, OptionScores, cache_bytes, continuation_ids, score_options
+from evalsuite.scoring import (OPTION_BATCH_BYTES, OptionScores, cache_bytes, continuation_ids, options_batched,
+                               score_options)
 from helpers import tiny_model
 from train.chat import IGNORE_INDEX, encode
 
@@ -160,6 +161,36 @@ def test_options_run_batched_when_the_copies_fit_the_bound(loaded, cache_seen, o
     assert EvalConfig(option_batch_mb=0.5).option_batch_bytes == 2**19 and EvalConfig().option_batch_bytes == BATCHED
     with pytest.raises(ConfigError, match="option_batch_mb"):
         EvalConfig(option_batch_mb=-1)
+
+
+@pytest.mark.parametrize("family, kib_per_token", [("qwen2_vl", 56), ("llava_next", 512)])
+def test_at_7b_frame_prompts_keep_one_cache_and_only_short_ones_may_batch(family, kib_per_token):
+    """The default bound on the published 7B configs (transformers' own config classes), with prompt caches
+    of their real size in bf16 built on the meta device: 5 options of a 5-frame prompt are scored one at a
+    time against one cache; a frameless prompt of 150 tokens (blind) is batched where its copies are small."""
+    from types import SimpleNamespace
+
+    from fixtures_7b import config_7b
+    from transformers import DynamicCache
+
+    config = config_7b(family, SimpleNamespace(convert_tokens_to_ids=lambda token: 1))
+    text = config.get_text_config()
+    head_dim = text.hidden_size // text.num_attention_heads
+
+    def prompt_cache(tokens: int):
+        cache = DynamicCache(config=config)
+        for layer in range(text.num_hidden_layers):
+            keys = torch.empty(1, text.num_key_value_heads, tokens, head_dim, dtype=torch.bfloat16, device="meta")
+            cache.update(keys, keys.clone(), layer)
+        return cache
+
+    # the least a frame costs: Qwen2-VL at 448 x 448 (256 tokens), LLaVA-NeXT's base tile alone (576)
+    frames = prompt_cache(150 + 5 * (256 if family == "qwen2_vl" else 576))
+    blind = prompt_cache(150)
+    assert cache_bytes(blind) == 150 * kib_per_token * 2**10  # 2 x layers x kv heads x head dim x 2 bytes
+    assert not options_batched(frames, 5, BATCHED)
+    assert options_batched(blind, 5, BATCHED) == (family == "qwen2_vl")  # 41 MiB of copies; LLaVA's 375 MiB
+    assert not options_batched(blind, 5, ONE_AT_A_TIME) and not options_batched(blind, 1, BATCHED)
 
 
 def test_native_video_prompt_scores_as_the_trainer_encodes_it(tmp_path_factory, one_thread):
