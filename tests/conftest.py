@@ -15,17 +15,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-IRAVEN_MISSING = ("I-RAVEN reference puzzles not found: set IRAVEN_REFERENCE to a directory of puzzles made "
-                  "by the original I-RAVEN generator (answers.json and one folder per configuration)")
+IRAVEN_FIXTURE = Path(__file__).parent / "fixtures" / "iraven_reference"
+"""42 puzzles written by the original I-RAVEN generator, with their answers (see its README.md)."""
 
 
 @pytest.fixture(scope="session")
 def iraven_reference() -> Path:
-    """The original generator's reference puzzles (answers.json, one folder per configuration):
-    the directory `$IRAVEN_REFERENCE` names; skips, saying how to set it, when it is unset or holds none."""
-    ref = Path(os.environ.get("IRAVEN_REFERENCE", ""))
-    if not os.environ.get("IRAVEN_REFERENCE") or not (ref / "answers.json").is_file():
-        pytest.skip(IRAVEN_MISSING)
+    """The original generator's reference puzzles (answers.json, one folder per configuration): the
+    ones in tests/fixtures, or the directory `$IRAVEN_REFERENCE` names (a larger set, same layout)."""
+    ref = Path(os.environ.get("IRAVEN_REFERENCE") or IRAVEN_FIXTURE)
+    if not (ref / "answers.json").is_file():
+        raise FileNotFoundError(f"{ref / 'answers.json'}: I-RAVEN reference puzzles not found (expected "
+                                "answers.json and one folder of .npz files per configuration)")
     return ref
 
 
