@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from data_recipes.chat_template import apply_chat_template
 from data_recipes.clips import VIDEO_INPUTS, as_video
 from data_recipes.processors import _model_config, frame_options, load_processor
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR, video_tokens
@@ -145,12 +146,12 @@ class TokenCounter:
         `clips` its frames per clip when it records them (see `as_video`)."""
         if self.video_input == "native" and kind == "video" and images:
             messages, groups = as_video(messages, images, clips)
-            text = self.processor.apply_chat_template(messages, tokenize=False)
+            text = apply_chat_template(self.processor, messages, tokenize=False)
             if any(len({im.size for im in g}) != 1 for g in groups):  # the arithmetic takes same-size frames
                 return self._clips_by_processor(text, groups)
             return self._checked(self._clips, lambda: self._clips_by_arithmetic(text, groups),
                                  lambda: self._clips_by_processor(text, groups), len(groups))
-        text = self.processor.apply_chat_template(messages, tokenize=False)
+        text = apply_chat_template(self.processor, messages, tokenize=False)
         options = frame_options(self.processor) if kind == "video" else {}
         if not images or options:  # frames under the family's frame options: counted as the trainer feeds them
             return self._by_processor(text, images, options)

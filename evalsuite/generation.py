@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig
 
+from data_recipes.chat_template import apply_chat_template
 from train.chat import processor_inputs
 
 
@@ -73,7 +74,7 @@ class ChatModel:
     def render(self, content: list[dict]) -> str:
         messages = [{"role": "user", "content": content}]
         if self.processor is not None:
-            return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return apply_chat_template(self.processor, messages, tokenize=False, add_generation_prompt=True)
         text = _joined_text(content)
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,

@@ -16,6 +16,9 @@ made in two `apply_chat_template` calls (one without and one with the generation
 renders every conversation on its own, with the same template and variables, so the strings are the
 ones one call per rendering gives); the rendering through a final assistant turn is the whole
 conversation, rendered once; labels are picked with tensor operations on the offsets.
+
+A template that prints a turn's images before its texts (LLaVA's published ones) would lose the order of
+interleaved frames and text: `data_recipes.chat_template` renders such turns with inline placeholders.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Sequence
 
 import torch
 
+from data_recipes.chat_template import apply_chat_template
 from data_recipes.clips import clip_metadata
 from data_recipes.schema import ConversationError, validate_messages  # noqa: F401 (the schema's home; re-exported)
 from data_recipes.tokens import image_token_id, split_tokens, video_token_id  # noqa: F401 (the count's home)
@@ -34,15 +38,15 @@ IGNORE_INDEX = -100
 
 
 def render(processor, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    return processor.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    return apply_chat_template(processor, list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def render_many(processor, conversations: Sequence[Sequence[dict]], add_generation_prompt: bool = False) -> list[str]:
     """`render` of every conversation, in one call of the chat template machinery."""
     if len(conversations) <= 1:
         return [render(processor, c, add_generation_prompt) for c in conversations]
-    return list(processor.apply_chat_template([list(c) for c in conversations], tokenize=False,
-                                              add_generation_prompt=add_generation_prompt))
+    return list(apply_chat_template(processor, [list(c) for c in conversations], tokenize=False,
+                                    add_generation_prompt=add_generation_prompt))
 
 
 def assistant_char_spans(processor, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:

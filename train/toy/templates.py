@@ -10,6 +10,9 @@ span in every style.
 Every template renders message content that is either a string or a list of
 `{"type": "image"}` / `{"type": "video"}` / `{"type": "text", "text": ...}` parts, in order, which is
 how the toolkit interleaves frames with infills (or passes a clip whole, `video_input: native`).
+Qwen2-VL's and InternVL's published templates do the same; LLaVA's print a turn's images before its
+texts, which `data_recipes.chat_template` detects and undoes (tests/test_chat_template.py renders
+through a template of that layout).
 """
 
 from __future__ import annotations
