@@ -261,7 +261,8 @@ def test_resume_from_a_trainable_only_state_under_zero(resumed, launcher):
 def test_bf16_run_records_the_dtypes_it_used(work, ref_run):
     """mixed_precision bf16 on CPU, as on a GPU: without DeepSpeed autocast computes in bf16 while the
     trained weights stay fp32; under ZeRO-2 DeepSpeed holds the model in bf16 (its optimizer keeps fp32
-    masters). run.json says so from the tensors, not from the flag (and a plain run's says fp32)."""
+    masters), and under ZeRO-3 too. run.json says so from the tensors, not from the flag (and a plain run's
+    says fp32)."""
     run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16", "--max_steps", "2", "--ds_config", "none",
         "--mixed_precision", "bf16")
     p = json.loads((work / "ckpt" / "bf16" / "run.json").read_text())["precision"]
@@ -273,6 +274,14 @@ def test_bf16_run_records_the_dtypes_it_used(work, ref_run):
     assert info["precision"] == {"mixed_precision": "bf16", "trainable_dtype": "bfloat16",
                                  "frozen_dtype": "bfloat16", "forward_dtype": "bfloat16"}
     assert all(0 < m["loss"] < 20 for m in metrics(work / "ckpt" / "bf16_z2"))
+    # ZeRO-3 partitions the base weights in bf16 as they load; peft's fp32 adapters used to stop it at
+    # its first partition (mixed dtypes). Its run.json counts the partitioned weights too.
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "bf16_z3", "--max_steps", "2", "--ds_config", "zero3",
+        "--mixed_precision", "bf16")
+    z3 = json.loads((work / "ckpt" / "bf16_z3" / "run.json").read_text())
+    assert z3["precision"] == info["precision"]
+    assert z3["parameters"] == info["parameters"] and z3["parameters"]["trainable"] < z3["parameters"]["total"] / 2
+    assert all(0 < m["loss"] < 20 for m in metrics(work / "ckpt" / "bf16_z3"))
     p = json.loads((ref_run / "run.json").read_text())["precision"]  # no --mixed_precision, no DeepSpeed
     assert p["forward_dtype"] == p["trainable_dtype"] == p["frozen_dtype"] == "float32"
 

@@ -218,12 +218,21 @@ class LoRATrainer:
             for p in model.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
+        elif rt.ds_config is not None and rt.precision != "no":
+            # DeepSpeed trains 16-bit weights (its optimizer holds the fp32 masters) and casts the model to
+            # them itself, but not under ZeRO-3: there the loader already partitioned the base weights in
+            # 16 bits, and peft's fp32 adapters beside them would stop ZeRO-3 at its first partition
+            # ("assert len(set(t.dtype for t in tensors)) == 1"). The adapters are cast here for every stage.
+            for p in model.parameters():
+                if p.requires_grad and not hasattr(p, "ds_id"):
+                    p.data = p.data.to(rt.dtype)
         # The dtype the forward really computes in, read off the first attention projection's output
         # (accelerate casts the model's outputs back to fp32, so the logits would not tell).
         probe = get_module(model, f"{self.family.language_model}.layers.0.self_attn.q_proj")
         self._dtype_probe = probe.register_forward_hook(self._note_forward_dtype)
-        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.total_params = sum(p.numel() for p in model.parameters())
+        # ZeRO-3's partitioned parameters hold no elements of their own (numel 0); ds_numel is their size.
+        self.trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+        self.total_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         self.acc.print(f"{self.family.name} from {self.base_dir}: {self.trainable:,} trainable of {self.total_params:,}")
         self.model = model
 
