@@ -153,6 +153,23 @@ def test_resume_continues_the_same_run(resumed):
     assert info["consumed"] == full_info["consumed"]
 
 
+def test_resume_refuses_another_reader_layout(resumed, work):
+    """Stream positions are kept per data reader (process x loader worker): a resume with another number of
+    loader workers would deal the shards out again. It is refused before the model loads, naming the state
+    file and both layouts; the state records its layout."""
+    rd = resumed(None)[0]
+    state = rd / "checkpoints" / "step-2"
+    readers = json.loads((state / "trainer_state.json").read_text())["readers"]
+    assert readers["processes"] == 1 and readers["workers"] >= 1
+    other = str(readers["workers"] + 1)
+    p = run_lora(work, "--recipe", str(work / "vid.yaml"), "--max_steps", "4", "--run_name", "z2", "--resume", str(state),
+                 "--num_workers", other, check=False)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert f"{state / 'trainer_state.json'}: this state was written by 1 process(es) x {readers['workers']} loader " \
+           f"worker(s), this run has 1 x {other}" in p.stderr
+    assert "Traceback" not in p.stderr and "Loading weights" not in p.stderr + p.stdout
+
+
 @pytest.mark.slow
 def test_loss_falls_on_video_demo_data(work):
     run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "learn", "--max_steps", "60", "--ds_config", "none",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from data_recipes.files import atomic_dir, atomic_write_json
 from train import accounting
+from train.config import ConfigError
 
 STATE_FILE = "trainer_state.json"
 STATE_VERSION = 2
@@ -41,6 +42,7 @@ class TrainingState:
     dropped: dict = field(default_factory=lambda: {"too_long": 0, "over_context": 0})
     mlflow_run_id: str | None = None
     schedule_steps: int = 0
+    readers: dict = field(default_factory=dict)     # {"processes": N, "workers": W}: the layout `positions` index
     version: int = STATE_VERSION
 
     def to_json(self) -> dict:
@@ -55,6 +57,23 @@ class TrainingState:
         state = cls(**{k: v for k, v in d.items() if k in known})
         state.positions = {int(k): int(v) for k, v in state.positions.items()}  # JSON keys are strings
         return state
+
+
+def reader_layout(processes: int, num_workers: int) -> dict:
+    """The data readers a run has: one per loader worker (one without workers) in each process."""
+    return {"processes": int(processes), "workers": max(1, int(num_workers))}
+
+
+def check_resume_layout(state: TrainingState, layout: dict, where: Path) -> None:
+    """A state's stream positions belong to the readers that took them: resuming them with another number
+    of processes or loader workers would deal the shards out again, repeating some samples and skipping
+    others without a word. (States written before the layout was recorded cannot be checked.)"""
+    if state.readers and state.readers != layout:
+        raise ConfigError(
+            f"{where / STATE_FILE}: this state was written by {state.readers['processes']} process(es) x "
+            f"{state.readers['workers']} loader worker(s), this run has {layout['processes']} x {layout['workers']}. "
+            "The data stream's positions are kept per reader, so resume with the same number of processes and "
+            "--num_workers, or start a new run (another --run_name, without --resume)")
 
 
 def valid_states(run_dir: Path) -> list[Path]:

@@ -56,8 +56,8 @@ from data_recipes.processors import save_processor  # noqa: E402
 from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
 from train.chat import IGNORE_INDEX  # noqa: E402
-from train.checkpointing import (TrainingState, find_resume, load_state, read_state, save_state,  # noqa: E402
-                                 trainable_only, trainable_state_dict)
+from train.checkpointing import (TrainingState, check_resume_layout, find_resume, load_state, read_state,  # noqa: E402
+                                 reader_layout, save_state, trainable_only, trainable_state_dict)
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
 from train.config import ConfigError, TrainConfig, resolve  # noqa: E402
 from train.data import ShardStream, encode_samples, make_loader, resolve_frames, trim  # noqa: E402
@@ -126,6 +126,11 @@ class LoRATrainer:
         self.acc = self._setup_accelerator()
         self.acc.print("resolved config:\n" + json.dumps(cfg.to_dict(), indent=1))
         self.acc.print("runtime: " + json.dumps(self.runtime.describe()))
+        # The state to resume, checked against this run's data readers before anything heavy loads.
+        resume_from = find_resume(self.run_dir, cfg.resume)
+        layout = reader_layout(self.acc.num_processes, cfg.num_workers)
+        if resume_from:
+            check_resume_layout(read_state(resume_from), layout, resume_from)
         self.recipe = load_recipe(cfg.recipe)
         self.shards = self._setup_shards()
         self.base_dir = self._setup_base_model()
@@ -137,8 +142,8 @@ class LoRATrainer:
         self.tracking_uri = cfg.tracking_uri or default_tracking_uri()
         self.budget = self._setup_budget()
         self._setup_optimizer()
-        resume_from = find_resume(self.run_dir, cfg.resume)
         self.state = read_state(resume_from) if resume_from else TrainingState(schedule_steps=self.budget.schedule_steps)
+        self.state.readers = layout
         self.schedule["total"] = self.state.schedule_steps
         self.tracker = self._setup_tracking()
         self._setup_logs(resume_from)
