@@ -81,6 +81,29 @@ def plan(gathered: torch.Tensor, unit: str | None, remaining: int | None) -> Dec
     return Decision(keep, partial, done=left <= 0)
 
 
+def forward_rows(counts: torch.Tensor, keep: list[int]) -> list[list[int]]:
+    """The rows of its micro-batch each rank runs through the model (`counts`: (ranks, batch, counters)): its
+    kept prefix; when it keeps none, one row under a zero loss (every process joins every step), one with
+    images when it has any, so that the vision tower and projector run wherever they can."""
+    images = COUNTERS.index("images")
+    out = []
+    for r, k in enumerate(keep):
+        if k:
+            out.append(list(range(k)))
+            continue
+        present = [i for i in range(counts.shape[1]) if counts[r, i, 0] >= 0]
+        out.append([next((i for i in present if counts[r, i, images] > 0), present[0] if present else 0)])
+    return out
+
+
+def ranks_without_images(counts: torch.Tensor, rows: list[list[int]]) -> list[int]:
+    """The ranks whose forwarded `rows` hold no image (frames included) while another rank's do; none when
+    every rank's do or none do. Those ranks would skip the vision tower and projector that the others run."""
+    images = COUNTERS.index("images")
+    has = [any(int(counts[r, i, images]) > 0 for i in rs) for r, rs in enumerate(rows)]
+    return [r for r, h in enumerate(has) if not h] if any(has) else []
+
+
 def kept_totals(gathered: torch.Tensor, d: Decision) -> dict:
     """Counts consumed by this micro-batch after the decision, summed over ranks."""
     tot = dict.fromkeys(COUNTERS, 0)

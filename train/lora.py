@@ -47,7 +47,7 @@ from train.runtime import pick_ds_accelerator  # noqa: E402
 pick_ds_accelerator()  # before DeepSpeed is imported: it reads DS_ACCELERATOR once
 
 from accelerate import Accelerator, DeepSpeedPlugin  # noqa: E402
-from accelerate.utils import InitProcessGroupKwargs, set_seed  # noqa: E402
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed  # noqa: E402
 
 from data_recipes.build import build as build_shards  # noqa: E402
 from data_recipes.build import manifest_hash, read_manifest, shard_urls, verify  # noqa: E402
@@ -60,7 +60,7 @@ from train.checkpointing import (TrainingState, check_resume_layout, find_resume
                                  reader_layout, save_state, trainable_only, trainable_state_dict)
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
 from train.config import ConfigError, TrainConfig, resolve  # noqa: E402
-from train.data import ShardStream, encode_samples, make_loader, resolve_frames, trim  # noqa: E402
+from train.data import ShardStream, encode_samples, make_loader, resolve_frames, select  # noqa: E402
 from train.families import get_module, load_model  # noqa: E402
 from train.models import resolve_base_model, wrap_lora  # noqa: E402
 from train.run_record import RunRecord  # noqa: E402
@@ -111,6 +111,18 @@ def peak_memory_gb() -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _deepspeed_world_group(timeout_s: int) -> None:
+    """DeepSpeed sends ZeRO's traffic over its own clone of the world group, which it makes without a
+    timeout (torch's default: 10 minutes on NCCL, so one rank still loading 7B weights 10 minutes after the
+    others kills the job at engine set-up). Made here first, with the run's timeout; DeepSpeed reuses it."""
+    import torch.distributed as tdist
+    from deepspeed.utils import groups
+
+    if groups._WORLD_GROUP is None and tdist.is_initialized():
+        groups._WORLD_GROUP = tdist.new_group(ranks=list(range(tdist.get_world_size())),
+                                              timeout=datetime.timedelta(seconds=timeout_s))
 
 
 class LoRATrainer:
@@ -174,8 +186,11 @@ class LoRATrainer:
         handlers = [InitProcessGroupKwargs(backend=self.runtime.backend,
                                            timeout=datetime.timedelta(seconds=self.runtime.timeout_s))] if distributed else []
         plugin = DeepSpeedPlugin(hf_ds_config=ds) if ds is not None else None
-        return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers, mixed_precision=self.runtime.precision,
-                           gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        acc = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers, mixed_precision=self.runtime.precision,
+                          gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        if ds is not None:
+            _deepspeed_world_group(self.runtime.timeout_s)
+        return acc
 
     def _setup_shards(self) -> Path:
         """The recipe's shards. Generated (demo) recipes are built on the main process while the others
@@ -218,6 +233,8 @@ class LoRATrainer:
         text_cfg = getattr(model.config, "text_config", model.config)
         self.hidden, self.context = text_cfg.hidden_size, getattr(text_cfg, "max_position_embeddings", 0) or 0
         model = wrap_lora(model, self.family, cfg)
+        self.vision_trained = any(p.requires_grad for part in (self.family.vision_tower, self.family.projector)
+                                  for p in get_module(model, part).parameters())
         if rt.ds_config is None and rt.precision != "no":
             # Autocast computes in 16 bits; the trained weights and their Adam states stay in fp32.
             for p in model.parameters():
@@ -284,6 +301,12 @@ class LoRATrainer:
             ds.update(fill_ds_config(ds, cfg, self.runtime.precision, hidden=self.hidden))
         else:
             self.acc.register_save_state_pre_hook(trainable_only(self.model))
+        text_only = int((self.manifest.get("kinds") or {}).get("text_only", 0))
+        ddp = self.acc.state.deepspeed_plugin is None and self.acc.num_processes > 1
+        if ddp and self.vision_trained and text_only:
+            # A micro-batch of text-only samples leaves the trained projector without gradients; DDP then
+            # waits for them forever unless told that parameters may go unused (on any or every process).
+            self.acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
         # The scheduler stays outside prepare(): accelerate would step it once per process, and the
         # schedule here is counted in optimizer steps. It drives the base optimizer's param groups,
         # which DeepSpeed's ZeRO wrapper shares.
@@ -291,6 +314,12 @@ class LoRATrainer:
         self.trained_params = [p for p in self.model.parameters() if p.requires_grad]  # clipping skips frozen ones
         self.acc.register_for_checkpointing(self.scheduler)
         self.deepspeed = self.acc.state.deepspeed_plugin is not None
+        ds = self.runtime.ds_config or {}
+        self.zero3 = self.deepspeed and (ds.get("zero_optimization") or {}).get("stage") == 3
+        # Whether a process that skips the vision tower and projector (a micro-batch without images) would
+        # leave the others waiting in a collective: ZeRO-3 gathers their weights, ZeRO-2 reduces their
+        # gradients when they are trained. (DDP, told above, marks the unused ones ready on its own.)
+        self.vision_collectives = self.acc.num_processes > 1 and (self.zero3 or (self.deepspeed and self.vision_trained))
 
     def _setup_tracking(self):
         if not self.acc.is_main_process:
@@ -350,6 +379,19 @@ class LoRATrainer:
                 break
         return plans
 
+    def _vision_desync(self, ranks: list[int], micro: int) -> str:
+        why = "ZeRO-3 (the tower's and projector's weights are gathered as they run)" if self.zero3 else \
+            "a trained projector or vision tower (their gradients are reduced)"
+        kinds = self.manifest.get("kinds", {})
+        return (f"step {self.state.step + 1}, micro-batch {micro + 1}: process(es) {', '.join(map(str, ranks))} have only "
+                f"text-only samples while the others have images. Under {why} with {self.acc.num_processes} "
+                "processes, the vision tower and projector would run on some processes only and their collectives "
+                "would no longer match (a hang on NCCL, a size error on gloo, or gradients of the wrong parameters). "
+                f"The shards hold {kinds.get('text_only', 'some')} text-only samples. Use a larger "
+                "per_device_batch_size (a micro-batch of text-only samples alone becomes rare), build the recipe "
+                "from records with images, train without DeepSpeed (DDP: --ds_config none), or, under ZeRO-2, freeze "
+                "the projector (--freeze_projector true)")
+
     def train_step(self) -> dict:
         """One optimizer step over up to gradient_accumulation_steps micro-batches; returns its record.
 
@@ -370,10 +412,15 @@ class LoRATrainer:
         factor = acc.num_processes * cfg.gradient_accumulation_steps / max(supervised, 1)
         loss_sum, grad_norm = torch.zeros((), device=acc.device), None
         for i, ((decision, totals), batch) in enumerate(zip(plans, batches)):
-            mine, scale = decision.keep[acc.process_index], 1.0
-            if mine < len(batch.keys):
-                # Keep one sample even when none count, with a zero loss: every process must join the step.
-                batch, scale = trim(batch, max(mine, 1)), (1.0 if mine else 0.0)
+            counts = gathered[:, i, :-1]
+            rows = accounting.forward_rows(counts, decision.keep)
+            if self.vision_collectives and (lacking := accounting.ranks_without_images(counts, rows)):
+                raise ConfigError(self._vision_desync(lacking, i))
+            # Keep one sample even when none count, with a zero loss: every process must join the step.
+            mine, my_rows = decision.keep[acc.process_index], rows[acc.process_index]
+            scale = 1.0 if mine else 0.0
+            if my_rows != list(range(len(batch.keys))):
+                batch = select(batch, my_rows)
             if acc.process_index in decision.partial:
                 accounting.mask_supervised_tail(batch.inputs["labels"], mine - 1, decision.partial[acc.process_index])
             if cfg.record_samples and mine:
