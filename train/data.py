@@ -397,8 +397,3 @@ def select(batch: Batch, rows) -> Batch:
         inputs[k] = v[rows][:, lo:hi] if v.dim() >= 2 and v.shape[1] == width else v[rows]
     counts = {k: [v[i] for i in rows] for k, v in counts.items()}
     return replace(batch, inputs=inputs, counts=counts, keys=[batch.keys[i] for i in rows])
-
-
-def trim(batch: Batch, keep: int) -> Batch:
-    """The first `keep` samples of a batch (the last batch of a budgeted run)."""
-    return select(batch, range(keep))
