@@ -314,8 +314,7 @@ class LoRATrainer:
         self.trained_params = [p for p in self.model.parameters() if p.requires_grad]  # clipping skips frozen ones
         self.acc.register_for_checkpointing(self.scheduler)
         self.deepspeed = self.acc.state.deepspeed_plugin is not None
-        ds = self.runtime.ds_config or {}
-        self.zero3 = self.deepspeed and (ds.get("zero_optimization") or {}).get("stage") == 3
+        self.zero3 = self.deepspeed and self.acc.state.deepspeed_plugin.zero_stage == 3
         # Whether a process that skips the vision tower and projector (a micro-batch without images) would
         # leave the others waiting in a collective: ZeRO-3 gathers their weights, ZeRO-2 reduces their
         # gradients when they are trained. (DDP, told above, marks the unused ones ready on its own.)
