@@ -33,7 +33,7 @@ def keeps_part_order(processor) -> bool:
     """Whether the processor's chat template renders a user turn's images and texts in the order given.
 
     A template that renders no image placeholder where the probe's images are (nothing to check, nothing to
-    move) counts as keeping it."""
+    move), or that refuses the probe's lone user turn, counts as keeping it."""
     image, _ = placeholders(processor)
     template = getattr(processor, "chat_template", None)
     if not image or not isinstance(template, str):
@@ -42,7 +42,11 @@ def keeps_part_order(processor) -> bool:
     if key not in _ORDER:
         probe = [{"type": "text", "text": _MARKS[0]}, {"type": "image"}, {"type": "text", "text": _MARKS[1]},
                  {"type": "image"}, {"type": "text", "text": _MARKS[2]}]
-        text = processor.apply_chat_template([{"role": "user", "content": probe}], tokenize=False)
+        try:
+            text = processor.apply_chat_template([{"role": "user", "content": probe}], tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that refuses a lone user turn: render as given, as before
+            _ORDER[key] = True
+            return True
         found = [m.group(0) for m in re.finditer("|".join(map(re.escape, (*_MARKS, image))), text)]
         _ORDER[key] = found.count(image) != 2 or found == [_MARKS[0], image, _MARKS[1], image, _MARKS[2]]
     return _ORDER[key]

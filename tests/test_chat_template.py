@@ -8,6 +8,7 @@ ships it, and is loaded by the toolkit's own loader.
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
@@ -137,3 +138,16 @@ def test_iraven_candidate_labels_stay_beside_their_panels(images_first):
     assert text.count("<image>") == 16
     for letter in prompts.IRAVEN_LETTERS:
         assert f"\n{letter}: \n<image>\n" in text, letter
+
+
+def test_a_template_that_refuses_the_probe_renders_as_given(images_first):
+    """A template may insist on a system turn first: the probe's lone user turn then fails, and the
+    conversation is rendered as given (the template's own error, if any, comes from the real call)."""
+    _, processor = images_first
+    strict = ("{%- if messages[0]['role'] != 'system' -%}{{ raise_exception('a system turn first') }}{%- endif -%}"
+              + IMAGES_FIRST)
+    proc = copy.copy(processor)
+    proc.chat_template = strict
+    assert CT.keeps_part_order(proc)
+    conv = [{"role": "system", "content": [{"type": "text", "text": "be brief"}]}] + _vcot_turn()
+    assert render(proc, conv) == proc.apply_chat_template(conv, tokenize=False)
