@@ -16,8 +16,7 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig
 
-from data_recipes.chat_template import apply_chat_template
-from train.chat import processor_inputs
+from train.chat import processor_inputs, render
 
 
 def _chunks(n: int, size: int):
@@ -74,7 +73,7 @@ class ChatModel:
     def render(self, content: list[dict]) -> str:
         messages = [{"role": "user", "content": content}]
         if self.processor is not None:
-            return apply_chat_template(self.processor, messages, tokenize=False, add_generation_prompt=True)
+            return render(self.processor, messages, add_generation_prompt=True)
         text = _joined_text(content)
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -87,10 +86,10 @@ class ChatModel:
         try:
             user = [{"type": "text", "text": "q"}]
             msgs = [{"role": "user", "content": user if self.processor else "q"}]
-            render = self.processor.apply_chat_template if self.processor else self.tokenizer.apply_chat_template
-            prefix = render(msgs, tokenize=False, add_generation_prompt=True)
+            template = self.processor.apply_chat_template if self.processor else self.tokenizer.apply_chat_template
+            prefix = template(msgs, tokenize=False, add_generation_prompt=True)
             answer = [{"type": "text", "text": "zz"}] if self.processor else "zz"
-            full = render(msgs + [{"role": "assistant", "content": answer}], tokenize=False)
+            full = template(msgs + [{"role": "assistant", "content": answer}], tokenize=False)
         except Exception:  # noqa: BLE001 - no chat template: EOS alone
             return ids
         tail = full[len(prefix):].split("zz", 1)[-1] if full.startswith(prefix) else ""

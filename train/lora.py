@@ -140,9 +140,10 @@ class LoRATrainer:
         self.acc.print("runtime: " + json.dumps(self.runtime.describe()))
         # The state to resume, checked against this run's data readers before anything heavy loads.
         resume_from = find_resume(self.run_dir, cfg.resume)
+        resumed = read_state(resume_from) if resume_from else None
         layout = reader_layout(self.acc.num_processes, cfg.num_workers)
-        if resume_from:
-            check_resume_layout(read_state(resume_from), layout, resume_from)
+        if resumed:
+            check_resume_layout(resumed, layout, resume_from)
         self.recipe = load_recipe(cfg.recipe)
         self.shards = self._setup_shards()
         self.base_dir = self._setup_base_model()
@@ -154,7 +155,7 @@ class LoRATrainer:
         self.tracking_uri = cfg.tracking_uri or default_tracking_uri()
         self.budget = self._setup_budget()
         self._setup_optimizer()
-        self.state = read_state(resume_from) if resume_from else TrainingState(schedule_steps=self.budget.schedule_steps)
+        self.state = resumed or TrainingState(schedule_steps=self.budget.schedule_steps)
         self.state.readers = layout
         self.schedule["total"] = self.state.schedule_steps
         self.tracker = self._setup_tracking()
@@ -235,19 +236,16 @@ class LoRATrainer:
         model = wrap_lora(model, self.family, cfg)
         self.vision_trained = any(p.requires_grad for part in (self.family.vision_tower, self.family.projector)
                                   for p in get_module(model, part).parameters())
-        if rt.ds_config is None and rt.precision != "no":
-            # Autocast computes in 16 bits; the trained weights and their Adam states stay in fp32.
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
-        elif rt.ds_config is not None and rt.precision != "no":
-            # DeepSpeed trains 16-bit weights (its optimizer holds the fp32 masters) and casts the model to
-            # them itself, but not under ZeRO-3: there the loader already partitioned the base weights in
-            # 16 bits, and peft's fp32 adapters beside them would stop ZeRO-3 at its first partition
-            # ("assert len(set(t.dtype for t in tensors)) == 1"). The adapters are cast here for every stage.
+        if rt.precision != "no":
+            # Without DeepSpeed, autocast computes in 16 bits and the trained weights and their Adam states
+            # stay in fp32. DeepSpeed trains 16-bit weights (its optimizer holds the fp32 masters) and casts
+            # the model to them itself, but not under ZeRO-3: there the loader already partitioned the base
+            # weights in 16 bits, and peft's fp32 adapters beside them would stop ZeRO-3 at its first
+            # partition ("assert len(set(t.dtype for t in tensors)) == 1"). So they are cast here, for every stage.
+            trained = torch.float32 if rt.ds_config is None else rt.dtype
             for p in model.parameters():
                 if p.requires_grad and not hasattr(p, "ds_id"):
-                    p.data = p.data.to(rt.dtype)
+                    p.data = p.data.to(trained)
         # The dtype the forward really computes in, read off the first attention projection's output
         # (accelerate casts the model's outputs back to fp32, so the logits would not tell).
         probe = get_module(model, f"{self.family.language_model}.layers.0.self_attn.q_proj")
@@ -301,9 +299,9 @@ class LoRATrainer:
             ds.update(fill_ds_config(ds, cfg, self.runtime.precision, hidden=self.hidden))
         else:
             self.acc.register_save_state_pre_hook(trainable_only(self.model))
-        text_only = int((self.manifest.get("kinds") or {}).get("text_only", 0))
+        self.text_only = int((self.manifest.get("kinds") or {}).get("text_only", 0))
         ddp = self.acc.state.deepspeed_plugin is None and self.acc.num_processes > 1
-        if ddp and self.vision_trained and text_only:
+        if ddp and self.vision_trained and self.text_only:
             # A micro-batch of text-only samples leaves the trained projector without gradients; DDP then
             # waits for them forever unless told that parameters may go unused (on any or every process).
             self.acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -381,12 +379,11 @@ class LoRATrainer:
     def _vision_desync(self, ranks: list[int], micro: int) -> str:
         why = "ZeRO-3 (the tower's and projector's weights are gathered as they run)" if self.zero3 else \
             "a trained projector or vision tower (their gradients are reduced)"
-        kinds = self.manifest.get("kinds", {})
         return (f"step {self.state.step + 1}, micro-batch {micro + 1}: process(es) {', '.join(map(str, ranks))} have only "
                 f"text-only samples while the others have images. Under {why} with {self.acc.num_processes} "
                 "processes, the vision tower and projector would run on some processes only and their collectives "
                 "would no longer match (a hang on NCCL, a size error on gloo, or gradients of the wrong parameters). "
-                f"The shards hold {kinds.get('text_only', 'some')} text-only samples. Use a larger "
+                f"The shards hold {self.text_only or 'some'} text-only samples. Use a larger "
                 "per_device_batch_size (a micro-batch of text-only samples alone becomes rare), build the recipe "
                 "from records with images, train without DeepSpeed (DDP: --ds_config none), or, under ZeRO-2, freeze "
                 "the projector (--freeze_projector true)")
