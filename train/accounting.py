@@ -38,12 +38,13 @@ assert len(META) == len(COUNTERS)
 
 
 def step_matrix(batches, batch_size: int) -> torch.Tensor:
-    """(micro-batches, batch_size + 1, 5): per-sample counts (`batch_matrix`), then the META row."""
+    """(micro-batches, batch_size + 1, 5): per-sample counts (`batch_matrix`; a filler row is no sample),
+    then the META row."""
     rows = []
     for b in batches:
         meta = torch.tensor([[b.dropped.get("too_long", 0), b.dropped.get("over_context", 0), b.reader, b.position,
                               b.pass_index]], dtype=torch.long)
-        rows.append(torch.cat([batch_matrix(b.counts, batch_size), meta]))
+        rows.append(torch.cat([batch_matrix(b.sample_counts(), batch_size), meta]))
     return torch.stack(rows)
 
 
@@ -96,12 +97,18 @@ def forward_rows(counts: torch.Tensor, keep: list[int]) -> list[list[int]]:
     return out
 
 
-def ranks_without_images(counts: torch.Tensor, rows: list[list[int]]) -> list[int]:
-    """The ranks whose forwarded `rows` hold no image (frames included) while another rank's do; none when
-    every rank's do or none do. Those ranks would skip the vision tower and projector that the others run."""
+def image_row(counts: torch.Tensor, rows: list[int]) -> int | None:
+    """A present row of one rank's micro-batch (`counts`: (batch, counters)) that holds images and is not in
+    `rows`: what that rank can forward under a masked loss when its `rows` hold none (None: no such row)."""
     images = COUNTERS.index("images")
-    has = [any(int(counts[r, i, images]) > 0 for i in rs) for r, rs in enumerate(rows)]
-    return [r for r, h in enumerate(has) if not h] if any(has) else []
+    return next((i for i in range(counts.shape[0]) if i not in rows and counts[i, 0] >= 0
+                 and counts[i, images] > 0), None)
+
+
+def has_images(counts: torch.Tensor, rows: list[int]) -> bool:
+    """Whether one rank's `rows` (of `counts`: (batch, counters)) hold an image or frame."""
+    images = COUNTERS.index("images")
+    return any(int(counts[i, images]) > 0 for i in rows)
 
 
 def kept_totals(gathered: torch.Tensor, d: Decision) -> dict:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from transformers.feature_extraction_utils import BatchFeature
 
 from data_recipes.chat_template import apply_chat_template
 from data_recipes.clips import clip_metadata
@@ -166,8 +167,23 @@ def processor_inputs(processor, texts: list[str], images: Sequence[Sequence], vi
         metadata = clip_metadata(clips, rates)
         if metadata is not None:
             kwargs["video_metadata"] = metadata
-    return processor(text=texts, images=[list(x) for x in images] if has_images else None,
-                     videos=clips if has_videos else None, **kwargs)
+    call = dict(text=texts, images=[list(x) for x in images] if has_images else None,
+                videos=clips if has_videos else None, **kwargs)
+    try:
+        return processor(**call)
+    except ValueError as e:
+        # InternVL's processor converts its outputs to tensors itself, without the keys that are not
+        # tensors: a batch whose first sample has no image fails on the placeholder offsets (an empty
+        # list, then lists of dicts). The same call without conversion, converted here, gives the same
+        # tensors (tests/test_text_only_batches.py).
+        if kwargs.get("return_tensors") is None or "text_replacement_offsets" not in str(e):
+            raise
+        out = processor(**{**call, "return_tensors": None})
+        return BatchFeature(dict(out), tensor_type=kwargs["return_tensors"], skip_tensor_conversion=_NOT_TENSORS)
+
+
+_NOT_TENSORS = ("text_replacement_offsets", "video_metadata")
+"""Processor outputs that stay Python objects when the rest is converted to tensors."""
 
 
 def encode(processor, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence], *,

@@ -26,6 +26,15 @@ cutting could split an image's placeholder tokens. A batch with drops is yielded
 accounting handles fewer samples); one whose samples were all dropped is not yielded: its drops are
 carried to the reader's next batch.
 
+With `image_filler`, a batch whose samples have no image or frame (text-only records: LLaVA's mix665k
+holds some) gets one more row, the filler (`FILLER_KEY`): a blank image under a one-line exchange whose
+labels are all masked. It is not a sample: no count, key list or budget includes it (`Batch.samples`),
+and the trainer forwards it only on a process that would otherwise skip the vision tower and projector
+while others run them (ZeRO-3 gathers their weights as they run; DeepSpeed reduces a trained
+projector's gradients in buckets): then every process runs the same modules in the same order, and the
+filler's gradients are zeros. It is encoded in the batch's own processor call, so every family pads and
+lays out its pixels as it does for data.
+
 The stream is endless (pass after pass, each reshuffled), and a reader's raw samples are a pure
 function of (seed, R, r, manifest counts). `Batch.position` counts the samples a reader has taken
 from its shuffle buffer (dropped ones included), so a run resumes exactly from the last position it
@@ -58,16 +67,35 @@ from train.chat import encode
 
 _EXAMPLES = 5
 
+FILLER_KEY = "__filler__"
+"""The key of a batch's filler row (`ShardStream(image_filler=True)`): a blank image, labels masked."""
+FILLER_SIZE = 64
+"""The filler's image side in pixels (the family's image processor resizes it as it resizes data)."""
+
 
 @dataclass
 class Batch:
     inputs: dict
-    counts: dict          # samples, images, text_tokens, supervised_tokens, visual_tokens: lists per sample
+    counts: dict          # samples, images, text_tokens, supervised_tokens, visual_tokens: lists per row
     keys: list[str]
     pass_index: int
     reader: int = 0       # global reader id (rank * workers + slot)
     position: int = 0     # samples this reader took from its buffer, through this batch's (drops included)
     dropped: dict = field(default_factory=dict)  # reason -> samples dropped since the reader's previous batch
+
+    @property
+    def filler(self) -> bool:
+        """Whether the last row is the filler (a blank image under masked labels), not a sample."""
+        return bool(self.keys) and self.keys[-1] == FILLER_KEY
+
+    @property
+    def samples(self) -> int:
+        """The batch's samples: its rows, the filler row excluded."""
+        return len(self.keys) - self.filler
+
+    def sample_counts(self) -> dict:
+        """`counts` of the samples alone (the filler row excluded)."""
+        return {k: v[:self.samples] for k, v in self.counts.items()} if self.filler else self.counts
 
 
 def shard_counts_from_manifest(shards_dir) -> tuple[list[str], list[int]]:
@@ -127,6 +155,16 @@ def encode_samples(processor, raw: list[dict], video_input: str = "images", max_
     return enc, counts
 
 
+def filler_sample() -> dict:
+    """The filler as a raw shard sample: a black `FILLER_SIZE` square and a one-line exchange."""
+    buf = io.BytesIO()
+    Image.new("RGB", (FILLER_SIZE, FILLER_SIZE)).save(buf, format="JPEG")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Nothing."}]}]
+    return {"__key__": FILLER_KEY, "json": json.dumps({"kind": "image", "messages": messages}).encode(),
+            "jpg": buf.getvalue()}
+
+
 def _image_names(sample: dict) -> list[str]:
     return ["jpg"] if "jpg" in sample else sorted(k for k in sample if k.endswith(".jpg"))
 
@@ -149,6 +187,7 @@ class ShardStream(IterableDataset):
     video_input: `images` feeds every frame as an image; `native` feeds a video sample's frames as
         clips through the family's video processor (`train.chat.as_video`).
     max_pixels: the resize rule (`data_recipes.resize`) applied to every image and frame read.
+    image_filler: give a batch without images or frames the filler row (see the module's docstring).
     resume: {"positions": {reader id: Batch.position of the last batch consumed from it},
              "batches": loader batches consumed}.
     """
@@ -156,13 +195,14 @@ class ShardStream(IterableDataset):
     def __init__(self, urls: list[str], processor, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  shuffle_buffer: int = 500, shard_counts: list[int] | None = None, max_length: int = 0,
                  context_length: int = 0, resume: dict | None = None, video_input: str = "images",
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, image_filler: bool = False):
         if video_input not in VIDEO_INPUTS:
             raise ValueError(f"video_input must be one of {', '.join(VIDEO_INPUTS)}, got {video_input!r}")
         self.video_input, self.max_pixels = video_input, max_pixels
         self.urls, self.processor, self.batch_size = list(urls), processor, batch_size
         self.seed, self.rank, self.world, self.shuffle_buffer = seed, rank, world, shuffle_buffer
         self.max_length, self.context_length = max_length, context_length
+        self.image_filler = image_filler
         self.resume = resume or {}
         if shard_counts is not None and len(shard_counts) != len(self.urls):
             raise ValueError(f"{len(shard_counts)} shard counts for {len(self.urls)} shards")
@@ -267,13 +307,20 @@ class ShardStream(IterableDataset):
 
     # --- decoding, length limits, and the loader ------------------------------------------------
     def collate(self, raw: list[dict]) -> tuple[dict, dict, list[str]]:
-        enc, counts = encode_samples(self.processor, raw, self.video_input, self.max_pixels)
-        return enc.inputs, counts, [s["__key__"] for s in raw]
+        """(inputs, counts, keys) of raw samples; with `image_filler`, the filler row ends a batch
+        without any image or frame (its labels masked)."""
+        filler = self.image_filler and not any(_image_names(s) for s in raw)
+        enc, counts = encode_samples(self.processor, raw + [filler_sample()] if filler else raw, self.video_input,
+                                     self.max_pixels)
+        if filler:
+            enc.inputs["labels"][-1] = -100
+        return enc.inputs, counts, [s["__key__"] for s in raw] + ([FILLER_KEY] if filler else [])
 
     def _drop_long(self, batch: Batch) -> tuple[Batch | None, Counter]:
-        """The batch without its samples over the length limits (None if none is left), and drops by reason."""
+        """The batch without its samples over the length limits (None if none is left), and drops by reason.
+        The filler row is never dropped."""
         keep, why = [], Counter()
-        for i, n in enumerate(batch.inputs["attention_mask"].sum(1).tolist()):
+        for i, n in enumerate(batch.inputs["attention_mask"].sum(1).tolist()[:batch.samples]):
             if self.context_length and n > self.context_length:
                 why["over_context"] += 1
                 if not self._warned_context:
@@ -285,9 +332,9 @@ class ShardStream(IterableDataset):
                 why["too_long"] += 1
             else:
                 keep.append(i)
-        if len(keep) == len(batch.keys):
+        if len(keep) == batch.samples:
             return batch, why
-        return (select(batch, keep) if keep else None), why
+        return (select(batch, keep + [batch.samples] * batch.filler) if keep else None), why
 
     def reader_batches(self, reader: int, readers: int, position: int = 0):
         """The `Batch`es of one reader, from `position` on."""
@@ -295,6 +342,10 @@ class ShardStream(IterableDataset):
         for pass_index, raw in self.batches_of_reader(reader, readers, position=position):
             position += len(raw)
             batch, why = self._drop_long(Batch(*self.collate(raw), pass_index, reader, position))
+            if batch is not None and self.image_filler and not batch.filler and not any(batch.counts["images"]):
+                # the samples with images were the ones too long: the rest again, with the filler
+                kept = set(batch.keys)
+                batch = Batch(*self.collate([s for s in raw if s["__key__"] in kept]), pass_index, reader, position)
             dropped.update(why)
             if batch is not None:
                 yield replace(batch, dropped=dict(dropped))

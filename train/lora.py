@@ -299,9 +299,9 @@ class LoRATrainer:
             ds.update(fill_ds_config(ds, cfg, self.runtime.precision, hidden=self.hidden))
         else:
             self.acc.register_save_state_pre_hook(trainable_only(self.model))
-        self.text_only = int((self.manifest.get("kinds") or {}).get("text_only", 0))
+        text_only = int((self.manifest.get("kinds") or {}).get("text_only", 0))
         ddp = self.acc.state.deepspeed_plugin is None and self.acc.num_processes > 1
-        if ddp and self.vision_trained and self.text_only:
+        if ddp and self.vision_trained and text_only:
             # A micro-batch of text-only samples leaves the trained projector without gradients; DDP then
             # waits for them forever unless told that parameters may go unused (on any or every process).
             self.acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -315,7 +315,9 @@ class LoRATrainer:
         self.zero3 = self.deepspeed and self.acc.state.deepspeed_plugin.zero_stage == 3
         # Whether a process that skips the vision tower and projector (a micro-batch without images) would
         # leave the others waiting in a collective: ZeRO-3 gathers their weights, ZeRO-2 reduces their
-        # gradients when they are trained. (DDP, told above, marks the unused ones ready on its own.)
+        # gradients when they are trained. (DDP, told above, marks the unused ones ready on its own.) If so,
+        # every process forwards an image in every micro-batch: one of its samples not kept, or the
+        # stream's filler row (`train.data`), under masked labels.
         self.vision_collectives = self.acc.num_processes > 1 and (self.zero3 or (self.deepspeed and self.vision_trained))
 
     def _setup_tracking(self):
@@ -351,7 +353,7 @@ class LoRATrainer:
             rank=self.acc.process_index, world=self.acc.num_processes, shuffle_buffer=cfg.shuffle_buffer,
             shard_counts=[s["samples"] for s in self.manifest["shards"]],
             max_length=cfg.max_length, context_length=self.context,
-            video_input=self.video_input, max_pixels=self.max_pixels,
+            video_input=self.video_input, max_pixels=self.max_pixels, image_filler=self.vision_collectives,
             resume={"positions": state.positions, "batches": state.micro_batches} if state.micro_batches else None)
         return iter(make_loader(self.stream, cfg.num_workers))
 
@@ -376,18 +378,6 @@ class LoRATrainer:
                 break
         return plans
 
-    def _vision_desync(self, ranks: list[int], micro: int) -> str:
-        why = "ZeRO-3 (the tower's and projector's weights are gathered as they run)" if self.zero3 else \
-            "a trained projector or vision tower (their gradients are reduced)"
-        return (f"step {self.state.step + 1}, micro-batch {micro + 1}: process(es) {', '.join(map(str, ranks))} have only "
-                f"text-only samples while the others have images. Under {why} with {self.acc.num_processes} "
-                "processes, the vision tower and projector would run on some processes only and their collectives "
-                "would no longer match (a hang on NCCL, a size error on gloo, or gradients of the wrong parameters). "
-                f"The shards hold {self.text_only or 'some'} text-only samples. Use a larger "
-                "per_device_batch_size (a micro-batch of text-only samples alone becomes rare), build the recipe "
-                "from records with images, train without DeepSpeed (DDP: --ds_config none), or, under ZeRO-2, freeze "
-                "the projector (--freeze_projector true)")
-
     def train_step(self) -> dict:
         """One optimizer step over up to gradient_accumulation_steps micro-batches; returns its record.
 
@@ -409,14 +399,23 @@ class LoRATrainer:
         loss_sum, grad_norm = torch.zeros((), device=acc.device), None
         for i, ((decision, totals), batch) in enumerate(zip(plans, batches)):
             counts = gathered[:, i, :-1]
-            rows = accounting.forward_rows(counts, decision.keep)
-            if self.vision_collectives and (lacking := accounting.ranks_without_images(counts, rows)):
-                raise ConfigError(self._vision_desync(lacking, i))
             # Keep one sample even when none count, with a zero loss: every process must join the step.
-            mine, my_rows = decision.keep[acc.process_index], rows[acc.process_index]
+            me = acc.process_index
+            mine, my_rows = decision.keep[me], accounting.forward_rows(counts, decision.keep)[me]
             scale = 1.0 if mine else 0.0
+            extra = None  # a row forwarded under masked labels so that the vision tower and projector run here too
+            if self.vision_collectives and not accounting.has_images(counts[me], my_rows):
+                extra = accounting.image_row(counts[me], my_rows)
+                if extra is None:
+                    extra = batch.samples  # the filler row the stream gave this batch without images
+                    if not batch.filler:
+                        raise RuntimeError(f"step {state.step + 1}: a micro-batch without images and without the "
+                                           "stream's filler row (ShardStream(image_filler=True))")
+                my_rows = my_rows + [extra]
             if my_rows != list(range(len(batch.keys))):
                 batch = select(batch, my_rows)
+            if extra is not None:
+                batch.inputs["labels"][-1] = -100
             if acc.process_index in decision.partial:
                 accounting.mask_supervised_tail(batch.inputs["labels"], mine - 1, decision.partial[acc.process_index])
             if cfg.record_samples and mine:
