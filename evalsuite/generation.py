@@ -105,10 +105,13 @@ class ChatModel:
     @torch.no_grad()
     def generate(self, contents: Sequence[list[dict]], images: Sequence[list] | None = None, *,
                  max_new_tokens: int, batch_size: int = 8, videos: Sequence[list] | None = None,
-                 image_options: dict | None = None, video_fps: Sequence[list | None] | None = None) -> list[str]:
+                 image_options: dict | None = None, video_fps: Sequence[list | None] | None = None,
+                 lengths: list | None = None) -> list[str]:
         """Greedy answers to `contents` (one user turn each; `images[i]` fills the image markers of turn i,
         `videos[i]` its `{"type": "video"}` parts, one clip of frames each: the family's video path;
-        `video_fps[i]` their sampled frame rates; `image_options` go to the image processor)."""
+        `video_fps[i]` their sampled frame rates; `image_options` go to the image processor). `lengths`, when
+        given, is extended with each prompt's longest sequence: its tokens, then `max_new_tokens` - 1 (the
+        most a generation feeds back, whether or not it stops early: the same in any batch)."""
         images = list(images) if images is not None else [[] for _ in contents]
         if len(images) != len(contents):
             raise ValueError(f"{len(contents)} prompts but {len(images)} image lists")
@@ -128,6 +131,8 @@ class ChatModel:
             else:
                 enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
             enc = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
+            if lengths is not None:
+                lengths += [int(n) + max_new_tokens - 1 for n in enc["attention_mask"].sum(1).tolist()]
             gen = self.model.generate(**enc, generation_config=config)
             new = gen[:, enc["input_ids"].shape[1]:]
             out += [self._decode(row) for row in new.tolist()]

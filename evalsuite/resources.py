@@ -106,6 +106,17 @@ class Subject:
 
         return detect_family(self.ref.base_model or self.ref.model_path)
 
+    @cached_property
+    def context(self) -> int:
+        """Positions the checkpoint's language model handles (`train.families.context_length`), from its
+        config.json, without loading weights."""
+        from transformers import AutoConfig
+
+        from train.families import context_length
+
+        path = self.ref.base_model or self.ref.model_path
+        return context_length(AutoConfig.from_pretrained(path, trust_remote_code=self.cfg.trust_remote_code))
+
     def _load(self):
         if self._loaded is None:
             model, processor, info = load_checkpoint(self.ref, trust_remote_code=self.cfg.trust_remote_code,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from evalsuite import context
 from evalsuite.benchmarks.video_qa import Benchmark
 from evalsuite.checkpoints import CheckpointRef
 from evalsuite.config import EvalConfig
@@ -85,8 +86,10 @@ def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) 
         errors = {r["item"]: r["error"] for r in rows if r.get("error")}
         metrics = {"task": task.name, "checkpoint": subject.info, "settings": settings, "n_rows": len(rows),
                    "metrics": task.summarize(rows), "errors": [{"id": k, "reason": v} for k, v in errors.items()],
-                   **task.extra_outputs()}
+                   "context": context.summary(rows, subject.context), **task.extra_outputs()}
         out.write_metrics(metrics)
+        if line := context.warning(task.name, subject.ref.name, metrics["context"]):
+            log(line)
     ranks.barrier()
     if not ranks.is_main:
         metrics = json.loads(out.metrics.read_text())

@@ -53,6 +53,9 @@ class OptionScores:
     """Characters of each option's text (needed by `chars`)."""
     norm: str = "mean"
     """`sum` | `mean` | `chars`: what `scores` divides each total by (nothing, n_tokens, n_chars)."""
+    sequence_tokens: int = 0
+    """The longest sequence the model ran: the prompt, then the longest option but its last token (predicted,
+    not fed). What `evalsuite.context` compares with the model's context."""
 
     def __post_init__(self) -> None:
         if self.norm not in LOGLIK_NORMS:
@@ -77,7 +80,8 @@ class OptionScores:
 
     def as_row(self) -> dict:
         """What a prediction row records: the choice, the raw totals and the counts they are normalised by."""
-        row = {"pred": self.choice, "logliks": list(self.logliks), "n_tokens": list(self.n_tokens)}
+        row = {"pred": self.choice, "logliks": list(self.logliks), "n_tokens": list(self.n_tokens),
+               "sequence_tokens": self.sequence_tokens}
         if self.n_chars is not None:
             row["n_chars"] = list(self.n_chars)
         return row
@@ -161,6 +165,7 @@ def score_options(model, processor, content: list[dict], images: list, options: 
     enc = processor_inputs(processor, [prefix], [list(images)], [list(videos)] if videos else None,
                            video_fps=[video_fps] if videos else None, return_tensors="pt", **(image_options or {}))
     enc = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
+    longest = enc["input_ids"].shape[1] + max(len(c) for c in conts) - 1
     # Only the last prefix position predicts an option token: at real scale the full logits of a
     # 2k-token prefix over a 32k vocabulary would cost a large matmul and ~256 MB for nothing.
     out = model(**enc, use_cache=True, logits_to_keep=1)
@@ -177,7 +182,7 @@ def score_options(model, processor, content: list[dict], images: list, options: 
         more = _continuations_one_by_one(model, cache, [conts[i] for i in rest])
     for i, ll in zip(rest, more):
         logliks[i] += ll
-    return OptionScores(logliks, [len(c) for c in conts], [len(o) for o in options], norm)
+    return OptionScores(logliks, [len(c) for c in conts], [len(o) for o in options], norm, longest)
 
 
 def _loglik_of(logits: torch.Tensor, cont: list[int]) -> float:

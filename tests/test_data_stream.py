@@ -217,7 +217,7 @@ def test_long_samples_are_dropped_and_counted_never_cut(shards, processor, capsy
     assert dropped["over_context"] and dropped["too_long"]
     err = capsys.readouterr().err
     assert err.count("more than the language model's context") == 1
-    assert f"of {context} tokens (max_position_embeddings); dropped" in err
+    assert f"of {context} tokens (max_position_embeddings, times a RoPE scaling factor); dropped" in err
 
 
 def test_a_batch_whose_samples_are_all_dropped_is_not_yielded(tmp_path, processor):

@@ -223,13 +223,15 @@ def test_candidates_generate_takes_the_single_yes(tmp_path, monkeypatch):
     panels, target = np.load(item.path)["image"], int(np.load(item.path)["target"])
     yes_to = {target}
 
-    def generate(contents, images, max_new_tokens, batch_size):
+    def generate(contents, images, max_new_tokens, batch_size, lengths):
         assert len(contents) == len(images) == 8 and all(len(imgs) == 9 for imgs in images)
+        lengths += [100 + i for i in range(len(contents))]
         return ["yes." if _ninth(imgs, panels) in yes_to else "no, they do not." for imgs in images]
 
     subject = SimpleNamespace(model=None, processor=_processor(160), chat=SimpleNamespace(generate=generate))
     (row,) = task.predict(subject, item, [item.id])
     assert row["pred"] == target and row["correct"] and row["extraction"] == "single yes"
+    assert row["sequence_tokens"] == 107  # the longest candidate's
     assert row["judgements"] == [c == target for c in range(8)]
     yes_to.add((target + 1) % 8)  # two yeses: a recorded failure, never a guess
     (row,) = task.predict(subject, item, [item.id])

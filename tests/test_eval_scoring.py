@@ -229,7 +229,8 @@ def test_normalisations_pick_different_options_by_hand():
     assert OptionScores(**s, norm="chars").choice == 2
     assert OptionScores([-2.0, -2.0], [1, 1]).choice == 0  # a tie goes to the first option
     row = OptionScores(**s, norm="mean").as_row()
-    assert row == {"pred": 1, "logliks": [-3.0, -5.0, -6.0], "n_tokens": [2, 5, 4], "n_chars": [5, 20, 30]}
+    assert row == {"pred": 1, "logliks": [-3.0, -5.0, -6.0], "n_tokens": [2, 5, 4], "n_chars": [5, 20, 30],
+                   "sequence_tokens": 0}
     with pytest.raises(ValueError, match="character count"):
         OptionScores([-1.0, -2.0], [1, 2], norm="chars").choice
     with pytest.raises(ValueError, match="unknown loglik normalisation"):

@@ -326,8 +326,9 @@ class ShardStream(IterableDataset):
                 if not self._warned_context:
                     self._warned_context = True
                     print(f"[data] sample {batch.keys[i]}: {n} tokens, more than the language model's context of "
-                          f"{self.context_length} tokens (max_position_embeddings); dropped (further ones are "
-                          "counted in Batch.dropped['over_context'])", file=sys.stderr, flush=True)
+                          f"{self.context_length} tokens (max_position_embeddings, times a RoPE scaling factor); "
+                          "dropped (further ones are counted in Batch.dropped['over_context'])", file=sys.stderr,
+                          flush=True)
             elif self.max_length and n > self.max_length:
                 why["too_long"] += 1
             else:

@@ -205,3 +205,25 @@ def get_module(model, dotted: str):
     """`model.get_submodule`, tolerant of a peft wrapper around the model."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_submodule(dotted)
+
+
+SCALED_ROPE = ("linear", "dynamic", "yarn", "longrope", "llama3")
+"""RoPE scalings whose `factor` stretches the positions a language model was trained on."""
+
+
+def context_length(config) -> int:
+    """Positions the language model of `config` handles (0: not said): `max_position_embeddings`, or, under a
+    RoPE scaling that stretches positions (`SCALED_ROPE`), the length it stretches to: the pre-scaling length
+    (`original_max_position_embeddings`, else `max_position_embeddings`, where transformers keeps it for
+    linear and dynamic scaling) times `factor`. A Vicuna-based LLaVA-NeXT-Video with linear scaling 2.0 takes
+    8,192 positions, not the 4,096 its config names."""
+    text = getattr(config, "text_config", None) or config
+    n = int(getattr(text, "max_position_embeddings", 0) or 0)
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    if not isinstance(rope, dict) or not n:
+        return n
+    kind, factor = rope.get("rope_type") or rope.get("type"), rope.get("factor")
+    if kind not in SCALED_ROPE or not isinstance(factor, (int, float)) or factor <= 1:
+        return n
+    original = rope.get("original_max_position_embeddings") or getattr(text, "original_max_position_embeddings", None)
+    return max(n, int((original or n) * factor))

@@ -28,6 +28,9 @@ Sections, in the order of report.md:
   only: abstract and not spatial; see `evalsuite.benchmarks.iraven.groups`): each checkpoint's accuracy per group
   and per active rule type, and per matched pair acc(video) - acc(other run) per group, paired over the
   puzzles of that group.
+* **Not evaluated as asked** (`caveats_section`): items a benchmark could not give (missing videos),
+  items that failed, and items whose sequences passed the model's context (`evalsuite.context`), per
+  checkpoint and task; then each checkpoint's longest sequence against its context.
 
 Every number comes from the checkpoints' `eval/<task>/metrics.json`, `predictions.jsonl` and
 `run.json`; any key missing from an older evaluation shows as a blank. Paired contrasts resample
@@ -1018,6 +1021,41 @@ def metrics_csv(ckpts: list[Checkpoint], all_findings: list[dict] = ()) -> str:
     return buf.getvalue()
 
 
+def _listed(entries: list[dict]) -> str:
+    shown = "; ".join(f"{e.get('id')}: {e.get('reason')}" for e in entries[:3])
+    return shown + ("; ..." if len(entries) > 3 else "")
+
+
+def caveats_section(ckpts: list[Checkpoint]) -> list[str]:
+    """What was not evaluated as asked, per checkpoint and task: items that could not be evaluated (the
+    benchmark's problems, e.g. missing EgoSchema videos), items that failed, and items whose sequences
+    passed the model's context (metrics.json's `context`, `evalsuite.context`)."""
+    lines, fits = [], []
+    for c in ckpts:
+        longest, limit = 0, 0
+        for task, m in sorted(c.metrics.items()):
+            problems, errors, ctx = m.get("problems") or [], m.get("errors") or [], m.get("context") or {}
+            if problems:
+                lines.append(f"- `{c.name}` {task}: {len(problems)} item(s) could not be evaluated "
+                             f"({_listed(problems)}).")
+            if errors:
+                lines.append(f"- `{c.name}` {task}: {len(errors)} item(s) failed ({_listed(errors)}).")
+            if ctx.get("items_over"):
+                lines.append(f"- `{c.name}` {task}: {ctx['items_over']} of {ctx['items']} item(s) ran sequences longer "
+                             f"than the model's context of {ctx['limit']:,} positions (longest {ctx['longest']:,} "
+                             f"tokens; e.g. {', '.join(map(str, ctx.get('examples', [])[:3]))}): their answers read "
+                             "positions the model was not trained on.")
+            if ctx.get("items"):
+                longest, limit = max(longest, ctx.get("longest", 0)), ctx.get("limit", 0)
+        if longest and limit:
+            fits.append(f"`{c.name}` {longest:,} of {limit:,}")
+    if not lines:
+        lines.append("None: every item was evaluated, and every sequence fit its model's context.")
+    if fits:
+        lines += ["", "Longest sequence run, in tokens, of the model's context in positions: " + ", ".join(fits) + "."]
+    return lines
+
+
 def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int | None = None,
                  seed: int | None = None) -> Path:
     """Write report.md, report/*.png and report/metrics.csv under `ckpt_dir`; returns report.md. `n_boot` and
@@ -1043,6 +1081,7 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int
              "## Image run vs video run, scale-matched", "", *pair_lines, "",
              "## Robustness to perturbations", "", *shuffle_section(ckpts), "",
              "## I-RAVEN transfer", "", *iraven_section(ckpts, all_findings), "",
+             "## Not evaluated as asked", "", *caveats_section(ckpts), "",
              "## Figures", "", *[f"![{f.stem}](report/{f.name})" for f in figures], "",
              "Every metric and contrast with its CI: [report/metrics.csv](report/metrics.csv)."]
     atomic_write_text(fig_dir / "metrics.csv", metrics_csv(ckpts, all_findings))

@@ -149,11 +149,14 @@ class IRavenTask(Task):
             if self.cfg.scoring == "loglik":
                 scores = score_options(subject.model, subject.processor, content, images, list(LETTERS),
                                        option_batch_bytes=self.cfg.option_batch_bytes)
-                row |= {"pred": scores.choice, "logliks": scores.logliks}
+                row |= {"pred": scores.choice, "logliks": scores.logliks, "sequence_tokens": scores.sequence_tokens}
             else:
-                answer = subject.chat.generate([content], [images], max_new_tokens=self.cfg.answer_tokens)[0]
+                lengths: list[int] = []
+                answer = subject.chat.generate([content], [images], max_new_tokens=self.cfg.answer_tokens,
+                                               lengths=lengths)[0]
                 pred = iraven_letter_choice(answer)
-                row |= {"pred": pred, "output": answer, "extraction": "failed" if pred is None else "letter"}
+                row |= {"pred": pred, "output": answer, "extraction": "failed" if pred is None else "letter",
+                        "sequence_tokens": lengths[0]}
         row["correct"] = row["pred"] == rec.target
         return [row]
 
@@ -164,16 +167,19 @@ class IRavenTask(Task):
         images = [iraven_candidate_images(panels, c, size) for c in range(len(LETTERS))]
         out: dict = {"image_size": size}
         if self.cfg.scoring == "loglik":
-            logliks = [score_options(subject.model, subject.processor, content, imgs, list(IRAVEN_JUDGEMENTS),
-                                     option_batch_bytes=self.cfg.option_batch_bytes).logliks for imgs in images]
+            scored = [score_options(subject.model, subject.processor, content, imgs, list(IRAVEN_JUDGEMENTS),
+                                    option_batch_bytes=self.cfg.option_batch_bytes) for imgs in images]
+            logliks = [s.logliks for s in scored]
             margins = [yes - no for yes, no in logliks]
-            return out | {"pred": iraven_best_margin(margins), "margins": margins, "logliks": logliks}
+            return out | {"pred": iraven_best_margin(margins), "margins": margins, "logliks": logliks,
+                          "sequence_tokens": max(s.sequence_tokens for s in scored)}
+        lengths: list[int] = []
         replies = subject.chat.generate([content] * len(images), images, max_new_tokens=self.cfg.answer_tokens,
-                                        batch_size=self.cfg.batch_size)
+                                        batch_size=self.cfg.batch_size, lengths=lengths)
         judgements = [iraven_judgement(r) for r in replies]
         pred = iraven_single_yes(judgements)
         return out | {"pred": pred, "outputs": replies, "judgements": judgements,
-                      "extraction": "failed" if pred is None else "single yes"}
+                      "extraction": "failed" if pred is None else "single yes", "sequence_tokens": max(lengths)}
 
     def summarize(self, rows: list[dict]) -> dict:
         ok = [r for r in rows if not r.get("error")]

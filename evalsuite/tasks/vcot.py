@@ -205,16 +205,17 @@ class VCoTTask(Task):
                 scores = score_options(subject.model, subject.processor, content, imgs, item.options, videos=clips,
                                        image_options=options, video_fps=fps, norm=self.cfg.loglik_norm,
                                        option_batch_bytes=self.cfg.option_batch_bytes)
-                row |= scores.as_row()  # pred, raw logliks, n_tokens, n_chars
+                row |= scores.as_row()  # pred, raw logliks, n_tokens, n_chars, sequence_tokens
         else:
+            lengths: list[int] = []
             answers = subject.chat.generate(contents, images, max_new_tokens=self.cfg.answer_tokens,
                                             batch_size=self.cfg.batch_size,
                                             videos=videos if any(videos) else None, image_options=options,
-                                            video_fps=rates)
+                                            video_fps=rates, lengths=lengths)
             judge = self.resources.judge_for(item.question, item.options)
-            for row, answer in zip(rows, answers):
+            for row, answer, n in zip(rows, answers, lengths, strict=True):
                 ext = extract_choice(answer, item.options, judge)
-                row |= {"pred": ext.choice, "output": answer, "extraction": ext.method}
+                row |= {"pred": ext.choice, "output": answer, "extraction": ext.method, "sequence_tokens": n}
         for row in rows:
             row["correct"] = row["pred"] == item.answer
         return rows
