@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from data_recipes.build import DEFAULT_ROOT, BuildError, build, read_manifest, shard_urls, verify
+from data_recipes.files import LockHeld
 from data_recipes.counters import MANIFEST_COUNTERS
 from data_recipes.recipe import RecipeError, load_recipe, recipe_names
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return {"list": cmd_list, "build": cmd_build, "inspect": cmd_inspect, "verify": cmd_verify, "audit": cmd_audit}[args.cmd](args)
-    except (RecipeError, BuildError) as e:
+    except (RecipeError, BuildError, LockHeld) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

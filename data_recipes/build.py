@@ -27,6 +27,8 @@ import json
 import multiprocessing as mp
 import re
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from tqdm import tqdm
 
 from data_recipes.counters import TOKEN_UNITS
 from data_recipes.recipe import Recipe, expand_path, load_recipe
-from data_recipes.files import REPO_ROOT, atomic_dir, atomic_write_json, file_sha256, shareable_path
+from data_recipes.files import REPO_ROOT, DirLock, atomic_dir, atomic_write_json, file_sha256, shareable_path
 from data_recipes.shards import ShardWriter, sample_members
 from data_recipes.sources import Skip, Unsupported, mix_plan, open_sources
 
@@ -88,12 +90,22 @@ def _in_order(pool, plan, window: int):
         yield from map(_make, plan)
         return
     pending = deque()
+
+    def first():
+        task, future = pending.popleft()
+        try:
+            return future.result()
+        except BrokenProcessPool:  # a worker died (the kernel's OOM killer, a crash in a decoder): not a hang
+            raise BuildError(f"a build worker died with the samples from plan position {task[0]} on in flight "
+                             "(killed for memory? each worker holds its sources' annotations: try fewer --workers); "
+                             "nothing was kept, the build can be run again") from None
+
     for task in plan:
-        pending.append(pool.apply_async(_make, (task,)))
+        pending.append((task, pool.submit(_make, task)))
         if len(pending) >= window:
-            yield pending.popleft().get()
+            yield first()
     while pending:
-        yield pending.popleft().get()
+        yield first()
 
 
 # --- main side ---------------------------------------------------------------------------------
@@ -186,6 +198,16 @@ def shareable_recipe_file(path: str | None) -> str | None:
     return None if path is None else shareable_path(path, REPO_ROOT, outside="name")
 
 
+def stale(manifest: dict, recipe: Recipe) -> str | None:
+    """Why a build's `manifest` does not hold `recipe`'s shards (None: it does): the recipe changed since, or
+    it was a `--limit` trial build (its hash is the recipe's, its samples are not)."""
+    if manifest.get("recipe_hash") != recipe.content_hash():
+        return "the recipe changed since it was built"
+    if manifest.get("limit"):
+        return f"a --limit {manifest['limit']} trial build ({manifest.get('counts', {}).get('samples')} samples)"
+    return None
+
+
 def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> dict:
     """The manifest of the recipe this one is sized from (`size_from`), built (or rebuilt) if needed."""
     ref = load_recipe(recipe.size_from.recipe)
@@ -194,7 +216,7 @@ def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> d
     try:
         m = read_manifest(ref_dir)
         # A build from before the resize rule (no `resize`) may hold other sizes: it is rebuilt.
-        fresh = m["recipe_hash"] == ref.content_hash() and unit in m["counts"] and (
+        fresh = stale(m, ref) is None and unit in m["counts"] and (
             unit not in TOKEN_UNITS or m.get("tokens_model") == model) and (
             m.get("resize") == resize_record(ref))
     except BuildError:
@@ -230,12 +252,15 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
 
     sources = open_sources(recipe)  # opens real sources once here, so layout errors surface before forking
     if model and recipe.video_input == "native" and recipe.kind == "video":
-        _check_native(recipe, model)  # here, not in a worker's initializer (a pool would retry it forever)
+        _check_native(recipe, model)  # here, not in a worker's initializer (the error would be the pool's)
     plan = ((f"{i:09d}", k, pos) for i, (k, pos) in enumerate(mix_plan(recipe, [len(s) for s in sources])))
-    # Written into .NAME.building (removed if the build fails), swapped in only once complete
-    with atomic_dir(out_dir, tmp_name=f".{recipe.name}.building", existing="swap") as tmp:
+    # One build of a name at a time (a second would delete the first's .NAME.building); written into
+    # .NAME.building (removed if the build fails), swapped in only once complete.
+    with DirLock(root / f".{recipe.name}.lock", f"a build of {recipe.name} into {root}"), \
+            atomic_dir(out_dir, tmp_name=f".{recipe.name}.building", existing="swap") as tmp:
         writer, audit = ShardWriter(tmp, recipe.name, recipe.shard_size), Audit()
-        pool = mp.get_context("fork").Pool(workers, _init_worker, (recipe, model)) if workers > 1 else None
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                                   initargs=(recipe, model)) if workers > 1 else None
         if pool is None:
             _init_worker(recipe, model)
         bar = tqdm(total=target, desc=f"build {recipe.name} ({unit})", unit="", disable=not progress)
@@ -268,7 +293,7 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
         finally:
             bar.close()
             if pool:
-                pool.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
         _check_bad(recipe, audit, final=True)
         shards = writer.close()
         manifest = {

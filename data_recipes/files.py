@@ -10,6 +10,9 @@ a killed process matches `.*.tmp-*` (`evalsuite.outputs` sweeps them).
 Every directory written whole (a data build, a training state, a tiny model, the generated I-RAVEN
 set) goes through `atomic_dir` the same way: it is filled under a hidden sibling name and renamed to
 its real name once complete.
+
+`DirLock` keeps a second writer out of a directory another process is writing (two builds of one
+recipe, two trainers of one run directory after a rerun or a requeue).
 """
 
 from __future__ import annotations
@@ -135,3 +138,118 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# --- one writer per directory --------------------------------------------------------------------------
+LOCK_HEARTBEAT_S = 60.0
+"""How often a held lock's file is touched."""
+LOCK_STALE_S = 900.0
+"""A lock whose file was not touched for this long belongs to a process that is gone (a node lost)."""
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock; the message names the file, the holder and what to do."""
+
+
+def _holder() -> dict:
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart": os.environ.get("SLURM_RESTART_COUNT")}
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+class DirLock:
+    """`path` (a file) held by one process at a time, across the nodes that share its filesystem.
+
+    Taken with O_CREAT | O_EXCL, it records its holder (host, pid, Slurm job); a thread touches it every
+    `LOCK_HEARTBEAT_S` while it is held, and `release` removes it. A lock left by a process that is gone
+    is taken over: on the same host when its pid no longer runs; when the holder was this same Slurm job
+    (requeued after preemption or a node failure); or when nobody touched it for `LOCK_STALE_S`. Otherwise
+    `acquire` raises `LockHeld`: two writers of one directory would overwrite each other's files."""
+
+    def __init__(self, path: str | os.PathLike, what: str, stale_s: float = LOCK_STALE_S,
+                 heartbeat_s: float = LOCK_HEARTBEAT_S):
+        self.path, self.what, self.stale_s, self.heartbeat_s = Path(path), what, stale_s, heartbeat_s
+        self.me = _holder()
+        self._stop = None
+
+    def _gone(self, holder: dict, age: float) -> str | None:
+        """Why the lock's holder is gone (None: it may still run)."""
+        import socket
+
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and \
+                holder["pid"] != os.getpid() and not _pid_alive(holder["pid"]):
+            return f"its process {holder['pid']} no longer runs"
+        if holder.get("slurm_job") and holder.get("slurm_job") == self.me["slurm_job"] and holder != self.me:
+            return f"it was this Slurm job ({holder['slurm_job']}) before a requeue"
+        if age > self.stale_s:
+            return f"nobody touched it for {age:.0f} s"
+        return None
+
+    def acquire(self) -> "DirLock":
+        import threading
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                try:
+                    holder, age = json.loads(self.path.read_text()), time.time() - self.path.stat().st_mtime
+                except (OSError, ValueError):
+                    holder, age = {}, time.time() - (self.path.stat().st_mtime if self.path.exists() else 0)
+                why = self._gone(holder, age)
+                if why is None or attempt:
+                    who = ", ".join(f"{k} {v}" for k, v in holder.items() if v is not None) or "an unreadable record"
+                    raise LockHeld(f"{self.path}: {self.what} is already in progress ({who}; touched {age:.0f} s "
+                                   f"ago). Two at once would overwrite each other's files. Wait for it, or, if it "
+                                   f"is gone, delete {self.path}") from None
+                print(f"[lock] {self.path}: taking over ({why})", flush=True)
+                self.path.unlink(missing_ok=True)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.me, f)
+        self._stop = threading.Event()
+
+        def beat():
+            while not self._stop.wait(self.heartbeat_s):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    pass
+
+        threading.Thread(target=beat, daemon=True, name=f"lock {self.path.name}").start()
+        return self
+
+    def release(self) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._stop = None
+        try:
+            if json.loads(self.path.read_text()) == self.me:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from data_recipes.__main__ import main as cli
-from data_recipes.build import BuildError, build, read_manifest, shard_urls, verify
+from data_recipes.build import BuildError, build, read_manifest, shard_urls, stale, verify
 from data_recipes.recipe import RECIPES_DIR, RecipeError, load_recipe, parse_recipe, recipe_names
 from data_recipes.resize import fit_size
 from data_recipes.sources import conversation_to_messages
@@ -94,6 +94,48 @@ def test_generated_build_is_deterministic_and_readable(tmp_path):
     m3 = build(str(other), tmp_path / "c")
     assert m3["shards"][0]["sha256"] != m1["shards"][0]["sha256"]
     assert verify(tmp_path / "a") == []
+
+
+def test_a_worker_that_dies_stops_the_build_instead_of_hanging_it(tmp_path, monkeypatch):
+    """A worker killed mid-sample (the kernel's OOM killer does this without a word) used to leave its result
+    pending for ever; the build now stops with an error naming the sample, and keeps nothing."""
+    import os
+    import threading
+
+    import data_recipes.build as build_mod
+
+    real = build_mod.open_sources
+
+    class DiesAtFive:
+        def __init__(self, source):
+            self.source = source
+
+        def __len__(self):
+            return len(self.source)
+
+        def make(self, pos):
+            if pos == 5:
+                os._exit(9)  # no exception, no cleanup: as a SIGKILL
+            return self.source.make(pos)
+
+    # the forked workers inherit the patched module, and open their sources with it
+    monkeypatch.setattr(build_mod, "open_sources", lambda recipe: [DiesAtFive(s) for s in real(recipe)])
+    rec = write_recipe(tmp_path, "img", kind="image", sources=[{"type": "synthetic_image"}], samples=12)
+    raised = []
+
+    def run():
+        try:
+            build(str(rec), tmp_path / "out", workers=2)
+        except BuildError as e:
+            raised.append(str(e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "the build hangs on the dead worker's sample"
+    assert raised and raised[0].startswith("a build worker died with the samples from plan position 0000000")
+    assert int(raised[0].split("plan position ")[1].split()[0]) <= 5
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".img.building"))
 
 
 def test_manifest_holds_no_path_of_the_machine(tmp_path):
@@ -229,6 +271,24 @@ def test_size_from_in_each_unit(tmp_path, tiny_model, unit):
         assert m["counts"]["samples"] == expected
     assert cli(["inspect", str(tmp_path / "imatch"), "-n", "1"]) == 0
     assert cli(["audit", str(tmp_path / "vref"), str(tmp_path / "imatch")]) == 0
+
+
+def test_a_trial_build_is_never_taken_for_the_recipe(tmp_path, tiny_model):
+    """A `--limit` build carries the recipe's hash but not its samples: the trainer, the study, the plan and a
+    recipe sized from it all see it as stale (a run would otherwise train on the trial set, and a matched
+    recipe be sized to it)."""
+    ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=10, frames=4,
+                       model=str(tiny_model))
+    trial = build(str(ref), tmp_path / "vref", limit=3)
+    recipe = load_recipe(str(ref))
+    assert trial["counts"]["samples"] == 3 and trial["recipe_hash"] == recipe.content_hash()
+    assert stale(trial, recipe) == "a --limit 3 trial build (3 samples)"
+    assert stale(dict(trial, recipe_hash="0"), recipe) == "the recipe changed since it was built"
+    img = write_recipe(tmp_path, "imatch", kind="image", sources=[{"type": "synthetic_image"}],
+                       size_from={"recipe": str(ref), "unit": "samples"}, model=str(tiny_model))
+    assert build(str(img), tmp_path / "imatch")["match"]["target"] == 10  # the reference rebuilt in full first
+    full = read_manifest(tmp_path / "vref")
+    assert full["counts"]["samples"] == 10 and stale(full, recipe) is None
 
 
 def test_size_from_beyond_tolerance_fails(tmp_path, tiny_model):

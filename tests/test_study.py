@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from evalsuite.study.launchers import AccelerateJob, LaunchError, LocalLauncher, RunJob, SubmititLauncher, eval_commands
-from evalsuite.study.run import (StudyError, load_study, parse_study, run_list, split_tasks, status_on_disk,
-                                 train_args)
+from evalsuite.study.run import (LauncherSpec, StudyError, load_study, parse_study, run_list, split_tasks,
+                                 status_on_disk, train_args)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -120,6 +121,29 @@ def test_run_list_is_arms_x_budgets_x_seeds_each_with_its_own_budget(tmp_path):
                                                      ["iraven", runs[0]["run_dir"], runs[1]["run_dir"], "--limit", "2"]]
 
 
+def test_a_rerun_with_other_eval_flags_interrupted_before_evaluating_does_not_keep_the_old_results(tmp_path):
+    """study.json records each run's evaluation flags when its evaluation ends: a run evaluated with `--limit 2`
+    is done under that spec; under `--limit 3` it is `trained` (to be evaluated again), and still is after an
+    interrupted rerun has written the new flags into study.json."""
+    from evalsuite.study.run import StudyState
+
+    old = load_study(write_spec(tmp_path, seeds=[0], budgets=[384], eval=["--tasks", "vcot", "--limit", "2"]))
+    run = run_list(old)[0]
+    run_dir = Path(run["run_dir"])
+    (run_dir / "eval" / "vcot").mkdir(parents=True)
+    (run_dir / "eval" / "vcot" / "metrics.json").write_text("{}")
+    (run_dir / "run.json").write_text(json.dumps({"budget": {"target": run["budget"], "unit": run["unit"]},
+                                                  "config": {"seed": run["seed"]}}))
+    state = StudyState(old)
+    assert state.runs[0]["status"] == "trained"  # nothing says with which flags it was evaluated
+    state.set(run_dir.name, "done")
+    assert StudyState(old).runs[0]["status"] == "done"
+    new = load_study(write_spec(tmp_path, seeds=[0], budgets=[384], eval=["--tasks", "vcot", "--limit", "3"]))
+    StudyState(new).write()  # a rerun starts, writes its flags, and is killed before evaluating
+    assert StudyState(new).runs[0]["status"] == "trained"
+    assert StudyState(old).runs[0]["status"] == "trained"  # the record now holds neither run's flags as done
+
+
 def test_shipped_specs_load():
     specs = {p.stem: load_study(p) for p in sorted((REPO / "studies").glob("*.yaml"))}
     assert set(specs) == {"scale_demo", "seeds_demo", "long_demo", "architecture_demo", "paper_7b"}
@@ -198,6 +222,28 @@ def test_accelerate_job_spans_the_nodes():
     cpu = AccelerateJob([["-m", "evalsuite", "vcot", "r"]], gpus_per_node=0, env={}, cwd=".")
     assert cpu.argv(cpu.commands[0], 1, 0, "")[2:] == ["--num_processes", "1", "--num_machines", "1", "-m",
                                                       "evalsuite", "vcot", "r"]
+
+
+@pytest.mark.parametrize("config", ["gpu_1node_8gpu_zero2.yaml", "gpu_2node_8gpu_zero2.yaml"])
+def test_a_deepspeed_job_over_two_nodes_runs_one_training(monkeypatch, config):
+    """Whatever the DeepSpeed config was written for, the job's command, as accelerate itself resolves it with
+    the config, starts 8 processes on each of 2 nodes that form one group of 16 (accelerate's `standard`
+    launcher): a config for one node used to leave accelerate calling pdsh with no hostfile, and DeepSpeed
+    then ran a separate training on every node into the same directory."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    spec = LauncherSpec(type="slurm", nodes=2, gpus_per_node=8, accelerate_config=f"ds_configs/accelerate/{config}")
+    submitted = []
+    launcher = SubmititLauncher(spec, REPO / "unused", eval_flags=[], env={}, cwd=REPO)
+    monkeypatch.setattr(launcher, "_executor", lambda name, nodes, dependency=None: SimpleNamespace(
+        submit=lambda fn: submitted.append((fn, nodes)) or SimpleNamespace(job_id="1")))
+    launcher._submit(RunJob(run_dir="studies_out/r", train=["--recipe", "video_demo"]), "train")
+    (fn, nodes), = submitted
+    assert nodes == 2 and fn.deepspeed
+    argv = fn.argv(fn.commands[0], nodes, node=1, main_host="node-a")
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[2:]))
+    assert args.use_deepspeed and args.deepspeed_multinode_launcher == "standard"
+    assert (args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip) == (16, 2, 1, "node-a")
 
 
 @pytest.mark.parametrize("config, procs, on_cpu", [

@@ -47,11 +47,12 @@ from train.runtime import pick_ds_accelerator  # noqa: E402
 pick_ds_accelerator()  # before DeepSpeed is imported: it reads DS_ACCELERATOR once
 
 from accelerate import Accelerator, DeepSpeedPlugin  # noqa: E402
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed  # noqa: E402
+from accelerate.utils import (DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list,  # noqa: E402
+                               set_seed)
 
 from data_recipes.build import build as build_shards  # noqa: E402
-from data_recipes.build import manifest_hash, read_manifest, shard_urls, verify  # noqa: E402
-from data_recipes.files import atomic_write_text  # noqa: E402
+from data_recipes.build import manifest_hash, read_manifest, shard_urls, stale, verify  # noqa: E402
+from data_recipes.files import DirLock, LockHeld, atomic_write_text  # noqa: E402
 from data_recipes.processors import save_processor  # noqa: E402
 from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
@@ -61,7 +62,7 @@ from train.checkpointing import (TrainingState, check_resume_layout, find_resume
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
 from train.config import ConfigError, TrainConfig, resolve  # noqa: E402
 from train.data import ShardStream, encode_samples, make_loader, resolve_frames, select  # noqa: E402
-from train.families import get_module, load_model  # noqa: E402
+from train.families import context_length, get_module, load_model  # noqa: E402
 from train.models import resolve_base_model, wrap_lora  # noqa: E402
 from train.run_record import RunRecord  # noqa: E402
 from train.runtime import fill_ds_config, resolve_runtime  # noqa: E402
@@ -136,6 +137,7 @@ class LoRATrainer:
     def setup(self) -> "LoRATrainer":
         cfg = self.cfg
         self.acc = self._setup_accelerator()
+        self._lock_run_dir()
         self.acc.print("resolved config:\n" + json.dumps(cfg.to_dict(), indent=1))
         self.acc.print("runtime: " + json.dumps(self.runtime.describe()))
         # The state to resume, checked against this run's data readers before anything heavy loads.
@@ -168,6 +170,31 @@ class LoRATrainer:
             self.acc.print(f"resumed from {resume_from} at step {self.state.step}")
         return self
 
+    def _lock_run_dir(self) -> None:
+        """One training job per run directory: a second (a study rerun while the first still runs, a job
+        requeued beside its old self) would resume from the same state and overwrite its checkpoints. The main
+        process takes `RUN_DIR/.train.lock` (`data_recipes.files.DirLock`); every process learns whether it
+        got it, so all stop together with the holder named, before anything is read or written."""
+        self.lock, error = None, [None]
+        if self.acc.is_main_process:
+            try:
+                self.lock = DirLock(self.run_dir / ".train.lock", f"training into {self.run_dir}").acquire()
+            except LockHeld as e:
+                error = [str(e)]
+        if self.acc.num_processes > 1:
+            broadcast_object_list(error, from_process=0)
+        if error[0]:
+            raise LockHeld(error[0])
+
+    def release(self) -> None:
+        """Give the run directory's lock back (the main process holds it); a run directory left empty (set-up
+        stopped before writing anything) is removed, so no empty checkpoint is left for the evaluation."""
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+            self.lock = None
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()  # only succeeds when empty
+
     def _setup_accelerator(self) -> Accelerator:
         cfg = self.cfg
         self.runtime = resolve_runtime(cfg)
@@ -199,18 +226,19 @@ class LoRATrainer:
         cfg, acc, recipe = self.cfg, self.acc, self.recipe
         out = Path(cfg.shards_root) / recipe.name
         try:
-            fresh = read_manifest(out)["recipe_hash"] == recipe.content_hash()
+            why = stale(read_manifest(out), recipe)
         except Exception:
-            fresh = False
+            why = "no readable manifest"
+        fresh = why is None
         generated = all(s.type in GENERATED_SOURCES for s in recipe.sources)
         if not fresh and acc.num_processes > 1 and not generated:
             raise ShardsMissing(
-                f"{out}: no up-to-date shards for recipe {recipe.name}. Building real data inside a "
+                f"{out}: no up-to-date shards for recipe {recipe.name} ({why}). Building real data inside a "
                 f"{acc.num_processes}-process job would keep every other rank waiting until the collective "
                 f"timeout; build them first:\n    python -m data_recipes build {cfg.recipe} --out {out} --workers N")
         if acc.is_main_process:
             if not fresh:
-                acc.print(f"building shards for {recipe.name} in {out}")
+                acc.print(f"building shards for {recipe.name} in {out} ({why})")
                 build_shards(recipe, out, workers=1, progress=True)
             if cfg.verify and (problems := verify(out)):
                 raise RuntimeError(f"--verify: shards of {out} do not match their manifest:\n  " + "\n  ".join(problems))
@@ -232,7 +260,7 @@ class LoRATrainer:
             self.base_dir, trust_remote_code=cfg.trust_remote_code, dtype=rt.dtype,
             attn_implementation=rt.attn_implementation)
         text_cfg = getattr(model.config, "text_config", model.config)
-        self.hidden, self.context = text_cfg.hidden_size, getattr(text_cfg, "max_position_embeddings", 0) or 0
+        self.hidden, self.context = text_cfg.hidden_size, context_length(model.config)
         model = wrap_lora(model, self.family, cfg)
         self.vision_trained = any(p.requires_grad for part in (self.family.vision_tower, self.family.projector)
                                   for p in get_module(model, part).parameters())
@@ -555,9 +583,13 @@ def main(argv: list[str] | None = None) -> dict:
         from train.plan import dry_run
 
         return dry_run(cfg)
-    trainer = LoRATrainer(cfg).setup()
-    trainer.train()
-    info = trainer.finish()
+    trainer = LoRATrainer(cfg)
+    try:
+        trainer.setup()
+        trainer.train()
+        info = trainer.finish()
+    finally:
+        trainer.release()
     trainer.acc.end_training()
     return info
 
@@ -573,7 +605,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from train.runtime import RuntimeConfigError
 
     return (FamilyError, ProcessorLoadError, ModelNotFound, ConfigError, RecipeError, BuildError, RuntimeConfigError,
-            ShardsMissing)
+            ShardsMissing, LockHeld)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Model
     model wrapped by peft with the trainer's own LoraConfig (`train.models.lora_config_of`: lora_r,
     lora_targets, freeze_projector, freeze_vision_tower, train_embeddings), split into LoRA
     matrices, projector, vision tower and embeddings. The language model's context length
-    (`text_config.max_position_embeddings`), hidden size, layers, heads and vocabulary come from the
+    (`train.families.context_length`: `max_position_embeddings`, stretched by a RoPE scaling), hidden size, layers, heads and vocabulary come from the
     config.
 
 Target, precision, DeepSpeed
@@ -63,6 +63,7 @@ import time
 import warnings
 from pathlib import Path
 
+from train.families import context_length
 from train.memory import configured_stage, estimate_memory
 
 SAMPLE_LIMIT = 256          # samples tokenized for the sequence-length statistics
@@ -82,7 +83,7 @@ def _lm_shape(config) -> dict:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     return {"hidden_size": text.hidden_size, "layers": text.num_hidden_layers, "heads": heads, "kv_heads": kv,
             "head_dim": head_dim, "intermediate_size": text.intermediate_size, "vocab_size": text.vocab_size,
-            "context": getattr(text, "max_position_embeddings", 0) or 0}
+            "context": context_length(config)}
 
 
 def _vision_shape(config, family_name: str) -> dict:
@@ -344,7 +345,7 @@ def _target(cfg, environ) -> dict:
 
 def make_plan(cfg, environ=os.environ) -> dict:
     """The plan of a TrainConfig as a dict (see the module docstring); prints nothing."""
-    from data_recipes.build import read_manifest
+    from data_recipes.build import read_manifest, stale
     from data_recipes.recipe import load_recipe
     from train import runtime
     from train.models import ModelNotFound, resolve_base_model
@@ -395,8 +396,8 @@ def make_plan(cfg, environ=os.environ) -> dict:
         manifest = read_manifest(shards_dir)
         data.update(built=True, samples=manifest["counts"]["samples"], shards_count=len(manifest["shards"]),
                     counts=manifest["counts"], tokens_model=manifest.get("tokens_model"))
-        if manifest.get("recipe_hash") != recipe.content_hash():
-            notes.append(f"the shards in {shards_dir} are stale (recipe changed): the run would rebuild them")
+        if why := stale(manifest, recipe):
+            notes.append(f"the shards in {shards_dir} are stale ({why}): the run would rebuild them")
     except Exception as e:
         data["reason"] = str(e)
         notes.append(f"no shards in {shards_dir}: sequence lengths skipped (a real run builds them first; "

@@ -73,6 +73,17 @@ def _config_file(config: str | None) -> str | None:
     return str(REPO / config) if config and (REPO / config).is_file() else config
 
 
+def read_accelerate_config(path: str | os.PathLike) -> dict:
+    """An accelerate config file as a mapping (a LaunchError naming the file when it is not one)."""
+    try:
+        conf = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise LaunchError(f"accelerate config {path}: cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(conf, dict):
+        raise LaunchError(f"accelerate config {path}: expected a mapping, got {type(conf).__name__}")
+    return conf
+
+
 # --- one after another, here ---------------------------------------------------------------------------
 class LocalLauncher:
     def __init__(self, eval_flags: list[str], env: dict, cwd: Path, accelerate_config: str | None = None):
@@ -89,15 +100,7 @@ class LocalLauncher:
     def eval_call(self, args: list[str]) -> tuple[list[str], dict]:
         """(argv, extra environment) of one evaluation command: over the accelerate config's processes on
         this machine (its DeepSpeed settings are the trainer's, not the evaluation's), else one process."""
-        conf = {}
-        if self.accelerate_config:
-            path = self._config_path()
-            try:
-                conf = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise LaunchError(f"accelerate config {path}: cannot be read ({type(e).__name__}: {e})") from None
-            if not isinstance(conf, dict):
-                raise LaunchError(f"accelerate config {path}: expected a mapping, got {type(conf).__name__}")
+        conf = read_accelerate_config(self._config_path()) if self.accelerate_config else {}
         try:  # accelerate's num_processes counts every machine's; this launcher runs on one
             procs = int(conf.get("num_processes") or 1) // max(1, int(conf.get("num_machines") or 1))
         except (TypeError, ValueError):
@@ -147,6 +150,8 @@ class AccelerateJob:
     env: dict
     cwd: str
     accelerate_config: str | None = None
+    deepspeed: bool = False
+    """Whether the accelerate config runs DeepSpeed (read when the job is submitted)."""
 
     def argv(self, command: list[str], nodes: int, node: int, main_host: str) -> list[str]:
         processes = max(1, self.gpus_per_node) * nodes
@@ -156,6 +161,10 @@ class AccelerateJob:
         argv += ["--num_processes", str(processes), "--num_machines", str(nodes)]
         if nodes > 1:
             argv += ["--machine_rank", str(node), "--main_process_ip", main_host, "--main_process_port", str(MAIN_PORT)]
+            if self.deepspeed:
+                # accelerate starts each node's processes itself; without this a config written for one node
+                # makes it call pdsh with no hostfile, and DeepSpeed then trains every node on its own
+                argv += ["--deepspeed_multinode_launcher", "standard"]
         if processes > 1 and not self.accelerate_config:
             argv.append("--multi_gpu")
         return argv + command
@@ -195,7 +204,9 @@ class SubmititLauncher:
 
     def _submit(self, job: RunJob, kind: str, dependency: str | None = None):
         if kind == "train":
-            fn = AccelerateJob([[LORA, *job.train]], self.spec.gpus_per_node, self.env, self.cwd, self._config())
+            config = self._config()
+            deepspeed = bool(config) and read_accelerate_config(config).get("distributed_type") == "DEEPSPEED"
+            fn = AccelerateJob([[LORA, *job.train]], self.spec.gpus_per_node, self.env, self.cwd, config, deepspeed)
             nodes = self.spec.nodes
         else:
             fn = AccelerateJob([["-m", "evalsuite", *a] for a in eval_commands([job], self.eval_flags)],

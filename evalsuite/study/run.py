@@ -392,13 +392,18 @@ class StudyState:
         except json.JSONDecodeError as e:
             raise StudyError(f"{self.path}: not valid JSON ({e}); delete it to rebuild it from the run directories")
         self.parent_run_id = old.get("parent_run_id")
-        same_eval = old.get("eval") == list(study.eval)
+        # Each run's evaluation flags, recorded when its evaluation finished: a rerun with other flags that is
+        # interrupted before the evaluations catch up must not take the old metrics for the new flags'.
+        evaluated = old.get("evaluated") if isinstance(old.get("evaluated"), dict) else {}
+        self.evaluated = {name: flags for name, flags in evaluated.items() if flags == list(study.eval)}
         self.study, self.runs = study, run_list(study)
         for r in self.runs:
-            r["status"] = status_on_disk(study, r, same_eval)
+            r["status"] = status_on_disk(study, r, Path(r["run_dir"]).name in self.evaluated)
 
     def set(self, name: str, status: str) -> None:
         next(r for r in self.runs if Path(r["run_dir"]).name == name)["status"] = status
+        if status == "done":
+            self.evaluated[name] = list(self.study.eval)
         self.write()
 
     def write(self) -> None:
@@ -406,19 +411,19 @@ class StudyState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path, {"study": s.name, "spec": s.path, "unit": s.unit, "eval": list(s.eval),
                                       "tracking_uri": s.tracking_uri, "parent_run_id": self.parent_run_id,
-                                      "runs": self.runs})
+                                      "runs": self.runs, "evaluated": self.evaluated})
 
 
 # --- running -------------------------------------------------------------------------------------------
 def build_data(study: Study) -> None:
     """Each arm's recipe built once (`python -m data_recipes build`), skipped when its manifest is current."""
-    from data_recipes.build import read_manifest
+    from data_recipes.build import read_manifest, stale
 
     for ref in dict.fromkeys(a.recipe for a in study.arms):
         recipe = load_recipe(ref)
         out = Path(study.shards_root) / recipe.name
         try:
-            current = read_manifest(out)["recipe_hash"] == recipe.content_hash()
+            current = stale(read_manifest(out), recipe) is None
         except Exception:  # no manifest, or an unreadable one: build
             current = False
         if current:
