@@ -12,7 +12,8 @@ several worker processes and still write byte-identical shards.
     (or null) is a text-only record;
   * ShareGPT as LLaMA-Factory and TRL write it: `{"messages": [{"role": "user" | "assistant" |
     "system", "content": "<image>..." or [{"type": "text", "text"}, {"type": "image"}]}],
-    "images" | "videos": [paths]}`, optional `"system"` text; a video may be a list of frame files.
+    "images" | "videos": [paths]}`, optional `"system"` text; a video may be a list of frame files, or a
+    folder of them (ShareGPTVideo's layout: its image files in name order).
   The k-th media tag stands for the k-th file; a record with one file and no tag gets it before the
   first question. A video (mp4 through PyAV, or frame files) gives the recipe's `frames` frames,
   sampled uniformly, as that many image markers where its tag stood (`<video>`, or `<image>` as
@@ -289,12 +290,16 @@ def _media_list(rec: dict, keys: tuple[str, str], where: str, frames_ok: bool) -
     return items
 
 
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+"""Image files a folder given as a video holds, its frames."""
+
+
 class LlavaSource:
     """LLaVA-style or ShareGPT-style image or video instruction data (JSON list or JSONL) with a media folder.
 
     Per record (see `make`): `conversations` (`from`/`value`) or `messages` (`role`/`content`); media under
     `image`/`images` or `video`/`videos` (a file name or a list; a video may also be a list of frame
-    files); optional `system` (or `system_prompt`) text. An image recipe takes single-image,
+    files, or a folder of them); optional `system` (or `system_prompt`) text. An image recipe takes single-image,
     multi-image and text-only records; a video recipe takes video records. Other records are
     `Unsupported` (counted by reason, outside `max_bad_fraction`), broken ones a `Skip`.
     """
@@ -315,7 +320,9 @@ class LlavaSource:
             raise RecipeError(f"{where}: media folder {self.root} does not exist; {layout}")
         if self.path.suffix == ".jsonl":
             records = []
-            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            # lines end at \n only: str.splitlines would also cut at U+2028, U+2029 and U+0085, which JSON
+            # strings may hold raw (a writer with ensure_ascii=False emits them)
+            for n, line in enumerate(self.path.read_text().split("\n"), 1):
                 if line.strip():
                     try:
                         records.append(json.loads(line))
@@ -360,9 +367,15 @@ class LlavaSource:
         return images, videos, turns_to_messages(parse_turns(rec[key], where), media, kind, where, system)
 
     def _read_video(self, item, rid: str, where: str):
-        """(frames, sampled frames per second or None) of one video (an mp4, or a list of frame files
-        sampled the same way), or a Skip."""
+        """(frames, sampled frames per second or None) of one video (an mp4, a list of frame files, or a folder
+        of them, as ShareGPTVideo ships its videos: its image files in name order), or a Skip."""
         r = self.recipe
+        if isinstance(item, str) and (self.root / item).is_dir():
+            folder = self.root / item
+            item = [f"{item}/{f.name}" for f in sorted(folder.iterdir()) if f.suffix.lower() in FRAME_SUFFIXES]
+            if not item:
+                return Skip("unreadable_video", rid, f"{where}: {folder} is a folder without frame files "
+                                                     f"({', '.join(FRAME_SUFFIXES)})")
         if isinstance(item, list):
             picked = [item[j] for j in uniform_indices(len(item), r.frames)]
             frames = []
@@ -390,7 +403,9 @@ class LlavaSource:
             with Image.open(media) as im:
                 im.load()
                 return fit(im.convert("RGB"), self.budget)
-        except (OSError, ValueError) as e:  # PIL raises OSError subclasses, and ValueError for some corrupt data
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            # PIL raises OSError subclasses, ValueError for some corrupt data, and DecompressionBombError for an
+            # image over twice its pixel limit (about 179 Mpx): each costs its record, not the build
             return Skip(f"unreadable_{kind}", rid, f"{where}: {media}: {e}")
 
     def make(self, i: int) -> Sample | Skip:

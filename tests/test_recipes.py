@@ -17,7 +17,7 @@ from data_recipes.build import BuildError, build, read_manifest, shard_urls, sta
 from data_recipes.recipe import RECIPES_DIR, RecipeError, load_recipe, parse_recipe, recipe_names
 from data_recipes.resize import fit_size
 from data_recipes.sources import conversation_to_messages
-from data_recipes.video import write_video
+from data_recipes.video import uniform_indices, write_video
 
 
 def write_recipe(tmp: Path, name: str, **fields) -> Path:
@@ -193,6 +193,66 @@ def _llava_fixture(tmp: Path, video: bool, n_good: int, bad: dict[str, int]):
                      "conversations": [{"from": "gpt", "value": "answer first"}]})
     (root / "annotations.json").write_text(json.dumps(recs))
     return root
+
+
+def test_jsonl_lines_end_at_newlines_only_and_an_oversized_image_costs_its_record(tmp_path, monkeypatch):
+    """A JSONL record holding a raw U+2028 (a writer with ensure_ascii=False emits it; JSON allows it) is one
+    record, kept with its text whole: splitlines() cut it in two malformed ones. An image past PIL's
+    decompression-bomb limit is an unreadable image, counted, not the end of the build."""
+    root = tmp_path / "llava"
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i in range(4):
+        Image.new("RGB", (48, 40), (i * 40, 50, 90)).save(root / "images" / f"{i}.jpg")
+        lines.append(json.dumps({"id": f"r{i}", "image": f"{i}.jpg", "conversations": [
+            {"from": "human", "value": f"<image>\nWhat is in item {i}?"},
+            {"from": "gpt", "value": f"Item {i}.\u2028Second line\u2029 and a \x85 too."}]}, ensure_ascii=False))
+    (root / "ann.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert "\u2028" in (root / "ann.jsonl").read_text(encoding="utf-8")
+    Image.new("RGB", (400, 400)).save(root / "images" / "big.jpg")
+    with open(root / "ann.jsonl", "a") as f:
+        f.write(json.dumps({"id": "big", "image": "big.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "Big."}]}) + "\n")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # 400 x 400 is more than twice as many: a "bomb"
+    rec = write_recipe(tmp_path, "lj", kind="image", samples=4, max_bad_fraction=0.5, sources=[
+        {"type": "llava_image", "path": str(root / "ann.jsonl"), "media_root": str(root / "images")}])
+    m = build(str(rec), tmp_path / "out")
+    assert m["counts"]["samples"] == 4 and m["skipped"] == {"unreadable_image": 1}, (m["skipped"], m["counts"])
+    texts = [p["text"] for s in _read_all(tmp_path / "out") for msg in s["json"]["messages"]
+             if msg["role"] == "assistant" for p in msg["content"]]
+    assert sorted(texts) == [f"Item {i}.\u2028Second line\u2029 and a \x85 too." for i in range(4)]
+
+
+def test_a_video_given_as_a_folder_of_frames_is_its_image_files_in_name_order(tmp_path):
+    """ShareGPTVideo ships videos as frame folders (LLaVA-NeXT's trainer lists them in name order): such a
+    record is a video sample whose frames are the folder's, sampled as from a list of frame files; a folder
+    without image files is an unreadable video. Before, a folder counted as a missing video."""
+    root = tmp_path / "sgv"
+    folder = root / "frames" / "all_frames" / "vid01"
+    folder.mkdir(parents=True)
+    for k in range(9):  # written out of order; frame k is grey level 20 * k
+        Image.new("RGB", (32, 32), (20 * (8 - k),) * 3).save(folder / f"c{8 - k:03d}.jpg", quality=95)
+    (folder / "notes.txt").write_text("not a frame")
+    (root / "frames" / "all_frames" / "empty").mkdir()
+    recs = [{"id": "v1", "video": "frames/all_frames/vid01", "conversations": [
+                {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "It brightens."}]},
+            {"id": "v2", "video": "frames/all_frames/empty", "conversations": [
+                {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "Nothing."}]}]
+    (root / "ann.json").write_text(json.dumps(recs))
+    rec = write_recipe(tmp_path, "sgv", kind="video", samples=1, frames=3, max_bad_fraction=0.5, sources=[
+        {"type": "llava_video", "path": str(root / "ann.json"), "media_root": str(root)}])
+    m = build(str(rec), tmp_path / "out")
+    assert m["counts"]["samples"] == 1 and m["counts"]["frames"] == 3
+    assert m["skipped"] in ({}, {"unreadable_video": 1})  # the empty folder, if the plan reached it first
+    (sample,) = _read_all(tmp_path / "out")
+    levels = [int(np.asarray(sample[k])[..., 0].mean().round()) for k in sorted(sample) if k.endswith(".jpg")]
+    picked = uniform_indices(9, 3)
+    assert [round(v / 20) for v in levels] == picked == sorted(picked)  # the folder's frames, in name order
+    rec2 = write_recipe(tmp_path, "sgv2", kind="video", samples=2, frames=3, max_bad_fraction=0.6, sources=[
+        {"type": "llava_video", "path": str(root / "ann.json"), "media_root": str(root)}])
+    with pytest.raises(BuildError) as e:
+        build(str(rec2), tmp_path / "out2")
+    assert "'unreadable_video': 1" in str(e.value)
 
 
 @pytest.mark.parametrize("video", [False, True])
