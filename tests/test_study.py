@@ -144,6 +144,24 @@ def test_a_rerun_with_other_eval_flags_interrupted_before_evaluating_does_not_ke
     assert StudyState(old).runs[0]["status"] == "trained"  # the record now holds neither run's flags as done
 
 
+def test_a_failed_run_still_leaves_the_study_report(tmp_path):
+    """A run that fails stops the study with exit 1 and its status recorded, but the report is written all the
+    same, listing it as missing (a run failing every time used to keep the study without a report)."""
+    from evalsuite.study.run import run_study
+
+    study = load_study(write_spec(tmp_path, seeds=[0], budgets=[384]))
+
+    class Failing:
+        def run(self, jobs, event):
+            event(Path(jobs[0].run_dir).name, "failed")
+            raise LaunchError(f"run {Path(jobs[0].run_dir).name}: its job failed")
+
+    assert run_study(study, launcher=lambda parent: Failing()) == 1
+    assert json.loads((study.out / "study.json").read_text())["runs"][0]["status"] == "failed"
+    report = (study.out / "report.md").read_text()
+    assert "**Missing: 2 of 2 runs**" in report and "| failed |" in report, report[:1500]
+
+
 def test_shipped_specs_load():
     specs = {p.stem: load_study(p) for p in sorted((REPO / "studies").glob("*.yaml"))}
     assert set(specs) == {"scale_demo", "seeds_demo", "long_demo", "architecture_demo", "paper_7b"}

@@ -500,7 +500,11 @@ def run_study(study: Study, launcher=None) -> int:
         launcher.run(jobs, state.set)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
-        finish_parent(study, state, None, "FAILED")
+        # The report still says what the finished runs found, and lists the failed and missing ones: a run
+        # that fails every time must not keep the study without one.
+        report = write_report(study, state.runs)
+        finish_parent(study, state, report, "FAILED")
+        print(f"study {study.name}: a run failed; report of the others {report}", flush=True)
         return 1
     report = write_report(study, state.runs)
     finish_parent(study, state, report, "FINISHED")
