@@ -28,10 +28,11 @@ carried to the reader's next batch.
 
 With `image_filler`, a batch whose samples have no image or frame (text-only records: LLaVA's mix665k
 holds some) gets one more row, the filler (`FILLER_KEY`): a blank image under a one-line exchange whose
-labels are all masked. It is not a sample: no count, key list or budget includes it (`Batch.samples`),
-and the trainer forwards it only on a process that would otherwise skip the vision tower and projector
-while others run them (ZeRO-3 gathers their weights as they run; DeepSpeed reduces a trained
-projector's gradients in buckets): then every process runs the same modules in the same order, and the
+labels are all masked. It is not a sample: no count, budget or `samples/` record includes it
+(`Batch.samples`, `Batch.sample_counts`). The stream adds it when every process must run the vision
+tower and projector in every micro-batch (ZeRO-3 gathers their weights as they run; DeepSpeed reduces a
+trained projector's gradients in buckets), and the trainer forwards it wherever a process's samples of
+a micro-batch have no image: then every process runs the same modules in the same order, and the
 filler's gradients are zeros. It is encoded in the batch's own processor call, so every family pads and
 lays out its pixels as it does for data.
 
