@@ -190,10 +190,8 @@ class DirLock:
 
     def _gone(self, holder: dict, age: float) -> str | None:
         """Why the lock's holder is gone (None: it may still run)."""
-        import socket
-
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and \
-                holder["pid"] != os.getpid() and not _pid_alive(holder["pid"]):
+        if holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int) and \
+                holder["pid"] != self.me["pid"] and not _pid_alive(holder["pid"]):
             return f"its process {holder['pid']} no longer runs"
         if holder.get("slurm_job") and holder.get("slurm_job") == self.me["slurm_job"] and holder != self.me:
             return f"it was this Slurm job ({holder['slurm_job']}) before a requeue"
@@ -225,10 +223,10 @@ class DirLock:
                 self.path.unlink(missing_ok=True)
         with os.fdopen(fd, "w") as f:
             json.dump(self.me, f)
-        self._stop = threading.Event()
+        stop = self._stop = threading.Event()  # the thread's own: `release` drops the attribute
 
         def beat():
-            while not self._stop.wait(self.heartbeat_s):
+            while not stop.wait(self.heartbeat_s):
                 try:
                     os.utime(self.path)
                 except OSError:

@@ -39,11 +39,19 @@ def summary(rows: list[dict], limit: int) -> dict:
             "items_over": len(over), "examples": over[:EXAMPLES]}
 
 
-def warning(task: str, checkpoint: str, context: dict) -> str | None:
-    """The stderr line for a task whose items passed the limit (None when none did)."""
+def overrun(context: dict) -> str | None:
+    """What metrics.json's `context` says when items passed the limit, as the report and stderr say it (None
+    when none did)."""
     if not context.get("items_over"):
         return None
-    return (f"[{task}] {checkpoint}: {context['items_over']} of {context['items']} item(s) ran sequences longer than "
-            f"the model's context of {context['limit']:,} positions (longest {context['longest']:,} tokens; e.g. "
-            f"{', '.join(context['examples'][:3])}): their answers read positions the model was not trained on. "
-            "Fewer frames (--frames), a smaller --max_pixels or another --iraven_layout shortens them")
+    return (f"{context['items_over']} of {context['items']} item(s) ran sequences longer than the model's context "
+            f"of {context['limit']:,} positions (longest {context['longest']:,} tokens; e.g. "
+            f"{', '.join(map(str, context.get('examples', [])[:3]))}): their answers read positions the model was "
+            "not trained on")
+
+
+def warning(task: str, checkpoint: str, context: dict) -> str | None:
+    """The stderr line for a task whose items passed the limit (None when none did)."""
+    said = overrun(context)
+    return None if said is None else (f"[{task}] {checkpoint}: {said}. Fewer frames (--frames), a smaller "
+                                      "--max_pixels or another --iraven_layout shortens them")

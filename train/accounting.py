@@ -86,14 +86,15 @@ def forward_rows(counts: torch.Tensor, keep: list[int]) -> list[list[int]]:
     """The rows of its micro-batch each rank runs through the model (`counts`: (ranks, batch, counters)): its
     kept prefix; when it keeps none, one row under a zero loss (every process joins every step), one with
     images when it has any, so that the vision tower and projector run wherever they can."""
-    images = COUNTERS.index("images")
     out = []
     for r, k in enumerate(keep):
         if k:
             out.append(list(range(k)))
             continue
-        present = [i for i in range(counts.shape[1]) if counts[r, i, 0] >= 0]
-        out.append([next((i for i in present if counts[r, i, images] > 0), present[0] if present else 0)])
+        row = image_row(counts[r], [])
+        if row is None:  # no sample with images: the first present one (row 0 when none is)
+            row = next((i for i in range(counts.shape[1]) if counts[r, i, 0] >= 0), 0)
+        out.append([row])
     return out
 
 

@@ -56,6 +56,7 @@ from data_recipes.counters import CONSUMED_COUNTERS
 from data_recipes.files import atomic_write_text
 from evalsuite.comparisons import block_of, fkeys
 from evalsuite.config import ConfigError
+from evalsuite.context import overrun
 from evalsuite.benchmarks.iraven.groups import ACTIVE_RULES, GROUPS, in_group
 from evalsuite.stats import (accuracy_ci, contrast_of_differences, paired_bootstrap_sums, paired_difference,
                              percentile_interval)
@@ -1040,11 +1041,8 @@ def caveats_section(ckpts: list[Checkpoint]) -> list[str]:
                              f"({_listed(problems)}).")
             if errors:
                 lines.append(f"- `{c.name}` {task}: {len(errors)} item(s) failed ({_listed(errors)}).")
-            if ctx.get("items_over"):
-                lines.append(f"- `{c.name}` {task}: {ctx['items_over']} of {ctx['items']} item(s) ran sequences longer "
-                             f"than the model's context of {ctx['limit']:,} positions (longest {ctx['longest']:,} "
-                             f"tokens; e.g. {', '.join(map(str, ctx.get('examples', [])[:3]))}): their answers read "
-                             "positions the model was not trained on.")
+            if said := overrun(ctx):
+                lines.append(f"- `{c.name}` {task}: {said}.")
             if ctx.get("items"):
                 longest, limit = max(longest, ctx.get("longest", 0)), ctx.get("limit", 0)
         if longest and limit:

@@ -28,6 +28,7 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -92,6 +93,11 @@ class LocalLauncher:
     def _config_path(self) -> Path:
         return Path(_config_file(self.accelerate_config))
 
+    @cached_property
+    def _conf(self) -> dict:
+        """The accelerate config, read once for every evaluation of the study ({} without one)."""
+        return read_accelerate_config(self._config_path()) if self.accelerate_config else {}
+
     def train_argv(self, args: list[str]) -> list[str]:
         if self.accelerate_config:
             return [_accelerate(), "launch", "--config_file", str(self._config_path()), LORA, *args]
@@ -100,7 +106,7 @@ class LocalLauncher:
     def eval_call(self, args: list[str]) -> tuple[list[str], dict]:
         """(argv, extra environment) of one evaluation command: over the accelerate config's processes on
         this machine (its DeepSpeed settings are the trainer's, not the evaluation's), else one process."""
-        conf = read_accelerate_config(self._config_path()) if self.accelerate_config else {}
+        conf = self._conf
         try:  # accelerate's num_processes counts every machine's; this launcher runs on one
             procs = int(conf.get("num_processes") or 1) // max(1, int(conf.get("num_machines") or 1))
         except (TypeError, ValueError):
@@ -187,6 +193,12 @@ class SubmititLauncher:
     def _config(self) -> str | None:
         return _config_file(self.spec.accelerate_config)
 
+    @cached_property
+    def _deepspeed(self) -> bool:
+        """Whether the training runs' accelerate config runs DeepSpeed (read once, at the first submission)."""
+        config = self._config()
+        return bool(config) and read_accelerate_config(config).get("distributed_type") == "DEEPSPEED"
+
     def _executor(self, name: str, nodes: int, dependency: str | None = None):
         import submitit
 
@@ -204,9 +216,8 @@ class SubmititLauncher:
 
     def _submit(self, job: RunJob, kind: str, dependency: str | None = None):
         if kind == "train":
-            config = self._config()
-            deepspeed = bool(config) and read_accelerate_config(config).get("distributed_type") == "DEEPSPEED"
-            fn = AccelerateJob([[LORA, *job.train]], self.spec.gpus_per_node, self.env, self.cwd, config, deepspeed)
+            fn = AccelerateJob([[LORA, *job.train]], self.spec.gpus_per_node, self.env, self.cwd, self._config(),
+                               self._deepspeed)
             nodes = self.spec.nodes
         else:
             fn = AccelerateJob([["-m", "evalsuite", *a] for a in eval_commands([job], self.eval_flags)],
