@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from evalsuite.study.launchers import AccelerateJob, LaunchError, LocalLauncher, RunJob, SubmititLauncher, eval_commands
+from evalsuite.study.launchers import (AccelerateJob, LaunchError, LocalLauncher, RunJob, SubmititLauncher, eval_commands,
+                                       job_port)
 from evalsuite.study.run import (LauncherSpec, StudyError, load_study, parse_study, run_list, split_tasks,
                                  status_on_disk, train_args)
 
@@ -233,13 +234,13 @@ def test_paper_7b_dry_run_plans_from_configs_only(tmp_path):
 def test_accelerate_job_spans_the_nodes():
     job = AccelerateJob([["train/lora.py", "--seed", "1"]], gpus_per_node=8, env={}, cwd=".",
                         accelerate_config="gpu.yaml")
-    argv = job.argv(job.commands[0], nodes=2, node=1, main_host="node-a")
+    argv = job.argv(job.commands[0], nodes=2, node=1, main_host="node-a", port=21234)
     assert argv[1:] == ["launch", "--config_file", "gpu.yaml", "--num_processes", "16", "--num_machines", "2",
-                        "--machine_rank", "1", "--main_process_ip", "node-a", "--main_process_port", "29500",
+                        "--main_process_port", "21234", "--machine_rank", "1", "--main_process_ip", "node-a",
                         "train/lora.py", "--seed", "1"]
     cpu = AccelerateJob([["-m", "evalsuite", "vcot", "r"]], gpus_per_node=0, env={}, cwd=".")
-    assert cpu.argv(cpu.commands[0], 1, 0, "")[2:] == ["--num_processes", "1", "--num_machines", "1", "-m",
-                                                      "evalsuite", "vcot", "r"]
+    assert cpu.argv(cpu.commands[0], 1, 0, "", 21234)[2:] == ["--num_processes", "1", "--num_machines", "1", "-m",
+                                                             "evalsuite", "vcot", "r"]
 
 
 @pytest.mark.parametrize("config", ["gpu_1node_8gpu_zero2.yaml", "gpu_2node_8gpu_zero2.yaml"])
@@ -258,10 +259,34 @@ def test_a_deepspeed_job_over_two_nodes_runs_one_training(monkeypatch, config):
     launcher._submit(RunJob(run_dir="studies_out/r", train=["--recipe", "video_demo"]), "train")
     (fn, nodes), = submitted
     assert nodes == 2 and fn.deepspeed
-    argv = fn.argv(fn.commands[0], nodes, node=1, main_host="node-a")
+    argv = fn.argv(fn.commands[0], nodes, node=1, main_host="node-a", port=job_port("4242"))
     args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[2:]))
     assert args.use_deepspeed and args.deepspeed_multinode_launcher == "standard"
     assert (args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip) == (16, 2, 1, "node-a")
+    assert args.main_process_port == 24242
+
+
+def test_jobs_sharing_a_node_rendezvous_on_their_own_ports(monkeypatch):
+    """Two 4-GPU jobs on one 8-GPU node each get a port of their own from their job id, as accelerate
+    resolves their commands with the 8-GPU config; with accelerate's default both would take 29500 and
+    the second would fail to start."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    ports = []
+    for job_id in ("731004", "731005_3"):
+        job = AccelerateJob([["train/lora.py"]], gpus_per_node=4, env={}, cwd=".",
+                            accelerate_config=str(REPO / "ds_configs/accelerate/gpu_1node_8gpu_zero2.yaml"))
+        monkeypatch.setattr("submitit.JobEnvironment", lambda: SimpleNamespace(
+            job_id=job_id, num_nodes=1, node=0, hostnames=["node-a"]))
+        calls = []
+        monkeypatch.setattr(subprocess, "run", lambda argv, **k: calls.append(argv))
+        job()
+        (argv,) = calls
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[2:]))
+        assert (args.num_processes, args.num_machines) == (4, 1)
+        ports.append(args.main_process_port)
+    assert ports == [job_port("731004"), job_port("7310053")] and ports[0] != ports[1] != 29500
+    assert all(20000 <= p < 30000 for p in ports)
 
 
 @pytest.mark.parametrize("config, procs, on_cpu", [
@@ -336,10 +361,111 @@ def test_slurm_evaluations_depend_on_their_training_job(tmp_path, monkeypatch):
     (train_p, train_fn), (eval_p, eval_fn), (eval_b, _) = submitted
     assert train_p["nodes"] == 2 and train_p["gpus_per_node"] == 8 and train_p["partition"] == "gpu"
     assert train_p["time"] == 600 and train_fn.commands[0][1:] == ["--seed", "0"]
-    assert eval_p["additional_parameters"] == {"dependency": "afterok:1001"} and eval_p["nodes"] == 1
+    assert eval_p["additional_parameters"] == {"dependency": "afterok:1001", "kill-on-invalid-dep": "yes"}
+    assert eval_p["nodes"] == 1
     assert eval_fn.commands == [["-m", "evalsuite", "vcot", "/r/a", "--limit", "2"]]
     assert not eval_b.get("additional_parameters")  # b was trained already: its evaluation waits for nothing
     assert events == [("a", "trained"), ("a", "done"), ("b", "done")]
+
+
+class FakeSlurm:
+    """submitit's AutoExecutor for Slurm with the sbatch call replaced: each submission's sbatch script is
+    rendered by submitit itself (`_make_sbatch_string`) and kept, and `fail` names the jobs whose result
+    raises as a failed Slurm job's does."""
+
+    def __init__(self, monkeypatch, tmp_path, fail=()):
+        import submitit
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        self.scripts, self.functions, self.cancelled, self.fail = [], [], [], set(fail)
+        outer = self
+
+        class Job:
+            def __init__(self, n, name):
+                self.job_id, self.name = str(1000 + n), name
+                self.paths = SimpleNamespace(stderr=tmp_path / f"{self.job_id}_0_log.err")
+
+            def result(self):
+                if self.name in outer.fail:
+                    raise submitit.core.utils.FailedJobError(f"job {self.job_id} ({self.name}) has failed")
+
+            def cancel(self, check=True):
+                outer.cancelled.append(self.name)
+
+        def fake_submit(ex, fn):
+            params = dict(ex._executor.parameters)
+            self.scripts.append(_make_sbatch_string(command="python -u -m submitit.core._submit x",
+                                                    folder=tmp_path, **params))
+            self.functions.append(fn)
+            return Job(len(self.scripts), params["job_name"])
+
+        monkeypatch.setattr(submitit.AutoExecutor, "submit", fake_submit)
+        monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # no srun here
+
+
+def test_slurm_jobs_ask_for_cpus_memory_and_requeues(tmp_path, monkeypatch):
+    """The sbatch script of a job on 8 GPUs asks 8 x cpus_per_gpu CPUs for its one task (Slurm's default is
+    one CPU for the job: every process and data loader of 8 GPUs on one core), the spec's memory when it
+    names one, and the USR2 warning before its time limit on which submitit requeues it."""
+    slurm = FakeSlurm(monkeypatch, tmp_path)
+    spec = {"type": "slurm", "nodes": 2, "gpus_per_node": 8, "partition": "gpu", "time_min": 600}
+    for extra, cpus, mem in [({}, 64, None), ({"cpus_per_gpu": 12, "mem_gb": 900}, 96, "900GB")]:
+        study = load_study(write_spec(tmp_path, launcher=spec | extra))
+        launcher = SubmititLauncher(study.launcher, tmp_path / "jobs", [], {}, tmp_path)
+        launcher.run([RunJob("/r/a", ["--seed", "0"], ["vcot"])], lambda name, status: None)
+        train, evaluation = slurm.scripts[-2:]
+        for script in (train, evaluation):
+            assert f"#SBATCH --cpus-per-task={cpus}\n" in script and "#SBATCH --ntasks-per-node=1\n" in script
+            assert "#SBATCH --signal=USR2@90\n" in script and "#SBATCH --gpus-per-node=8\n" in script
+            assert (f"#SBATCH --mem={mem}\n" in script) if mem else "--mem" not in script
+        assert "#SBATCH --nodes=2\n" in train and "#SBATCH --kill-on-invalid-dep=yes\n" in evaluation
+    with pytest.raises(StudyError, match="cpus_per_gpu must be an integer >= 1"):
+        load_study(write_spec(tmp_path, launcher=spec | {"cpus_per_gpu": 0}))
+
+
+def test_a_timed_out_or_preempted_job_is_requeued_with_its_commands(tmp_path, monkeypatch):
+    """submitit's own signal handler, as Slurm's USR2 warning before the time limit reaches it: the job is
+    checkpointable, so it is requeued with the same commands (the trainer resumes with --resume latest)
+    instead of ending as an uncompleted job; after `max_timeouts` time-outs it is not requeued again."""
+    import submitit
+    from submitit.core.job_environment import SignalHandler
+    from submitit.core.utils import UncompletedJobError
+
+    job = AccelerateJob([["train/lora.py", "--resume", "latest"]], gpus_per_node=8, env={}, cwd=".")
+    requeued = []
+    env = SimpleNamespace(global_rank=0, _requeue=requeued.append)
+
+    def warn(countdown: int):
+        delayed = submitit.helpers.DelayedSubmission(job)
+        delayed.set_timeout(600, countdown)
+        handler = SignalHandler(env, SimpleNamespace(submitted_pickle=tmp_path / "submitted.pkl"), delayed)
+        handler._start_time -= 595 * 60  # 5 minutes before the limit: timed out, not preempted
+        handler.checkpoint_and_try_requeue(signal.SIGUSR2)
+
+    with pytest.raises(SystemExit):
+        warn(countdown=3)
+    assert requeued == [2]
+    again = submitit.helpers.DelayedSubmission.load(tmp_path / "submitted.pkl")
+    assert again.function == job and again.function.commands == job.commands
+    with pytest.raises(UncompletedJobError, match="timed-out too many times"):
+        warn(countdown=0)
+    assert requeued == [2]
+
+
+def test_a_failed_slurm_run_leaves_the_others_recorded(tmp_path, monkeypatch):
+    """Three runs on Slurm, the first one's training fails: its evaluation is cancelled, the other two are
+    still waited for and recorded as done, and one LaunchError names the failed run and its log."""
+    slurm = FakeSlurm(monkeypatch, tmp_path, fail={"a-train"})
+    study = load_study(write_spec(tmp_path, launcher={"type": "slurm", "gpus_per_node": 8}))
+    events = []
+    launcher = SubmititLauncher(study.launcher, tmp_path / "jobs", [], {}, tmp_path)
+    jobs = [RunJob(f"/r/{n}", ["--seed", "0"], ["vcot"]) for n in "abc"]
+    with pytest.raises(LaunchError) as e:
+        launcher.run(jobs, lambda name, status: events.append((name, status)))
+    assert str(e.value).startswith("1 of 3 runs failed") and "run a: job 1001 failed (FailedJobError)" in str(e.value)
+    assert "1001_0_log.err" in str(e.value) and "run b" not in str(e.value)
+    assert slurm.cancelled == ["a-eval"]
+    assert events == [("a", "failed"), ("b", "trained"), ("b", "done"), ("c", "trained"), ("c", "done")]
 
 
 # --- micro studies -------------------------------------------------------------------------------------

@@ -15,15 +15,20 @@ An evaluation is `python -m evalsuite TASK RUN_DIR... <eval flags>` per task.
 - `SubmititLauncher`: one submitit job per training run and one per evaluation, each command an
   `accelerate launch` over the job's nodes and GPUs (`AccelerateJob`). On Slurm
   (`submitit.AutoExecutor(cluster="slurm")`) every job is submitted at once, each evaluation depending
-  on its training job (`--dependency afterok:ID`), then the study waits for them in order. With
-  submitit's `LocalExecutor` (the same code path on one machine) the training job's result is
-  awaited before its evaluation is submitted, and one run goes at a time.
-  Job scripts and logs: `<output_dir>/submitit/`.
+  on its training job (`--dependency afterok:ID`, cancelled when that job fails), then the study waits
+  for every one of them, records each, and raises one `LaunchError` naming every failed run. Each job
+  asks `cpus_per_gpu` CPUs per GPU (and `mem_gb` when the spec sets it), rendezvouses on a port of its
+  own, and is requeued when preempted or timed out (`AccelerateJob.checkpoint`; `max_timeouts` times
+  for time-outs). With submitit's `LocalExecutor` (the same code path on one machine) the training
+  job's result is awaited before its evaluation is submitted, one run goes at a time, and the first
+  failure stops the study. Job scripts and logs: `<output_dir>/submitit/`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -37,7 +42,15 @@ import yaml
 from data_recipes.files import REPO_ROOT as REPO
 
 LORA = str(REPO / "train" / "lora.py")
-MAIN_PORT = 29500
+PORTS = (20000, 10000)
+"""A job's rendezvous port: first of PORTS plus its Slurm job id modulo the second (below Linux's ephemeral
+ports). Accelerate's fixed default, 29500, fails the second of two jobs whose processes share a node."""
+
+
+def job_port(job_id: str) -> int:
+    """The rendezvous port of the job `job_id` ("123", or "123_4" in an array: its digits)."""
+    digits = re.sub(r"\D", "", str(job_id))
+    return PORTS[0] + int(digits or 0) % PORTS[1]
 
 Event = Callable[[str, str], None]
 
@@ -150,7 +163,11 @@ class AccelerateJob:
 
     A command is what follows `accelerate launch ...`: `[train/lora.py, args...]` or `[-m, evalsuite, args...]`.
     Under Slurm it runs once per node (one task per node) and reads its node rank and the first node's
-    host from `submitit.JobEnvironment`."""
+    host from `submitit.JobEnvironment`, and its job id, from which its rendezvous port comes (`job_port`).
+
+    When Slurm preempts the job, or its time limit nears, submitit calls `checkpoint`, and the job is
+    requeued with the same commands: the trainer resumes from its newest saved state (the study passes
+    `--resume latest`; at most `save_steps` steps are lost) and the evaluation from its finished rows."""
     commands: list[list[str]]
     gpus_per_node: int
     env: dict
@@ -159,14 +176,16 @@ class AccelerateJob:
     deepspeed: bool = False
     """Whether the accelerate config runs DeepSpeed (read when the job is submitted)."""
 
-    def argv(self, command: list[str], nodes: int, node: int, main_host: str) -> list[str]:
+    def argv(self, command: list[str], nodes: int, node: int, main_host: str, port: int) -> list[str]:
         processes = max(1, self.gpus_per_node) * nodes
         argv = [_accelerate(), "launch"]
         if self.accelerate_config:
             argv += ["--config_file", self.accelerate_config]
         argv += ["--num_processes", str(processes), "--num_machines", str(nodes)]
+        if processes > 1:
+            argv += ["--main_process_port", str(port)]
         if nodes > 1:
-            argv += ["--machine_rank", str(node), "--main_process_ip", main_host, "--main_process_port", str(MAIN_PORT)]
+            argv += ["--machine_rank", str(node), "--main_process_ip", main_host]
             if self.deepspeed:
                 # accelerate starts each node's processes itself; without this a config written for one node
                 # makes it call pdsh with no hostfile, and DeepSpeed then trains every node on its own
@@ -180,9 +199,16 @@ class AccelerateJob:
 
         je = submitit.JobEnvironment()
         for command in self.commands:
-            argv = self.argv(command, je.num_nodes, je.node, je.hostnames[0] if je.num_nodes > 1 else "")
+            argv = self.argv(command, je.num_nodes, je.node, je.hostnames[0] if je.num_nodes > 1 else "",
+                             job_port(je.job_id))
             print(shlex.join(argv), flush=True)
             subprocess.run(argv, cwd=self.cwd, env={**os.environ, **self.env}, check=True)
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's hook on preemption or time-out: requeue this job as it is (its commands resume)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 class SubmititLauncher:
@@ -207,9 +233,12 @@ class SubmititLauncher:
             ex = submitit.LocalExecutor(folder=self.folder)
             ex.update_parameters(timeout_min=s.time_min, gpus_per_node=s.gpus_per_node, tasks_per_node=1)
             return ex
-        ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
-        extra = {"dependency": f"afterok:{dependency}"} if dependency else {}
+        ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm", slurm_max_num_timeout=s.max_timeouts)
+        # an evaluation whose training failed is cancelled by Slurm, not left pending for ever
+        extra = {"dependency": f"afterok:{dependency}", "kill-on-invalid-dep": "yes"} if dependency else {}
         ex.update_parameters(name=name, nodes=nodes, gpus_per_node=s.gpus_per_node, tasks_per_node=1,
+                             cpus_per_task=s.cpus_per_gpu * max(1, s.gpus_per_node),
+                             **({"mem_gb": s.mem_gb} if s.mem_gb else {}),
                              timeout_min=s.time_min, slurm_partition=s.partition,
                              slurm_additional_parameters=extra)
         return ex
@@ -226,27 +255,39 @@ class SubmititLauncher:
         return self._executor(f"{job.name}-{kind}", nodes, dependency).submit(fn)
 
     @staticmethod
-    def _wait(job: RunJob, handle, event: Event, status: str) -> None:
+    def _wait(job: RunJob, handle, event: Event, status: str) -> str | None:
+        """Wait for a job; record `status` and return None, or record `failed` and return why."""
         try:
             handle.result()
         except Exception as e:  # submitit's FailedJobError / UncompletedJobError: the job's own log says why
             event(job.name, "failed")
-            raise LaunchError(f"run {job.name}: job {handle.job_id} failed ({type(e).__name__}); "
-                              f"log: {handle.paths.stderr}") from None
+            return f"run {job.name}: job {handle.job_id} failed ({type(e).__name__}); log: {handle.paths.stderr}"
         event(job.name, status)
+        return None
 
     def run(self, jobs: list[RunJob], event: Event) -> None:
         if self.spec.type == "submitit_local":
             for job in jobs:  # one machine: one run at a time, the evaluation after its training
-                if job.train is not None:
-                    self._wait(job, self._submit(job, "train"), event, "trained")
-                self._wait(job, self._submit(job, "eval"), event, "done")
+                if job.train is not None and (error := self._wait(job, self._submit(job, "train"), event, "trained")):
+                    raise LaunchError(error)
+                if error := self._wait(job, self._submit(job, "eval"), event, "done"):
+                    raise LaunchError(error)
             return
         submitted = []
         for job in jobs:
             train = self._submit(job, "train") if job.train is not None else None
             submitted.append((job, train, self._submit(job, "eval", train.job_id if train else None)))
+        # Every run is waited for and recorded, whatever the others did: the jobs run on whether or not this
+        # process waits, and a study that stopped at the first failure would leave the rest unrecorded.
+        errors = []
         for job, train, evaluation in submitted:
-            if train is not None:
-                self._wait(job, train, event, "trained")
-            self._wait(job, evaluation, event, "done")
+            error = self._wait(job, train, event, "trained") if train is not None else None
+            if error:
+                with contextlib.suppress(Exception):  # Slurm cancels it too (kill-on-invalid-dep)
+                    evaluation.cancel(check=False)
+            else:
+                error = self._wait(job, evaluation, event, "done")
+            if error:
+                errors.append(error)
+        if errors:
+            raise LaunchError(f"{len(errors)} of {len(submitted)} runs failed:\n  " + "\n  ".join(errors))

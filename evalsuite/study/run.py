@@ -16,7 +16,8 @@ The spec (`studies/NAME.yaml`, typed like a recipe: unknown keys are errors with
     eval: [--limit, 300]          # `python -m evalsuite` flags, a list or a mapping ({limit: 300});
                                   # --tasks restricts the tasks (default: every task)
     launcher: local               # local | submitit_local | slurm, or a mapping:
-                                  # {type: slurm, nodes, gpus_per_node, partition, time_min, accelerate_config}
+                                  # {type: slurm, nodes, gpus_per_node, partition, time_min, accelerate_config,
+                                  #  cpus_per_gpu, mem_gb, max_timeouts}
     tracking_uri: ...             # default: the project's sqlite store; many nodes: an http:// mlflow server
     output_dir: ...               # default: studies_out/NAME
     shards_root: shards           # where recipes are built
@@ -112,6 +113,14 @@ class LauncherSpec:
     """Time limit of each job in minutes."""
     accelerate_config: str | None = None
     """`accelerate launch --config_file` of the training runs (e.g. ds_configs/accelerate/gpu_1node_8gpu_zero2.yaml)."""
+    cpus_per_gpu: int = 8
+    """CPUs a Slurm job asks per GPU of a node (per node on CPU jobs): Slurm's own default is one CPU for the
+    job's only task, which would run every process and data loader of 8 GPUs on one core."""
+    mem_gb: int = 0
+    """Memory a Slurm job asks per node in GB; 0 asks none, so the cluster's default per CPU applies."""
+    max_timeouts: int = 3
+    """How many times a Slurm job that reaches `time_min` is requeued (it resumes from its saved state);
+    a job preempted by the cluster is requeued whatever this says."""
 
 
 @dataclass(frozen=True)
@@ -181,9 +190,10 @@ def _launcher(value, where: str) -> LauncherSpec:
     lw = f"{where}: launcher"
     _expect(spec.type in LAUNCHER_TYPES, lw, f"type must be one of {', '.join(LAUNCHER_TYPES)}, got {spec.type!r}"
             + did_you_mean(spec.type, LAUNCHER_TYPES))
-    for k in ("nodes", "time_min"):
+    for k in ("nodes", "time_min", "cpus_per_gpu"):
         _expect(_is_int(getattr(spec, k)) and getattr(spec, k) >= 1, lw, f"{k} must be an integer >= 1")
-    _expect(_is_int(spec.gpus_per_node) and spec.gpus_per_node >= 0, lw, "gpus_per_node must be an integer >= 0")
+    for k in ("gpus_per_node", "mem_gb", "max_timeouts"):
+        _expect(_is_int(getattr(spec, k)) and getattr(spec, k) >= 0, lw, f"{k} must be an integer >= 0")
     if spec.accelerate_config:
         _expect((REPO / spec.accelerate_config).is_file() or Path(spec.accelerate_config).is_file(), lw,
                 f"accelerate_config {spec.accelerate_config}: file not found")
