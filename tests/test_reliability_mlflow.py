@@ -135,3 +135,102 @@ def test_evalsuite_uses_the_trainers_store_helpers():
 
     assert ev.retry is tracking.retry and ev.make_client is tracking.make_client
     assert ev.experiment_id is tracking.experiment_id
+
+
+# --- an MLflow store that stops answering mid-run ---------------------------------------------------------
+OUTAGE = textwrap.dedent('''
+    # Loaded by the trainer's interpreter (sitecustomize): while the file $OUTAGE_FLAG exists, MLflow's client
+    # writes metrics once, then the store stops answering metric writes and artifact uploads.
+    import os
+    from pathlib import Path
+
+    flag = os.environ.get("OUTAGE_FLAG")
+    if flag:
+        from mlflow.tracking import MlflowClient
+
+        real, written = MlflowClient.log_batch, []
+
+        def log_batch(self, run_id, metrics=(), *args, **kwargs):
+            if metrics and Path(flag).exists() and written:
+                raise ConnectionError("Connection refused: the tracking server is down")
+            if metrics:
+                written.append(len(metrics))
+            return real(self, run_id, metrics, *args, **kwargs)
+
+        def refuse(*args, **kwargs):
+            if Path(flag).exists() and written:
+                raise ConnectionError("Connection refused: the tracking server is down")
+
+        MlflowClient.log_batch = log_batch
+        real_artifact = MlflowClient.log_artifact
+        MlflowClient.log_artifact = lambda self, *a, **k: refuse() or real_artifact(self, *a, **k)
+''')
+
+
+@pytest.mark.slow
+def test_an_outage_mid_run_stops_no_training_and_nothing_is_lost(tmp_path):
+    """The store stops answering after the first metric write. (1) A run goes on through it to its end:
+    exit 0, run.json and the adapter written, a warning naming metrics.jsonl and the sync command, and
+    `python -m train.tracking sync` then gives MLflow every step. (2) A run killed during the outage
+    and resumed once the store is back: the resumed trainer writes the points its predecessor could not,
+    so MLflow has every step exactly once."""
+    import json
+    import signal
+
+    import yaml
+
+    from train.checkpointing import STATE_FILE, valid_states
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(OUTAGE)
+    flag = tmp_path / "down"
+    train = {"base_model": "tiny:llava", "per_device_batch_size": 4, "gradient_checkpointing": False,
+             "num_workers": 1, "learning_rate": 1e-3, "warmup_steps": 2, "ds_config": "none", "save_steps": 2,
+             "logging_steps": 1, "max_steps": 12, "system_metrics": False, "tracking_grace_s": 1}
+    (tmp_path / "vid.yaml").write_text(yaml.safe_dump({"kind": "video", "sources": [{"type": "synthetic_video"}],
+                                                       "samples": 48, "frames": 3, "shard_size": 16, "train": train}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{REPO}", OUTAGE_FLAG=str(flag), MLFLOW_TRACKING_URI=uri,
+               OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", HF_HUB_OFFLINE="1")
+    lora = [sys.executable, str(REPO / "train" / "lora.py"), "--recipe", "vid.yaml"]
+
+    def steps_in_mlflow(run_dir: Path, run_id: str) -> list[int]:
+        losses = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        assert losses["step"] == 12
+        return sorted(m.step for m in tracking.make_client(uri).get_metric_history(run_id, "loss"))
+
+    flag.touch()
+    p = subprocess.run([*lora, "--run_name", "through"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    run = tmp_path / "ckpt" / "through"
+    info = json.loads((run / "run.json").read_text())
+    assert (run / "adapter_model.safetensors").is_file() and info["steps"] == 12
+    assert p.stderr.count("the store does not answer (ConnectionError") == 1
+    assert f"every point is in {run / 'metrics.jsonl'}" in p.stderr and f"train.tracking sync {run}" in p.stderr
+    assert "still does not answer after 1 s" in p.stderr and "artifact run.json not written" in p.stderr
+    assert len(steps_in_mlflow(run, info["mlflow_run_id"])) < 12
+    flag.unlink()
+    s = subprocess.run([sys.executable, "-m", "train.tracking", "sync", str(run)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert s.returncode == 0, s.stderr
+    assert steps_in_mlflow(run, info["mlflow_run_id"]) == list(range(1, 13))
+
+    flag.touch()
+    killed = tmp_path / "ckpt" / "killed"
+    proc = subprocess.Popen([*lora, "--run_name", "killed"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        states = valid_states(killed)
+        if states and json.loads((states[-1] / STATE_FILE).read_text())["step"] >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed during the outage"
+    flag.unlink()
+    subprocess.run([*lora, "--run_name", "killed", "--resume", "latest"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=600)
+    run_id = json.loads((killed / "run.json").read_text())["mlflow_run_id"]
+    assert steps_in_mlflow(killed, run_id) == list(range(1, 13))

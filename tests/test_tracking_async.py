@@ -139,6 +139,77 @@ def test_a_failed_write_surfaces_at_the_next_call_and_loses_nothing(uri):
         tracker.log_metrics({"loss": 5.0}, step=5)
 
 
+def test_an_outage_after_tolerate_outages_warns_and_stops_nothing(uri, capsys):
+    """Once a run tolerates outages, a store that stops answering raises nowhere: one warning with the
+    hint, flush() says False at once, tags and artifacts are skipped with a warning, the points wait and
+    arrive in order when the store answers again. A store still down at end(): a warning after the
+    grace period, the run not marked, and the writer stops trying."""
+    tracker = Tracker(uri, "async", "outage", {}, write_interval_s=0.05)
+    tracker.tolerate_outages("points kept in metrics.jsonl", grace_s=0.5)
+    real, calls, down = tracker.client.log_batch, [], True
+
+    def maybe_down(*args, **kwargs):
+        calls.append(1)
+        if down:
+            raise ConnectionError("Connection refused: 127.0.0.1:5000")
+        return real(*args, **kwargs)
+
+    with mock.patch.object(tracker.client, "log_batch", maybe_down):
+        for step in range(1, 31):
+            tracker.log_metrics({"loss": 1.0 / step}, step=step)  # never raises
+            time.sleep(0.01)
+        deadline = time.time() + 10
+        while tracker._outage is None and time.time() < deadline:
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        assert tracker.flush() is False and time.perf_counter() - t0 < 0.5
+        tracker.set_tags({"a": 1})
+        err = capsys.readouterr().err
+        assert err.count("the store does not answer (ConnectionError: Connection refused") == 1
+        assert "points kept in metrics.jsonl" in err and "tags a not written (ConnectionError" in err
+        down = False
+        deadline = time.time() + 20
+        while not tracker.flush() and time.time() < deadline:  # the writer's pause grows: 0.05, 0.1, 0.2 ...
+            time.sleep(0.05)
+        assert history(tracker, "loss") == [(s, 1.0 / s) for s in range(1, 31)]
+        assert "the store answers again after" in capsys.readouterr().err
+        down = True
+        tracker.log_metrics({"loss": 0.0}, step=31)
+        t0 = time.perf_counter()
+        tracker.end()  # no exception: the grace period, then a warning
+        assert 0.4 < time.perf_counter() - t0 < 10
+        err = capsys.readouterr().err
+        assert "still does not answer after 0.5 s: 1 metric points not written and the run not marked FINISHED" in err
+        tries = len(calls)
+        time.sleep(0.5)
+        assert len(calls) <= tries + 1  # the writer gave up with end(): no loop of failing writes
+    assert tracker.client.get_run(tracker.run_id).info.status == "RUNNING"
+    assert history(tracker, "loss")[-1] == (30, 1.0 / 30)
+
+
+def test_sync_writes_what_the_run_lacks_from_metrics_jsonl(uri, tmp_path, capsys):
+    """`python -m train.tracking sync RUN_DIR`: the points of metrics.jsonl missing from the run (by metric
+    and step) are written, the others left alone; a cut-short last line is skipped."""
+    import json
+
+    tracker = Tracker(uri, "async", "sync", {})
+    rows = [{"step": s, "loss": 1.0 / s, "lr": 1e-3 * s} for s in range(10, 110, 10)]
+    for r in rows[:4]:
+        tracker.log_metrics({"loss": r["loss"]}, step=r["step"])  # the store had these before it went down
+    tracker.end()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 110, "lo')
+    (run / "run.json").write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri}))
+    assert tracking.main(["sync", str(run)]) == 0
+    assert "wrote 16 metric points" in capsys.readouterr().out  # 6 losses and 10 learning rates
+    assert history(tracker, "loss") == [(r["step"], r["loss"]) for r in rows]
+    assert history(tracker, "lr") == [(r["step"], r["lr"]) for r in rows]
+    assert tracking.main(["sync", str(run)]) == 0 and "wrote 0 metric points" in capsys.readouterr().out
+    assert tracking.main(["sync", str(tmp_path / "nothing")]) == 2
+    assert "no run.json and no saved state" in capsys.readouterr().err
+
+
 def test_logging_from_several_threads(uri):
     tracker = Tracker(uri, "async", "threads", {}, write_interval_s=0.01)
     writer = f"mlflow-metrics-{tracker.run_id[:8]}"

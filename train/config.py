@@ -156,6 +156,9 @@ class TrainConfig:
     """MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<repo>/mlruns/mlflow.db)."""
     system_metrics: bool = True
     """Log MLflow system metrics (CPU, memory; GPU utilisation and memory with nvidia-ml-py) on the run."""
+    tracking_grace_s: float = 60.0
+    """How long the end of a run waits for an MLflow store that stopped answering mid-run (the training
+    itself never stops for it: metrics.jsonl keeps every point, `python -m train.tracking sync RUN_DIR`)."""
     trust_remote_code: bool = False
     """Allow model code shipped with a checkpoint to run (off unless you trust it)."""
 

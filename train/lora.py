@@ -162,6 +162,10 @@ class LoRATrainer:
         self.schedule["total"] = self.state.schedule_steps
         self.tracker = self._setup_tracking()
         self._setup_logs(resume_from)
+        if resume_from and self.acc.is_main_process:
+            # points the interrupted run logged but could not write (its store was down, or it was killed
+            # with points queued) are in its metrics.jsonl up to the resumed state
+            self.tracker.backfill(self.run_dir / "metrics.jsonl")
         self.batches = self._setup_data()
         if resume_from:
             # Restored last, after every bit of set-up that might draw random numbers, so that dropout
@@ -362,6 +366,11 @@ class LoRATrainer:
             tracker.log_params(cfg.to_dict() | {f"schedule/{k}": v for k, v in self.budget.to_dict().items()})
             tracker.log_artifact(self.shards / "manifest.json", "data")
         self.state.mlflow_run_id = tracker.run_id
+        # The store answered so far (a wrong URI fails here); from now on an outage never stops the training.
+        run_dir = self.run_dir.resolve()
+        tracker.tolerate_outages(f"every point is in {run_dir / 'metrics.jsonl'}; once the store is back, "
+                                 f"`python -m train.tracking sync {run_dir}` writes what it lacks",
+                                 grace_s=cfg.tracking_grace_s)
         return tracker
 
     def _setup_logs(self, resume_from) -> None:

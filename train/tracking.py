@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import random
 import sys
@@ -115,6 +116,8 @@ def experiment_id(client, name: str, artifact_location: str | None) -> str:
 
 
 METRICS_PER_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+MAX_BACKOFF_S = 60.0
+"""Longest pause between two writes while the store does not answer (under `Tracker.tolerate_outages`)."""
 
 
 class MetricsWriteError(RuntimeError):
@@ -138,6 +141,14 @@ class Tracker:
       `write_interval_s` or at the next `flush()`;
     - at interpreter exit (a crashed trainer), whatever is still queued is flushed, for up to a minute;
     - `end()` stops the system metrics monitor, flushes, stops the writer and marks the run terminated.
+
+    A training run switches on `tolerate_outages(hint)` once its run exists: a store that stops answering
+    mid-run (a server restarted, a network cut) then never stops the training. Nothing is raised: the
+    first failed write prints one warning (with `hint`: where the points are kept and how to write them
+    later), the writer keeps the points and tries again with a growing pause (up to `MAX_BACKOFF_S`),
+    and says when the store answers again; `flush()` returns False at once while the store is down
+    (the trainer saves its state anyway); `set_tags` and `log_artifact` warn and go on; `end()` waits
+    up to `grace_s` for the store, then warns with the number of points left and returns.
 
     Timestamps are taken when a point is logged and made strictly increasing per metric (a burst
     of more than one point per millisecond is spread a millisecond apart): MLflow orders a metric's
@@ -177,6 +188,8 @@ class Tracker:
         self._wanted = 0              # a flush waits for _written to reach this: write without delay
         self._oldest = 0.0            # monotonic time the oldest pending point has waited since
         self._error: BaseException | None = None  # a failed write, until raised to the caller
+        self._tolerant, self._hint, self.grace_s = False, "", 60.0
+        self._outage: tuple[float, int] | None = None  # (monotonic start, failed writes) while the store is down
         self._closed = False
         self._last_ms: dict[str, int] = {}
         self._pid = os.getpid()
@@ -187,6 +200,29 @@ class Tracker:
         self._monitor = None
         if system_metrics:
             self._monitor = self._start_system_metrics(system_metrics_interval_s, resume=bool(resume_run_id))
+
+    def tolerate_outages(self, hint: str = "", grace_s: float = 60.0) -> None:
+        """From now on a store that stops answering warns instead of raising (see the class docstring)."""
+        with self._cond:
+            self._tolerant, self._hint, self.grace_s = True, hint, grace_s
+
+    def _warn(self, text: str) -> None:
+        print(f"[tracking] MLflow run {self.run_id}: {text}" + (f"; {self._hint}" if self._hint else ""),
+              file=sys.stderr, flush=True)
+
+    def _sync_call(self, what: str, fn, *args, **kwargs) -> None:
+        """A rare synchronous write: raised, or under `tolerate_outages` warned about and skipped."""
+        try:
+            retry(fn, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if not self._tolerant:
+                raise
+            self._warn(f"{what} not written ({type(e).__name__}: {e})")
+
+    def backfill(self, metrics_log: Path) -> None:
+        """Write the points of a metrics.jsonl that this run's history lacks (see `backfill`)."""
+        self._sync_call(f"backfill from {metrics_log}", backfill, self.client, self.run_id,
+                        read_metrics_log(metrics_log))
 
     # --- synchronous, rare -------------------------------------------------------------------------
     def log_params(self, params: dict) -> None:
@@ -199,14 +235,13 @@ class Tracker:
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._sync_call(f"tags {', '.join(tags)}", self.client.log_batch, self.run_id,
+                        tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         p = Path(path)
-        if p.is_dir():
-            retry(self.client.log_artifacts, self.run_id, str(p), artifact_path)
-        else:
-            retry(self.client.log_artifact, self.run_id, str(p), artifact_path)
+        log = self.client.log_artifacts if p.is_dir() else self.client.log_artifact
+        self._sync_call(f"artifact {p.name}", log, self.run_id, str(p), artifact_path)
 
     # --- metrics, written in the background --------------------------------------------------------
     def log_metrics(self, metrics: dict, step: int) -> None:
@@ -241,8 +276,9 @@ class Tracker:
             if len(self._pending) >= METRICS_PER_BATCH:
                 self._cond.notify_all()
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Block until every point queued so far is in the store; raise a failed write's error."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every point queued so far is in the store (True); raise a failed write's error.
+        Under `tolerate_outages`: False at once while the store is down, instead of waiting or raising."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._logged
@@ -250,6 +286,8 @@ class Tracker:
                 self._wanted = target
                 self._cond.notify_all()
             while self._written < target and self._error is None:
+                if self._outage is not None:
+                    return False
                 if not self._writer.is_alive():
                     raise MetricsWriteError(f"MLflow run {self.run_id}: the metrics writer stopped with "
                                             f"{target - self._written} points unwritten")
@@ -261,6 +299,7 @@ class Tracker:
             error = self._take_error()
         if error is not None:
             raise error
+        return True
 
     def end(self, status: str = "FINISHED") -> None:
         """Stop the system metrics monitor, write every queued point, stop the writer, end the run.
@@ -270,6 +309,19 @@ class Tracker:
         if self._monitor is not None:
             self._monitor.finish()  # its last points join the queue
             self._monitor = None
+        if self._tolerant:
+            deadline = time.monotonic() + self.grace_s
+            while not self.flush() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if self._outage is not None:
+                with self._cond:
+                    self._closed = True
+                    unwritten = self._logged - self._written
+                    self._cond.notify_all()
+                atexit.unregister(self._flush_at_exit)
+                self._warn(f"the store still does not answer after {self.grace_s:g} s: {unwritten} metric points "
+                           f"not written and the run not marked {status}")
+                return
         try:
             self.flush()
         except BaseException:
@@ -317,13 +369,30 @@ class Tracker:
                 retry(self.client.log_batch, self.run_id, metrics=batch)
             except BaseException as e:  # noqa: BLE001 - kept for the caller; the points stay queued
                 with self._cond:
-                    self._error = e
-                    self._cond.notify_all()
+                    if not self._tolerant:
+                        self._error = e
+                        self._cond.notify_all()
+                        continue
+                    if self._closed:  # end() gave up on the store and said so
+                        return
+                    since, failures = self._outage or (time.monotonic(), 0)
+                    self._outage = (since, failures + 1)
+                    self._cond.notify_all()  # a waiting flush returns
+                    if not failures:
+                        self._warn(f"the store does not answer ({type(e).__name__}: {e}); training goes on, "
+                                   f"{self._logged - self._written} metric points are kept and tried again")
+                    until = time.monotonic() + min(MAX_BACKOFF_S, self.write_interval_s * 2 ** min(failures, 10))
+                    while not self._closed and (left := until - time.monotonic()) > 0:
+                        self._cond.wait(left)  # a flush or a full queue does not shorten the pause
                 continue
             with self._cond:
                 del self._pending[:len(batch)]
                 self._written += len(batch)
                 self._oldest = time.monotonic()
+                if self._outage is not None:
+                    self._warn(f"the store answers again after {time.monotonic() - self._outage[0]:.0f} s and "
+                               f"{self._outage[1]} failed writes; no metric point was lost")
+                    self._outage = None
                 self._cond.notify_all()
 
     def _flush_at_exit(self) -> None:
@@ -331,7 +400,9 @@ class Tracker:
         if os.getpid() != self._pid or self._closed:  # a forked child inherited the handler
             return
         try:
-            self.flush(timeout=60)
+            if not self.flush(timeout=60):
+                self._warn(f"{self._logged - self._written} metric points could not be written at exit: the store "
+                           f"does not answer")
         except BaseException as e:  # noqa: BLE001 - nothing left to raise to at exit
             print(f"[tracking] MLflow run {self.run_id}: {self._logged - self._written} metric points could not "
                   f"be written at exit: {e}", file=sys.stderr, flush=True)
@@ -376,6 +447,56 @@ class _QueuedSystemMetrics:
         pass
 
 
+def backfill(client, run_id: str, rows: list[dict]) -> int:
+    """Write the points of `rows` (metrics.jsonl records, {"step": N, name: value, ...}) that the run's
+    history lacks, by metric and step; returns how many it wrote."""
+    from mlflow.entities import Metric
+
+    now, missing = int(time.time() * 1000), []
+    for key in sorted({k for r in rows for k in r if k != "step"}):
+        have = {m.step for m in retry(client.get_metric_history, run_id, key)}
+        for r in rows:
+            value = r.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and int(r["step"]) not in have:
+                missing.append(Metric(key, float(value), now + len(missing), int(r["step"])))
+    for i in range(0, len(missing), METRICS_PER_BATCH):
+        retry(client.log_batch, run_id, metrics=missing[i:i + METRICS_PER_BATCH])
+    return len(missing)
+
+
+def read_metrics_log(path: Path) -> list[dict]:
+    """A run's metrics.jsonl as records (a line cut short by a crash is left out)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def sync(run_dir: str | os.PathLike, tracking_uri: str = "") -> int:
+    """Write to a run's MLflow run every point of its metrics.jsonl that the store lacks (after an outage
+    outlasted the run); the run id comes from run.json, else from the newest saved state."""
+    from train.checkpointing import STATE_FILE, valid_states
+
+    run_dir = Path(run_dir)
+    record = run_dir / "run.json"
+    states = valid_states(run_dir)
+    if record.is_file():
+        info = json.loads(record.read_text())
+    elif states:
+        info = json.loads((states[-1] / STATE_FILE).read_text())
+    else:
+        raise FileNotFoundError(f"{run_dir}: no run.json and no saved state, so no MLflow run id to write to")
+    run_id = info.get("mlflow_run_id")
+    if not run_id:
+        raise ValueError(f"{record if record.is_file() else states[-1] / STATE_FILE}: field 'mlflow_run_id' is "
+                         f"empty (a run trained without tracking)")
+    uri = tracking_uri or info.get("tracking_uri") or default_tracking_uri()
+    return backfill(make_client(uri), run_id, read_metrics_log(run_dir / "metrics.jsonl"))
+
+
 class NullTracker:
     """What non-main processes hold: every call is a no-op."""
 
@@ -398,3 +519,25 @@ class NullTracker:
 def run_metrics(uri: str, run_id: str) -> dict:
     """Latest value of every metric of a run (used to match a run by its MLflow id)."""
     return dict(retry(make_client(uri).get_run, run_id).data.metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m train.tracking", description="MLflow helpers of the trainer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sync", help="write a run's metrics.jsonl points that its MLflow run lacks")
+    p.add_argument("run_dir")
+    p.add_argument("--tracking_uri", default="", help="default: the run's own (run.json), else the project's store")
+    args = parser.parse_args(argv)
+    try:
+        n = sync(args.run_dir, args.tracking_uri)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.run_dir}: wrote {n} metric points missing from its MLflow run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
