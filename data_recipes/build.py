@@ -54,8 +54,10 @@ class BuildError(RuntimeError):
 _W: dict = {}
 
 
-def _init_worker(recipe: Recipe, model: str | None):
-    _W["sources"] = open_sources(recipe)
+def _init_worker(recipe: Recipe, model: str | None, sources: list):
+    # The sources the parent opened, inherited through fork: a worker does not parse the annotation files
+    # again (each copy of a 665k-record JSON list holds several GB).
+    _W["sources"] = sources
     _W["counter"] = None
     if model:
         from data_recipes.tokens import TokenCounter
@@ -79,6 +81,8 @@ def _make(task):
     }
     if _W["counter"] is not None:
         counts.update(_W["counter"].count(js["messages"], out.images, js["kind"], js.get("clips")))
+    for reason in js.get("meta", {}).get("adjusted", ()):
+        counts[f"adjusted:{reason}"] = 1
     return sample_members(key, js, out.images), counts
 
 
@@ -97,7 +101,7 @@ def _in_order(pool, plan, window: int):
             return future.result()
         except BrokenProcessPool:  # a worker died (the kernel's OOM killer, a crash in a decoder): not a hang
             raise BuildError(f"a build worker died with the samples from plan position {task[0]} on in flight "
-                             "(killed for memory? each worker holds its sources' annotations: try fewer --workers); "
+                             "(killed for memory? try fewer --workers); "
                              "nothing was kept, the build can be run again") from None
 
     for task in plan:
@@ -128,9 +132,14 @@ class Audit:
     unsupported: dict = field(default_factory=dict)
     """Records of a kind the toolkit does not train on, by reason (outside max_bad_fraction)."""
     unsupported_examples: list = field(default_factory=list)
+    adjusted: dict = field(default_factory=dict)
+    """Written samples the build changed from their record, by what it did (`sources.LEADING_ASSISTANT_TURN`)."""
 
     def add(self, counts: dict):
         for k, v in counts.items():
+            if k.startswith("adjusted:"):
+                self.adjusted[k.removeprefix("adjusted:")] = self.adjusted.get(k.removeprefix("adjusted:"), 0) + v
+                continue
             self.counts[k] = self.counts.get(k, 0) + v
         kind = sample_kind(counts)
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
@@ -260,9 +269,9 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
             atomic_dir(out_dir, tmp_name=f".{recipe.name}.building", existing="swap") as tmp:
         writer, audit = ShardWriter(tmp, recipe.name, recipe.shard_size), Audit()
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
-                                   initargs=(recipe, model)) if workers > 1 else None
+                                   initargs=(recipe, model, sources)) if workers > 1 else None
         if pool is None:
-            _init_worker(recipe, model)
+            _init_worker(recipe, model, sources)
         bar = tqdm(total=target, desc=f"build {recipe.name} ({unit})", unit="", disable=not progress)
         check_every = max(32, 16 * workers)
         done = False
@@ -305,7 +314,7 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
             "skipped": audit.skipped, "skipped_examples": audit.examples, "bad_fraction": audit.bad_fraction,
             "shards": shards, "limit": limit,
             "kinds": audit.kinds, "bad": audit.skipped, "unsupported": audit.unsupported,
-            "unsupported_examples": audit.unsupported_examples,
+            "unsupported_examples": audit.unsupported_examples, "adjusted": audit.adjusted,
         }
         if match:
             achieved = audit.counts[unit]

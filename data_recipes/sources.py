@@ -117,6 +117,11 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 TOOL_ROLES = ("function_call", "observation", "tool", "function", "tool_call", "tool_response", "ipython")
 
 
+LEADING_ASSISTANT_TURN = "leading_assistant_turn_dropped"
+"""A sample's `meta.adjusted` entry (and the manifest's `adjusted` key): the record's conversation opened
+with an assistant turn (after any system turn), which the build dropped; the rest of it is the sample."""
+
+
 class UnsupportedRecord(ValueError):
     """A well-formed record of a kind the toolkit does not train on; `reason` is its manifest key."""
 
@@ -364,7 +369,15 @@ class LlavaSource:
         system = next((rec[k] for k in ("system", "system_prompt") if isinstance(rec.get(k), str)), None)
         media = [self.recipe.frames] * len(videos) if videos else [1] * len(images)
         kind = "video" if videos else "image" if images else None
-        return images, videos, turns_to_messages(parse_turns(rec[key], where), media, kind, where, system)
+        turns = parse_turns(rec[key], where)
+        first = 1 if turns[0][0] == "system" else 0
+        adjusted = []
+        if len(turns) > first + 2 and turns[first][0] == "assistant" and all(k == "text" for k, _ in turns[first][1]):
+            # ShareGPT conversations cut out of a longer chat may open with the assistant; LLaVA's own training
+            # drops that turn and keeps the rest, and so does the build (counted in the manifest's `adjusted`)
+            turns = turns[:first] + turns[first + 1:]
+            adjusted.append(LEADING_ASSISTANT_TURN)
+        return images, videos, turns_to_messages(turns, media, kind, where, system), adjusted
 
     def _read_video(self, item, rid: str, where: str):
         """(frames, sampled frames per second or None) of one video (an mp4, a list of frame files, or a folder
@@ -426,7 +439,7 @@ class LlavaSource:
         if not isinstance(rec, dict):
             return Skip("malformed_record", rid, f"{where}: a record must be a JSON object, got {type(rec).__name__}")
         try:
-            images, videos, messages = self._plan(rec, where)
+            images, videos, messages, adjusted = self._plan(rec, where)
         except UnsupportedRecord as e:
             return Unsupported(e.reason, rid, str(e))
         except BadRecord as e:
@@ -455,6 +468,8 @@ class LlavaSource:
             meta = {"files": files} if files else {}
         if isinstance(rec.get("data_source"), str):
             meta["data_source"] = rec["data_source"]
+        if adjusted:
+            meta["adjusted"] = adjusted
         js: SampleRecord = {"id": rid, "source": self.path.name, "kind": "video" if self.video else "image",
                             "messages": messages, "meta": meta}
         if videos:  # frames per clip: two videos whose tags stood side by side stay two clips (`as_video`)

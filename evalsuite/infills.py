@@ -13,18 +13,21 @@ Sources, chosen by `--infills`:
   single frame index are captions. Captions missing from the file come from the evaluated model.
 
 Generated texts are cached by (video, frame indices, frame size and max_pixels, kind, generator
-identity, prompt hash) in `<cache_dir>/<generator>-<identity>.jsonl`, one JSON line per text,
-appended with a single `write` on an O_APPEND descriptor so that concurrent ranks never interleave
-lines. A second checkpoint evaluated with the same `model:DIR` generator (and the same max_pixels)
-therefore generates nothing.
+identity, prompt hash) under `<cache_dir>/<generator>-<identity>`, one JSON line per text. Every
+process appends to a file of its own (`<generator>-<identity>.<host>-<pid>.jsonl`) and reads all of
+them when it starts: evaluations on several nodes share one cache directory on a network file system,
+where appends from two machines to one file can overwrite each other. A second checkpoint evaluated
+with the same `model:DIR` generator (and the same max_pixels) therefore generates nothing.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 from PIL import Image
@@ -42,16 +45,28 @@ class InfillError(ValueError):
 
 
 class InfillCache:
+    """The texts of one generator: `get` from every file of the cache, `put` into this process's own file."""
+
     def __init__(self, path: Path):
+        """`path`: `<cache_dir>/<generator>-<identity>.jsonl`, the name every process's file derives from."""
         self.path = Path(path)
         self.entries: dict[str, dict] = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
+        stem = self.path.name.removesuffix(".jsonl")
+        files = [self.path, *sorted(self.path.parent.glob(f"{glob.escape(stem)}.*.jsonl"))]
+        for f in files:  # the shared file of earlier versions, then one per writing process
+            for line in f.read_text().splitlines() if f.is_file() else []:
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash: its text is simply generated again
-                self.entries[entry["key"]] = entry
+                if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                    self.entries[entry["key"]] = entry
+
+    @property
+    def own(self) -> Path:
+        """This process's file (a forked child's is its own too)."""
+        stem = self.path.name.removesuffix(".jsonl")
+        return self.path.with_name(f"{stem}.{_slug(socket.gethostname())}-{os.getpid()}.jsonl")
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(key)
@@ -59,7 +74,7 @@ class InfillCache:
     def put(self, key: str, entry: dict) -> None:
         entry = {"key": key, **entry}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.own, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (json.dumps(entry) + "\n").encode())
         finally:

@@ -35,6 +35,7 @@ class Fixture:
     annotations: Path
     media_root: Path
     expected: dict = field(default_factory=dict)  # record id -> ("sample", kind, n) | ("bad"|"unsupported", reason)
+    adjusted: dict = field(default_factory=dict)  # record id -> what the build must change: the first user text
 
     @property
     def good(self) -> int:
@@ -122,6 +123,13 @@ def mix665k(root: Path) -> Fixture:
             rec["conversations"] += [h("And in three words?"), g("Meeting moved Thursday.")]
         recs.append(rec)
         fx.expected[rid] = ("sample", "text_only", 0)
+    # a ShareGPT conversation cut out of a longer chat: it opens with the assistant (LLaVA's training drops
+    # that turn and keeps the rest)
+    recs.append({"id": "QWJhYvA_0", "model": "", "conversations": [
+        g("Sure! Here is the rest of the story: the knight rode home and the village celebrated."),
+        h("Can you give the story a title?"), g("The Knight's Return.")]})
+    fx.expected["QWJhYvA_0"] = ("sample", "text_only", 0)
+    fx.adjusted["QWJhYvA_0"] = "Can you give the story a title?"
     # multi-image records: a list of paths, as many <image> tags
     for i in range(3):
         rels = [f"ocr_vqa/images/{140031996 + i * 10 + j}.jpg" for j in range(2 + i % 2)]

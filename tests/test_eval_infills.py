@@ -108,3 +108,39 @@ def test_file_infills(two_checkpoints, tmp_path, generate_calls, one_thread):
     with pytest.raises(InfillError, match=f"video {item.id} frames \\[{idx[0]}, {idx[1]}\\]"):
         evaluate([checkpoint_ref(other)], ["vcot"], fast_config(infills=f"file:{path}", limit=1, frames=(3,)),
                  tmp_path / "cache")
+
+
+def test_each_process_appends_to_its_own_cache_file_and_reads_all(tmp_path):
+    """Evaluations on several nodes share one cache directory on a network file system, where appends of
+    two machines to one file can overwrite each other: every process writes a file of its own, and every
+    cache reads them all (and the single file of earlier versions). Lines that are not entries (cut by a
+    crash, or mangled) are skipped, not fatal."""
+    import multiprocessing as mp
+    import os
+
+    from evalsuite.infills import InfillCache
+
+    path = tmp_path / "cache" / "gen-abc123.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"key": "old", "text": "from the shared file"}) + "\n0.5\n[1, 2]\n{\"key\": \"cut")
+    (tmp_path / "cache" / "gen-abc1234.x-1.jsonl").write_text(json.dumps({"key": "other", "text": "no"}) + "\n")
+
+    def write(n: int) -> None:
+        cache = InfillCache(path)
+        for i in range(3):
+            cache.put(f"p{n}-{i}", {"text": f"text {n} {i}"})
+
+    procs = [mp.get_context("fork").Process(target=write, args=(n,)) for n in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    own = sorted(path.parent.glob("gen-abc123.*.jsonl"))
+    assert [f.name.rsplit("-", 1)[1] for f in own] == sorted(f"{p.pid}.jsonl" for p in procs)
+    assert all(len(f.read_text().splitlines()) == 3 for f in own)
+    cache = InfillCache(path)
+    assert set(cache.entries) == {"old"} | {f"p{n}-{i}" for n in range(2) for i in range(3)}
+    assert cache.get("p1-2")["text"] == "text 1 2" and cache.get("other") is None
+    cache.put("mine", {"text": "t"})
+    assert cache.own.name.endswith(f"-{os.getpid()}.jsonl") and InfillCache(path).get("mine")["text"] == "t"

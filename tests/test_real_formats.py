@@ -103,6 +103,7 @@ def test_manifest_counts_by_kind(built, name):
     assert m["counts"]["frames"] == (n_images if BUILDERS[name][1] == "video" else 0)
     assert m["bad_fraction"] == pytest.approx(sum(bad.values()) / (sum(bad.values()) + fx.good))
     assert len(m["unsupported_examples"]) == min(5, sum(unsup.values()))
+    assert m["adjusted"] == ({"leading_assistant_turn_dropped": len(fx.adjusted)} if fx.adjusted else {})
 
 
 def test_every_format_read_something_of_each_kind(built):
@@ -127,6 +128,11 @@ def test_every_sample_fits_the_schema(built, name):
         roles = [msg["role"] for msg in js["messages"]]
         body = roles[1:] if roles[0] == "system" else roles
         assert body == ["user", "assistant"] * (len(body) // 2)
+        if js["id"] in fx.adjusted:  # the opening assistant turn is gone, the rest kept, and the sample says so
+            assert js["messages"][0]["content"] == [{"type": "text", "text": fx.adjusted[js["id"]]}]
+            assert len(js["messages"]) == 2 and js["meta"]["adjusted"] == ["leading_assistant_turn_dropped"]
+        else:
+            assert "adjusted" not in js["meta"]
 
 
 def _user(samples, rid, turn=0):
@@ -267,11 +273,27 @@ def test_shards_stream_and_encode(built, processor, name):
     assert stream.errors == 0
 
 
-def test_worker_processes_give_the_same_build(built, tmp_path):
+def test_worker_processes_give_the_same_build(built, tmp_path, monkeypatch):
+    """Two workers build the same shards, and the annotation file is parsed once, by the build itself: the
+    workers inherit its records (each used to parse the whole file again: several GB a worker for
+    mix665k's JSON list)."""
+    import os
+
+    from data_recipes import sources
+
+    parses, real = tmp_path / "parses", sources.LlavaSource.__init__
+
+    def counted(self, *args, **kwargs):
+        with open(parses, "a") as f:  # a file: the forked workers' calls count too
+            f.write(f"{os.getpid()}\n")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(sources.LlavaSource, "__init__", counted)
     fx, recipe, m, _ = built["mix665k"]
     m2 = build(str(recipe), tmp_path / "out", workers=2)
     assert [s["sha256"] for s in m2["shards"]] == [s["sha256"] for s in m["shards"]]
     assert (m2["kinds"], m2["bad"], m2["unsupported"]) == (m["kinds"], m["bad"], m["unsupported"])
+    assert parses.read_text().split() == [str(os.getpid())]
 
 
 def test_the_same_data_builds_the_same_shards_wherever_it_lies(built, tmp_path):
