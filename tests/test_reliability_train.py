@@ -90,3 +90,67 @@ def test_half_written_states_are_never_picked(tmp_path):
     assert find_resume(tmp_path, "") is None
     with pytest.raises(FileNotFoundError, match="not a complete training state"):
         find_resume(tmp_path, str(root / "step-4"))
+
+
+def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it reached the step"
+        f = run_dir / "metrics.jsonl"
+        lines = f.read_text().splitlines() if f.exists() else []
+        if lines and lines[-1].endswith("}") and json.loads(lines[-1])["step"] >= step:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_state_before_the_trainer_stops(work):
+    """SIGTERM to the trainer's whole process group (as Slurm sends it on preemption: its loader worker gets
+    it too) between two periodic saves: the trainer saves a state at the step it reached and exits 143,
+    and the resumed run finishes all 12 steps from there. Before, the run died without a state (and its
+    loader worker with it)."""
+    from train.lora import STOPPED
+
+    run_dir = work / "ckpt" / "term"
+    p = subprocess.Popen([sys.executable, LORA, "--recipe", "vid.yaml", "--run_name", "term", "--save_steps", "100",
+                          "--logging_steps", "1"], cwd=work, env=_env(work), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _wait_for_step(run_dir, p, 3)
+    os.killpg(p.pid, signal.SIGTERM)
+    err, _ = p.communicate(timeout=300)
+    assert p.returncode == STOPPED, err[-3000:]
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    states = valid_states(run_dir)
+    assert [json.loads((s / STATE_FILE).read_text())["step"] for s in states] == [last] and 3 <= last < 12
+    assert "on request: stopping (SIGTERM)" in err
+    _run(work, "--run_name", "term", "--resume", "latest", "--save_steps", "100", "--logging_steps", "1")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["steps"] == 12 and info["consumed"]["samples"] == 48
+    assert sorted(_losses(run_dir)) == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_the_request_file_makes_every_process_save_at_the_same_step(work):
+    """Two ZeRO-2 processes; `RUN_DIR/.save_now` (what a Slurm job warned of its time limit writes), which
+    only the main process looks for: both save their partitions at the same step, the file is removed, and
+    the run trains on to its end."""
+    from helpers import ACCELERATE
+    from train.lora import SAVE_REQUEST
+
+    run_dir = work / "ckpt" / "asked"
+    env = dict(_env(work), TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
+    p = subprocess.Popen([ACCELERATE, "launch", "--config_file", str(REPO / "ds_configs/accelerate/cpu_zero2_2proc.yaml"),
+                          LORA, "--recipe", "vid.yaml", "--run_name", "asked", "--save_steps", "100",
+                          "--logging_steps", "1", "--per_device_batch_size", "2"],
+                         cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(run_dir, p, 3)
+    (run_dir / SAVE_REQUEST).touch()
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    (state,) = valid_states(run_dir)
+    step = json.loads((state / STATE_FILE).read_text())["step"]
+    assert 3 <= step < 12 and not (run_dir / SAVE_REQUEST).exists()
+    partitions = sorted(f.name for f in state.rglob("*optim_states.pt"))
+    assert len(partitions) == 2 and any("rank_1" in f for f in partitions), partitions
+    assert json.loads((run_dir / "run.json").read_text())["steps"] == 12

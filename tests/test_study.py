@@ -452,6 +452,51 @@ def test_a_timed_out_or_preempted_job_is_requeued_with_its_commands(tmp_path, mo
     assert requeued == [2]
 
 
+def test_a_warned_job_asks_its_trainer_for_a_state_before_it_is_requeued(tmp_path, monkeypatch, capsys):
+    """Warned of its time limit, the job writes the trainer's save request into its unfinished run directory
+    and waits for the new state before it is requeued (the resumed job then loses no step); a trainer
+    that does not answer in SAVE_WAIT_S leaves the job requeued all the same, and a finished run is not
+    asked."""
+    import threading
+
+    from evalsuite.study import launchers
+    from train.lora import SAVE_REQUEST
+
+    assert launchers.SAVE_REQUEST == SAVE_REQUEST
+    run = tmp_path / "runs" / "video-b100-s0"
+
+    def state(step: int) -> None:
+        (run / "checkpoints" / f"step-{step}").mkdir(parents=True)
+        (run / "checkpoints" / f"step-{step}" / "trainer_state.json").write_text(json.dumps({"step": step}))
+
+    def trainer() -> None:  # answers as train/lora.py does: a state at the step it reached, the request removed
+        while not (run / SAVE_REQUEST).exists():
+            time.sleep(0.01)
+        time.sleep(0.3)
+        state(237)
+        (run / SAVE_REQUEST).unlink()
+
+    state(200)
+    job = AccelerateJob([[launchers.LORA, "--recipe", "video_demo", "--run_name", run.name, "--output_root", "runs",
+                          "--resume", "latest"]], gpus_per_node=8, env={}, cwd=str(tmp_path))
+    assert job.run_dirs() == [run]
+    answering = threading.Thread(target=trainer)
+    answering.start()
+    t0 = time.monotonic()
+    delayed = job.checkpoint()
+    answering.join()
+    assert delayed.function is job and 0.3 <= time.monotonic() - t0 < 5 and launchers.newest_state(run) == 237
+    monkeypatch.setattr(launchers, "SAVE_WAIT_S", 1)
+    t0 = time.monotonic()
+    assert job.checkpoint().function is job and 1 <= time.monotonic() - t0 < 5  # nobody answers
+    assert "no state saved within 1 s of the request" in capsys.readouterr().err
+    (run / SAVE_REQUEST).unlink()
+    (run / "run.json").write_text("{}")
+    t0 = time.monotonic()
+    job.checkpoint()
+    assert time.monotonic() - t0 < 0.5 and not (run / SAVE_REQUEST).exists()
+
+
 def test_a_failed_slurm_run_leaves_the_others_recorded(tmp_path, monkeypatch):
     """Three runs on Slurm, the first one's training fails: its evaluation is cancelled, the other two are
     still waited for and recorded as done, and one LaunchError names the failed run and its log."""

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from helpers import ACCELERATE, LORA, PY, REPO, run_lora
@@ -59,14 +60,17 @@ def resumed(work):
 
     def run(launcher):
         if launcher not in done:
-            name = "z2" if launcher is None else "z3"
+            name = {None: "z2", "ddp_2proc": "ddp"}.get(launcher, "z3")
             rd = work / "ckpt" / name
             args = ["--recipe", str(work / "vid.yaml"), "--max_steps", "4", "--save_steps", "2",
                     "--record_samples", "true", "--run_name", name]
-            run_lora(work, *args, launcher=launcher)
+            how = {"procs": 2} if launcher == "ddp_2proc" else {"launcher": launcher}
+            if launcher == "ddp_2proc":
+                args += ["--ds_config", "none"]
+            run_lora(work, *args, **how)
             full = metrics(rd), seen(rd), json.loads((rd / "run.json").read_text())
             # Rerun steps 3-4 from the step-2 state, in the same run directory.
-            run_lora(work, *args, "--resume", str(rd / "checkpoints" / "step-2"), launcher=launcher)
+            run_lora(work, *args, "--resume", str(rd / "checkpoints" / "step-2"), **how)
             done[launcher] = (rd, *full)
         return done[launcher]
 
@@ -262,10 +266,11 @@ def test_resumable_state_holds_only_what_training_changes(work, ds_config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [None, "cpu_zero3_2proc.yaml"], ids=["zero2_1proc", "zero3_2proc"])
+@pytest.mark.parametrize("launcher", [None, "cpu_zero3_2proc.yaml", "ddp_2proc"],
+                         ids=["zero2_1proc", "zero3_2proc", "ddp_2proc"])
 def test_resume_from_a_trainable_only_state_under_zero(resumed, launcher):
-    """A DeepSpeed state without the frozen weights resumes to the same losses and samples as an
-    uninterrupted run (ZeRO-2 in one process; ZeRO-3 partitions over two)."""
+    """A state without the frozen weights resumes to the same losses and samples as an uninterrupted run
+    (ZeRO-2 in one process; ZeRO-3 partitions over two; DDP over two)."""
     rd, full, full_seen, _ = resumed(launcher)
     part = metrics(rd)
     assert [m["step"] for m in part] == [1, 2, 3, 4]
@@ -442,3 +447,23 @@ def test_cli_help_and_user_errors_without_tracebacks(tmp_path):
     assert help_["returncode"] == 0 and "--mixed_precision" in help_["stdout"] and "30% more compute" in help_["stdout"]
     for (_, msg), r in zip(errors, runs):
         assert r["returncode"] == 2 and msg in r["stderr"] and "Traceback" not in r["stderr"], r["stderr"][-2000:]
+
+
+def test_a_state_without_the_trained_tensors_is_not_resumed(tmp_path):
+    """Without DeepSpeed the state is loaded non-strictly (the frozen weights are not in it): a state whose
+    model file lacks trained tensors is refused, naming them, instead of resuming the optimizer over the
+    initial weights. A tied tensor counts as present under any of its names."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from train.checkpointing import load_state
+
+    save_file({"module.lora_A.weight": torch.zeros(1), "embed.weight": torch.zeros(1)}, tmp_path / "model.safetensors")
+    loaded = []
+    acc = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None), load_state=lambda *a, **k: loaded.append(a))
+    with pytest.raises(ConfigError, match=r"lacks 1 of the 3 trained tensors \(first: lora_B.weight\)"):
+        load_state(acc, tmp_path, [{"lora_A.weight"}, {"lora_B.weight"}, {"lm_head.weight", "embed.weight"}])
+    assert not loaded
+    load_state(acc, tmp_path, [{"lora_A.weight"}, {"lm_head.weight", "embed.weight"}])
+    assert loaded == [(str(tmp_path),)]

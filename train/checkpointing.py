@@ -102,13 +102,35 @@ def _is_deepspeed(accelerator) -> bool:
     return accelerator.state.deepspeed_plugin is not None
 
 
+def trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def trainable_aliases(model) -> list[set[str]]:
+    """Every name of each trainable tensor (a tied one has several; a state holds it under one of them)."""
+    groups: dict[int, set[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if p.requires_grad:
+            groups.setdefault(id(p), set()).add(n)
+    return list(groups.values())
+
+
+def _bare(key: str) -> str:
+    """A state key without the "module." that a DistributedDataParallel wrapper puts before every name."""
+    return key.removeprefix("module.")
+
+
 def trainable_only(model):
-    """A save_state pre-hook (non-DeepSpeed runs): keep only the trainable tensors of the model's state."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    """A save_state pre-hook (non-DeepSpeed runs): keep only the trainable tensors of the model's state.
+
+    `model` is the unwrapped model. Accelerate hands the hook the unwrapped model's names, also under DDP;
+    a "module." prefix (a DDP wrapper's own state) is tolerated all the same, and `load_state` checks
+    that a state holds every trained tensor before it resumes from it."""
+    names = trainable_names(model)
 
     def hook(models, weights, output_dir):
         for sd in weights:
-            for k in [k for k in sd if k not in names]:
+            for k in [k for k in sd if _bare(k) not in names]:
                 del sd[k]
     return hook
 
@@ -140,13 +162,38 @@ def read_state(path: Path) -> TrainingState:
     return TrainingState.from_json(json.loads(f.read_text()), where=str(f))
 
 
-def load_state(accelerator, path: Path) -> None:
+def load_state(accelerator, path: Path, trainable: list[set[str]] | None = None) -> None:
     """Trainable parameters, optimizer, scheduler and RNG of every process (all processes call this).
-    The frozen weights are not in the state: they are already in place from the base model."""
+    The frozen weights are not in the state: they are already in place from the base model. Without
+    DeepSpeed the load is not strict (the frozen weights are absent), so the state is first checked to
+    hold every tensor of `trainable` (`trainable_aliases`): a state without them would resume the optimizer
+    over initial weights."""
     if _is_deepspeed(accelerator):
         accelerator.load_state(str(path), load_module_strict=False)
-    else:
-        accelerator.load_state(str(path), strict=False)
+        return
+    if trainable:
+        saved = saved_model_keys(Path(path))
+        missing = sorted(min(names) for names in trainable if not names & saved)
+        if missing:
+            raise ConfigError(f"{path}: the saved model state lacks {len(missing)} of the {len(trainable)} trained "
+                              f"tensors (first: {', '.join(missing[:3])}); it cannot be resumed")
+    accelerator.load_state(str(path), strict=False)
+
+
+def saved_model_keys(path: Path) -> set[str]:
+    """Names in a non-DeepSpeed state's model file (accelerate's model.safetensors, or pytorch_model.bin)."""
+    f = path / "model.safetensors"
+    if f.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as sf:
+            return {_bare(k) for k in sf.keys()}
+    f = path / "pytorch_model.bin"
+    if f.is_file():
+        import torch
+
+        return {_bare(k) for k in torch.load(f, map_location="cpu", weights_only=True)}
+    return set()
 
 
 def trainable_state_dict(accelerator, model) -> dict:

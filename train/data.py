@@ -371,7 +371,32 @@ def make_loader(stream: ShardStream, num_workers: int) -> DataLoader:
         raise ValueError(f"no samples in the {len(stream.urls)} shards")
     return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=lambda b: b,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0), worker_init_fn=_shield_worker)
+
+
+def _shield_worker(_worker_id: int) -> None:
+    """A loader worker obeys SIGTERM from its trainer only (the loader's and multiprocessing's own shutdown)
+    and ignores SIGUSR2. Slurm sends both to every process of a preempted or timed-out job, and a worker
+    that died of them would fail the trainer (torch raises in it at once when a worker dies) before the
+    trainer, which handles them, could save its state. SIGTERM is blocked in the worker and a thread takes
+    it (`sigwaitinfo` gives the sender): from the trainer it ends the worker as SIGTERM always did; from
+    anyone else it is dropped (the trainer got it too, and stops the workers on its way out)."""
+    import os
+    import signal
+    import threading
+
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (a worker forked after the trainer set its own handler)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    trainer = os.getppid()
+
+    def take_sigterm() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer:
+            pass
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.kill(os.getpid(), signal.SIGTERM)  # this thread alone takes it now: the default action, as before
+
+    threading.Thread(target=take_sigterm, daemon=True, name="loader-sigterm").start()
 
 
 # --- selecting samples of a collated batch ------------------------------------------------------------

@@ -26,8 +26,10 @@ import datetime
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,7 +60,8 @@ from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
 from train.chat import IGNORE_INDEX  # noqa: E402
 from train.checkpointing import (TrainingState, check_resume_layout, find_resume, load_state, read_state,  # noqa: E402
-                                 reader_layout, save_state, trainable_only, trainable_state_dict)
+                                 reader_layout, save_state, trainable_aliases, trainable_only,
+                                 trainable_state_dict)
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
 from train.config import ConfigError, TrainConfig, resolve  # noqa: E402
 from train.data import ShardStream, encode_samples, make_loader, resolve_frames, select  # noqa: E402
@@ -126,8 +129,22 @@ def _deepspeed_world_group(timeout_s: int) -> None:
                                               timeout=datetime.timedelta(seconds=timeout_s))
 
 
+SAVE_REQUEST = ".save_now"
+"""A file in the run directory that asks the trainer for a resumable state at its next step (a Slurm job's
+time-out hook writes it, `evalsuite.study.launchers.AccelerateJob.checkpoint`; anyone may). The trainer
+saves, removes the file and trains on."""
+STOPPED = 143
+"""Exit code of a trainer stopped by SIGTERM after saving its state (128 + the signal's number)."""
+
+
 class LoRATrainer:
-    """One LoRA run: setup, train (step by step), finish."""
+    """One LoRA run: setup, train (step by step), finish.
+
+    Interruptions: every `save_steps` steps a resumable state is saved. Between those, a state is also saved
+    at the next step boundary when a process receives SIGTERM (a preemption, `scancel`, a `kill`: the
+    trainer then stops with exit code `STOPPED`) or SIGUSR2 (Slurm's warning before the time limit: it
+    trains on), or when the run directory holds `SAVE_REQUEST`. Whichever process learns of it, every
+    process saves at the same step (one all-reduce a step)."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -170,7 +187,7 @@ class LoRATrainer:
         if resume_from:
             # Restored last, after every bit of set-up that might draw random numbers, so that dropout
             # continues exactly where the interrupted run left it.
-            load_state(self.acc, resume_from)
+            load_state(self.acc, resume_from, trainable_aliases(self.acc.unwrap_model(self.model)))
             self.acc.print(f"resumed from {resume_from} at step {self.state.step}")
         return self
 
@@ -494,21 +511,53 @@ class LoRATrainer:
             self.state.passes = max(self.state.passes, int(pass_index) + 1)
 
     # --- the loop, logging, saving -------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._asked = max(self._asked, 2 if signum == signal.SIGTERM else 1)
+
+    def _save_asked(self) -> int:
+        """0, 1 (save a state) or 2 (save and stop), agreed by every process (each must call it every step)."""
+        asked = self._asked
+        if self.acc.is_main_process and (self.run_dir / SAVE_REQUEST).exists():
+            asked = max(asked, 1)
+        if self.acc.num_processes > 1:
+            import torch.distributed as tdist
+
+            flag = torch.tensor([asked], device=self.acc.device)
+            tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+            asked = int(flag.item())
+        return asked
+
     def train(self) -> None:
         cfg, state = self.cfg, self.state
         self.model.train()
         done = state.step >= cfg.max_steps > 0
         window: list[dict] = []
-        while not done:
-            record = self.train_step()
-            done = record["done"]
-            window.append(record)
-            if state.step % cfg.logging_steps == 0 or done:
-                self.log(window)
-                window = []
-            if cfg.save_steps and state.step % cfg.save_steps == 0 and not done:
-                self.tracker.flush()
-                save_state(self.acc, self.run_dir, state, cfg.save_total_limit)
+        self._asked = 0
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGUSR2)} \
+            if threading.current_thread() is threading.main_thread() else {}
+        try:
+            while not done:
+                record = self.train_step()
+                done = record["done"]
+                window.append(record)
+                if state.step % cfg.logging_steps == 0 or done:
+                    self.log(window)
+                    window = []
+                asked = self._save_asked()
+                if not done and (asked or cfg.save_steps and state.step % cfg.save_steps == 0):
+                    self.tracker.flush()
+                    saved = save_state(self.acc, self.run_dir, state, cfg.save_total_limit)
+                    if asked:
+                        self._asked = 0
+                        if self.acc.is_main_process:
+                            (self.run_dir / SAVE_REQUEST).unlink(missing_ok=True)
+                        self.acc.print(f"saved {saved} on request" + (": stopping (SIGTERM)" if asked == 2 else ""),
+                                       flush=True)
+                if asked == 2 and not done:
+                    raise SystemExit(STOPPED)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
     def log(self, window: list[dict]) -> None:
         """Metrics of the steps since the last log, to MLflow (in the background) and metrics.jsonl."""

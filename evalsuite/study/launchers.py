@@ -32,6 +32,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,9 +43,20 @@ import yaml
 from data_recipes.files import REPO_ROOT as REPO
 
 LORA = str(REPO / "train" / "lora.py")
+SAVE_REQUEST = ".save_now"
+"""train.lora.SAVE_REQUEST (not imported: the launcher does not load the trainer's modules)."""
+SAVE_WAIT_S = 60
+"""How long a job warned of its time limit waits for its trainer's state before it is requeued."""
 PORTS = (20000, 10000)
 """A job's rendezvous port: first of PORTS plus its Slurm job id modulo the second (below Linux's ephemeral
 ports). Accelerate's fixed default, 29500, fails the second of two jobs whose processes share a node."""
+
+
+def newest_state(run_dir: Path) -> int:
+    """Step of a run's newest complete state (its trainer_state.json written: train.checkpointing), -1: none."""
+    steps = [int(m.group(1)) for p in Path(run_dir).glob("checkpoints/step-*/trainer_state.json")
+             if (m := re.fullmatch(r"step-(\d+)", p.parent.name))]
+    return max(steps, default=-1)
 
 
 def job_port(job_id: str) -> int:
@@ -167,7 +179,7 @@ class AccelerateJob:
 
     When Slurm preempts the job, or its time limit nears, submitit calls `checkpoint`, and the job is
     requeued with the same commands: the trainer resumes from its newest saved state (the study passes
-    `--resume latest`; at most `save_steps` steps are lost) and the evaluation from its finished rows."""
+    `--resume latest`; `checkpoint` first asks it for one) and the evaluation from its finished rows."""
     commands: list[list[str]]
     gpus_per_node: int
     env: dict
@@ -204,10 +216,38 @@ class AccelerateJob:
             print(shlex.join(argv), flush=True)
             subprocess.run(argv, cwd=self.cwd, env={**os.environ, **self.env}, check=True)
 
+    def run_dirs(self) -> list[Path]:
+        """The run directories its training commands write (`--output_dir`, else `--output_root`/`--run_name`)."""
+        dirs = []
+        for command in self.commands:
+            if command and command[0] == LORA:
+                flags = dict(zip(command[1::2], command[2::2]))
+                out = flags.get("--output_dir") or (
+                    str(Path(flags["--output_root"]) / flags["--run_name"])
+                    if "--output_root" in flags and "--run_name" in flags else None)
+                if out:
+                    dirs.append(Path(self.cwd) / out)
+        return dirs
+
     def checkpoint(self, *args, **kwargs):
-        """submitit's hook on preemption or time-out: requeue this job as it is (its commands resume)."""
+        """submitit's hook on preemption or time-out (Slurm's USR2, `signal_delay_s` = 90 s before the limit):
+        ask each unfinished training run for a state now (`train.lora.SAVE_REQUEST`), wait up to
+        `SAVE_WAIT_S` for it, then requeue this job as it is (its commands resume from that state)."""
         import submitit
 
+        asked = {}
+        for run_dir in self.run_dirs():
+            if run_dir.is_dir() and not (run_dir / "run.json").exists():
+                (run_dir / SAVE_REQUEST).touch()
+                asked[run_dir] = newest_state(run_dir)
+        deadline = time.monotonic() + SAVE_WAIT_S
+        while asked and time.monotonic() < deadline:
+            asked = {d: before for d, before in asked.items()
+                     if (d / SAVE_REQUEST).exists() and newest_state(d) == before}
+            time.sleep(0.5)
+        for run_dir in asked:
+            print(f"{run_dir}: no state saved within {SAVE_WAIT_S} s of the request; the requeued job resumes "
+                  f"from the last one", file=sys.stderr, flush=True)
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
