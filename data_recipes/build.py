@@ -19,13 +19,22 @@ native, the recipe's; token counts are on that path) and `resize`, `{"rule": "fi
 `data_recipes.resize.fit` (aspect kept, never upsampled), N being the recipe's `max_pixels` or, when it
 gives none, image_size**2 (generated frames are rendered image_size x image_size, so within it). The
 trainer reads both (`video_input: auto`, `max_pixels: -1`).
+
+A killed build resumes: after every complete shard the build writes `PROGRESS` beside its shards (the
+plan position reached, the audit so far, the shards' records), and the next build of the same recipe,
+target, `--limit` and token model keeps those shards and goes on from that position, so that the result
+is the uninterrupted build's, byte for byte. A build that fails with an error removes what it wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 import json
 import multiprocessing as mp
 import re
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,6 +51,8 @@ from data_recipes.sources import Skip, Unsupported, mix_plan, open_sources
 
 MAX_MATCH_ERROR = 0.005
 MANIFEST = "manifest.json"
+PROGRESS = ".progress.json"
+"""A build's resume point inside `.NAME.building/` (never in a finished build)."""
 DEFAULT_ROOT = Path("shards")
 _EXAMPLES = 5
 
@@ -263,20 +274,43 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
     if model and recipe.video_input == "native" and recipe.kind == "video":
         _check_native(recipe, model)  # here, not in a worker's initializer (the error would be the pool's)
     plan = ((f"{i:09d}", k, pos) for i, (k, pos) in enumerate(mix_plan(recipe, [len(s) for s in sources])))
+    key = {"version": 1, "recipe_hash": recipe.content_hash(), "limit": limit, "model": model, "unit": unit,
+           "target": target}
+    resumed: dict = {}
+
+    def resumable(tmp: Path) -> bool:  # what a killed build of the same recipe, target and model left
+        with contextlib.suppress(OSError, ValueError):
+            resumed.update(json.loads((tmp / PROGRESS).read_text()))
+        return resumed.get("key") == key
+
     # One build of a name at a time (a second would delete the first's .NAME.building); written into
-    # .NAME.building (removed if the build fails), swapped in only once complete.
+    # .NAME.building (removed if the build fails, kept if it is killed: the next build resumes it), swapped
+    # in only once complete.
     with DirLock(root / f".{recipe.name}.lock", f"a build of {recipe.name} into {root}"), \
-            atomic_dir(out_dir, tmp_name=f".{recipe.name}.building", existing="swap") as tmp:
+            atomic_dir(out_dir, tmp_name=f".{recipe.name}.building", existing="swap", reuse=resumable) as tmp:
         writer, audit = ShardWriter(tmp, recipe.name, recipe.shard_size), Audit()
+        start = 0
+        if resumed.get("key") == key:
+            start = resumed["tasks"]
+            audit = Audit(**resumed["audit"])
+            writer.shards = resumed["shards"]
+            kept = {s["name"] for s in writer.shards} | {PROGRESS}
+            for f in tmp.iterdir():  # the shard being written when the build was killed
+                if f.name not in kept:
+                    f.unlink()
+            print(f"build {recipe.name}: resuming a killed build at plan position {start} ({len(writer.shards)} "
+                  f"complete shards, {audit.counts['samples']} samples kept)", file=sys.stderr, flush=True)
+            plan = itertools.islice(plan, start, None)
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
                                    initargs=(recipe, model, sources)) if workers > 1 else None
         if pool is None:
             _init_worker(recipe, model, sources)
-        bar = tqdm(total=target, desc=f"build {recipe.name} ({unit})", unit="", disable=not progress)
+        bar = tqdm(total=target, initial=audit.counts.get(unit, 0), desc=f"build {recipe.name} ({unit})", unit="",
+                   disable=not progress)
         check_every = max(32, 16 * workers)
         done = False
         try:
-            for n, res in enumerate(_in_order(pool, plan, window=8 * workers), 1):
+            for n, res in enumerate(_in_order(pool, plan, window=8 * workers), start + 1):
                 if n % check_every == 0:
                     _check_bad(recipe, audit, final=False)
                 if isinstance(res, Skip):
@@ -293,6 +327,10 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
                 if audit.counts[unit] >= target:
                     done = True
                     break
+                if writer.full():  # a complete shard: from here a killed build resumes
+                    writer.close_shard()
+                    atomic_write_json(tmp / PROGRESS, {"key": key, "tasks": n, "audit": dataclasses.asdict(audit),
+                                                       "shards": writer.shards})
             if not done:
                 raise BuildError(f"recipe {recipe.name}: the sources ran out after {audit.counts['samples']} "
                                  f"usable samples, short of the {target} {unit} asked for"
@@ -305,6 +343,7 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
                 pool.shutdown(wait=False, cancel_futures=True)
         _check_bad(recipe, audit, final=True)
         shards = writer.close()
+        (tmp / PROGRESS).unlink(missing_ok=True)
         manifest = {
             "recipe": recipe.name, "recipe_hash": recipe.content_hash(), "recipe_file": shareable_recipe_file(recipe.path),
             "kind": recipe.kind, "seed": recipe.seed, "split": recipe.split, "frames": recipe.frames,

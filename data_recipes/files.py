@@ -24,7 +24,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 
 @contextmanager
@@ -43,15 +43,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike, *, existing: Literal["delete", "swap", "keep"] = "delete",
-               tmp_name: str | None = None) -> Iterator[Path]:
+               tmp_name: str | None = None, reuse: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """A new empty directory beside `path` for the caller to fill; renamed to `path` when the block ends
     without an error, removed with its content when it raises (`path` is then left as it was).
 
     The directory is `.NAME.XXXXXXXX`, unique per call (one a killed process leaves behind is never
     reused), or `tmp_name` in the same folder: a fixed name that callers and readers know (a data
     build's `.NAME.building`, a training state's `.step-N.tmp`, which checkpoint discovery skips); one
-    left by a killed run is deleted first. It is made with `mkdir`, so it and `path` get the usual
-    permissions. A `path` that already exists when the block ends is
+    left by a killed run is deleted first, unless `reuse(it)` says True: then it is handed to the caller as
+    it is (a data build resuming what a killed build left). It is made with `mkdir`, so it and `path` get
+    the usual permissions. A `path` that already exists when the block ends is
     - "delete": deleted, then the new directory renamed in (a kill during the delete can leave `path`
       partly deleted; "swap" cannot);
     - "swap": renamed aside to `.NAME.old`, the new one renamed in, and only then the old one deleted:
@@ -69,9 +70,9 @@ def atomic_dir(path: str | os.PathLike, *, existing: Literal["delete", "swap", "
                          f"unique temporary directories, not the fixed tmp_name={tmp_name!r}")
     if tmp_name:
         tmp = path.with_name(tmp_name)
-        if tmp.exists():
+        if tmp.exists() and not (reuse is not None and tmp.is_dir() and reuse(tmp)):
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=True)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")

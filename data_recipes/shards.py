@@ -77,6 +77,10 @@ class ShardWriter:
         self._count += 1
         self.shards[-1]["samples"] = self._count
 
+    def full(self) -> bool:
+        """Whether the open shard holds `shard_size` samples (the next write starts a new one)."""
+        return self._tar is not None and self._count >= self.shard_size
+
     def close_shard(self) -> None:
         if self._tar is not None:
             self._tar.close()

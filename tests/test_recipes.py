@@ -477,3 +477,67 @@ def test_shuffled_build_has_the_ordered_clips_frames_out_of_order(tmp_path):
         frames_s = [np.asarray(s[f"{k:03d}.jpg"]) for k in range(4)]
         # stored frame k of the shuffled clip is frame order[k] of the true clip
         assert all(np.array_equal(frames_s[k], frames_o[order[k]]) for k in range(4))
+
+
+KILL_AT_WRITE = """
+import os
+n = int(os.environ.get("KILL_AT_WRITE", "0"))
+if n:
+    from data_recipes import shards
+    real, calls = shards.ShardWriter.write, []
+
+    def write(self, members):
+        calls.append(1)
+        if len(calls) == n:
+            os._exit(9)  # no cleanup, as a SIGKILL or a lost node
+        return real(self, members)
+
+    shards.ShardWriter.write = write
+"""
+
+
+def test_a_killed_build_resumes_from_its_last_complete_shard(tmp_path):
+    """Killed while writing its 21st sample (shards of 8), the build leaves its two complete shards and its
+    resume point; the next build keeps them untouched, goes on from plan position 16, and ends with the
+    uninterrupted build's shards and manifest. A build of a changed recipe does not take them up."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AT_WRITE)
+    rec = write_recipe(tmp_path, "img", kind="image", sources=[{"type": "synthetic_image"}], samples=40,
+                       shard_size=8, image_size=32)
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(out: Path, kill_at: int = 0, recipe: Path = rec):
+        env = dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{repo}", KILL_AT_WRITE=str(kill_at))
+        code = "import sys; from data_recipes.build import build; build(sys.argv[1], sys.argv[2])"
+        return subprocess.run([sys.executable, "-c", code, str(recipe), str(out)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    assert run(tmp_path / "whole").returncode == 0
+    killed = run(tmp_path / "out", kill_at=21)
+    assert killed.returncode == 9
+    building = tmp_path / ".img.building"
+    assert sorted(f.name for f in building.iterdir()) == [".progress.json", "img-000000.tar", "img-000001.tar",
+                                                          "img-000002.tar"]
+    kept = {f: (building / f).stat().st_mtime_ns for f in ("img-000000.tar", "img-000001.tar")}
+    resumed = run(tmp_path / "out")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming a killed build at plan position 16 (2 complete shards, 16 samples kept)" in resumed.stderr
+    assert {f: (tmp_path / "out" / f).stat().st_mtime_ns for f in kept} == kept  # not written again
+    whole, out = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("whole", "out"))
+    assert out == whole and out["counts"]["samples"] == 40 and len(out["shards"]) == 5
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == sorted(["manifest.json"] + [
+        f"img-{i:06d}.tar" for i in range(5)])
+    assert not building.exists()
+
+    assert run(tmp_path / "out", kill_at=21).returncode == 9
+    changed = write_recipe(tmp_path, "img", kind="image", sources=[{"type": "synthetic_image"}], samples=40,
+                           shard_size=8, image_size=32, seed=1)
+    again = run(tmp_path / "out", recipe=changed)
+    assert again.returncode == 0 and "resuming" not in again.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["seed"] == 1
