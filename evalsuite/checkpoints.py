@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data_recipes.files import shareable_path
+from data_recipes.files import atomic_write_text, shareable_path
 from train.run_record import RunRecord, RunRecordError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,7 +201,9 @@ def discover(root: str | os.PathLike, broken: list[str] | None = None) -> list[C
         if base is not None and base not in known:
             home = root / f"base-{base.name}"
             home.mkdir(exist_ok=True)
-            (home / "base.json").write_text(json.dumps({"model": str(base)}, indent=1) + "\n")
+            # atomically: every rank of an evaluation discovers the checkpoints at once, and one reading the file
+            # while another had truncated it to write it would fail on half a JSON
+            atomic_write_text(home / "base.json", json.dumps({"model": str(base)}, indent=1) + "\n")
             found.append(checkpoint_ref(home))
             known.add(base)
     return sorted(found, key=lambda r: (not r.is_base, str(r.path)))

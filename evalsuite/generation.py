@@ -128,15 +128,29 @@ class ChatModel:
                 rates = [video_fps[i] for i in chunk] if video_fps is not None else None
                 enc = processor_inputs(self.processor, texts, imgs, clips, video_fps=rates, padding=True,
                                        padding_side="left", return_tensors="pt", **(image_options or {}))
-            else:
-                enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+            else:  # a chat template writes the special tokens it needs (BOS included): none added twice
+                enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
+                                     add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
             enc = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
             if lengths is not None:
                 lengths += [int(n) + max_new_tokens - 1 for n in enc["attention_mask"].sum(1).tolist()]
-            gen = self.model.generate(**enc, generation_config=config)
+            gen = self._plain_generate(enc, config)
             new = gen[:, enc["input_ids"].shape[1]:]
             out += [self._decode(row) for row in new.tolist()]
         return out
+
+    def _plain_generate(self, enc: dict, config: GenerationConfig):
+        """`model.generate` with `config` alone: transformers fills every field a passed config leaves unset
+        from the checkpoint's own generation_config.json, and published ones set decoding options
+        (Qwen2-VL-7B-Instruct: repetition_penalty 1.05, top_k 1...), so "greedy" answers, infills and judge
+        replies would depend on the checkpoint's file. Its generation config is set aside for the call."""
+        holder = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        own = getattr(holder, "generation_config", None)
+        holder.generation_config = GenerationConfig()
+        try:
+            return self.model.generate(**enc, generation_config=config)
+        finally:
+            holder.generation_config = own
 
     def _decode(self, ids: list[int]) -> str:
         for i, t in enumerate(ids):

@@ -65,8 +65,10 @@ class InfillCache:
     @property
     def own(self) -> Path:
         """This process's file (a forked child's is its own too)."""
-        stem = self.path.name.removesuffix(".jsonl")
-        return self.path.with_name(f"{stem}.{_slug(socket.gethostname())}-{os.getpid()}.jsonl")
+        stem, host = self.path.name.removesuffix(".jsonl"), socket.gethostname()
+        # the host's name in full (hashed): pod and node names often differ only past a slug's 40 characters
+        tag = f"{_slug(host)[:24]}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
+        return self.path.with_name(f"{stem}.{tag}-{os.getpid()}.jsonl")
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(key)

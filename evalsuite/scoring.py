@@ -34,6 +34,7 @@ family's video processor (`train.chat.processor_inputs`), exactly as the trainer
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -148,6 +149,23 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
+_ROPE_HOLDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forget_positions(model) -> None:
+    """Clear what a model keeps of the previous prompt's positions before a new prompt.
+
+    Qwen2-VL and Qwen2.5-VL keep the last multimodal prompt's M-RoPE offset (`rope_deltas`) and add it to
+    the positions of every forward that continues a cache. A prompt without images or video does not
+    replace it, so the options after a text-only prompt (the blind and text-only conditions) were scored
+    at positions shifted by the previous frames' offset (at 7B, about -240 a frame). `generate` resets it
+    itself; the options' forwards over the prompt cache do not."""
+    if model not in _ROPE_HOLDERS:
+        _ROPE_HOLDERS[model] = [m for m in model.modules() if hasattr(m, "rope_deltas")]
+    for m in _ROPE_HOLDERS[model]:
+        m.rope_deltas = None
+
+
 @torch.no_grad()
 def score_options(model, processor, content: list[dict], images: list, options: list[str],
                   videos: list[list] | None = None, image_options: dict | None = None,
@@ -166,6 +184,7 @@ def score_options(model, processor, content: list[dict], images: list, options: 
                            video_fps=[video_fps] if videos else None, return_tensors="pt", **(image_options or {}))
     enc = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
     longest = enc["input_ids"].shape[1] + max(len(c) for c in conts) - 1
+    forget_positions(model)
     # Only the last prefix position predicts an option token: at real scale the full logits of a
     # 2k-token prefix over a 32k vocabulary would cost a large matmul and ~256 MB for nothing.
     out = model(**enc, use_cache=True, logits_to_keep=1)

@@ -144,3 +144,19 @@ def test_each_process_appends_to_its_own_cache_file_and_reads_all(tmp_path):
     assert cache.get("p1-2")["text"] == "text 1 2" and cache.get("other") is None
     cache.put("mine", {"text": "t"})
     assert cache.own.name.endswith(f"-{os.getpid()}.jsonl") and InfillCache(path).get("mine")["text"] == "t"
+
+
+def test_two_hosts_named_alike_write_apart(tmp_path, monkeypatch):
+    """Pod and node names often differ only past their 40th character, and pids repeat across containers:
+    the cache file of each host is its own all the same."""
+    import socket
+
+    from evalsuite.infills import InfillCache
+
+    cache = InfillCache(tmp_path / "gen-abc.jsonl")
+    names = []
+    for host in ("eval-job-7f9c2d-worker-0-nodepool-a100-80gb-us-east1-b-0001",
+                 "eval-job-7f9c2d-worker-0-nodepool-a100-80gb-us-east1-b-0002"):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        names.append(cache.own.name)
+    assert names[0] != names[1]

@@ -86,6 +86,33 @@ def test_shared_prefix_scoring_equals_naive_scoring(loaded, condition, option_ba
     assert max(lengths) > 1
 
 
+@pytest.mark.parametrize("option_batch_bytes", [ONE_AT_A_TIME, BATCHED], ids=["one_at_a_time", "batched"])
+def test_a_text_only_prompt_after_a_frames_prompt_scores_as_on_its_own(loaded, option_batch_bytes, one_thread):
+    """The blind and text-only conditions come after prompts with frames. Qwen2-VL keeps the last frames
+    prompt's M-RoPE offset and applies it to forwards over a cache, and a prompt without images does not
+    replace it: the options of a text-only prompt were scored at shifted positions. Scored after a frames
+    prompt, a text-only prompt's logliks are its full-sequence ones."""
+    model, processor = loaded
+    content, frames, options = _case(0, "base")
+    item = eval_item(0, 0)
+    blind = prompts.user_content("blind", 3, item["question"], item["options"])
+    messages = prompts.conversation(blind)
+    naive = []
+    for option in options:
+        _, cont = continuation_ids(processor, messages, option)
+        full = processor.apply_chat_template(messages + [prompts.answer_turn(option)], tokenize=False)
+        ids = processor.tokenizer([full], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        assert ids[0, -len(cont):].tolist() == cont
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        start = ids.shape[1] - len(cont)
+        naive.append(sum(float(logp[start - 1 + j, t]) for j, t in enumerate(cont)))
+    for _ in range(2):
+        score_options(model, processor, content, frames, options, option_batch_bytes=option_batch_bytes)
+        after = score_options(model, processor, blind, [], options, option_batch_bytes=option_batch_bytes)
+        assert after.logliks == pytest.approx(naive, abs=1e-4)
+
+
 @pytest.fixture
 def cache_seen(monkeypatch):
     """For every forward that continues from a cache: the cache's batch size and length when it was called."""
@@ -291,3 +318,59 @@ def test_batched_generation_equals_one_at_a_time(loaded, one_thread):
     single = [chat.generate([c], [i], max_new_tokens=8)[0] for c, i in zip(contents, images)]
     assert batched == single
     assert len(set(batched)) > 1 or batched[0]  # the model produced text, not only stop tokens
+
+
+def test_greedy_generation_ignores_the_checkpoints_decoding_settings(loaded, one_thread):
+    """A published generation_config.json sets decoding options (Qwen2-VL-7B-Instruct: repetition_penalty
+    1.05, top_k 1, ...), and transformers fills every field a passed config leaves unset from it. Greedy
+    answers must be the argmax of the model's own logits whatever that file says."""
+    from transformers import GenerationConfig
+
+    model, processor = loaded
+    chat = ChatModel(model, processor=processor)
+    content = [{"type": "text", "text": "What is in the picture? Say it in a few words."}]
+    enc = processor(text=[chat.render(content)], return_tensors="pt")
+    ids = enc["input_ids"]
+    with torch.no_grad():
+        for _ in range(8):  # the argmax, token by token, over the whole sequence
+            nxt = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    plain = chat._decode(ids[0, enc["input_ids"].shape[1]:].tolist())
+    own = model.generation_config
+    model.generation_config = GenerationConfig(repetition_penalty=5.0, no_repeat_ngram_size=1,
+                                               suppress_tokens=ids[0, enc["input_ids"].shape[1]:].tolist()[:2])
+    try:
+        assert chat.generate([content], [[]], max_new_tokens=8) == [plain]
+        assert model.generation_config.repetition_penalty == 5.0  # the checkpoint's own config is left as it was
+    finally:
+        model.generation_config = own
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["chat_template", "no_template"])
+def test_a_text_models_prompt_starts_with_one_bos(tmp_path_factory, template):
+    """A text judge or rephraser whose chat template writes BOS itself (Llama-3, Mistral-Instruct, Gemma) on a
+    tokenizer that also adds one: the prompt starts with one BOS, not two. Without a template the tokenizer
+    adds it."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from tokenizers.processors import TemplateProcessing
+
+    tok = AutoTokenizer.from_pretrained(tiny_model("llava", tmp_path_factory))
+    bos = tok.bos_token  # the tokenizer adds BOS, as Llama's and Mistral's do
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                       special_tokens=[(bos, tok.bos_token_id)])
+    assert tok("x")["input_ids"][0] == tok.bos_token_id
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant] {% endif %}") if template else None
+    seen = []
+
+    def generate(input_ids, attention_mask, generation_config):
+        seen.append(input_ids)
+        return torch.cat([input_ids, torch.full((input_ids.shape[0], 1), tok.eos_token_id)], dim=1)
+
+    model = SimpleNamespace(device="cpu", generate=generate, generation_config=None)
+    ChatModel(model, tokenizer=tok).generate([[{"type": "text", "text": "Is the answer A?"}]], max_new_tokens=2)
+    (ids,) = seen
+    assert ids[0, 0] == tok.bos_token_id and ids[0, 1] != tok.bos_token_id
