@@ -33,6 +33,7 @@ def gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))  # an A100
 
 
 def test_ds_accelerator_follows_torch_and_never_overrides_the_user(monkeypatch):
@@ -75,6 +76,26 @@ def test_gpu_without_bf16_gets_fp16_with_dynamic_loss_scaling(gpu, monkeypatch):
     fp16 = rt.ds_config["fp16"]
     assert fp16["enabled"] is True and rt.ds_config["bf16"]["enabled"] is False
     assert {k: fp16[k] for k in FP16_LOSS_SCALING} == FP16_LOSS_SCALING and fp16["loss_scale"] == 0  # dynamic
+
+
+def test_a_v100_node_gets_fp16_and_sdpa(gpu, monkeypatch):
+    """Compute capability 7.0: torch says bf16 is supported when emulation counts (its default), but it is
+    emulated there, very slowly; and FlashAttention-2's kernels need 8.0. `auto` gives fp16 and sdpa even
+    with flash-attn installed, and asking for flash_attention_2 says why it cannot be had."""
+    import importlib.util
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "flash_attn" else real(n, *a))
+    rt = resolve_runtime(cfg_of(), environ={})
+    assert (rt.precision, rt.attn_implementation) == ("fp16", "sdpa")
+    with pytest.raises(RuntimeConfigError, match="needs an Ampere or later GPU .* this one is 7.0: use sdpa"):
+        resolve_attention("flash_attention_2", "fp16")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    rt = resolve_runtime(cfg_of(), environ={})
+    assert (rt.precision, rt.attn_implementation) == ("bf16", "flash_attention_2")
 
 
 def test_explicit_precision_and_cpu(gpu, monkeypatch):

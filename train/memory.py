@@ -44,8 +44,10 @@ Memory per GPU (GiB = 2**30 bytes; a "80 GB" GPU has 80 GiB)
                    the input of a frozen linear. A frozen vision tower keeps no activations (nothing
                    in it needs a gradient); a trainable one adds its layers at the paper's 34*hv
                    bytes per patch per layer, patches = visual tokens x the family's merge factor.
-    logits         s*B*V*10 bytes: the 16-bit logits kept in the model output (2), their fp32
-                   log-softmax saved by the loss (4) and its fp32 gradient in the backward (4).
+    logits         s*B*V*14 bytes at the peak of the loss's backward: the 16-bit logits kept in the
+                   model output (2) and what the trainer's loss (`token_loss_sum`) adds, measured:
+                   the shifted 16-bit copy and its fp32 cast, the log-softmax it saves, the fp32
+                   gradients of the backward (12 in all; tests/test_plan.py measures it).
 
     Activation sequence length s: the longest sampled sample, capped at max_length (or the context);
     without shards, the cap itself. `max micro-batch`: the largest B for which weights + grads+optim
@@ -58,7 +60,7 @@ from __future__ import annotations
 
 GIB = 1 << 30
 MARGIN = 0.10               # share of GPU memory kept free for the CUDA context, NCCL and fragmentation
-LOGIT_BYTES = 2 + 4 + 4     # 16-bit logits, fp32 log-softmax saved, its fp32 gradient
+LOGIT_BYTES = 2 + 12        # 16-bit logits, then the loss's peak over them (module docstring)
 STAGES = ("zero2", "zero3", "zero3_offload")
 
 

@@ -132,13 +132,22 @@ def lora_config_of(family: Family, cfg) -> LoraConfig:
 def wrap_lora(model, family: Family, cfg, *, gradient_checkpointing: bool | None = None) -> object:
     """The peft model for a TrainConfig; everything outside the adapter stays frozen.
 
-    Gradient checkpointing is non-reentrant (the reentrant variant drops the gradients of LoRA
-    parameters whose inputs do not require grad), and input embeddings are made to require grad so
-    that the first checkpointed layer has a graph to recompute into.
+    Gradient checkpointing is non-reentrant: it recomputes into the LoRA parameters whether or not a
+    layer's input requires grad (the reentrant variant drops their gradients unless it does). So the
+    input embeddings are not made to require grad: transformers (when checkpointing is enabled) and peft
+    (when it wraps a checkpointed model) hook every sub-model's input embeddings for that, the frozen
+    vision tower's patch embedding too, and each step then backpropagated through the whole tower (and
+    kept its layers' inputs) for nothing. Their hooks are taken off again.
     """
     checkpointing = cfg.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
         model.config.use_cache = False  # a KV cache is useless in training and conflicts with recompute
-    return get_peft_model(model, lora_config_of(family, cfg))  # peft refuses targets that match nothing
+    peft_model = get_peft_model(model, lora_config_of(family, cfg))  # peft refuses targets that match nothing
+    for module in peft_model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", "").startswith("make_inputs_require_grad"):  # transformers' and peft's
+                del module._forward_hooks[key]
+        if getattr(module, "_require_grads_hooks", None):
+            module._require_grads_hooks = []
+    return peft_model

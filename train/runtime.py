@@ -52,7 +52,8 @@ def resolve_precision(requested: str, cuda: bool | None = None, bf16: bool | Non
     if requested == "auto":
         if not cuda:
             return "no"
-        bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16
+        # native bf16 only: torch also says yes on GPUs that merely emulate it (V100, T4: sm 7.x), very slowly
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False) if bf16 is None else bf16
         return "bf16" if bf16 else "fp16"
     if requested == "fp16" and not cuda:
         raise RuntimeConfigError("mixed_precision fp16 needs a GPU (its loss scaling is CUDA-only); use bf16 or no on CPU")
@@ -60,17 +61,24 @@ def resolve_precision(requested: str, cuda: bool | None = None, bf16: bool | Non
 
 
 def resolve_attention(requested: str, precision: str, cuda: bool | None = None) -> str:
-    """The attn_implementation handed to from_pretrained."""
+    """The attn_implementation handed to from_pretrained (`cuda=True` on a machine without a GPU: planning for
+    a cluster's, taken to be Ampere or later)."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     has_flash = importlib.util.find_spec("flash_attn") is not None
+    # FlashAttention-2's kernels run on Ampere (sm 8.0) and later only
+    capability = torch.cuda.get_device_capability() if cuda and torch.cuda.is_available() else (8, 0)
+    ampere = cuda and capability[0] >= 8
     if requested == "auto":
-        return "flash_attention_2" if cuda and has_flash and precision in ("bf16", "fp16") else "sdpa"
+        return "flash_attention_2" if ampere and has_flash and precision in ("bf16", "fp16") else "sdpa"
     if requested == "flash_attention_2":
         if not has_flash:
             raise RuntimeConfigError("attn_implementation flash_attention_2: the flash-attn package is not installed "
                                      "(pip install flash-attn), or use sdpa")
         if not cuda or precision not in ("bf16", "fp16"):
             raise RuntimeConfigError("attn_implementation flash_attention_2 needs a GPU and mixed_precision bf16 or fp16")
+        if not ampere:
+            raise RuntimeConfigError(f"attn_implementation flash_attention_2 needs an Ampere or later GPU (compute "
+                                     f"capability 8.0+); this one is {capability[0]}.{capability[1]}: use sdpa")
     return requested
 
 
