@@ -18,7 +18,7 @@ import yaml
 from evalsuite.study.launchers import (AccelerateJob, LaunchError, LocalLauncher, RunJob, SubmititLauncher, eval_commands,
                                        job_port)
 from evalsuite.study.run import (LauncherSpec, StudyError, load_study, parse_study, run_list, split_tasks,
-                                 status_on_disk, train_args)
+                                 run_study, status_on_disk, train_args)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -183,6 +183,22 @@ def test_shipped_specs_load():
     paper = specs["paper_7b"]
     assert paper.budgets == (25_000, 50_000, 100_000) and paper.unit == "samples" and len(run_list(paper)) == 18
     assert (paper.launcher.type, paper.launcher.gpus_per_node) == ("slurm", 8)
+
+
+def test_a_slurm_study_needs_a_tracking_server_its_nodes_reach(tmp_path, monkeypatch):
+    """Under Slurm the jobs run on compute nodes, where 127.0.0.1 is each node's own loopback: such a URI is
+    refused when the spec loads. A $VARIABLE in tracking_uri is expanded (the shipped paper spec names
+    $MLFLOW_TRACKING_URI), and a study run without it set stops before anything runs, naming it."""
+    for uri in ("http://127.0.0.1:5000", "http://localhost:5000"):
+        with pytest.raises(StudyError, match="loopback address .* name the MLflow server by a host name"):
+            load_study(write_spec(tmp_path, launcher={"type": "slurm", "gpus_per_node": 8}, tracking_uri=uri))
+    assert load_study(write_spec(tmp_path, tracking_uri="http://127.0.0.1:5000")).launcher.type == "local"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.cluster:5000")
+    assert load_study(REPO / "studies" / "paper_7b.yaml").tracking_uri == "http://mlflow.cluster:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    paper = load_study(REPO / "studies" / "paper_7b.yaml")
+    with pytest.raises(StudyError, match=r"needs the environment variable \$MLFLOW_TRACKING_URI, which is not set"):
+        run_study(paper, launcher=lambda parent: pytest.fail("nothing may be launched"))
 
 
 def load_recipe_name(ref: str) -> str:

@@ -19,6 +19,7 @@ The spec (`studies/NAME.yaml`, typed like a recipe: unknown keys are errors with
                                   # {type: slurm, nodes, gpus_per_node, partition, time_min, accelerate_config,
                                   #  cpus_per_gpu, mem_gb, max_timeouts}
     tracking_uri: ...             # default: the project's sqlite store; many nodes: an http:// mlflow server
+                                  # ($VARS expanded; under slurm not a loopback address)
     output_dir: ...               # default: studies_out/NAME
     shards_root: shards           # where recipes are built
 
@@ -59,6 +60,7 @@ import math
 import os
 import re
 import shlex
+import urllib.parse
 import subprocess
 import sys
 import time
@@ -283,8 +285,14 @@ def _parse_study(data, path: Path) -> Study:
         _expect(isinstance(getattr(study, k), str), where, f"field '{k}' must be a string")
     from train.tracking import default_tracking_uri
 
+    uri = os.path.expandvars(study.tracking_uri) if study.tracking_uri else default_tracking_uri()
+    host = urllib.parse.urlparse(uri).hostname or ""
+    _expect(study.launcher.type != "slurm" or not (host == "localhost" or host == "::1" or host.startswith("127.")),
+            where, f"field 'tracking_uri': {uri} is the loopback address of whichever machine reads it, and the "
+            "Slurm jobs run on other nodes: name the MLflow server by a host name the compute nodes reach "
+            "(e.g. http://login-node:5000)")
     return dataclasses.replace(
-        study, path=where, tracking_uri=study.tracking_uri or default_tracking_uri(),
+        study, path=where, tracking_uri=uri,
         output_dir=str(Path(study.output_dir or f"studies_out/{study.name}").expanduser().resolve()),
         shards_root=str(Path(study.shards_root).expanduser().resolve()))
 
@@ -495,6 +503,10 @@ def run_study(study: Study, launcher=None) -> int:
     """Build, train, evaluate and report (see the module docstring); 0, or 1 when a run failed."""
     from evalsuite.study.launchers import LaunchError, RunJob
 
+    unset = re.findall(r"\$\{?(\w+)\}?", study.tracking_uri)
+    if unset:
+        raise StudyError(f"{study.path}: field 'tracking_uri': {study.tracking_uri!r} needs the environment variable "
+                         f"${unset[0]}, which is not set")
     state = StudyState(study)
     state.write()
     build_data(study)
