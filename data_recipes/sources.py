@@ -402,8 +402,11 @@ class LlavaSource:
         if not media.is_file():
             return Skip("missing_video", rid, f"{where}: {media} does not exist")
         try:
-            images = read_frames(media, num_frames=r.frames, size=None)
-            rate = sampled_fps(len(images), count_frames(media), frame_rate(media))
+            # counted once: a container without a frame count in its header (MKV, WebM, fragmented MP4) is
+            # counted by decoding it whole, which the frame reading and the rate used to do once more each
+            total = count_frames(media)
+            images = read_frames(media, indices=uniform_indices(total, r.frames), size=None)
+            rate = sampled_fps(len(images), total, frame_rate(media))
             return [fit(im.convert("RGB"), self.budget) for im in images], rate
         except (OSError, VideoError, ValueError) as e:
             return Skip("unreadable_video", rid, f"{where}: {media}: {e}")

@@ -311,3 +311,35 @@ def test_the_same_data_builds_the_same_shards_wherever_it_lies(built, tmp_path):
     (tmp_path / "moved.yaml").write_text(yaml.safe_dump(fields))
     m2 = build(str(tmp_path / "moved.yaml"), tmp_path / "out")
     assert [s["sha256"] for s in m2["shards"]] == [s["sha256"] for s in m["shards"]]
+
+
+def test_a_matroska_video_is_counted_once(tmp_path, monkeypatch):
+    """An MKV (like WebM and fragmented MP4) has no frame count in its header, so counting its frames means
+    decoding it whole. A record's video is counted once and its frames read once: the read and the
+    sampled-frame rate each counted it again (three passes over the file)."""
+    import av
+    import numpy as np
+
+    from helpers import count_decoded
+
+    media = tmp_path / "videos"
+    media.mkdir()
+    n = 24
+    with av.open(str(media / "clip.mkv"), "w", format="matroska") as c:
+        stream = c.add_stream("libx264", rate=8)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            c.mux(stream.encode(frame))
+        c.mux(stream.encode(None))
+    (tmp_path / "ann.json").write_text(json.dumps([{"id": "mkv1", "video": "clip.mkv", "conversations": [
+        {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "It gets brighter."}]}]))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"kind": "video", "samples": 1, "frames": 4, "sources": [
+        {"type": "llava_video", "path": str(tmp_path / "ann.json"), "media_root": str(media)}]}))
+    source = open_sources(load_recipe(str(tmp_path / "r.yaml")))[0]
+    decoded = count_decoded(monkeypatch)
+    sample = source.make(0)
+    assert len(sample.images) == 4 and sample.json["clip_fps"] == [round(4 / n * 8, 6)]
+    assert n < len(decoded) <= 2 * n, len(decoded)  # one pass to count, at most one to read
