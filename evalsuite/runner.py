@@ -47,6 +47,14 @@ def progress_bar(work, desc: str, position: int = 0, disable: bool = False, leav
                 bar_format=BAR_FORMAT, smoothing=0, dynamic_ncols=True)
 
 
+def split_work(items: list, keys, done: set[str], ranks: Ranks) -> list[tuple]:
+    """This rank's (item, keys still to predict): the items with work left, dealt out among the ranks. A resume
+    shares out what is left, not every item: after one rank died (an out-of-memory on one long prompt), its
+    whole share used to fall to one GPU while the others waited at the barrier."""
+    left = [(item, todo) for item in items if (todo := [k for k in keys(item) if k not in done])]
+    return ranks.shard(left)
+
+
 def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) -> tuple[str, dict]:
     """("skipped" | "done", metrics.json content) of one task on one checkpoint."""
     settings = task.settings(subject.info, subject.inputs)
@@ -62,8 +70,8 @@ def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) 
     order = [k for item in items for k in task.keys(item)]
     if len(set(order)) != len(order):
         raise OutputError(f"task {task.name}: duplicate prediction keys across items")
-    done = out.done_keys()
-    work = [(item, todo) for item in ranks.shard(items) if (todo := [k for k in task.keys(item) if k not in done])]
+    work = split_work(items, task.keys, out.done_keys(), ranks)
+    ranks.barrier()  # every rank has read what is done before any appends more
     desc = f"{task.name} {subject.ref.name}" + (f" [rank {ranks.rank}]" if ranks.world_size > 1 else "")
     bar = progress_bar(work, desc, position=ranks.rank, disable=not progress, leave=ranks.is_main)
     try:

@@ -93,6 +93,20 @@ def test_two_ranks_merge_to_the_single_process_outputs(reference, tmp_path, one_
     shutil.rmtree(ckpt / "eval")
 
 
+def test_a_resume_shares_out_what_is_left_among_the_ranks():
+    """Rank 0 of 2 died after its whole share (every even item); on the rerun the 5 items left go 3 and 2 to
+    the two ranks, not all 5 to rank 1 while rank 0 waits at the barrier."""
+    from evalsuite.runner import split_work
+
+    items = [f"item{i}" for i in range(10)]
+    keys = lambda item: [f"{item}/a", f"{item}/b"]  # noqa: E731
+    done = {k for item in items[0::2] for k in keys(item)} | {"item1/a"}
+    shares = [split_work(items, keys, done, Ranks(r, 2)) for r in (0, 1)]
+    assert [len(s) for s in shares] == [3, 2]
+    assert sorted(item for s in shares for item, _ in s) == items[1::2]
+    assert dict(shares[0])["item1"] == ["item1/b"]  # only the keys still to predict
+
+
 def test_finished_work_is_skipped_and_changed_settings_start_over(reference, tmp_path, monkeypatch):
     ckpt, full = reference
     shutil.copytree(full, ckpt / "eval")
