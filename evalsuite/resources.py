@@ -167,8 +167,10 @@ class Resources:
         self.frame_cache = FrameCache(self.cache_dir / "frames")
 
     def model(self, role: str, path: str) -> LazyChat:
-        """The shared generator/rephraser/judge model, loaded at its first use (and again after `release`)."""
-        key = f"{role}:{path}"
+        """The shared generator/rephraser/judge model, loaded at its first use (and again after `release`). Roles
+        given the same checkpoint share one copy (the paper's rephraser and judge are both Qwen2.5-7B-Instruct:
+        two copies were 15 GB more on the GPU beside the evaluated model and the generator)."""
+        key = str(Path(path).expanduser().resolve())
         if key not in self._models:
             self._models[key] = LazyChat(role, model_identity(path), lambda: ChatModel.load(
                 path, trust_remote_code=self.cfg.trust_remote_code, name=role, device=self.device))

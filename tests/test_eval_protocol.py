@@ -350,3 +350,20 @@ def test_train_cli_refuses_internvl_remote_code(internvl_chat, tmp_path, dry_run
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "Traceback" not in p.stderr
     _says_what_to_use(last)
+
+
+def test_roles_given_one_checkpoint_share_one_copy(tmp_path, tmp_path_factory, monkeypatch):
+    """The paper's rephraser and judge are the same Qwen2.5-7B-Instruct: one copy is loaded for both (two
+    were 15 GB more on the GPU beside the evaluated model and the infill generator); another checkpoint is
+    its own."""
+    import evalsuite.resources as resources
+    from evalsuite.config import EvalConfig
+
+    text_lm = _text_lm(tmp_path / "qwen-instruct", tmp_path_factory)
+    other = _text_lm(tmp_path / "other", tmp_path_factory)
+    loads = []
+    monkeypatch.setattr(resources.ChatModel, "load", classmethod(lambda cls, path, **k: loads.append(path) or object()))
+    res = resources.Resources(EvalConfig(), tmp_path / "cache")
+    rephraser, judge = res.model("rephraser", str(text_lm)), res.model("judge", str(tmp_path / "." / "qwen-instruct"))
+    assert rephraser is judge and rephraser.get() is judge.get() and len(loads) == 1
+    assert res.model("judge", str(other)) is not judge
