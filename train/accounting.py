@@ -4,7 +4,7 @@ This is the point of the project: two runs are only comparable if we know, exact
 unit they consumed. Every micro-batch, each process contributes a (batch, 5) matrix of per-sample
 counts; the matrices are gathered, so every process sees every count and takes the same decision
 about the last batch. A budget ends *exactly* at its target where the unit allows it: samples and
-visual tokens by keeping a prefix of samples (rank by rank), supervised tokens by also masking the
+visual tokens by keeping a prefix of samples (rank by rank, earlier passes first), supervised tokens by also masking the
 tail of one sample's labels; text tokens cannot be split, so the closest sample boundary wins.
 """
 
@@ -55,15 +55,21 @@ class Decision:
     done: bool = False                  # the budget is reached with this micro-batch
 
 
-def plan(gathered: torch.Tensor, unit: str | None, remaining: int | None) -> Decision:
-    """Which samples of this micro-batch (all ranks: gathered[rank, i, counter]) fit the budget."""
+def plan(gathered: torch.Tensor, unit: str | None, remaining: int | None,
+         passes: list[int] | None = None) -> Decision:
+    """Which samples of this micro-batch (all ranks: gathered[rank, i, counter]) fit the budget.
+
+    The budget is filled rank by rank, each rank's samples as a prefix; ranks whose micro-batch is of an
+    earlier pass over the data (`passes`, each rank's `Batch.pass_index`) come first. Readers' shares
+    differ by one sample, so at the end of a pass one reader may already be in the next: a budget of the
+    whole data used to take that reader's repeat and leave another reader's last sample unseen."""
     W, B, _ = gathered.shape
     present = [int((gathered[r, :, 0] >= 0).sum()) for r in range(W)]
     if unit is None:
         return Decision(present)
     u = COUNTERS.index(unit)
     keep, partial, left = [0] * W, {}, remaining
-    for r in range(W):
+    for r in sorted(range(W), key=lambda r: (passes[r] if passes else 0, r)):
         for i in range(present[r]):
             v = int(gathered[r, i, u])
             if v <= left:
@@ -78,7 +84,7 @@ def plan(gathered: torch.Tensor, unit: str | None, remaining: int | None) -> Dec
                 keep[r] += 1  # overshooting by less than we would undershoot
                 left -= v
             return Decision(keep, partial, done=True)
-        # a later rank's samples only count once this rank's are all in: the order is rank-major
+        # a later rank's samples only count once this rank's are all in: the order is (pass, rank)-major
     return Decision(keep, partial, done=left <= 0)
 
 

@@ -423,7 +423,8 @@ class LoRATrainer:
         remaining = None if b.unit is None else b.target - state.consumed[b.unit]
         plans = []
         for i in range(gathered.shape[1]):
-            decision = accounting.plan(gathered[:, i, :B], b.unit, remaining)
+            decision = accounting.plan(gathered[:, i, :B], b.unit, remaining,
+                                       gathered[:, i, B, accounting.META.index("pass_index")].tolist())
             totals = accounting.kept_totals(gathered[:, i, :B], decision)
             plans.append((decision, totals))
             if remaining is not None:
