@@ -387,6 +387,8 @@ def _shield_worker(_worker_id: int) -> None:
 
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (a worker forked after the trainer set its own handler)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: no sender to tell by; SIGTERM ends the worker, as before
+        return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     trainer = os.getppid()
 
