@@ -274,8 +274,7 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
     if model and recipe.video_input == "native" and recipe.kind == "video":
         _check_native(recipe, model)  # here, not in a worker's initializer (the error would be the pool's)
     plan = ((f"{i:09d}", k, pos) for i, (k, pos) in enumerate(mix_plan(recipe, [len(s) for s in sources])))
-    key = {"version": 1, "recipe_hash": recipe.content_hash(), "limit": limit, "model": model, "unit": unit,
-           "target": target}
+    key = resume_key(recipe, sources, limit=limit, model=model, unit=unit, target=target)
     resumed: dict = {}
 
     def resumable(tmp: Path) -> bool:  # what a killed build of the same recipe, target and model left
@@ -365,6 +364,13 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
                                  f"relative error {match['rel_error']:.2%} > {MAX_MATCH_ERROR:.1%}")
         atomic_write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def resume_key(recipe: Recipe, sources: list, **build) -> dict:
+    """What a killed build must share with this one for its shards to be kept: the recipe, the build's
+    settings, and each annotation file's size and modification time (data fixed in between is built anew)."""
+    files = [(str(s.path), s.path.stat().st_size, s.path.stat().st_mtime_ns) for s in sources if hasattr(s, "path")]
+    return {"version": 1, "recipe_hash": recipe.content_hash(), **build, "annotations": files}
 
 
 def _check_native(recipe: Recipe, model: str) -> None:

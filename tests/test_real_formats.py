@@ -343,3 +343,24 @@ def test_a_matroska_video_is_counted_once(tmp_path, monkeypatch):
     sample = source.make(0)
     assert len(sample.images) == 4 and sample.json["clip_fps"] == [round(4 / n * 8, 6)]
     assert n < len(decoded) <= 2 * n, len(decoded)  # one pass to count, at most one to read
+
+
+def test_a_killed_build_is_not_resumed_over_changed_annotations(built, tmp_path):
+    """A killed build's shards are kept only for the same annotation files: one edited in between (a record
+    fixed) changes the resume key, so the build starts over."""
+    import os
+    import shutil
+
+    from data_recipes.build import resume_key
+
+    fx, recipe, _, _ = built["mix665k"]
+    copy = tmp_path / fx.annotations.name
+    shutil.copy(fx.annotations, copy)
+    fields = yaml.safe_load(Path(recipe).read_text())
+    fields["sources"][0]["path"] = str(copy)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(fields))
+    r = load_recipe(str(tmp_path / "r.yaml"))
+    before = resume_key(r, open_sources(r), limit=None, model=None, unit="samples", target=fx.good)
+    assert resume_key(r, open_sources(r), limit=None, model=None, unit="samples", target=fx.good) == before
+    os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 1_000_000_000))
+    assert resume_key(r, open_sources(r), limit=None, model=None, unit="samples", target=fx.good) != before
