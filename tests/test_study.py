@@ -375,6 +375,7 @@ def test_slurm_evaluations_depend_on_their_training_job(tmp_path, monkeypatch):
     jobs = [RunJob("/r/a", ["--seed", "0"], ["vcot"]), RunJob("/r/b", None, ["vcot"])]
     launcher.run(jobs, lambda name, status: events.append((name, status)))
     (train_p, train_fn), (eval_p, eval_fn), (eval_b, _) = submitted
+    assert train_fn.run_dirs == ("/r/a",) and eval_fn.run_dirs == ()  # what a warned job asks for a state
     assert train_p["nodes"] == 2 and train_p["gpus_per_node"] == 8 and train_p["partition"] == "gpu"
     assert train_p["time"] == 600 and train_fn.commands[0][1:] == ["--seed", "0"]
     assert eval_p["additional_parameters"] == {"dependency": "afterok:1001", "kill-on-invalid-dep": "yes"}
@@ -494,8 +495,8 @@ def test_a_warned_job_asks_its_trainer_for_a_state_before_it_is_requeued(tmp_pat
 
     state(200)
     job = AccelerateJob([[launchers.LORA, "--recipe", "video_demo", "--run_name", run.name, "--output_root", "runs",
-                          "--resume", "latest"]], gpus_per_node=8, env={}, cwd=str(tmp_path))
-    assert job.run_dirs() == [run]
+                          "--resume", "latest"]], gpus_per_node=8, env={}, cwd=str(tmp_path),
+                        run_dirs=(str(run.relative_to(tmp_path)),))
     answering = threading.Thread(target=trainer)
     answering.start()
     t0 = time.monotonic()

@@ -53,10 +53,11 @@ ports). Accelerate's fixed default, 29500, fails the second of two jobs whose pr
 
 
 def newest_state(run_dir: Path) -> int:
-    """Step of a run's newest complete state (its trainer_state.json written: train.checkpointing), -1: none."""
-    steps = [int(m.group(1)) for p in Path(run_dir).glob("checkpoints/step-*/trainer_state.json")
-             if (m := re.fullmatch(r"step-(\d+)", p.parent.name))]
-    return max(steps, default=-1)
+    """Step of a run's newest complete state (`train.checkpointing.valid_states`), -1: none."""
+    from train.checkpointing import valid_states
+
+    states = valid_states(run_dir)
+    return int(states[-1].name.removeprefix("step-")) if states else -1
 
 
 def job_port(job_id: str) -> int:
@@ -187,6 +188,8 @@ class AccelerateJob:
     accelerate_config: str | None = None
     deepspeed: bool = False
     """Whether the accelerate config runs DeepSpeed (read when the job is submitted)."""
+    run_dirs: tuple[str, ...] = ()
+    """The run directories its training commands write (asked for a state by `checkpoint`)."""
 
     def argv(self, command: list[str], nodes: int, node: int, main_host: str, port: int) -> list[str]:
         processes = max(1, self.gpus_per_node) * nodes
@@ -216,19 +219,6 @@ class AccelerateJob:
             print(shlex.join(argv), flush=True)
             subprocess.run(argv, cwd=self.cwd, env={**os.environ, **self.env}, check=True)
 
-    def run_dirs(self) -> list[Path]:
-        """The run directories its training commands write (`--output_dir`, else `--output_root`/`--run_name`)."""
-        dirs = []
-        for command in self.commands:
-            if command and command[0] == LORA:
-                flags = dict(zip(command[1::2], command[2::2]))
-                out = flags.get("--output_dir") or (
-                    str(Path(flags["--output_root"]) / flags["--run_name"])
-                    if "--output_root" in flags and "--run_name" in flags else None)
-                if out:
-                    dirs.append(Path(self.cwd) / out)
-        return dirs
-
     def checkpoint(self, *args, **kwargs):
         """submitit's hook on preemption or time-out (Slurm's USR2, `signal_delay_s` = 90 s before the limit):
         ask each unfinished training run for a state now (`train.lora.SAVE_REQUEST`), wait up to
@@ -236,7 +226,7 @@ class AccelerateJob:
         import submitit
 
         asked = {}
-        for run_dir in self.run_dirs():
+        for run_dir in (Path(self.cwd) / d for d in self.run_dirs):
             if run_dir.is_dir() and not (run_dir / "run.json").exists():
                 (run_dir / SAVE_REQUEST).touch()
                 asked[run_dir] = newest_state(run_dir)
@@ -286,7 +276,7 @@ class SubmititLauncher:
     def _submit(self, job: RunJob, kind: str, dependency: str | None = None):
         if kind == "train":
             fn = AccelerateJob([[LORA, *job.train]], self.spec.gpus_per_node, self.env, self.cwd, self._config(),
-                               self._deepspeed)
+                               self._deepspeed, run_dirs=(job.run_dir,))
             nodes = self.spec.nodes
         else:
             fn = AccelerateJob([["-m", "evalsuite", *a] for a in eval_commands([job], self.eval_flags)],
