@@ -10,6 +10,7 @@ token as well as at EOS, since tiny and some real templates close a turn with th
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -17,11 +18,6 @@ import torch
 from transformers import GenerationConfig
 
 from train.chat import processor_inputs, render
-
-
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
 
 
 def _joined_text(content: list[dict]) -> str:
@@ -38,6 +34,8 @@ class ChatModel:
         self.tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = self._stop_ids()
+        self.batch_cap: int | None = None
+        """The largest batch that fitted after one ran out of memory (None: none has)."""
 
     @classmethod
     def load(cls, path: str | os.PathLike, trust_remote_code: bool = False, name: str | None = None,
@@ -120,24 +118,62 @@ class ChatModel:
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.pad_id, eos_token_id=self.stop_ids or None)
         out: list[str] = []
-        for chunk in _chunks(len(contents), batch_size):
-            texts = [self.render(contents[i]) for i in chunk]
-            imgs = [list(images[i]) for i in chunk]
-            if self.processor is not None:
-                clips = [list(videos[i]) for i in chunk] if videos is not None else None
-                rates = [video_fps[i] for i in chunk] if video_fps is not None else None
-                enc = processor_inputs(self.processor, texts, imgs, clips, video_fps=rates, padding=True,
-                                       padding_side="left", return_tensors="pt", **(image_options or {}))
-            else:  # a chat template writes the special tokens it needs (BOS included): none added twice
-                enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
-                                     add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
-            enc = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
-            if lengths is not None:
-                lengths += [int(n) + max_new_tokens - 1 for n in enc["attention_mask"].sum(1).tolist()]
-            gen = self._plain_generate(enc, config)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            out += [self._decode(row) for row in new.tolist()]
+        start = 0
+        while start < len(contents):  # the size is read again for each batch: memory may have lowered the cap
+            chunk = list(range(start, min(len(contents), start + min(batch_size, self.batch_cap or batch_size))))
+            out += self._generate_fitting(chunk, contents, images, videos, video_fps, image_options, config,
+                                          max_new_tokens, lengths)
+            start += len(chunk)
         return out
+
+    def _generate_fitting(self, chunk: list[int], contents, images, videos, video_fps, image_options,
+                          config: GenerationConfig, max_new_tokens: int, lengths: list | None) -> list[str]:
+        """The prompts at `chunk` in one batch; one that runs out of accelerator memory (ten anyres frames
+        of a 7B model in a batch of 8 can) is split in halves and retried, down to one prompt, and the
+        size that fitted caps this model's later batches (`batch_cap`), so a long evaluation goes on
+        instead of dying hours in. A prompt that does not fit alone raises, naming the model."""
+        try:
+            texts = self._generate_batch(chunk, contents, images, videos, video_fps, image_options, config,
+                                         max_new_tokens, lengths)
+        except torch.OutOfMemoryError as e:
+            if len(chunk) == 1:
+                raise torch.OutOfMemoryError(f"{self.name}: one prompt alone does not fit in memory "
+                                             f"(max_new_tokens {max_new_tokens}): {e}") from e
+            texts = None  # retried outside this handler, whose traceback still holds the failed batch's tensors
+        if texts is not None:
+            return texts
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = (len(chunk) + 1) // 2
+        self.batch_cap = half
+        print(f"[generate] {self.name}: out of memory on a batch of {len(chunk)} prompts; "
+              f"retrying in batches of {half} (and no larger from now on)", file=sys.stderr, flush=True)
+        out, start = [], 0
+        while start < len(chunk):  # in batches of the cap, which a batch that fails again lowers further
+            part = chunk[start:start + self.batch_cap]
+            out += self._generate_fitting(part, contents, images, videos, video_fps, image_options, config,
+                                          max_new_tokens, lengths)
+            start += len(part)
+        return out
+
+    def _generate_batch(self, chunk: list[int], contents, images, videos, video_fps, image_options,
+                        config: GenerationConfig, max_new_tokens: int, lengths: list | None) -> list[str]:
+        texts = [self.render(contents[i]) for i in chunk]
+        imgs = [list(images[i]) for i in chunk]
+        if self.processor is not None:
+            clips = [list(videos[i]) for i in chunk] if videos is not None else None
+            rates = [video_fps[i] for i in chunk] if video_fps is not None else None
+            enc = processor_inputs(self.processor, texts, imgs, clips, video_fps=rates, padding=True,
+                                   padding_side="left", return_tensors="pt", **(image_options or {}))
+        else:  # a chat template writes the special tokens it needs (BOS included): none added twice
+            enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
+                                 add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
+        enc = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in dict(enc).items()}
+        gen = self._plain_generate(enc, config)
+        if lengths is not None:  # after the call: a batch that ran out of memory is retried, not counted twice
+            lengths += [int(n) + max_new_tokens - 1 for n in enc["attention_mask"].sum(1).tolist()]
+        new = gen[:, enc["input_ids"].shape[1]:]
+        return [self._decode(row) for row in new.tolist()]
 
     def _plain_generate(self, enc: dict, config: GenerationConfig):
         """`model.generate` with `config` alone: transformers fills every field a passed config leaves unset

@@ -320,6 +320,41 @@ def test_batched_generation_equals_one_at_a_time(loaded, one_thread):
     assert len(set(batched)) > 1 or batched[0]  # the model produced text, not only stop tokens
 
 
+def test_a_batch_out_of_memory_is_split_and_the_smaller_size_kept(loaded, one_thread, monkeypatch, capsys):
+    """Ten anyres frames of a 7B model in a batch of 8 can run out of GPU memory hours into an evaluation.
+    Here any batch of more than 2 prompts "runs out": the answers must be those of the unconstrained
+    batches, each prompt's length recorded once, later batches no larger than what fitted, and a prompt
+    that cannot fit alone must still raise."""
+    model, processor = loaded
+    chat = ChatModel(model, processor=processor, name="gen")
+    item = eval_item(0, 0)
+    contents = [prompts.between_prompt(f"step {i}" + " and more" * i) for i in range(7)]
+    images = [[item["frames"][i], item["frames"][i + 1]] for i in range(7)]
+    want_lengths: list = []
+    want = chat.generate(contents, images, max_new_tokens=6, batch_size=8, lengths=want_lengths)
+    real, sizes = chat._plain_generate, []
+
+    def tight(enc, config):
+        sizes.append(enc["input_ids"].shape[0])
+        if enc["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(enc, config)
+
+    monkeypatch.setattr(chat, "_plain_generate", tight)
+    lengths: list = []
+    assert chat.generate(contents, images, max_new_tokens=6, batch_size=8, lengths=lengths) == want
+    assert lengths == want_lengths
+    assert sizes == [7, 4, 2, 2, 2, 1] and chat.batch_cap == 2  # 7 -> 4 -> 2 + 2, then 2 + 1 at the cap
+    assert "out of memory on a batch of 7 prompts; retrying in batches of 4" in capsys.readouterr().err
+    sizes.clear()
+    assert chat.generate(contents[:5], images[:5], max_new_tokens=6, batch_size=8) == want[:5]
+    assert sizes == [2, 2, 1]  # the next call starts at the size that fitted
+    monkeypatch.setattr(chat, "_plain_generate", lambda enc, config: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory")))
+    with pytest.raises(torch.OutOfMemoryError, match="gen: one prompt alone does not fit"):
+        chat.generate(contents[:3], images[:3], max_new_tokens=6, batch_size=8)
+
+
 def test_greedy_generation_ignores_the_checkpoints_decoding_settings(loaded, one_thread):
     """A published generation_config.json sets decoding options (Qwen2-VL-7B-Instruct: repetition_penalty
     1.05, top_k 1, ...), and transformers fills every field a passed config leaves unset from it. Greedy
