@@ -27,6 +27,15 @@ class OutputError(ValueError):
     pass
 
 
+STALE = ".stale-"
+"""What a task directory's name gets, with its old settings' hash, when a rerun with other settings moves it aside."""
+
+
+def is_live_task(name: str) -> bool:
+    """Whether `CKPT/eval/<name>` holds a task's current outputs (not ones moved aside, not a hidden file)."""
+    return STALE not in name and not name.startswith(".")
+
+
 def write_json_atomic(path: Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +105,7 @@ class TaskOutputs:
         moved = None
         if self.settings.is_file() and json.loads(self.settings.read_text()) != settings:
             old = json.loads(self.settings.read_text())
-            target = self.dir.with_name(f"{self.dir.name}.stale-{settings_hash(old)}")
+            target = self.dir.with_name(f"{self.dir.name}{STALE}{settings_hash(old)}")
             if target.exists():
                 shutil.rmtree(target)
             self.dir.rename(target)

@@ -4,6 +4,8 @@ random-fill accuracy of generate scoring (no models run)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 
@@ -184,3 +186,20 @@ def test_a_single_setup_is_stated_once(tmp_path):
     assert ("Evaluated with benchmark `egoschema`, protocol `paper`, scoring `generate`, infills "
             "`model:/models/gen@abc+rephraser:x`.") in vcot
     assert "evaluated differently" not in vcot
+
+
+def test_outputs_moved_aside_by_a_rerun_are_not_read_as_tasks(tmp_path):
+    """A rerun with other settings moves `eval/<task>` aside as `eval/<task>.stale-<hash>`: the report must
+    read only the current outputs, and a checkpoint whose only outputs were moved aside is not evaluated."""
+    import shutil
+
+    from evalsuite.report.evaluation import metrics_csv
+
+    d = _checkpoint(tmp_path, "video_run", "video", SETTINGS)
+    shutil.copytree(d / "eval" / "vcot", d / "eval" / "vcot.stale-0123abcd")
+    gone = _checkpoint(tmp_path, "old_run", "video", SETTINGS)
+    (gone / "eval" / "vcot").rename(gone / "eval" / "vcot.stale-4567cdef")
+    (ckpt,) = discover(tmp_path)
+    assert ckpt.name == "video_run" and list(ckpt.metrics) == ["vcot"]
+    rows = list(csv.reader(io.StringIO(metrics_csv([ckpt]))))[1:]
+    assert rows and {r[2] for r in rows} == {"vcot"}

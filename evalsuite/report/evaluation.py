@@ -57,6 +57,7 @@ from data_recipes.files import atomic_write_text
 from evalsuite.comparisons import block_of, fkeys
 from evalsuite.config import ConfigError
 from evalsuite.context import overrun
+from evalsuite.outputs import is_live_task
 from evalsuite.benchmarks.iraven.groups import ACTIVE_RULES, GROUPS, in_group
 from evalsuite.stats import (accuracy_ci, contrast_of_differences, paired_bootstrap_sums, paired_difference,
                              percentile_interval)
@@ -114,7 +115,7 @@ class Checkpoint:
         self.metrics, self.rows = {}, {}
         for task_dir in sorted((path / "eval").glob("*")):
             m = task_dir / "metrics.json"
-            if m.exists():
+            if m.exists() and is_live_task(task_dir.name):  # not outputs a rerun with other settings moved aside
                 self.metrics[task_dir.name] = json.loads(m.read_text())
 
     @property
@@ -169,7 +170,7 @@ class Checkpoint:
 
 
 def discover(root: Path) -> list[Checkpoint]:
-    dirs = sorted({p.parents[2] for p in root.rglob("eval/*/metrics.json")})
+    dirs = sorted({p.parents[2] for p in root.rglob("eval/*/metrics.json") if is_live_task(p.parent.name)})
     return [Checkpoint(root, d) for d in dirs]
 
 
