@@ -326,16 +326,25 @@ class LlavaSource:
         if self.path.suffix == ".jsonl":
             records = []
             # lines end at \n only: str.splitlines would also cut at U+2028, U+2029 and U+0085, which JSON
-            # strings may hold raw (a writer with ensure_ascii=False emits them)
-            for n, line in enumerate(self.path.read_text().split("\n"), 1):
+            # strings may hold raw (a writer with ensure_ascii=False emits them). Each line is decoded on its own:
+            # a line a latin-1 tool wrote costs that record, not the file.
+            for n, raw in enumerate(self.path.read_bytes().split(b"\n"), 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    records.append(_BadLine(n, f"not UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})"))
+                    continue
                 if line.strip():
                     try:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        records.append(_BadLine(n, str(e)))
+                        records.append(_BadLine(n, f"not valid JSON ({e})"))
         else:
             try:
-                records = json.loads(self.path.read_text())
+                records = json.loads(self.path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise RecipeError(f"{self.path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                                  f"JSON annotation files are UTF-8; {layout}") from None
             except json.JSONDecodeError as e:
                 raise RecipeError(f"{self.path}: not valid JSON ({e}); {layout}") from None
             if not isinstance(records, list):
@@ -419,9 +428,10 @@ class LlavaSource:
             with Image.open(media) as im:
                 im.load()
                 return fit(im.convert("RGB"), self.budget)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            # PIL raises OSError subclasses, ValueError for some corrupt data, and DecompressionBombError for an
-            # image over twice its pixel limit (about 179 Mpx): each costs its record, not the build
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # PIL raises OSError subclasses, ValueError for some corrupt data, SyntaxError for a PNG chunk
+            # damaged after the first ("broken PNG file"), and DecompressionBombError for an image over twice
+            # its pixel limit (about 179 Mpx): each costs its record, not the build
             return Skip(f"unreadable_{kind}", rid, f"{where}: {media}: {e}")
 
     def make(self, i: int) -> Sample | Skip:
@@ -436,7 +446,7 @@ class LlavaSource:
         rec = self.records[idx]
         if isinstance(rec, _BadLine):
             return Skip("malformed_record", f"line {rec.line}",
-                        f"{self.path} line {rec.line}: not valid JSON ({rec.error})")
+                        f"{self.path} line {rec.line}: {rec.error}")
         rid = str(rec.get("id", f"#{idx}")) if isinstance(rec, dict) else f"#{idx}"
         where = f"{self.path} record {rid}"
         if not isinstance(rec, dict):

@@ -215,6 +215,23 @@ def truncated_jpeg(tmp, fx):
     assert "record bad" in m["skipped_examples"][0] and "cut.jpg" in m["skipped_examples"][0]
 
 
+def broken_png(tmp, fx):
+    """A PNG whose second IDAT chunk is damaged: it opens, and PIL's load raises SyntaxError, not OSError."""
+    import io
+
+    buf = io.BytesIO()
+    Image.effect_noise((400, 300), 60).convert("RGB").save(buf, "PNG")
+    data = buf.getvalue()
+    second = data.index(b"IDAT", data.index(b"IDAT") + 4)
+    data = data[:second] + b"P'>\x0b" + data[second + 4:]
+    with pytest.raises(SyntaxError):
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    m = build(str(_llava(tmp, False, "broken.png", data)), tmp / "out")
+    assert m["skipped"] == {"unreadable_image": 1} and m["counts"]["samples"] == 3
+    assert "broken.png" in m["skipped_examples"][0] and "broken PNG file" in m["skipped_examples"][0]
+
+
 def truncated_mp4(tmp, fx):
     write_video(tmp / "whole.mp4", [Image.new("RGB", (32, 32), (9 * k, 50, 50)) for k in range(12)])
     data = (tmp / "whole.mp4").read_bytes()
@@ -230,6 +247,27 @@ def annotations_not_json(tmp, fx):
            build, str(recipe), tmp / "out")
     (tmp / "ann.json").write_text('{"r0": {}}')
     raises(RecipeError, r"ann\.json: top level must be a list of records", build, str(recipe), tmp / "out")
+
+
+def annotations_not_utf8(tmp, fx):
+    """One line written by a latin-1 tool costs its record in a JSONL file; a JSON list that is not UTF-8 is an
+    error naming the file and the byte."""
+    recipe = _llava(tmp, False, "x.jpg", b"")
+    recs = json.loads((tmp / "ann.json").read_text())[:3]
+    lines = [json.dumps(r).encode() for r in recs]
+    lines.insert(1, json.dumps({**recs[0], "id": "cafe"}).encode().replace(b"cafe", b"caf\xe9"))
+    (tmp / "ann.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    spec = yaml.safe_load(recipe.read_text())
+    spec["sources"][0]["path"] = str(tmp / "ann.jsonl")
+    spec["samples"] = 3
+    recipe.write_text(yaml.safe_dump(spec))
+    m = build(str(recipe), tmp / "out")
+    assert m["skipped"] == {"malformed_record": 1} and m["counts"]["samples"] == 3, (m["skipped"], m["counts"])
+    assert re.search(r"ann\.jsonl line 2: not UTF-8 \(byte \d+: b'\\xe9'\)", m["skipped_examples"][0])
+    (tmp / "ann.json").write_bytes((tmp / "ann.json").read_bytes().replace(b"What", b"Wh\xe9t", 1))
+    spec["sources"][0]["path"] = str(tmp / "ann.json")
+    recipe.write_text(yaml.safe_dump(spec))
+    raises(RecipeError, r"ann\.json: not UTF-8 text \(byte \d+: b'\\xe9'\)", build, str(recipe), tmp / "out2")
 
 
 def media_folder_missing(tmp, fx):
@@ -381,10 +419,14 @@ ROWS = [
     Row("JPEG cut in half", "llava_image source", "skip: manifest skipped.unreadable_image", truncated_jpeg),
     Row("zero-byte / garbage JPEG and mp4, missing media file, malformed conversation", "llava_* source",
         "skip: manifest skipped by reason", "tests/test_recipes.py::test_real_sources_build_and_count_bad_records"),
+    Row("PNG with a damaged chunk (PIL raises SyntaxError)", "llava_image source",
+        "skip: manifest skipped.unreadable_image", broken_png),
     Row("mp4 cut in half", "llava_video source", "skip: manifest skipped.unreadable_video", truncated_mp4),
     Row("too many bad records", "data_recipes build", "error: BuildError naming the first records",
         "tests/test_recipes.py::test_real_sources_build_and_count_bad_records"),
     Row("annotation file not JSON / not a list", "llava_* source", "error: RecipeError with the layout", annotations_not_json),
+    Row("annotation file not UTF-8 (a JSONL line / a JSON list)", "llava_* source",
+        "skip: manifest skipped.malformed_record / error: RecipeError naming the byte", annotations_not_utf8),
     Row("annotation file missing", "llava_* source", "error: RecipeError with the layout",
         "tests/test_recipes.py::test_missing_annotation_file_explains_layout"),
     Row("media folder missing", "llava_* source", "error: RecipeError", media_folder_missing),
