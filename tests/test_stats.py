@@ -370,3 +370,41 @@ def test_load_metric_unknown_name_suggests_close_match():
     with pytest.raises(ValueError, match="Available metrics: accuracy_ci, paired_gain"):
         metric_path("bleu")
     assert metric_path("accuracy-ci").name == "accuracy_ci.py"
+
+
+def test_sign_flip_test_is_mcnemar_on_two_accuracies_and_seeded_beyond_the_exact_range():
+    from evalsuite.stats import SIGN_FLIP_EXACT, sign_flip_p
+
+    for b01, b10 in ((0, 4), (3, 10), (0, 0), (7, 7), (1, 15)):
+        diffs = [1] * b10 + [-1] * b01 + [0] * 50
+        assert sign_flip_p(diffs) == pytest.approx(mcnemar_exact(b01, b10), abs=1e-12), (b01, b10)
+    many = [1] * 30 + [-1] * 15 + [0] * 200  # 45 > SIGN_FLIP_EXACT: random patterns, seeded
+    assert 45 > SIGN_FLIP_EXACT
+    assert sign_flip_p(many, seed=1) == sign_flip_p(many, seed=1)
+    assert sign_flip_p(many, seed=1) == pytest.approx(mcnemar_exact(15, 30), abs=0.006)
+    import itertools
+
+    d = [2, 2, 1, -1, 2, 1, 1, 2, 0]  # integer contrasts of differences: every sign pattern, by hand
+    hits = sum(abs(sum(s * x for s, x in zip(signs, d[:8]))) >= 10 for signs in itertools.product((1, -1), repeat=8))
+    assert sign_flip_p(d) == hits / 256 and 0 < hits < 256
+    with pytest.raises(ValueError, match="finite"):
+        sign_flip_p([1.0, float("nan")])
+
+
+def test_a_verdict_needs_the_paired_test_as_well_as_the_interval():
+    """4 items of 300 that differ, all one way: the percentile interval clears 0, the exact test gives 0.125.
+    Such a contrast is inconclusive; 30 against 10 is supported; a contrast of differences carries its
+    sign-flip p-value and is judged the same way."""
+    from evalsuite.report.evaluation import verdict
+
+    few = paired_difference([1] * 4 + [0] * 296, [0] * 300)
+    assert few.ci_low > 0 and few.p_value == 0.125
+    assert verdict(few.to_dict()) == "inconclusive"
+    assert verdict(paired_difference([1] * 4 + [0] * 296, [0] * 300).to_dict() | {"p_value": 0.01}) == "supported"
+    many = paired_difference([1] * 30 + [0] * 10 + [0] * 260, [0] * 30 + [1] * 10 + [0] * 260)
+    assert many.ci_low > 0 and many.p_value < 0.05 and verdict(many.to_dict()) == "supported"
+    zero = [0] * 300
+    contrast = contrast_of_differences([1] * 4 + [0] * 296, zero, zero, zero)
+    assert contrast.ci_low > 0 and contrast.p_value == 0.125 and verdict(contrast.to_dict()) == "inconclusive"
+    flipped = contrast_of_differences(zero, [1] * 4 + [0] * 296, zero, zero)
+    assert flipped.ci_high < 0 and verdict(flipped.to_dict()) == "inconclusive"

@@ -210,6 +210,9 @@ def test_verdict_of_an_oriented_contrast_in_both_directions():
     assert verdict(_oriented(est, -1)) == "contradicted"
     holds = SeedEstimate(value=0.05, ci_low=-0.1, ci_high=0.2, n=10)
     assert verdict(_oriented(holds, 1)) == verdict(_oriented(holds, -1)) == "inconclusive"
+    # a paired contrast also carries its items' sign-flip test: an interval clear of 0 is not enough
+    assert verdict(_oriented(est, 1, 0.2)) == verdict(_oriented(est, -1, 0.2)) == "inconclusive"
+    assert verdict(_oriented(est, 1, 0.01)) == "supported" and _oriented(est, -1, 0.01)["p_value"] == 0.01
 
 
 # --- the study report ------------------------------------------------------------------------------

@@ -567,17 +567,42 @@ FINDINGS = {
 """Each finding: the task it is measured on and the paper's direction (the contrast's positive side)."""
 
 
+ALPHA = 0.05
+"""The level of every verdict: 95% intervals, and paired tests below 0.05."""
+
+
 def verdict(contrast: dict | None) -> str:
     """`supported` when the CI of a contrast (oriented so that the paper's direction is positive) lies
     above 0, `contradicted` when it lies below 0, `inconclusive` when it holds 0; `not measured` without
-    a contrast."""
+    a contrast. A contrast with a paired test (`p_value`: McNemar, or the sign-flip test of a contrast of
+    differences) is also `inconclusive` when that test is not below `ALPHA`: with a handful of items
+    that differ, all one way, the percentile interval clears 0 while the test does not (4 of 300: the
+    interval [+0.3, +2.7] points, p = 0.125); `cleared_by_ci_only` says when that happened."""
     if not (_est(contrast) and _has_ci(contrast)):
         return "not measured"
+    if cleared_by_ci_only(contrast):
+        return "inconclusive"
     if contrast["ci_low"] > 0:
         return "supported"
     if contrast["ci_high"] < 0:
         return "contradicted"
     return "inconclusive"
+
+
+def cleared_by_ci_only(contrast: dict | None) -> bool:
+    """Whether a contrast's CI excludes 0 while its paired test's p-value is not below `ALPHA`."""
+    if not (_est(contrast) and _has_ci(contrast)):
+        return False
+    p = contrast.get("p_value")
+    return isinstance(p, (int, float)) and p >= ALPHA and (contrast["ci_low"] > 0 or contrast["ci_high"] < 0)
+
+
+def few_items_note(contrast: dict | None) -> str:
+    """The note of a verdict `cleared_by_ci_only` made inconclusive ("" otherwise)."""
+    if not cleared_by_ci_only(contrast):
+        return ""
+    return (f"the CI excludes 0 but the paired test does not (p={contrast['p_value']:.2g}): the contrast "
+            "rests on too few items that differ")
 
 
 def verdicts(findings: dict) -> list[dict]:
@@ -613,8 +638,9 @@ def verdicts(findings: dict) -> list[dict]:
                 rows.append(row | {"items": "puzzles", "contrast": f3["contrast"], "verdict": "uninformative",
                                    "note": note})
             else:
-                rows.append(row | {"items": "puzzles", "contrast": (f3 or {}).get("contrast"),
-                                   "verdict": verdict((f3 or {}).get("contrast"))})
+                contrast = (f3 or {}).get("contrast")
+                rows.append(row | {"items": "puzzles", "contrast": contrast, "verdict": verdict(contrast),
+                                   "note": few_items_note(contrast)})
             continue
         per_f = findings.get(name.lower()) or {}
         if not per_f:
@@ -633,6 +659,8 @@ def verdicts(findings: dict) -> list[dict]:
                              "has not learned to see what happens between frames, so the contrast cannot show "
                              "reasoning between frames")
             contrast = (found or {}).get("contrast")
+            if note := few_items_note(contrast):
+                notes.insert(0, note)
             rows.append(row | {"frames": f, "items": items, "contrast": contrast, "verdict": verdict(contrast),
                                "note": "; ".join(notes)})
     return rows
@@ -662,8 +690,10 @@ def findings_section(all_findings: list[dict]) -> list[str]:
                 "the findings need an image run and a video run matched in consumption."]
     out = ["Each finding of the paper as a paired contrast (points, bootstrap 95% CI over items), oriented so "
            "that the paper's direction is positive: **supported** when the CI lies above 0, **contradicted** "
-           "when it lies below 0, **inconclusive** when it holds 0; F3 is **uninformative** when a run's I-RAVEN "
-           "answers sit on one candidate. F1 and F2 are judged on temporal items.", ""]
+           "when it lies below 0, **inconclusive** when it holds 0 or when the paired test over items (p: "
+           "McNemar for F3, a sign-flip test for F1 and F2) is not below 0.05, as when a few items that "
+           "differ all one way carry the contrast; F3 is **uninformative** when a run's I-RAVEN answers sit on "
+           "one candidate. F1 and F2 are judged on temporal items.", ""]
     if any(f.get("role") == "shuffled" for f in all_findings):
         out += ["The shuffled-frames control was not part of the paper: its rows use the paper's direction with "
                 "the control in the image run's place, the outcome expected if frame order is what video "

@@ -49,8 +49,9 @@ from pathlib import Path
 
 from data_recipes.files import atomic_write_text
 from evalsuite.report.evaluation import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, guesser_floor,
-                                         item_correctness, judged_kind, uninformative_reason, verdict)
-from evalsuite.stats import SeedEstimate, hierarchical_bootstrap
+                                         few_items_note, item_correctness, judged_kind, uninformative_reason,
+                                         verdict)
+from evalsuite.stats import SeedEstimate, hierarchical_bootstrap, sign_flip_p
 from train.run_record import RunRecordError
 
 RUN_FIELDS = ("arm", "recipe", "budget", "unit", "seed", "run_dir", "status")
@@ -319,9 +320,17 @@ def contrast_rows(a: str, b: str, roles: tuple[str, str], runs_a: list[StudyRun]
             mean_a = dict(zip(sa, est.per_seed[0]))
             mean_b = dict(zip(sb, est.per_seed[1]))
             per_seed = {s: mean_a[s] - mean_b[s] for s in mean_a if s in mean_b}
+            # paired: the sign-flip test of the items' seed-averaged differences, which a verdict must pass too
+            p = None
+            if shared:
+                item_a = [sum(col) / len(col) for col in zip(*sa.values())]
+                item_b = [sum(col) / len(col) for col in zip(*sb.values())]
+                p = sign_flip_p([x - y for x, y in zip(item_a, item_b)], seed=boot.get("seed", 0))
             unusable = _uninformative_runs(runs_a + runs_b) if metric == "iraven_acc" else ""
-            out.append(Row(**base, frames=f, items=items, est=est, per_seed=per_seed, note=unusable,
-                           verdict="uninformative" if unusable else verdict(_oriented(est, sign))))
+            oriented = _oriented(est, sign, p)
+            out.append(Row(**base, frames=f, items=items, est=est, per_seed=per_seed,
+                           note=unusable or few_items_note(oriented),
+                           verdict="uninformative" if unusable else verdict(oriented)))
     return out
 
 
@@ -332,10 +341,12 @@ def _uninformative_runs(runs: list[StudyRun]) -> str:
                      if r.ckpt and r.ckpt.task_metrics("iraven").get("informative") is False)
 
 
-def _oriented(est: SeedEstimate, sign: int) -> dict:
-    """The estimate as a dict with the paper's direction positive (what `report.verdict` judges)."""
+def _oriented(est: SeedEstimate, sign: int, p_value: float | None = None) -> dict:
+    """The estimate as a dict with the paper's direction positive (what `report.verdict` judges), with the
+    paired test's p-value when there is one."""
     lo, hi = sign * est.ci_low, sign * est.ci_high
-    return {"value": sign * est.value, "ci_low": min(lo, hi), "ci_high": max(lo, hi)}
+    out = {"value": sign * est.value, "ci_low": min(lo, hi), "ci_high": max(lo, hi)}
+    return out | ({"p_value": p_value} if p_value is not None else {})
 
 
 def _boot_settings(runs: list[StudyRun], n_boot: int | None, seed: int) -> dict:
@@ -430,7 +441,9 @@ def found_lines(contrasts: list[Row], missing: list[StudyRun], n_runs: int) -> l
     out = [f"{len(rows)} judged contrasts (arm pair x finding x F x budget): "
            + ", ".join(f"**{n} {v}**" for v, n in counts.items() if n or v in VERDICTS) + ". "
            "A contrast is supported only when its CI (seeds and items resampled) excludes 0 in the paper's "
-           "direction, contradicted when it excludes 0 the other way, else inconclusive; an I-RAVEN contrast is "
+           "direction and, for arms scored on the same items, a sign-flip test over the items' seed-averaged "
+           "differences gives p below 0.05; contradicted when both hold the other way, else inconclusive; an "
+           "I-RAVEN contrast is "
            "uninformative when a run's answers sit on one candidate.", ""]
     for (arm, metric, f, items), rs in groups.items():
         by_verdict: dict[str, list[str]] = {}
