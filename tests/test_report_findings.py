@@ -400,3 +400,33 @@ def test_a_video_run_at_the_floor_on_frames_is_noted_on_f1_and_f2(tmp_path):
     path.write_text(json.dumps(metrics))
     assert sees_change(matched_pairs(discover(tmp_path / "high"))[0].video, 5) is False
     assert not any("has not learned to see" in r["note"] for r in verdicts(pair_findings(high)))
+
+
+def test_the_lead_over_blind_is_paired_as_the_study_judges_it(tmp_path):
+    """Validity check (b) off one evaluation: 180 temporal items, right from frames on 52 (28.9%, CI low about
+    22%), right blind on 36 others (20.0%). The accuracy's CI clears the blind accuracy's value, but the
+    paired lead (+8.9 points, 52 against 36 discordant items, McNemar p = 0.11) does not clear 0: the run
+    does not see the change. With the blind right items a subset of the frames' ones, the lead is clear."""
+    from evalsuite.report.evaluation import Checkpoint
+
+    def checkpoint(name: str, blind_right: range) -> Checkpoint:
+        d = tmp_path / name
+        (d / "eval" / "vcot").mkdir(parents=True)
+        rows = [{"item": f"t{i}", "kind": "temporal", "frames": 5, "condition": cond, "answer": 0,
+                 "correct": i in right, "pred": 0 if i in right else 1}
+                for cond, right in (("base", range(52)), ("blind", blind_right)) for i in range(180)]
+        (d / "eval/vcot/predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        acc = stats.accuracy_ci([i < 52 for i in range(180)], n_boot=500, seed=0).to_dict()
+        blind = stats.accuracy_ci([i in blind_right for i in range(180)], n_boot=500, seed=0).to_dict()
+        metrics = {"by_kind": {"temporal": {"f5": {"acc_base": acc, "acc_blind": blind}}},
+                   "floors": {"guesser": {"by_kind": {"temporal": {"value": 0.18}}}}}
+        (d / "eval/vcot/metrics.json").write_text(json.dumps({"settings": SETTINGS | {"n_boot": 500},
+                                                             "metrics": metrics}))
+        return Checkpoint(tmp_path, d)
+
+    apart = checkpoint("apart", range(100, 136))
+    m = apart.task_metrics("vcot")["by_kind"]["temporal"]["f5"]
+    assert m["acc_base"]["ci_low"] > m["acc_blind"]["value"]  # the old rule's "sees the change"
+    assert stats.paired_difference([i < 52 for i in range(180)], [100 <= i < 136 for i in range(180)]).p_value > 0.05
+    assert sees_change(apart, 5) is False
+    assert sees_change(checkpoint("nested", range(36)), 5) is True

@@ -495,9 +495,13 @@ def reads_infills(c: Checkpoint, f: int, items: str = "overall") -> bool | None:
     return text["ci_low"] > blind["value"]
 
 
-def sees_change(c: Checkpoint, f: int, items: str = "temporal") -> bool | None:
-    """Whether the checkpoint answers `items` from frames (the `base` condition) above the floor at F: its
-    accuracy's CI lies above both its blind accuracy and the options-only guesser's. None when not recorded.
+def sees_change(c: Checkpoint, f: int, items: str = "temporal", boot: Bootstrap | None = None) -> bool | None:
+    """Whether the checkpoint answers `items` from frames (the `base` condition) above the floor at F: it
+    leads its blind accuracy, and its accuracy's CI lies above the options-only guesser's. None when not
+    recorded. The lead over blind is paired, as the study judges it (`evalsuite.report.study`, validity):
+    right from frames - right blind on the same items, whose CI must lie above 0 with McNemar's p below
+    `ALPHA`; only without blind prediction rows to pair (an older evaluation) is it the accuracy's CI above
+    the blind accuracy's value, which ignores the blind accuracy's own uncertainty.
 
     This is the world's validity check (b) read off an evaluation: a video run that does not get here has
     not learned to see what happens between frames, and then no contrast of it can speak to reasoning
@@ -507,8 +511,19 @@ def sees_change(c: Checkpoint, f: int, items: str = "temporal") -> bool | None:
     acc, blind, guess = b.get("acc_base"), b.get("acc_blind"), guesser_floor(m, items)
     if not (_est(acc) and _has_ci(acc)):
         return None
-    floors = [e["value"] for e in (blind, guess) if _est(e)]
-    return acc["ci_low"] > max(floors) if floors else None
+    from_frames = item_correctness(c, "vcot", f, "base", items)
+    from_blind = item_correctness(c, "vcot", f, "blind", items)
+    shared = sorted(set(from_frames) & set(from_blind))
+    if shared:
+        lead = paired_difference([from_frames[k] for k in shared], [from_blind[k] for k in shared],
+                                 **(boot or Bootstrap()).of(c.settings("vcot")))
+        over_blind: bool | None = lead.ci_low > 0 and lead.p_value < ALPHA
+    else:
+        over_blind = acc["ci_low"] > blind["value"] if _est(blind) else None
+    over_guess = acc["ci_low"] > guess["value"] if _est(guess) else None
+    if over_blind is None and over_guess is None:
+        return None
+    return over_blind is not False and over_guess is not False
 
 
 def pair_findings(pair: Pair, boot: Bootstrap = Bootstrap()) -> dict:
@@ -547,7 +562,7 @@ def pair_findings(pair: Pair, boot: Bootstrap = Bootstrap()) -> dict:
         for items in ("temporal", "overall"):
             reads = [reads_infills(c, f, items) for c in (s, v)]
             out["neither_reads"][f][items] = None if None in reads else not any(reads)
-            out["video_sees_change"][f][items] = sees_change(v, f, items)
+            out["video_sees_change"][f][items] = sees_change(v, f, items, boot)
     if "iraven" not in s.metrics or "iraven" not in v.metrics:
         out["missing"].append("iraven")
     elif differ := iraven_differences(s.settings("iraven"), v.settings("iraven")):
@@ -654,8 +669,9 @@ def verdicts(findings: dict) -> list[dict]:
                 notes.append("neither run reads its infills (text-only within the blind floor): "
                              "the contrast is no test of implicit reasoning")
             if ((findings.get("video_sees_change") or {}).get(f) or {}).get(items) is False:
-                notes.append("the video run does not answer these items from frames above the floor (base "
-                             "accuracy's CI reaches down to its blind accuracy or the options-only guesser): it "
+                notes.append("the video run does not answer these items from frames above the floor (its lead "
+                             "over its blind accuracy on the same items is not clear of 0, or its base accuracy's "
+                             "CI reaches down to the options-only guesser): it "
                              "has not learned to see what happens between frames, so the contrast cannot show "
                              "reasoning between frames")
             contrast = (found or {}).get("contrast")
