@@ -203,3 +203,18 @@ def test_outputs_moved_aside_by_a_rerun_are_not_read_as_tasks(tmp_path):
     assert ckpt.name == "video_run" and list(ckpt.metrics) == ["vcot"]
     rows = list(csv.reader(io.StringIO(metrics_csv([ckpt]))))[1:]
     assert rows and {r[2] for r in rows} == {"vcot"}
+
+
+def test_a_match_without_an_ordered_video_run_pairs_no_findings(tmp_path):
+    """A shuffled-frames run matched to the image run (`--match_to ckpt/image_run`) is no image-vs-video pair:
+    the findings would call the image run the video run. Matched to the video run, it is the control's pair."""
+    _checkpoint(tmp_path, "image_run", "image", SETTINGS)
+    _checkpoint(tmp_path, "video_run", "video", SETTINGS)
+    shuffled = _checkpoint(tmp_path, "shuffled_run", "video", SETTINGS, match="image_run")
+    run = json.loads((shuffled / "run.json").read_text())
+    (shuffled / "run.json").write_text(json.dumps(run | {"recipe": "video_shuffled_demo"}))
+    assert matched_pairs(discover(tmp_path)) == []
+    run["match"]["reference"]["checkpoint"] = str(tmp_path / "video_run")
+    (shuffled / "run.json").write_text(json.dumps(run | {"recipe": "video_shuffled_demo"}))
+    (pair,) = matched_pairs(discover(tmp_path))
+    assert (pair.subject.name, pair.video.name, pair.subject.role) == ("shuffled_run", "video_run", "shuffled")

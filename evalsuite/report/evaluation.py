@@ -222,14 +222,16 @@ def matched_pairs(ckpts: list[Checkpoint]) -> list[Pair]:
 
     Roles come from run.json, never from which run holds the match record: the ordered video run is
     `video`, the other one `subject` (an image run, or the shuffled-frames control, which is never called
-    the image run). When neither or both are ordered video runs, the matched run is the subject. Pairs
-    with an image run come first, the controls after them."""
+    the image run). A match in which neither or both are ordered video runs (a shuffled-frames run matched
+    to the image run, two video runs) pairs no findings: each finding contrasts a run with the video run,
+    so such a pair would report verdicts about a "video run" that is not one. Pairs with an image run come
+    first, the controls after them."""
     pairs, seen = [], set()
     for c in ckpts:
         other = _referenced(c, ckpts)
-        if other is None or other is c:
+        if other is None or other is c or (c.role == "video") == (other.role == "video"):
             continue
-        subject, video = (other, c) if c.role == "video" and other.role != "video" else (c, other)
+        subject, video = (other, c) if c.role == "video" else (c, other)
         if (id(subject), id(video)) not in seen:
             seen.add((id(subject), id(video)))
             pairs.append(Pair(subject, video, matched=c))
