@@ -288,9 +288,11 @@ def test_found_paragraph_is_computed_from_the_cis(study):
 
 def test_metrics_csv_holds_every_number_and_plots_exist(study):
     root, report, rows, *_ = study
-    # per budget: 3 arms x (vcot 3 kinds + shuffle 3 kinds + iraven overall/abstract/spatial) = 27 arm rows,
-    # 2 contrasts x 9 = 18 contrast rows
-    assert len(rows) == 2 * (27 + 18)
+    # per budget: 3 arms x (vcot 3 kinds + shuffle 3 kinds + iraven overall/spatial/abstract/abstract_only)
+    # = 30 arm rows, 2 contrasts x 10 = 20 contrast rows
+    assert len(rows) == 2 * (30 + 20)
+    groups = {r["items"] for r in rows if r["metric"] == "iraven_acc"}
+    assert groups == {"overall", "spatial", "abstract", "abstract_only"}  # the evaluation report's groups too
     for r in rows:
         assert float(r["ci_low"]) <= float(r["value"]) + 1e-12 and float(r["value"]) <= float(r["ci_high"]) + 1e-12
     for name in ("study_vcot_gain", "study_text_drop", "study_iraven_acc", "study_contrasts"):

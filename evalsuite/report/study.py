@@ -51,6 +51,7 @@ from data_recipes.files import atomic_write_text
 from evalsuite.report.evaluation import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, guesser_floor,
                                          few_items_note, item_correctness, judged_kind, uninformative_reason,
                                          verdict)
+from evalsuite.benchmarks.iraven.groups import GROUPS, in_group
 from evalsuite.stats import SeedEstimate, hierarchical_bootstrap, sign_flip_p
 from train.run_record import RunRecordError
 
@@ -183,7 +184,7 @@ def item_scores(c: Checkpoint, metric: str, f: int | None, items: str) -> dict[s
     if conditions is None:
         right = item_correctness(c, task)
         if items != "overall":
-            grouped = {r["item"] for r in c.predictions(task) if items in (r.get("rule_groups") or {})}
+            grouped = {r["item"] for r in c.predictions(task) if in_group(r, items)}
             right = {k: v for k, v in right.items() if k in grouped}
         return right
     if len(conditions) == 1:
@@ -198,8 +199,7 @@ def _splits(runs: list[StudyRun], metric: str) -> list[tuple[int | None, str]]:
     task, conditions = READ_OUTS[metric]
     rows = [r for run in runs if run.ckpt and task in run.ckpt.metrics for r in run.ckpt.predictions(task)]
     if conditions is None:
-        groups = sorted({g for r in rows for g in (r.get("rule_groups") or {})})
-        return [(None, g) for g in ["overall", *groups]]
+        return [(None, "overall")] + [(None, g) for g in GROUPS if any(in_group(r, g) for r in rows)]
     frames = sorted({r["frames"] for r in rows if isinstance(r.get("frames"), int)})
     kinds = {r.get("kind") for r in rows}
     return [(f, k) for f in frames for k in ITEM_KINDS if k == "overall" or k in kinds]
