@@ -117,44 +117,42 @@ class ChatModel:
             raise ValueError(f"{len(contents)} prompts but {len(videos)} clip lists")
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.pad_id, eos_token_id=self.stop_ids or None)
-        out: list[str] = []
-        start = 0
-        while start < len(contents):  # the size is read again for each batch: memory may have lowered the cap
-            chunk = list(range(start, min(len(contents), start + min(batch_size, self.batch_cap or batch_size))))
-            out += self._generate_fitting(chunk, contents, images, videos, video_fps, image_options, config,
-                                          max_new_tokens, lengths)
+
+        def run(chunk: list[int]) -> list[str]:
+            return self._generate_batch(chunk, contents, images, videos, video_fps, image_options, config,
+                                        max_new_tokens, lengths)
+
+        return self._in_batches(list(range(len(contents))), batch_size, run)
+
+    def _in_batches(self, indices: list[int], size: int, run) -> list[str]:
+        """`run` over `indices` in batches of `size`, or of `batch_cap` when running out of memory has set
+        a smaller one (read again for each batch: a batch that fails lowers it)."""
+        out, start = [], 0
+        while start < len(indices):
+            chunk = indices[start:start + min(size, self.batch_cap or size)]
+            out += self._fitting(chunk, run)
             start += len(chunk)
         return out
 
-    def _generate_fitting(self, chunk: list[int], contents, images, videos, video_fps, image_options,
-                          config: GenerationConfig, max_new_tokens: int, lengths: list | None) -> list[str]:
-        """The prompts at `chunk` in one batch; one that runs out of accelerator memory (ten anyres frames
-        of a 7B model in a batch of 8 can) is split in halves and retried, down to one prompt, and the
-        size that fitted caps this model's later batches (`batch_cap`), so a long evaluation goes on
-        instead of dying hours in. A prompt that does not fit alone raises, naming the model."""
+    def _fitting(self, chunk: list[int], run) -> list[str]:
+        """`run(chunk)`, one batch; one that runs out of accelerator memory (ten anyres frames of a 7B model
+        in a batch of 8 can) is split in halves and retried, down to one prompt, and the size that fitted
+        caps this model's later batches (`batch_cap`), so a long evaluation goes on instead of dying hours
+        in. A prompt that does not fit alone raises, naming the model."""
         try:
-            texts = self._generate_batch(chunk, contents, images, videos, video_fps, image_options, config,
-                                         max_new_tokens, lengths)
+            texts = run(chunk)
         except torch.OutOfMemoryError as e:
             if len(chunk) == 1:
-                raise torch.OutOfMemoryError(f"{self.name}: one prompt alone does not fit in memory "
-                                             f"(max_new_tokens {max_new_tokens}): {e}") from e
+                raise torch.OutOfMemoryError(f"{self.name}: one prompt alone does not fit in memory: {e}") from e
             texts = None  # retried outside this handler, whose traceback still holds the failed batch's tensors
         if texts is not None:
             return texts
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        half = (len(chunk) + 1) // 2
-        self.batch_cap = half
+        self.batch_cap = (len(chunk) + 1) // 2
         print(f"[generate] {self.name}: out of memory on a batch of {len(chunk)} prompts; "
-              f"retrying in batches of {half} (and no larger from now on)", file=sys.stderr, flush=True)
-        out, start = [], 0
-        while start < len(chunk):  # in batches of the cap, which a batch that fails again lowers further
-            part = chunk[start:start + self.batch_cap]
-            out += self._generate_fitting(part, contents, images, videos, video_fps, image_options, config,
-                                          max_new_tokens, lengths)
-            start += len(part)
-        return out
+              f"retrying in batches of {self.batch_cap} (and no larger from now on)", file=sys.stderr, flush=True)
+        return self._in_batches(chunk, self.batch_cap, run)
 
     def _generate_batch(self, chunk: list[int], contents, images, videos, video_fps, image_options,
                         config: GenerationConfig, max_new_tokens: int, lengths: list | None) -> list[str]:
