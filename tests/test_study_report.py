@@ -456,3 +456,22 @@ def test_no_validity_rows_without_a_blind_condition(study):
     _, report, rows, *_ = study
     assert not [r for r in rows if r["metric"].startswith("frames")]
     assert "## Validity check (b)" not in report.read_text()
+
+
+def test_a_study_contrast_on_a_few_items_is_held_back_by_its_paired_test(tmp_path, monkeypatch):
+    """I-RAVEN, two seeds each: the video arm gets the first 6 of 16 puzzles right, the image arm the first 2.
+    The seeds agree, so the hierarchical CI of video - image clears 0, but only 4 puzzles differ (sign-flip
+    p = 0.125): the verdict is inconclusive and its note says why. With 10 against 2 it is supported."""
+    monkeypatch.setitem(PATTERNS, "image", [p | {"iraven": 2} for p in PATTERNS["image"]])
+    for video_right, expected in ((6, "inconclusive"), (10, "supported")):
+        monkeypatch.setitem(PATTERNS, "video", [p | {"iraven": video_right} for p in PATTERNS["video"]])
+        root = tmp_path / f"v{video_right}"
+        runs = [make_run(root, arm, role, 100, seed, tasks=("iraven",))
+                for arm, role in (("arm_a", "image"), ("arm_b", "video")) for seed in (0, 1)]
+        spec = SimpleNamespace(name="few", arms=[SimpleNamespace(name=a) for a in ("arm_b", "arm_a")])
+        write_study_report(root, spec, runs, n_boot=400)
+        with open(root / "report" / "metrics.csv") as f:
+            f3 = _row(list(csv.DictReader(f)), "arm_a - arm_b", 100, "iraven_acc", frames="")
+        assert float(f3["ci_high"]) < 0, f3  # image - video: the CI excludes 0 in the paper's direction
+        assert f3["verdict"] == expected, f3
+        assert ("the paired test does not (p=0.12)" in f3["note"]) == (expected == "inconclusive")
