@@ -369,7 +369,7 @@ def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int
 def resume_key(recipe: Recipe, sources: list, **build) -> dict:
     """What a killed build must share with this one for its shards to be kept: the recipe, the build's
     settings, and each annotation file's size and modification time (data fixed in between is built anew)."""
-    files = [(str(s.path), s.path.stat().st_size, s.path.stat().st_mtime_ns) for s in sources if hasattr(s, "path")]
+    files = [(str(s.path), (st := s.path.stat()).st_size, st.st_mtime_ns) for s in sources if hasattr(s, "path")]
     return {"version": 1, "recipe_hash": recipe.content_hash(), **build, "annotations": files}
 
 

@@ -500,10 +500,11 @@ def reads_infills(c: Checkpoint, f: int, items: str = "overall") -> bool | None:
 def sees_change(c: Checkpoint, f: int, items: str = "temporal", boot: Bootstrap | None = None) -> bool | None:
     """Whether the checkpoint answers `items` from frames (the `base` condition) above the floor at F: it
     leads its blind accuracy, and its accuracy's CI lies above the options-only guesser's. None when not
-    recorded. The lead over blind is paired, as the study judges it (`evalsuite.report.study`, validity):
-    right from frames - right blind on the same items, whose CI must lie above 0 with McNemar's p below
-    `ALPHA`; only without blind prediction rows to pair (an older evaluation) is it the accuracy's CI above
-    the blind accuracy's value, which ignores the blind accuracy's own uncertainty.
+    recorded. The lead over blind is paired, as the study pairs it (`evalsuite.report.study`, validity):
+    right from frames - right blind on the same items, judged by `verdict` as every contrast here is (CI
+    above 0 and McNemar's p below `ALPHA`); only without blind prediction rows to pair (an older
+    evaluation) is it the accuracy's CI above the blind accuracy's value, which ignores the blind
+    accuracy's own uncertainty.
 
     This is the world's validity check (b) read off an evaluation: a video run that does not get here has
     not learned to see what happens between frames, and then no contrast of it can speak to reasoning
@@ -519,7 +520,7 @@ def sees_change(c: Checkpoint, f: int, items: str = "temporal", boot: Bootstrap 
     if shared:
         lead = paired_difference([from_frames[k] for k in shared], [from_blind[k] for k in shared],
                                  **(boot or Bootstrap()).of(c.settings("vcot")))
-        over_blind: bool | None = lead.ci_low > 0 and lead.p_value < ALPHA
+        over_blind: bool | None = verdict(lead.to_dict()) == "supported"
     else:
         over_blind = acc["ci_low"] > blind["value"] if _est(blind) else None
     over_guess = acc["ci_low"] > guess["value"] if _est(guess) else None
