@@ -159,6 +159,16 @@ def _holder() -> dict:
             "slurm_restart": os.environ.get("SLURM_RESTART_COUNT")}
 
 
+def _restarts(holder: dict) -> int:
+    """How often Slurm had restarted the holder's job when it took the lock (SLURM_RESTART_COUNT: unset before
+    the first requeue). Processes of one allocation share the job id and this count; only a later incarnation
+    of the job has a higher one."""
+    try:
+        return int(holder.get("slurm_restart") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether process `pid` runs on this host (a zombie, killed but not yet reaped, does not)."""
     try:
@@ -180,8 +190,9 @@ class DirLock:
     Taken with O_CREAT | O_EXCL, it records its holder (host, pid, Slurm job); a thread touches it every
     `LOCK_HEARTBEAT_S` while it is held, and `release` removes it. A lock left by a process that is gone
     is taken over: on the same host when its pid no longer runs; when the holder was this same Slurm job
-    (requeued after preemption or a node failure); or when nobody touched it for `LOCK_STALE_S`. Otherwise
-    `acquire` raises `LockHeld`: two writers of one directory would overwrite each other's files."""
+    before Slurm requeued it (after preemption or a node failure: a lower SLURM_RESTART_COUNT; another
+    process of the same allocation, with the same count, is not gone); or when nobody touched it for
+    `LOCK_STALE_S`. Otherwise `acquire` raises `LockHeld`: two writers of one directory would overwrite each other's files."""
 
     def __init__(self, path: str | os.PathLike, what: str, stale_s: float = LOCK_STALE_S,
                  heartbeat_s: float = LOCK_HEARTBEAT_S):
@@ -194,7 +205,8 @@ class DirLock:
         if holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int) and \
                 holder["pid"] != self.me["pid"] and not _pid_alive(holder["pid"]):
             return f"its process {holder['pid']} no longer runs"
-        if holder.get("slurm_job") and holder.get("slurm_job") == self.me["slurm_job"] and holder != self.me:
+        if holder.get("slurm_job") and holder.get("slurm_job") == self.me["slurm_job"] and \
+                _restarts(holder) < _restarts(self.me):
             return f"it was this Slurm job ({holder['slurm_job']}) before a requeue"
         if age > self.stale_s:
             return f"nobody touched it for {age:.0f} s"

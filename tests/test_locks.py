@@ -59,6 +59,18 @@ def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(tmp_path, monkeypat
     _held_by(path, slurm_job="78")
     with pytest.raises(LockHeld):
         DirLock(path, "x").acquire()
+    # Another process of this same incarnation of the job (a second trainer in one allocation): not gone,
+    # whether it runs on another node or, alive, on this one.
+    _held_by(path, slurm_job="77", slurm_restart="1")
+    with pytest.raises(LockHeld):
+        DirLock(path, "x").acquire()
+    _held_by(path, host=socket.gethostname(), pid=os.getppid(), slurm_job="77", slurm_restart="1")
+    with pytest.raises(LockHeld):
+        DirLock(path, "x").acquire()
+    monkeypatch.delenv("SLURM_RESTART_COUNT")  # never requeued: the count is unset for both
+    _held_by(path, slurm_job="77")
+    with pytest.raises(LockHeld):
+        DirLock(path, "x").acquire()
 
 
 def test_a_held_lock_is_touched_and_release_leaves_anothers_lock(tmp_path):
