@@ -166,7 +166,7 @@ def test_an_outage_after_tolerate_outages_warns_and_stops_nothing(uri, capsys):
         tracker.set_tags({"a": 1})
         err = capsys.readouterr().err
         assert err.count("the store does not answer (ConnectionError: Connection refused") == 1
-        assert "points kept in metrics.jsonl" in err and "tags a not written (ConnectionError" in err
+        assert "points kept in metrics.jsonl" in err and "tags a not written (the store does not answer)" in err
         down = False
         deadline = time.time() + 20
         while not tracker.flush() and time.time() < deadline:  # the writer's pause grows: 0.05, 0.1, 0.2 ...
@@ -185,6 +185,47 @@ def test_an_outage_after_tolerate_outages_warns_and_stops_nothing(uri, capsys):
         assert len(calls) <= tries + 1  # the writer gave up with end(): no loop of failing writes
     assert tracker.client.get_run(tracker.run_id).info.status == "RUNNING"
     assert history(tracker, "loss")[-1] == (30, 1.0 / 30)
+
+
+def test_a_store_that_hangs_holds_the_trainer_once_at_most(uri, tmp_path, capsys):
+    """MLflow's client retries a request to a server that does not answer for minutes, and the trainer makes
+    its synchronous calls (tags, artifacts) on its main thread. Under tolerate_outages, once one such call has
+    failed, the next are skipped at once (named on stderr) until a write succeeds again; a flush with a
+    timeout (before a state is saved) returns False when the first write is still in the client's retries,
+    instead of holding every process until it gives up."""
+    tracker = Tracker(uri, "async", "hang", {}, write_interval_s=0.05)
+    tracker.tolerate_outages("points kept", grace_s=0.5)
+    (tmp_path / "run.json").write_text("{}")
+    real, calls = tracker.client.log_batch, []
+
+    def hangs_then_fails(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.4)
+        raise ConnectionError("Read timed out")
+
+    with mock.patch.object(tracker.client, "log_batch", hangs_then_fails), \
+            mock.patch.object(tracker.client, "log_artifact", hangs_then_fails):
+        t0 = time.perf_counter()
+        tracker.set_tags({"a": 1})
+        assert time.perf_counter() - t0 >= 0.4 and len(calls) == 1
+        t0 = time.perf_counter()
+        tracker.set_tags({"b": 2})
+        tracker.log_artifact(tmp_path / "run.json", "checkpoint")
+        assert time.perf_counter() - t0 < 0.1 and len(calls) == 1
+        err = capsys.readouterr().err
+        assert "tags a not written (ConnectionError: Read timed out)" in err
+        assert "tags b not written (the store does not answer)" in err
+        assert "artifact run.json not written (the store does not answer)" in err
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        t0 = time.perf_counter()
+        assert tracker.flush(timeout=0.2) is False and time.perf_counter() - t0 < 0.35
+    deadline = time.time() + 20
+    while not tracker.flush() and time.time() < deadline:  # back: the queued point is written
+        time.sleep(0.05)
+    assert history(tracker, "loss") == [(1, 1.0)]
+    tracker.set_tags({"c": 3})  # and synchronous calls go through again
+    assert tracker.client.get_run(tracker.run_id).data.tags["c"] == "3"
+    tracker.end()
 
 
 def test_sync_writes_what_the_run_lacks_from_metrics_jsonl(uri, tmp_path, capsys):

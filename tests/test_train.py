@@ -174,6 +174,49 @@ def test_resume_refuses_another_reader_layout(resumed, work):
     assert "Traceback" not in p.stderr and "Loading weights" not in p.stderr + p.stdout
 
 
+def test_resume_refuses_other_settings_or_data(resumed, work):
+    """A state records the settings that give its optimizer, schedule and stream positions their meaning, and
+    the data's manifest hash: a resume under another learning rate is refused before the model loads, naming
+    the state file and both values. (Speed and stopping settings may change: --max_steps here.)"""
+    rd = resumed(None)[0]
+    state = rd / "checkpoints" / "step-2"
+    recorded = json.loads((state / "trainer_state.json").read_text())["settings"]
+    assert recorded["learning_rate"] == 1e-3 and recorded["seed"] == 0 and len(recorded["manifest_hash"]) >= 16
+    p = run_lora(work, "--recipe", str(work / "vid.yaml"), "--max_steps", "5", "--run_name", "z2", "--resume",
+                 str(state), "--learning_rate", "0.002", check=False)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert f"{state / 'trainer_state.json'}: this state was trained under other settings: learning_rate: 0.001 in " \
+           f"the state, 0.002 now" in p.stderr
+    assert "Traceback" not in p.stderr and "Loading weights" not in p.stderr + p.stdout
+
+
+def test_a_fresh_run_moves_an_earlier_runs_states_and_adapter_aside(work):
+    """A run started without --resume in a directory that holds another run's states and finished adapter moves
+    them to RUN/.superseded-<time>/ before it writes anything. Left in place, pruning would delete the new run's
+    own states first (it keeps the highest steps) and a requeued `--resume latest` would go on from the old run's
+    step 300, with its weights, data positions and MLflow run."""
+    from train.checkpointing import find_resume, valid_states
+
+    rd = work / "ckpt" / "lineage"
+    old = rd / "checkpoints" / "step-300"
+    old.mkdir(parents=True)
+    (old / "trainer_state.json").write_text(json.dumps({"version": 2, "step": 300, "mlflow_run_id": "OLD-RUN"}))
+    (rd / "run.json").write_text("{}")
+    (rd / "adapter_config.json").write_text("{}")
+    p = run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "lineage", "--max_steps", "4",
+                 "--save_steps", "1", "--save_total_limit", "2", "--ds_config", "none")
+    assert [s.name for s in valid_states(rd)] == ["step-2", "step-3"]
+    assert find_resume(rd, "latest") == rd / "checkpoints" / "step-3"
+    assert json.loads((rd / "checkpoints" / "step-3" / "trainer_state.json").read_text())["mlflow_run_id"] != "OLD-RUN"
+    aside = sorted(rd.glob(".superseded-*"))
+    assert len(aside) == 1 and sorted(f.name for f in aside[0].iterdir()) == ["adapter_config.json", "run.json",
+                                                                            "step-300"]
+    assert f"moved to ckpt/lineage/{aside[0].name}: adapter_config.json, run.json, step-300 (from an earlier run)" \
+        in p.stdout
+    assert json.loads((rd / "run.json").read_text())["steps"] == 4  # this run's own, written at its end
+    assert not (rd / ".adapter.tmp").exists()
+
+
 @pytest.mark.slow
 def test_loss_falls_on_video_demo_data(work):
     run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "learn", "--max_steps", "60", "--ds_config", "none",

@@ -6,7 +6,9 @@ DeepSpeed its ZeRO partitions with `exclude_frozen_parameters`) plus `trainer_st
 `TrainingState`). The frozen base weights are never copied: at 7B they are 14 GB per state, and the
 base model directory already holds them. A state is written to `.step-N.tmp` and renamed only once
 complete, so a crash mid-save leaves the previous state the newest valid one; a directory without
-`trainer_state.json` is never picked up.
+`trainer_state.json` is never picked up. A state records the settings a resume must share with it
+(`resume_settings`), and a run moves states of another line of training out of its directory before it
+writes its own (`supersede`).
 
 The final adapter is written from the trainable parameters alone, on the main process: under ZeRO-3
 only those partitions are gathered (a few at a time), never the whole model on every rank.
@@ -43,6 +45,7 @@ class TrainingState:
     mlflow_run_id: str | None = None
     schedule_steps: int = 0
     readers: dict = field(default_factory=dict)     # {"processes": N, "workers": W}: the layout `positions` index
+    settings: dict = field(default_factory=dict)    # `resume_settings`: what a resumed run must share with it
     version: int = STATE_VERSION
 
     def to_json(self) -> dict:
@@ -74,6 +77,72 @@ def check_resume_layout(state: TrainingState, layout: dict, where: Path) -> None
             f"{state.readers['workers']} loader worker(s), this run has {layout['processes']} x {layout['workers']}. "
             "The data stream's positions are kept per reader, so resume with the same number of processes and "
             "--num_workers, or start a new run (another --run_name, without --resume)")
+
+
+RESUME_SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "freeze_vision_tower", "freeze_projector",
+                   "train_embeddings", "learning_rate", "projector_lr", "weight_decay", "lr_scheduler", "warmup_steps",
+                   "max_grad_norm", "per_device_batch_size", "gradient_accumulation_steps", "max_length", "video_input",
+                   "max_pixels", "seed", "shuffle_buffer")
+"""Settings a resumed run must share with its state: they decide what the restored adapter, optimizer, schedule
+and stream positions mean. Settings of speed and memory (gradient checkpointing, attention kernel, DeepSpeed
+config), of logging and saving, and the stopping point may change."""
+
+
+def resume_settings(config: dict, manifest_hash: str) -> dict:
+    """What a state records of its run (`RESUME_SETTINGS` and the data's manifest hash) for a resume to check."""
+    return {k: config[k] for k in RESUME_SETTINGS} | {"manifest_hash": manifest_hash}
+
+
+def check_resume_settings(state: TrainingState, settings: dict, where: Path) -> None:
+    """Refuse to resume a state under other settings or other data (see `RESUME_SETTINGS`): the run would go on
+    from the old optimizer and stream positions under the new learning rate, or over rebuilt shards, and
+    its MLflow run would still show the old settings. (States written before settings were recorded cannot
+    be checked.)"""
+    if not state.settings:
+        return
+    differ = [k for k in settings if k in state.settings and state.settings[k] != settings[k]]
+    if differ:
+        what = "; ".join(f"{k}: {state.settings[k]!r} in the state, {settings[k]!r} now" for k in differ)
+        data = " (the shards were rebuilt or are another recipe's)" if "manifest_hash" in differ else ""
+        raise ConfigError(f"{where / STATE_FILE}: this state was trained under other settings{data}: {what}. "
+                          "Resume with the state's settings, or start a new run (another --run_name, without --resume)")
+
+
+SUPERSEDED = ".superseded"
+"""`RUN/.superseded-<time>/`: what a run moved out of its way when it started (hidden: checkpoint discovery
+and `valid_states` never look there)."""
+FINAL_FILES = ("run.json", "adapter_config.json", "adapter_model.safetensors")
+"""The finished run's files: `run.json` (written last) says the adapter beside it is complete."""
+
+
+def supersede(run_dir: Path, resume_from: Path | None) -> Path | None:
+    """Move what does not belong to this run's line of training out of `run_dir`, before it writes anything.
+
+    That is every state newer than the one resumed (all of them when the run starts fresh or resumes from
+    another directory's state: a rewind, a restart with new settings), and a finished run's adapter and
+    run.json (this run writes its own at the end). Left in place, `--resume latest` would later pick an
+    abandoned state of a higher step, and pruning (`save_total_limit`) would delete this run's own states
+    first. Returns the directory they went to (None when nothing had to move); the caller says so."""
+    run_dir = Path(run_dir)
+    own = resume_from is not None and Path(resume_from).resolve().parent == (run_dir / "checkpoints").resolve()
+    kept = _step(Path(resume_from)) if own else -1
+    moving = [p for p in valid_states(run_dir) if _step(p) > kept] + \
+             [run_dir / f for f in FINAL_FILES if (run_dir / f).is_file()]
+    if not moving:
+        return None
+    import datetime
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = run_dir / f"{SUPERSEDED}-{stamp}"
+    aside.mkdir(parents=True)
+    for p in moving:
+        p.rename(aside / p.name)
+    return aside
+
+
+def _step(state_dir: Path) -> int:
+    m = _STEP.match(state_dir.name)
+    return int(m.group(1)) if m else -1
 
 
 def valid_states(run_dir: Path) -> list[Path]:

@@ -26,6 +26,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,7 +60,8 @@ from data_recipes.processors import save_processor  # noqa: E402
 from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
 from train.chat import IGNORE_INDEX  # noqa: E402
-from train.checkpointing import (TrainingState, check_resume_layout, find_resume, load_state, read_state,  # noqa: E402
+from train.checkpointing import (TrainingState, check_resume_layout, check_resume_settings, find_resume,  # noqa: E402
+                                 FINAL_FILES, load_state, read_state, resume_settings, supersede,
                                  reader_layout, save_state, trainable_aliases, trainable_only,
                                  trainable_state_dict)
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
@@ -165,6 +167,15 @@ class LoRATrainer:
             check_resume_layout(resumed, layout, resume_from)
         self.recipe = load_recipe(cfg.recipe)
         self.shards = self._setup_shards()
+        settings = resume_settings(cfg.to_dict(), manifest_hash(self.shards))
+        if resumed:
+            check_resume_settings(resumed, settings, resume_from)
+        if self.acc.is_main_process:
+            aside = supersede(self.run_dir, resume_from)
+            if aside is not None:
+                self.acc.print(f"moved to {aside}: " + ", ".join(sorted(p.name for p in aside.iterdir()))
+                               + (f" (newer than {resume_from})" if resume_from else " (from an earlier run)"),
+                               flush=True)
         self.base_dir = self._setup_base_model()
         # Seeded after the on-demand builds (which seed for themselves), so a run that had to build the
         # tiny model and one that found it on disk draw the same LoRA init and dropout masks.
@@ -175,7 +186,7 @@ class LoRATrainer:
         self.budget = self._setup_budget()
         self._setup_optimizer()
         self.state = resumed or TrainingState(schedule_steps=self.budget.schedule_steps)
-        self.state.readers = layout
+        self.state.readers, self.state.settings = layout, settings
         self.schedule["total"] = self.state.schedule_steps
         self.tracker = self._setup_tracking()
         self._setup_logs(resume_from)
@@ -546,7 +557,9 @@ class LoRATrainer:
                     window = []
                 asked = self._save_asked()
                 if not done and (asked or cfg.save_steps and state.step % cfg.save_steps == 0):
-                    self.tracker.flush()
+                    # Points logged so far go to the store before the state (a resumed run also writes what
+                    # it lacks from metrics.jsonl), but a store in MLflow's own retries does not hold the GPUs.
+                    self.tracker.flush(timeout=SAVE_FLUSH_S)
                     saved = save_state(self.acc, self.run_dir, state, cfg.save_total_limit)
                     if asked:
                         self._asked = 0
@@ -614,10 +627,23 @@ class LoRATrainer:
                    "parameters": {"trainable": self.trainable, "total": self.total_params}})
         info = record.to_dict()
         if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            acc.unwrap_model(self.model).save_pretrained(self.run_dir, state_dict=weights, safe_serialization=True)
-            save_processor(self.processor, self.run_dir)
+            # The adapter is written beside the run directory and renamed in, each file whole; run.json, the
+            # mark of a finished run, last. A kill in between leaves no run.json (the directory is no checkpoint).
+            tmp = self.run_dir / ".adapter.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)  # one a killed finish left
+            tmp.mkdir(parents=True)
+            acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            save_processor(self.processor, tmp)
+            for f in sorted(tmp.iterdir()):
+                if f.is_dir() and (self.run_dir / f.name).is_dir():
+                    shutil.rmtree(self.run_dir / f.name)
+                os.replace(f, self.run_dir / f.name)
+            tmp.rmdir()
             record.write(self.run_dir / "run.json")
+        # The run is complete on disk: the other processes go, and only the main one waits for MLflow (a store
+        # that does not answer can hold it for minutes, longer than the other processes may wait in a barrier).
+        acc.wait_for_everyone()
+        if acc.is_main_process:
             t = self.tracker
             t.log_metrics({f"consumed/{c}": v for c, v in state.consumed.items()} | {"steps": state.step,
                           "unique_samples": info["unique_samples"]}, step=state.step)
@@ -627,13 +653,16 @@ class LoRATrainer:
                 t.set_tags({"match_to": cfg.match_to, "match_by": b.unit})
                 t.log_metrics({"match/target": m["target"], "match/achieved": m["achieved"],
                                "match/rel_error": m["rel_error"]}, step=state.step)
-            for f in ("run.json", "adapter_config.json", "adapter_model.safetensors"):
+            for f in FINAL_FILES:
                 t.log_artifact(self.run_dir / f, "checkpoint")
             t.end()
             acc.print(f"wrote {self.run_dir}: {state.step} steps, consumed " +
                       ", ".join(f"{c} {v}" for c, v in state.consumed.items()))
-        acc.wait_for_everyone()
         return info
+
+
+SAVE_FLUSH_S = 30.0
+"""How long a save waits for MLflow to take the points logged before it."""
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -190,6 +190,7 @@ class Tracker:
         self._error: BaseException | None = None  # a failed write, until raised to the caller
         self._tolerant, self._hint, self.grace_s = False, "", 60.0
         self._outage: tuple[float, int] | None = None  # (monotonic start, failed writes) while the store is down
+        self._sync_down = False  # a synchronous call failed under tolerate_outages, and nothing was written since
         self._closed = False
         self._last_ms: dict[str, int] = {}
         self._pid = os.getpid()
@@ -211,12 +212,24 @@ class Tracker:
               file=sys.stderr, flush=True)
 
     def _sync_call(self, what: str, fn, *args, **kwargs) -> None:
-        """A rare synchronous write: raised, or under `tolerate_outages` warned about and skipped."""
+        """A rare synchronous write: raised, or under `tolerate_outages` warned about and skipped.
+
+        While the store is known to be down (a metrics write or an earlier such call failed, and no write
+        has succeeded since) the call is skipped at once: MLflow's client retries a request to a server
+        that does not answer for minutes (7 tries, 120 s each when the host is unreachable), and the
+        trainer calls these on its main thread, with every other process waiting for it."""
+        with self._cond:
+            down = self._tolerant and (self._outage is not None or self._sync_down)
+        if down:
+            self._warn(f"{what} not written (the store does not answer)")
+            return
         try:
             retry(fn, *args, **kwargs)
         except Exception as e:  # noqa: BLE001
             if not self._tolerant:
                 raise
+            with self._cond:
+                self._sync_down = True
             self._warn(f"{what} not written ({type(e).__name__}: {e})")
 
     def backfill(self, metrics_log: Path) -> None:
@@ -278,7 +291,8 @@ class Tracker:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every point queued so far is in the store (True); raise a failed write's error.
-        Under `tolerate_outages`: False at once while the store is down, instead of waiting or raising."""
+        Under `tolerate_outages`: False at once while the store is down, and False when `timeout` runs out
+        (a first write still in MLflow's own retries), instead of waiting or raising."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._logged
@@ -293,6 +307,8 @@ class Tracker:
                                             f"{target - self._written} points unwritten")
                 wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if wait <= 0:
+                    if self._tolerant:
+                        return False
                     raise TimeoutError(f"MLflow run {self.run_id}: {target - self._written} metric points "
                                        f"still unwritten after {timeout} s")
                 self._cond.wait(wait)
@@ -388,6 +404,7 @@ class Tracker:
             with self._cond:
                 del self._pending[:len(batch)]
                 self._written += len(batch)
+                self._sync_down = False
                 self._oldest = time.monotonic()
                 if self._outage is not None:
                     self._warn(f"the store answers again after {time.monotonic() - self._outage[0]:.0f} s and "
