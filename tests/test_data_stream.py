@@ -237,6 +237,20 @@ def test_a_batch_whose_samples_are_all_dropped_is_not_yielded(tmp_path, processo
     assert (third.keys, third.position, third.dropped) == (order[9:], 12, {})
 
 
+def test_a_reader_whose_every_sample_is_dropped_stops_with_an_error(tmp_path, processor):
+    """The stream is endless and a batch whose samples were all dropped is not yielded: with no sample under
+    the limits (8 anyres frames against a 7B model's context, say) the reader used to read pass after pass
+    without ever yielding. It now stops after a whole pass of its share with none kept, saying why."""
+    urls, counts = shard_counts_from_manifest(write_shards(tmp_path / "s", sizes=[12], images=lambda g: 1))
+    length = _lengths(ShardStream(urls, processor, batch_size=3, seed=0, shard_counts=counts), urls)
+    context = min(length.values()) - 1
+    stream = ShardStream(urls, processor, batch_size=3, seed=0, shard_counts=counts, context_length=context)
+    with pytest.raises(RuntimeError) as e:
+        next(stream.reader_batches(1, 2))  # a reader of two: its share is 6 samples
+    assert f"reader 1 of 2: the last 6 samples it took (a whole pass of its share) were all dropped as too long " \
+           f"(over_context 6; context {context} tokens, max_length unset): no sample of these shards fits" in str(e.value)
+
+
 # --- 3. exact resume -----------------------------------------------------------------------------------
 def _take(stream: ShardStream, n: int) -> list[Batch]:
     return list(itertools.islice(make_loader(stream, 2), n))

@@ -178,8 +178,17 @@ def test_match_to_uses_the_reference_consumption(work, tmp_path):
     assert b["unit"] == "visual_tokens" and b["target"] == 48_000 and b["per_sample"] == pytest.approx(mean)
     assert b["samples"] == math.ceil(48_000 / mean) and b["steps"] == math.ceil(b["samples"] / (4 * 4 * 2))
     assert any("prescan" in n for n in plan["notes"])
-    # max_length 150 is under some of these samples (about 150 tokens each): they will be dropped, and it is said.
-    assert 0 < seq["over_max_length"] < 1 and any("longer than max_length 150" in n for n in plan["notes"])
+    # max_length 150 is under some of these samples (about 150 tokens each): they will be dropped, and it is
+    # said; more than max_dropped_fraction (5%) of them, so the run would stop: a problem, not a note.
+    share = seq["over_max_length"]
+    assert 0.05 < share < 1
+    assert f"{share:.1%} of the sampled samples are longer than max_length 150 tokens: the trainer drops them, and " \
+           f"stops past max_dropped_fraction 0.05" in plan["problems"]
+    allowed = make_plan(resolve_here(argv(work, "llava_next_video", "--match_to", str(ref), "--match_by",
+                                          "visual_tokens", "--max_steps", "0", "--gpus", "2", "--max_length", "150",
+                                          "--max_dropped_fraction", "0.5")), environ={})
+    assert f"{share:.1%} of the sampled samples are longer than max_length 150 tokens: the trainer drops them" \
+        in allowed["notes"] and not any("longer than max_length" in p for p in allowed["problems"])
     assert plan["memory"]["seq"] == 150
 
 

@@ -183,6 +183,10 @@ def test_shipped_specs_load():
     paper = specs["paper_7b"]
     assert paper.budgets == (25_000, 50_000, 100_000) and paper.unit == "samples" and len(run_list(paper)) == 18
     assert (paper.launcher.type, paper.launcher.gpus_per_node) == ("slurm", 8)
+    # LLaVA-NeXT-Video's 8 frames as AnyRes images (8 x 1,176+ tokens) do not fit its 8,192-token context: the
+    # video arm goes through the model's video path (8 x 144), the image arm keeps the default
+    args = {a.name: train_args(paper, next(r for r in run_list(paper) if r["arm"] == a.name)) for a in paper.arms}
+    assert args["video"][args["video"].index("--video_input") + 1] == "native" and "--video_input" not in args["image"]
 
 
 def test_a_slurm_study_needs_a_tracking_server_its_nodes_reach(tmp_path, monkeypatch):

@@ -190,6 +190,32 @@ def test_resume_refuses_other_settings_or_data(resumed, work):
     assert "Traceback" not in p.stderr and "Loading weights" not in p.stderr + p.stdout
 
 
+def test_a_run_that_drops_too_many_samples_stops():
+    """Samples over max_length or the context are dropped, never cut, and counted; past max_dropped_fraction of
+    the samples taken (after the first MIN_SAMPLES_FOR_DROP_CHECK) the run stops, naming both reasons and what
+    fits them, instead of training on a remainder that is no longer the recipe's data."""
+    from types import SimpleNamespace
+
+    from train.config import MIN_SAMPLES_FOR_DROP_CHECK
+    from train.lora import LoRATrainer
+
+    def check(samples, too_long, over_context, fraction=0.05):
+        trainer = SimpleNamespace(cfg=SimpleNamespace(max_dropped_fraction=fraction, max_length=0), context=4096,
+                                  state=SimpleNamespace(consumed={"samples": samples},
+                                                        dropped={"too_long": too_long, "over_context": over_context}))
+        LoRATrainer._check_drops(trainer)
+
+    check(180, 0, 19)  # 19 of 199: too few taken to judge
+    assert MIN_SAMPLES_FOR_DROP_CHECK == 200
+    check(190, 0, 10)  # 5.0%: at the limit, not over it
+    with pytest.raises(ConfigError) as e:
+        check(189, 1, 10)
+    assert "11 of the 200 samples taken so far were dropped as too long (too_long 1: over max_length unset; " \
+           "over_context 10: over the language model's context of 4096 tokens), more than max_dropped_fraction " \
+           "0.05" in str(e.value) and "video_input native" in str(e.value)
+    check(10, 0, 990, fraction=1)  # 1: never
+
+
 def test_a_fresh_run_moves_an_earlier_runs_states_and_adapter_aside(work):
     """A run started without --resume in a directory that holds another run's states and finished adapter moves
     them to RUN/.superseded-<time>/ before it writes anything. Left in place, pruning would delete the new run's

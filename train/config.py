@@ -100,6 +100,10 @@ class TrainConfig:
     max_length: int = 0
     """Longest sample in tokens (text + visual); a longer one is dropped and counted, never cut
     (0: the language model's context)."""
+    max_dropped_fraction: float = 0.05
+    """The run stops with an error when more than this share of the samples it has taken (at least
+    `MIN_SAMPLES_FOR_DROP_CHECK`) were dropped as longer than max_length or the context: what it trains on
+    would no longer be the recipe's data (the long videos gone, say). 1: never."""
     video_input: str = "auto"
     """auto | images | native. How a video sample's frames reach the model: `images`, each frame as an
     image; `native`, the clip through the family's video processor (pooled video tokens, Qwen's temporal
@@ -192,6 +196,9 @@ def field_docs(cls) -> dict[str, str]:
             docs[a.target.id] = " ".join(str(b.value.value).split())
     return docs
 
+
+MIN_SAMPLES_FOR_DROP_CHECK = 200
+"""Samples a run takes before `max_dropped_fraction` is checked (the first batches' share is noise)."""
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TYPES = typing.get_type_hints(TrainConfig)
@@ -375,6 +382,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {cfg.lr_scheduler!r}")
     if cfg.max_length < 0:
         raise ConfigError("max_length must be >= 0 (0: the language model's context)")
+    if not 0 <= cfg.max_dropped_fraction <= 1:
+        raise ConfigError(f"max_dropped_fraction must be between 0 and 1, got {cfg.max_dropped_fraction}")
     if not (cfg.max_steps or cfg.max_samples or cfg.match_to or cfg.budget):
         raise ConfigError("no budget: give max_steps, max_samples, match_to or budget (in the recipe, --config or flags)")
     if cfg.max_pixels < -1 or 0 < cfg.max_pixels < 64:

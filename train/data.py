@@ -24,7 +24,8 @@ A sample longer than `max_length` (reason `too_long`) or than the language model
 (`over_context`; each reader reports its first one on stderr) is dropped after collation, never cut:
 cutting could split an image's placeholder tokens. A batch with drops is yielded short (the trainer's
 accounting handles fewer samples); one whose samples were all dropped is not yielded: its drops are
-carried to the reader's next batch.
+carried to the reader's next batch, and a reader that drops a whole pass's share in a row stops with an
+error (no sample fits: the endless stream would otherwise read on for ever).
 
 With `image_filler`, a batch whose samples have no image or frame (text-only records: LLaVA's mix665k
 holds some) gets one more row, the filler (`FILLER_KEY`): a blank image under a one-line exchange whose
@@ -340,9 +341,10 @@ class ShardStream(IterableDataset):
 
     def reader_batches(self, reader: int, readers: int, position: int = 0):
         """The `Batch`es of one reader, from `position` on."""
-        dropped = Counter()
+        dropped, since_kept, share = Counter(), 0, self.share(reader, readers)
         for pass_index, raw in self.batches_of_reader(reader, readers, position=position):
             position += len(raw)
+            since_kept += len(raw)
             batch, why = self._drop_long(Batch(*self.collate(raw), pass_index, reader, position))
             if batch is not None and self.image_filler and not batch.filler and not any(batch.counts["images"]):
                 # the samples with images were the ones too long: the rest again, with the filler
@@ -352,6 +354,14 @@ class ShardStream(IterableDataset):
             if batch is not None:
                 yield replace(batch, dropped=dict(dropped))
                 dropped.clear()
+                since_kept = 0
+            elif since_kept >= share:  # the stream is endless: without this it would read on for ever
+                raise RuntimeError(
+                    f"reader {reader} of {readers}: the last {since_kept} samples it took (a whole pass of its "
+                    f"share) were all dropped as too long ({', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))}; "
+                    f"context {self.context_length or 'unset'} tokens, max_length {self.max_length or 'unset'}): no "
+                    "sample of these shards fits. Fewer frames or a smaller max_pixels in the recipe, video_input "
+                    "native (pooled video tokens) or a larger max_length fit them")
 
     def __iter__(self):
         info = get_worker_info()

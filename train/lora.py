@@ -65,7 +65,7 @@ from train.checkpointing import (TrainingState, check_resume_layout, check_resum
                                  reader_layout, save_state, trainable_aliases, trainable_only,
                                  trainable_state_dict)
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
-from train.config import ConfigError, TrainConfig, resolve  # noqa: E402
+from train.config import MIN_SAMPLES_FOR_DROP_CHECK, ConfigError, TrainConfig, resolve  # noqa: E402
 from train.data import ShardStream, encode_samples, make_loader, resolve_frames, select  # noqa: E402
 from train.families import context_length, get_module, load_model  # noqa: E402
 from train.models import resolve_base_model, wrap_lora  # noqa: E402
@@ -551,6 +551,7 @@ class LoRATrainer:
             while not done:
                 record = self.train_step()
                 done = record["done"]
+                self._check_drops()
                 window.append(record)
                 if state.step % cfg.logging_steps == 0 or done:
                     self.log(window)
@@ -572,6 +573,22 @@ class LoRATrainer:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+
+    def _check_drops(self) -> None:
+        """Stop when more than `max_dropped_fraction` of the samples taken were too long (every process holds
+        the same gathered counts, so all stop at the same step)."""
+        state, cfg = self.state, self.cfg
+        dropped = sum(state.dropped.values())
+        taken = state.consumed["samples"] + dropped
+        if taken >= MIN_SAMPLES_FOR_DROP_CHECK and dropped > cfg.max_dropped_fraction * taken:
+            raise ConfigError(
+                f"{dropped} of the {taken} samples taken so far were dropped as too long (too_long "
+                f"{state.dropped['too_long']}: over max_length {cfg.max_length or 'unset'}; over_context "
+                f"{state.dropped['over_context']}: over the language model's context of {self.context} tokens), more "
+                f"than max_dropped_fraction {cfg.max_dropped_fraction:g}: the run would no longer train on the "
+                f"recipe's data. Samples are dropped, never cut. Fewer frames or a smaller max_pixels in the recipe, "
+                f"video_input native (pooled video tokens) or a larger max_length fit them; `--dry_run` shows the "
+                f"shares before a run; --max_dropped_fraction 1 trains on what is left")
 
     def log(self, window: list[dict]) -> None:
         """Metrics of the steps since the last log, to MLflow (in the background) and metrics.jsonl."""

@@ -412,9 +412,11 @@ def make_plan(cfg, environ=os.environ) -> dict:
             if seqs["stopped_early"]:
                 notes.append(f"tokenized {seqs['sampled']} samples (stopped after {TOKENIZE_SECONDS:.0f} s)")
             if seqs["over_max_length"] > 0:
+                over = seqs["over_max_length"] > cfg.max_dropped_fraction
                 msg = (f"{seqs['over_max_length']:.1%} of the sampled samples are longer than max_length {cap} "
-                       "tokens: the trainer drops them")
-                (problems if seqs["over_max_length"] >= 1 else notes).append(msg)
+                       "tokens: the trainer drops them" + (f", and stops past max_dropped_fraction "
+                                                           f"{cfg.max_dropped_fraction:g}" if over else ""))
+                (problems if over else notes).append(msg)
             if seqs["errors"]:
                 notes.append(f"{seqs['errors']} sampled samples could not be encoded, e.g. {seqs['error_examples'][0]}")
         except Exception as e:
