@@ -17,6 +17,7 @@ converted `-hf` checkpoints (`train.families.detect_family` words it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -102,6 +103,20 @@ def resolve_base_model(spec: str, ckpt: Path) -> Path:
                           f"{', '.join(str(c) for c in candidates)}); nothing is downloaded")
 
 
+def _base_of(run: RunRecord, ckpt: Path) -> Path:
+    """An adapter's base model: the directory run.json records (the trainer's resolved path); where that is gone
+    (an evaluation on other nodes, $MODEL_ROOT mounted elsewhere), the model as the trainer was told it
+    (`config.base_model`, e.g. `llava-hf/LLaVA-NeXT-Video-7B-hf`), looked up the same way, under $MODEL_ROOT too."""
+    try:
+        return resolve_base_model(run.base_model, ckpt)
+    except CheckpointError as recorded:
+        named = (run.config or {}).get("base_model")
+        if isinstance(named, str) and named and named != run.base_model:
+            with contextlib.suppress(CheckpointError):
+                return resolve_base_model(named, ckpt)
+        raise recorded from None
+
+
 def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
     """Classify one directory as a checkpoint (see the module docstring)."""
     p = Path(path).expanduser().resolve()
@@ -125,7 +140,7 @@ def checkpoint_ref(path: str | os.PathLike) -> CheckpointRef:
             # weights load from safetensors only: a pickled .bin can run code when it is unpickled
             extra = " It holds adapter_model.bin only: convert it to safetensors." if any(p.glob("*.bin")) else ""
             raise CheckpointError(f"{p}: no adapter_model.safetensors (the adapter's weights).{extra}")
-        return CheckpointRef(p, p, "adapter", resolve_base_model(run.base_model, p), run)
+        return CheckpointRef(p, p, "adapter", _base_of(run, p), run)
     if (p / "base.json").is_file():
         try:
             target = Path(json.loads((p / "base.json").read_text())["model"])

@@ -119,6 +119,31 @@ def test_readers_report_the_records_errors_in_their_own_words(tmp_path):
         checkpoint_ref(d)
 
 
+def test_an_adapter_finds_its_base_under_another_model_root(tmp_path, monkeypatch):
+    """run.json records the base model's resolved path on the training nodes. Evaluated where that path does not
+    exist ($MODEL_ROOT mounted elsewhere, with the hub's org/name layout), the base is found from the name the
+    trainer was given (`config.base_model`) under this node's $MODEL_ROOT; with neither, the error names the
+    recorded path."""
+    from evalsuite.checkpoints import CheckpointError, checkpoint_ref
+
+    name = "llava-hf/LLaVA-NeXT-Video-7B-hf"
+    here = tmp_path / "eval_node" / name
+    here.mkdir(parents=True)
+    (here / "config.json").write_text("{}")
+    (here / "model-00001-of-00003.safetensors").write_bytes(b"")
+    ckpt = tmp_path / "ckpt" / "video-b100-s0"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_config.json").write_text("{}")
+    (ckpt / "adapter_model.safetensors").write_bytes(b"")
+    recorded = "/train_node/models/" + name  # absent here
+    (ckpt / "run.json").write_text(json.dumps({"base_model": recorded, "config": {"base_model": name}}))
+    monkeypatch.setenv("MODEL_ROOT", str(tmp_path / "eval_node"))
+    assert checkpoint_ref(ckpt).base_model == here.resolve()
+    monkeypatch.setenv("MODEL_ROOT", str(tmp_path / "elsewhere"))
+    with pytest.raises(CheckpointError, match=f"base_model '{recorded}' not found"):
+        checkpoint_ref(ckpt)
+
+
 def test_each_match_unit_is_a_counter_its_side_counts():
     from data_recipes.recipe import SIZE_FROM_UNITS as build_units
     from train.accounting import COUNTERS
