@@ -99,6 +99,22 @@ def test_lora_adapter_round_trip(tiny, tmp_path):
     torch.testing.assert_close(again, adapted)
 
 
+def test_a_trained_vision_tower_and_projector_are_each_wrapped_once(tiny):
+    """With the vision tower trained too, every family's tower and projector are trained fully, and no copy
+    sits inside another: Qwen's projector (visual.merger) lies inside its tower, and naming both to peft
+    nested a second merger copy inside the tower's."""
+    from train.models import lora_config
+
+    d, _, _, family = tiny
+    model, _, _ = load_model(d)
+    peft_model = get_peft_model(model, lora_config(family, r=4, alpha=8, dropout=0.0, freeze_vision_tower=False))
+    wrappers = [n for n, m in peft_model.named_modules() if type(m).__name__ == "ModulesToSaveWrapper"]
+    assert wrappers and not [a for a in wrappers for b in wrappers if a != b and a.startswith(b + ".")]
+    trained = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    for part in (family.projector, family.vision_tower):
+        assert any(f".{part.split('.')[-1]}." in f".{n}." for n in trained), part
+
+
 def test_projector_and_vision_tower_names(tiny):
     _, model, _, family = tiny
     assert sum(p.numel() for p in get_module(model, family.projector).parameters()) > 0

@@ -112,7 +112,10 @@ def lora_config(family: Family, *, r: int, alpha: int, dropout: float, targets: 
                 train_embeddings: bool = False) -> LoraConfig:
     """LoRA on the language model; projector / vision tower / embeddings trained fully unless frozen."""
     full = []
-    if not freeze_projector:
+    # Qwen's projector (visual.merger) lies inside its vision tower: a trained tower already holds it, and
+    # naming both would wrap a copy of the merger inside the tower's copy
+    inside_tower = family.projector.startswith(family.vision_tower + ".")
+    if not freeze_projector and not (inside_tower and not freeze_vision_tower):
         full.append(family.projector.split(".")[-1])
     if not freeze_vision_tower:
         full.append(family.vision_tower.split(".")[-1])
