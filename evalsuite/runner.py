@@ -15,6 +15,7 @@ judge are freed (`Resources.release`); the checkpoint itself once all its tasks 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -211,12 +212,20 @@ def format_plan(rows: list[tuple[str, str, Workload | None]], cfg: EvalConfig) -
     return "\n".join(lines)
 
 
+def _metrics_digests(ref: CheckpointRef, tasks: list[Task]) -> dict[str, str]:
+    """{task: sha256 of its metrics.json}: which results a log holds (they change with the settings)."""
+    return {t.name: hashlib.sha256(TaskOutputs(ref.path, t.name).metrics.read_bytes()).hexdigest() for t in tasks
+            if TaskOutputs(ref.path, t.name).metrics.is_file()}
+
+
 def _tracked(ref: CheckpointRef, tasks: list[Task], uri: str) -> bool:
-    """Whether an earlier run already logged these tasks' metrics of `ref` to this store."""
+    """Whether an earlier run already logged these tasks' current metrics of `ref` to this store (results
+    made since under other settings, whose logging failed, are not: the next run logs them)."""
     record = ref.path / "eval" / "mlflow.json"
     history = json.loads(record.read_text()) if record.is_file() else []
-    names = {t.name for t in tasks}
-    return any(h["tracking_uri"] == uri and names <= set(h["tasks"]) for h in history)
+    now = _metrics_digests(ref, tasks)
+    return any(h["tracking_uri"] == uri and all(h.get("metrics", {}).get(t.name) == now.get(t.name) for t in tasks)
+               for h in history)
 
 
 def _track(tracker, ref: CheckpointRef, tasks: list[Task], results: dict[str, dict], refs) -> None:
@@ -232,7 +241,8 @@ def _track(tracker, ref: CheckpointRef, tasks: list[Task], results: dict[str, di
     run_id = tracker.log_evaluation(ref, flat, params, artifacts, siblings=refs)
     record = ref.path / "eval" / "mlflow.json"
     history = json.loads(record.read_text()) if record.is_file() else []
-    history.append({"run_id": run_id, "tracking_uri": tracker.uri, "tasks": [t.name for t in tasks]})
+    history.append({"run_id": run_id, "tracking_uri": tracker.uri, "tasks": [t.name for t in tasks],
+                    "metrics": _metrics_digests(ref, tasks)})
     write_json_atomic(record, history)
     log(f"[mlflow] {ref.name}: run {run_id} ({tracker.uri})")
 

@@ -130,6 +130,15 @@ def test_a_failed_mlflow_log_is_retried_on_the_next_run(tmp_path, tmp_path_facto
     exp = client.get_experiment_by_name("evals").experiment_id
     runs = client.search_runs([exp])
     assert len(runs) == 1 and "vcot/f3/acc_vcot" in runs[0].data.metrics
+    # Evaluated again under other settings while the store is down: the next run logs the new results, although
+    # an earlier run had logged this task of this checkpoint (under the old settings).
+    monkeypatch.setattr(EvalTracker, "log_evaluation", store_down)
+    other = ["vcot", str(ckpt), *FAST, "--limit", "2", "--experiment", "evals"]
+    assert main(other) == 0 and "logging failed" in capsys.readouterr().err
+    monkeypatch.setattr(EvalTracker, "log_evaluation", real)
+    assert main(other) == 0
+    runs = client.search_runs([exp], order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2 and runs[0].data.params["vcot.limit"] == "2"
 
 
 def test_discovery_skips_training_states_and_reports_broken_checkpoints(tmp_path, tmp_path_factory):
