@@ -124,10 +124,19 @@ def test_sigterm_saves_a_state_before_the_trainer_stops(work):
     states = valid_states(run_dir)
     assert [json.loads((s / STATE_FILE).read_text())["step"] for s in states] == [last] and 3 <= last < 12
     assert "on request: stopping (SIGTERM)" in err
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(_env(work)["MLFLOW_TRACKING_URI"])
+    run_id = json.loads((states[0] / STATE_FILE).read_text())["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"  # not RUNNING for ever
     _run(work, "--run_name", "term", "--resume", "latest", "--save_steps", "100", "--logging_steps", "1")
     info = json.loads((run_dir / "run.json").read_text())
     assert info["steps"] == 12 and info["consumed"]["samples"] == 48
     assert sorted(_losses(run_dir)) == list(range(1, 13))
+    assert info["mlflow_run_id"] == run_id and client.get_run(run_id).info.status == "FINISHED"
+    # each step once in MLflow's history, the last one too (finish used to log consumed/* at it a second time)
+    steps = [m.step for m in client.get_metric_history(run_id, "consumed/samples")]
+    assert sorted(steps) == sorted(set(steps)) and max(steps) == 12
 
 
 @pytest.mark.slow

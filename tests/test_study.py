@@ -145,6 +145,23 @@ def test_a_rerun_with_other_eval_flags_interrupted_before_evaluating_does_not_ke
     assert StudyState(old).runs[0]["status"] == "trained"  # the record now holds neither run's flags as done
 
 
+def test_a_rerun_against_another_tracking_store_gets_a_new_parent_run(tmp_path, capsys):
+    """study.json records the parent run's id and its store. Rerun with another tracking_uri (the spec reads
+    $MLFLOW_TRACKING_URI), the old id names a run that store lacks: the study makes a new parent there instead
+    of failing on it."""
+    from evalsuite.study.run import StudyState, parent_run
+
+    a = load_study(write_spec(tmp_path, seeds=[0], budgets=[384], tracking_uri=f"sqlite:///{tmp_path / 'a.db'}"))
+    state = StudyState(a)
+    state.parent_run_id = parent_run(a, None)
+    state.write()
+    assert StudyState(a).parent_run_id == state.parent_run_id  # the same store: the same parent
+    b = load_study(write_spec(tmp_path, seeds=[0], budgets=[384], tracking_uri=f"sqlite:///{tmp_path / 'b.db'}"))
+    again = StudyState(b)
+    assert again.parent_run_id is None and f"tracking_uri is now sqlite:///{tmp_path / 'b.db'}" in capsys.readouterr().out
+    assert parent_run(b, again.parent_run_id) != state.parent_run_id
+
+
 def test_a_failed_run_still_leaves_the_study_report(tmp_path):
     """A run that fails stops the study with exit 1 and its status recorded, but the report is written all the
     same, listing it as missing (a run failing every time used to keep the study without a report)."""

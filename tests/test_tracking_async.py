@@ -228,6 +228,22 @@ def test_a_store_that_hangs_holds_the_trainer_once_at_most(uri, tmp_path, capsys
     tracker.end()
 
 
+def test_a_state_tracked_in_another_store_goes_on_in_a_new_run(uri, capsys):
+    """A resumed training names its MLflow run by id; in another store (MLFLOW_TRACKING_URI changed between the
+    kill and the rerun) that run does not exist: the tracker makes a new run and says so (`resumed` False: the
+    trainer then logs its params), instead of failing the resume."""
+    first = Tracker(uri, "async", "here", {})
+    first.end()
+    again = Tracker(uri, "async", "here", {}, resume_run_id=first.run_id)
+    assert again.resumed and again.run_id == first.run_id
+    again.end()
+    moved = Tracker(uri, "async", "here", {}, resume_run_id="0123456789abcdef0123456789abcdef")
+    assert not moved.resumed and moved.run_id != "0123456789abcdef0123456789abcdef"
+    assert "MLflow run 0123456789abcdef0123456789abcdef is not in" in capsys.readouterr().err
+    assert moved.client.get_run(moved.run_id).info.run_name == "here"
+    moved.end()
+
+
 def test_sync_writes_what_the_run_lacks_from_metrics_jsonl(uri, tmp_path, capsys):
     """`python -m train.tracking sync RUN_DIR`: the points of metrics.jsonl missing from the run (by metric
     and step) are written, the others left alone; a cut-short last line is skipped."""

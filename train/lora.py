@@ -390,7 +390,7 @@ class LoRATrainer:
                 "video_input": self.video_input, "max_pixels": str(self.max_pixels or "none"), **parent_run_tags()}
         tracker = Tracker(self.tracking_uri, cfg.experiment, self.run_dir.name, tags,
                           resume_run_id=self.state.mlflow_run_id, system_metrics=cfg.system_metrics)
-        if not self.state.mlflow_run_id:
+        if not tracker.resumed:  # a new run (also when the state's run is in another store)
             tracker.log_params(cfg.to_dict() | {f"schedule/{k}": v for k, v in self.budget.to_dict().items()})
             tracker.log_artifact(self.shards / "manifest.json", "data")
         self.state.mlflow_run_id = tracker.run_id
@@ -662,8 +662,8 @@ class LoRATrainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             t = self.tracker
-            t.log_metrics({f"consumed/{c}": v for c, v in state.consumed.items()} | {"steps": state.step,
-                          "unique_samples": info["unique_samples"]}, step=state.step)
+            # (consumed/* of the last step are logged with it)
+            t.log_metrics({"steps": state.step, "unique_samples": info["unique_samples"]}, step=state.step)
             t.set_tags({f"dtype/{k}": v for k, v in info["precision"].items()})
             if "match" in info:
                 m = info["match"]
@@ -693,6 +693,14 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.setup()
         trainer.train()
         info = trainer.finish()
+    except BaseException as e:
+        # The MLflow run says how it ended (it stayed RUNNING for ever); a resumed run sets it running again.
+        tracker = getattr(trainer, "tracker", None)
+        if tracker is not None:
+            stopped = isinstance(e, (SystemExit, KeyboardInterrupt))
+            with contextlib.suppress(Exception):
+                tracker.end("KILLED" if stopped else "FAILED")
+        raise
     finally:
         trainer.release()
     trainer.acc.end_training()

@@ -172,10 +172,18 @@ class Tracker:
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = make_client(uri)
         exp_id = experiment_id(self.client, experiment, artifact_root(uri))
+        self.resumed = False
+        """Whether this is the run of `resume_run_id` (False: a new run; its params are not logged yet)."""
         if resume_run_id:
-            self.run_id = resume_run_id
-            retry(self.client.update_run, resume_run_id, status="RUNNING")
-        else:
+            try:
+                retry(self.client.update_run, resume_run_id, status="RUNNING")
+                self.run_id, self.resumed = resume_run_id, True
+            except Exception as e:  # noqa: BLE001 - only a run this store lacks; anything else is raised
+                if "not found" not in str(e).lower() and "does_not_exist" not in str(e).lower():
+                    raise
+                print(f"[tracking] MLflow run {resume_run_id} is not in {uri} (the state was tracked elsewhere): "
+                      "this run goes on in a new MLflow run", file=sys.stderr, flush=True)
+        if not self.resumed:
             run = retry(self.client.create_run, exp_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
         self._mlflow = mlflow
@@ -200,7 +208,7 @@ class Tracker:
         atexit.register(self._flush_at_exit)
         self._monitor = None
         if system_metrics:
-            self._monitor = self._start_system_metrics(system_metrics_interval_s, resume=bool(resume_run_id))
+            self._monitor = self._start_system_metrics(system_metrics_interval_s, resume=self.resumed)
 
     def tolerate_outages(self, hint: str = "", grace_s: float = 60.0) -> None:
         """From now on a store that stops answering warns instead of raising (see the class docstring)."""

@@ -410,6 +410,11 @@ class StudyState:
         except json.JSONDecodeError as e:
             raise StudyError(f"{self.path}: not valid JSON ({e}); delete it to rebuild it from the run directories")
         self.parent_run_id = old.get("parent_run_id")
+        if self.parent_run_id and old.get("tracking_uri") != study.tracking_uri:
+            # that run lives in the other store: this one gets its own parent (the trainers do the same)
+            print(f"study {study.name}: tracking_uri is now {study.tracking_uri} (was {old.get('tracking_uri')}): "
+                  f"a new parent run there", flush=True)
+            self.parent_run_id = None
         # Each run's evaluation flags, recorded when its evaluation finished: a rerun with other flags that is
         # interrupted before the evaluations catch up must not take the old metrics for the new flags'.
         evaluated = old.get("evaluated") if isinstance(old.get("evaluated"), dict) else {}
