@@ -158,11 +158,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from evalsuite.infills import InfillError
     from evalsuite.benchmarks.iraven import IRavenFormatError
     from evalsuite.outputs import OutputError
+    from data_recipes.files import LockHeld
     from data_recipes.processors import ProcessorLoadError
     from train.families import FamilyError
 
     return (BenchmarkError, CheckpointError, InfillError, IRavenFormatError, OutputError, FamilyError,
-            ProcessorLoadError)
+            ProcessorLoadError, LockHeld)
 
 
 def _evaluate(args: argparse.Namespace, cfg: EvalConfig) -> int:

@@ -62,6 +62,16 @@ class Ranks:
         if self._barrier is not None:
             self._barrier()
 
+    def from_main(self, value):
+        """The main rank's `value` on every rank (a picklable object)."""
+        import torch.distributed as dist
+
+        if self.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return value  # one process (ranks simulated in one process share nothing to send)
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     @classmethod
     def from_env(cls) -> "Ranks":
         import torch

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from data_recipes.files import DirLock, LockHeld
 from evalsuite import context
 from evalsuite.benchmarks.video_qa import Benchmark
 from evalsuite.checkpoints import CheckpointRef
@@ -62,6 +63,33 @@ def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) 
     out = TaskOutputs(subject.ref.path, task.name, ranks.rank, ranks.world_size)
     if out.is_done(settings):
         return "skipped", json.loads(out.metrics.read_text())
+    lock = _lock_task(subject, task.name, ranks)
+    try:
+        return _run_task(task, subject, ranks, settings, out, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_task(subject: Subject, task: str, ranks: Ranks):
+    """One evaluation of a task of a checkpoint at a time: the main rank holds `eval/.TASK.lock` (every rank learns
+    whether it got it). Two at once (a study rerun while its old evaluation jobs still run) would append rows
+    made under different settings to one predictions file, or move each other's outputs aside."""
+    lock, error = None, None
+    if ranks.is_main:
+        try:
+            lock = DirLock(subject.ref.path / "eval" / f".{task}.lock",
+                           f"an evaluation of {task} on {subject.ref.name}").acquire()
+        except LockHeld as e:
+            error = str(e)
+    error = ranks.from_main(error)
+    if error:
+        raise LockHeld(error)
+    return lock
+
+
+def _run_task(task: Task, subject: Subject, ranks: Ranks, settings: dict, out: TaskOutputs,
+              progress: bool) -> tuple[str, dict]:
     if ranks.is_main:
         moved = out.prepare(settings)
         if moved:

@@ -141,6 +141,24 @@ def test_a_failed_mlflow_log_is_retried_on_the_next_run(tmp_path, tmp_path_facto
     assert len(runs) == 2 and runs[0].data.params["vcot.limit"] == "2"
 
 
+def test_a_second_evaluation_of_a_task_is_refused_while_one_runs(tmp_path, tmp_path_factory, capsys, one_thread):
+    """One evaluation of a task of a checkpoint at a time (`eval/.TASK.lock`): a second one at once (a study rerun
+    while its old evaluation jobs still run) would append rows made under other settings to the same
+    predictions file. It stops before writing anything, naming the holder; once the lock is free it runs, and
+    leaves no lock behind."""
+    ckpt = shutil.copytree(tiny_model("llava", tmp_path_factory), tmp_path / "m")
+    lock = ckpt / "eval" / ".vcot.lock"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"host": "node-b", "pid": 4242, "slurm_job": None, "slurm_restart": None}))
+    args = ["vcot", str(ckpt), *FAST, "--limit", "1", "--no-tracking"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: {lock}: an evaluation of vcot on m is already in progress (host node-b, pid 4242" in err
+    assert not (ckpt / "eval" / "vcot").exists()
+    lock.unlink()
+    assert main(args) == 0 and (ckpt / "eval" / "vcot" / "metrics.json").is_file() and not lock.exists()
+
+
 def test_discovery_skips_training_states_and_reports_broken_checkpoints(tmp_path, tmp_path_factory):
     from evalsuite.checkpoints import CheckpointError, discover
 
