@@ -218,3 +218,22 @@ def test_a_match_without_an_ordered_video_run_pairs_no_findings(tmp_path):
     (shuffled / "run.json").write_text(json.dumps(run | {"recipe": "video_shuffled_demo"}))
     (pair,) = matched_pairs(discover(tmp_path))
     assert (pair.subject.name, pair.video.name, pair.subject.role) == ("shuffled_run", "video_run", "shuffled")
+
+
+def test_a_store_that_is_down_does_not_fail_the_report(tmp_path, monkeypatch, capsys):
+    """`python -m evalsuite report` writes the report, then logs the comparison to MLflow: a store that does not
+    answer leaves the report written, says so, and does not raise (it used to end the command with a traceback
+    after the files were written)."""
+    import evalsuite.tracking
+
+    _pair(tmp_path, SETTINGS, SETTINGS)
+
+    def down(*a, **k):
+        raise ConnectionError("Connection refused: mlflow:5000")
+
+    monkeypatch.setattr(evalsuite.tracking, "log_comparison", down)
+    out = write_report(tmp_path, track=True)
+    assert out.is_file() and "## Findings" in out.read_text()
+    assert "[mlflow] the comparison was not logged (ConnectionError: Connection refused: mlflow:5000)" in \
+        capsys.readouterr().err
+

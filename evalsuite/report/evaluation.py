@@ -47,6 +47,7 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1138,7 +1139,11 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int
     if track and ckpts:
         from evalsuite.tracking import log_comparison
 
-        log_comparison(root, out, fig_dir, contrast_metrics, ckpts, verdicts=rows)
+        try:
+            log_comparison(root, out, fig_dir, contrast_metrics, ckpts, verdicts=rows)
+        except Exception as e:  # noqa: BLE001 - the report is written; a store that is down must not hide it
+            print(f"[mlflow] the comparison was not logged ({type(e).__name__}: {e}); {out} is written; "
+                  "rerun `python -m evalsuite report` once the store answers", file=sys.stderr, flush=True)
     return out
 
 
