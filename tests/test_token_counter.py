@@ -193,3 +193,38 @@ def test_size_from_visual_tokens_uses_the_references_video_path(tiny_dirs, tmp_p
     assert to_images["match"]["target"] == read_manifest(tmp_path / "vimg")["counts"]["visual_tokens"]
     assert to_native["match"]["target"] < to_images["match"]["target"]  # Qwen merges frame pairs on native
     assert to_native["counts"]["samples"] < to_images["counts"]["samples"]
+
+
+def test_published_llava_next_video_settings_cost_what_the_paper_study_plans_for(tmp_path):
+    """The tiny models' 64-px processors hide what a 7B LLaVA-NeXT-Video frame costs. At the published settings
+    (CLIP ViT-L/14 at 336 px, the AnyRes grid pinpoints, the `default` strategy that drops CLS, 2x2 pooling of
+    video frames) a 336 x 336 frame is 1,176 tokens as an image and 144 in a clip: 8 frames as images (9,408)
+    are over the model's context (4,096; 8,192 with the released checkpoint's linear RoPE factor 2), 8 in a
+    clip (1,152) fit. So `studies/paper_7b.yaml`'s video arm takes the video path, and a run fed such frames as
+    images stops instead of dropping every sample for ever (test_data_stream, test_train)."""
+    from fixtures_7b import _PINPOINTS, write_config_dir
+    from data_recipes.processors import make_processor, save_processor, video_processor_from_image
+    from train.families import context_length, get_family
+    from transformers import AutoConfig, LlavaNextImageProcessor
+
+    out = write_config_dir("llava_next_video", tmp_path / "LLaVA-NeXT-Video-7B-hf")
+    tiny = load_processor(out)
+    clip = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+    image = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                    image_grid_pinpoints=_PINPOINTS, do_center_crop=True, **clip)
+    family = get_family("llava_next_video")
+    save_processor(make_processor(family.processor_class, image, tiny.tokenizer,
+                                  video_processor_from_image(image, "llava_next_video"),
+                                  chat_template=tiny.chat_template, patch_size=14,
+                                  vision_feature_select_strategy="default", num_additional_image_tokens=1), out)
+    content = [{"type": "image"}] * 8 + [{"type": "text", "text": "what happens?"}]
+    messages = [{"role": "user", "content": content}, {"role": "assistant", "content": [{"type": "text",
+                                                                                       "text": "it moves"}]}]
+    frames = [Image.new("RGB", (336, 336), (20 * j, 90, 160)) for j in range(8)]
+    as_images = TokenCounter(out, "images").count(messages, frames, "video", [8])
+    as_clip = TokenCounter(out, "native").count(messages, frames, "video", [8])
+    assert as_images["visual_tokens"] == 8 * 1176 and as_clip["visual_tokens"] == 8 * 144
+    context = context_length(AutoConfig.from_pretrained(out))
+    assert context == 4096
+    assert as_images["visual_tokens"] > 2 * context and as_clip["visual_tokens"] + as_clip["text_tokens"] < context
+
