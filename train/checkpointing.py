@@ -16,6 +16,7 @@ only those partitions are gathered (a few at a time), never the whole model on e
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import shutil
@@ -130,8 +131,6 @@ def supersede(run_dir: Path, resume_from: Path | None) -> Path | None:
              [run_dir / f for f in FINAL_FILES if (run_dir / f).is_file()]
     if not moving:
         return None
-    import datetime
-
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     aside = run_dir / f"{SUPERSEDED}-{stamp}"
     aside.mkdir(parents=True)

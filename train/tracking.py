@@ -133,8 +133,9 @@ class Tracker:
     retrying while another process holds the sqlite lock. No point is dropped and each metric's
     points reach the store in the order they were logged:
 
-    - `flush()` blocks until every point queued before the call is in the store. The trainer calls it
-      before saving a resumable state, so that a resumed run never misses a logged step;
+    - `flush()` blocks until every point queued before the call is in the store (with a `timeout`, under
+      `tolerate_outages`, at most that long). The trainer calls it before saving a resumable state, with a
+      timeout: a resumed run also writes what the store lacks from metrics.jsonl (`backfill`);
     - when a write fails even after `retry`, its points stay queued, the writer pauses, and the
       store's own exception is raised by the next `flush()`, `end()` or `log_metrics()` (the points of
       that `log_metrics` call are queued all the same); the writer then tries them again, after
