@@ -264,3 +264,22 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_on_main(path: str | os.PathLike, what: str, is_main: bool,
+                 from_main: Callable[[str | None], str | None]) -> DirLock | None:
+    """`DirLock(path, what)` for a job of several processes: the main process takes it, and every process
+    learns whether it got it (`from_main`: the main process's value on every process), so that all stop
+    together with the holder named (`LockHeld`) before anything is read or written. The lock on the main
+    process, None elsewhere."""
+    lock, error = None, None
+    if is_main:
+        try:
+            lock = DirLock(path, what).acquire()
+        except LockHeld as e:
+            error = str(e)
+    error = from_main(error)
+    if error:
+        raise LockHeld(error)
+    return lock
+

@@ -15,14 +15,13 @@ judge are freed (`Resources.release`); the checkpoint itself once all its tasks 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from data_recipes.files import DirLock, LockHeld
+from data_recipes.files import file_sha256, lock_on_main
 from evalsuite import context
 from evalsuite.benchmarks.video_qa import Benchmark
 from evalsuite.checkpoints import CheckpointRef
@@ -75,17 +74,8 @@ def _lock_task(subject: Subject, task: str, ranks: Ranks):
     """One evaluation of a task of a checkpoint at a time: the main rank holds `eval/.TASK.lock` (every rank learns
     whether it got it). Two at once (a study rerun while its old evaluation jobs still run) would append rows
     made under different settings to one predictions file, or move each other's outputs aside."""
-    lock, error = None, None
-    if ranks.is_main:
-        try:
-            lock = DirLock(subject.ref.path / "eval" / f".{task}.lock",
-                           f"an evaluation of {task} on {subject.ref.name}").acquire()
-        except LockHeld as e:
-            error = str(e)
-    error = ranks.from_main(error)
-    if error:
-        raise LockHeld(error)
-    return lock
+    return lock_on_main(subject.ref.path / "eval" / f".{task}.lock", f"an evaluation of {task} on {subject.ref.name}",
+                        ranks.is_main, ranks.from_main)
 
 
 def _run_task(task: Task, subject: Subject, ranks: Ranks, settings: dict, out: TaskOutputs,
@@ -242,8 +232,8 @@ def format_plan(rows: list[tuple[str, str, Workload | None]], cfg: EvalConfig) -
 
 def _metrics_digests(ref: CheckpointRef, tasks: list[Task]) -> dict[str, str]:
     """{task: sha256 of its metrics.json}: which results a log holds (they change with the settings)."""
-    return {t.name: hashlib.sha256(TaskOutputs(ref.path, t.name).metrics.read_bytes()).hexdigest() for t in tasks
-            if TaskOutputs(ref.path, t.name).metrics.is_file()}
+    files = {t.name: TaskOutputs(ref.path, t.name).metrics for t in tasks}
+    return {name: file_sha256(f) for name, f in files.items() if f.is_file()}
 
 
 def _tracked(ref: CheckpointRef, tasks: list[Task], uri: str) -> bool:

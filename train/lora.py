@@ -55,7 +55,7 @@ from accelerate.utils import (DistributedDataParallelKwargs, InitProcessGroupKwa
 
 from data_recipes.build import build as build_shards  # noqa: E402
 from data_recipes.build import manifest_hash, read_manifest, shard_urls, stale, verify  # noqa: E402
-from data_recipes.files import DirLock, LockHeld, atomic_write_text  # noqa: E402
+from data_recipes.files import LockHeld, atomic_write_text, lock_on_main  # noqa: E402
 from data_recipes.processors import save_processor  # noqa: E402
 from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
@@ -207,16 +207,12 @@ class LoRATrainer:
         requeued beside its old self) would resume from the same state and overwrite its checkpoints. The main
         process takes `RUN_DIR/.train.lock` (`data_recipes.files.DirLock`); every process learns whether it
         got it, so all stop together with the holder named, before anything is read or written."""
-        self.lock, error = None, [None]
-        if self.acc.is_main_process:
-            try:
-                self.lock = DirLock(self.run_dir / ".train.lock", f"training into {self.run_dir}").acquire()
-            except LockHeld as e:
-                error = [str(e)]
-        if self.acc.num_processes > 1:
-            broadcast_object_list(error, from_process=0)
-        if error[0]:
-            raise LockHeld(error[0])
+        self.lock = lock_on_main(self.run_dir / ".train.lock", f"training into {self.run_dir}",
+                                 self.acc.is_main_process, self._from_main)
+
+    def _from_main(self, value):
+        """The main process's `value` on every process."""
+        return broadcast_object_list([value], from_process=0)[0] if self.acc.num_processes > 1 else value
 
     def release(self) -> None:
         """Give the run directory's lock back (the main process holds it); a run directory left empty (set-up

@@ -180,7 +180,7 @@ class Tracker:
                 retry(self.client.update_run, resume_run_id, status="RUNNING")
                 self.run_id, self.resumed = resume_run_id, True
             except Exception as e:  # noqa: BLE001 - only a run this store lacks; anything else is raised
-                if "not found" not in str(e).lower() and "does_not_exist" not in str(e).lower():
+                if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
                     raise
                 print(f"[tracking] MLflow run {resume_run_id} is not in {uri} (the state was tracked elsewhere): "
                       "this run goes on in a new MLflow run", file=sys.stderr, flush=True)
