@@ -243,6 +243,41 @@ def test_a_fresh_run_moves_an_earlier_runs_states_and_adapter_aside(work):
     assert not (rd / ".adapter.tmp").exists()
 
 
+def test_resume_latest_of_a_finished_run_trains_nothing_and_finishes_its_mlflow_run(work):
+    """`--resume latest` in a directory whose run finished under the same settings and stopping point (a Slurm
+    job preempted after writing run.json, while it logged to MLflow) trains nothing: the adapter, run.json and
+    logs stay as they are, nothing is moved aside, and the MLflow run the preemption left KILLED gets its final
+    artifacts and ends FINISHED. With another stopping point (--max_steps 6) the run goes on from its last state."""
+    from mlflow.tracking import MlflowClient
+
+    rd = work / "ckpt" / "done"
+    args = ["--recipe", str(work / "vid.yaml"), "--run_name", "done", "--max_steps", "4", "--save_steps", "2",
+            "--ds_config", "none"]
+    run_lora(work, *args)
+    info = json.loads((rd / "run.json").read_text())
+    client = MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    client.set_terminated(info["mlflow_run_id"], "KILLED")
+    before = {f: (rd / f).read_bytes() for f in ("run.json", "adapter_model.safetensors", "metrics.jsonl")}
+    stamp = (rd / "adapter_model.safetensors").stat().st_mtime_ns
+
+    p = run_lora(work, *args, "--resume", "latest")
+    assert "holds this run finished (4 steps; run.json): nothing to train" in p.stdout, p.stdout[-3000:]
+    assert {f: (rd / f).read_bytes() for f in before} == before
+    assert (rd / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert not list(rd.glob(".superseded-*")) and "Loading weights" not in p.stdout + p.stderr
+    r = client.get_run(info["mlflow_run_id"])
+    assert r.info.status == "FINISHED" and r.data.metrics["steps"] == 4
+    assert {"checkpoint/run.json", "checkpoint/adapter_model.safetensors"} <= \
+        {a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")}
+
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "done", "--max_steps", "6", "--save_steps", "2",
+             "--ds_config", "none", "--resume", "latest")
+    assert json.loads((rd / "run.json").read_text())["steps"] == 6
+    assert [m["step"] for m in metrics(rd)] == [1, 2, 3, 4, 5, 6]
+    aside = sorted(rd.glob(".superseded-*"))
+    assert len(aside) == 1 and json.loads((aside[0] / "run.json").read_text())["steps"] == 4
+
+
 @pytest.mark.slow
 def test_loss_falls_on_video_demo_data(work):
     run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "learn", "--max_steps", "60", "--ds_config", "none",

@@ -116,6 +116,33 @@ FINAL_FILES = ("run.json", "adapter_config.json", "adapter_model.safetensors")
 """The finished run's files: `run.json` (written last) says the adapter beside it is complete."""
 
 
+STOP_SETTINGS = ("max_steps", "schedule_steps")
+"""Settings of where a run stops besides its budget (`train.budget.resolve_budget`'s unit and target)."""
+
+
+def finished_run(run_dir: Path, settings: dict, stop: dict):
+    """The record of the run finished in `run_dir` under `settings` (`resume_settings`) and with the stopping
+    point `stop` ({"unit", "target"} of the budget and `STOP_SETTINGS`), or None.
+
+    `--resume latest` on a finished run (a Slurm job preempted after it wrote run.json, while it logged to
+    MLflow; a relaunch of a job array) has nothing left to do. Without this it would move the finished
+    adapter aside, retrain the steps after its last state and write the adapter again, while evaluations
+    may already read it. A finished run under other settings, or with another stopping point (a larger
+    budget continues the run), is not this one: None, and the run goes on as before."""
+    from train.run_record import RunRecord
+
+    run_dir = Path(run_dir)
+    if not all((run_dir / f).is_file() for f in FINAL_FILES):
+        return None
+    record = RunRecord.read(run_dir / "run.json")
+    config, budget = record.config or {}, record.budget or {}
+    if not all(k in config for k in RESUME_SETTINGS + STOP_SETTINGS) or "manifest_hash" not in record.extra:
+        return None  # a record from before these were written: cannot tell, so the run goes on as before
+    then = resume_settings(config, record.extra["manifest_hash"])
+    then_stop = {"unit": budget.get("unit"), "target": budget.get("target")} | {k: config[k] for k in STOP_SETTINGS}
+    return record if then == settings and then_stop == stop else None
+
+
 def supersede(run_dir: Path, resume_from: Path | None) -> Path | None:
     """Move what does not belong to this run's line of training out of `run_dir`, before it writes anything.
 

@@ -61,7 +61,7 @@ from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
 from train.chat import IGNORE_INDEX  # noqa: E402
 from train.checkpointing import (TrainingState, check_resume_layout, check_resume_settings, find_resume,  # noqa: E402
-                                 FINAL_FILES, load_state, read_state, resume_settings, supersede,
+                                 FINAL_FILES, STOP_SETTINGS, finished_run, load_state, read_state, resume_settings, supersede,
                                  reader_layout, save_state, trainable_aliases, trainable_only,
                                  trainable_state_dict)
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
@@ -72,7 +72,7 @@ from train.models import resolve_base_model, wrap_lora  # noqa: E402
 from train.run_record import RunRecord  # noqa: E402
 from train.runtime import fill_ds_config, resolve_runtime  # noqa: E402
 from train.schedule import make_optimizer, make_scheduler  # noqa: E402
-from train.tracking import NullTracker, Tracker, default_tracking_uri, parent_run_tags  # noqa: E402
+from train.tracking import NullTracker, Tracker, default_tracking_uri, make_client, parent_run_tags, retry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATED_SOURCES = {"synthetic_image", "synthetic_video"}
@@ -151,6 +151,8 @@ class LoRATrainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.run_dir = cfg.run_dir
+        self.finished: RunRecord | None = None
+        """Set by `setup()` when `--resume latest` finds this run finished (`complete_finished`)."""
 
     # --- setup ---------------------------------------------------------------------------------
     def setup(self) -> "LoRATrainer":
@@ -170,6 +172,9 @@ class LoRATrainer:
         settings = resume_settings(cfg.to_dict(), manifest_hash(self.shards))
         if resumed:
             check_resume_settings(resumed, settings, resume_from)
+        self.finished = self._finished_already(settings)
+        if self.finished is not None:
+            return self
         if self.acc.is_main_process:
             aside = supersede(self.run_dir, resume_from)
             if aside is not None:
@@ -201,6 +206,43 @@ class LoRATrainer:
             load_state(self.acc, resume_from, trainable_aliases(self.acc.unwrap_model(self.model)))
             self.acc.print(f"resumed from {resume_from} at step {self.state.step}")
         return self
+
+    def _finished_already(self, settings: dict) -> RunRecord | None:
+        """With `--resume latest`, the record of a run already finished here under these settings and with
+        this stopping point (`train.checkpointing.finished_run`): the relaunch has nothing to train. Decided
+        by the main process, so that every process leaves together."""
+        cfg = self.cfg
+        found = None
+        if cfg.resume == "latest" and self.acc.is_main_process and (self.run_dir / "run.json").is_file():
+            b = budgets.resolve_budget(cfg, cfg.tracking_uri or default_tracking_uri())
+            stop = {"unit": b.unit, "target": b.target} | {k: getattr(cfg, k) for k in STOP_SETTINGS}
+            found = finished_run(self.run_dir, settings, stop)
+        found = self._from_main(found.to_dict() if found is not None else None)
+        return RunRecord.from_dict(found, self.run_dir / "run.json") if found is not None else None
+
+    def complete_finished(self) -> dict:
+        """A relaunch of a finished run: train nothing, keep the adapter, and finish the MLflow run if the
+        finished job was stopped before it could (its final tags and artifacts, points that metrics.jsonl
+        holds and the store lacks, status FINISHED). Returns run.json's contents."""
+        record, info = self.finished, self.finished.to_dict()
+        self.acc.print(f"{self.run_dir} holds this run finished ({info.get('steps')} steps; run.json): nothing to "
+                       "train. To train it again, start without --resume or under another --run_name.", flush=True)
+        if not self.acc.is_main_process or not record.mlflow_run_id:
+            return info
+        uri = record.tracking_uri or self.cfg.tracking_uri or default_tracking_uri()
+        try:
+            status = retry(make_client(uri).get_run, record.mlflow_run_id).info.status
+        except Exception as e:  # noqa: BLE001 - the run is finished on disk; its MLflow record can be mended later
+            print(f"[tracking] MLflow run {record.mlflow_run_id} in {uri} not checked ({type(e).__name__}: {e})",
+                  file=sys.stderr, flush=True)
+            return info
+        if status != "FINISHED":
+            t = Tracker(uri, self.cfg.experiment, self.run_dir.name, {}, resume_run_id=record.mlflow_run_id)
+            t.tolerate_outages(grace_s=self.cfg.tracking_grace_s)
+            t.backfill(self.run_dir / "metrics.jsonl")
+            self._log_final(t, info)
+            self.acc.print(f"MLflow run {record.mlflow_run_id} was {status}: its final logs written, now FINISHED")
+        return info
 
     def _lock_run_dir(self) -> None:
         """One training job per run directory: a second (a study rerun while the first still runs, a job
@@ -657,21 +699,25 @@ class LoRATrainer:
         # that does not answer can hold it for minutes, longer than the other processes may wait in a barrier).
         acc.wait_for_everyone()
         if acc.is_main_process:
-            t = self.tracker
-            # (consumed/* of the last step are logged with it)
-            t.log_metrics({"steps": state.step, "unique_samples": info["unique_samples"]}, step=state.step)
-            t.set_tags({f"dtype/{k}": v for k, v in info["precision"].items()})
-            if "match" in info:
-                m = info["match"]
-                t.set_tags({"match_to": cfg.match_to, "match_by": b.unit})
-                t.log_metrics({"match/target": m["target"], "match/achieved": m["achieved"],
-                               "match/rel_error": m["rel_error"]}, step=state.step)
-            for f in FINAL_FILES:
-                t.log_artifact(self.run_dir / f, "checkpoint")
-            t.end()
+            self._log_final(self.tracker, info)
             acc.print(f"wrote {self.run_dir}: {state.step} steps, consumed " +
                       ", ".join(f"{c} {v}" for c, v in state.consumed.items()))
         return info
+
+
+    def _log_final(self, t, info: dict) -> None:
+        """What a finished run adds to its MLflow run (from run.json's contents `info`), then its end."""
+        step = info["steps"]  # (consumed/* of the last step are logged with it)
+        t.log_metrics({"steps": step, "unique_samples": info["unique_samples"]}, step=step)
+        t.set_tags({f"dtype/{k}": v for k, v in info["precision"].items()})
+        if "match" in info:
+            m = info["match"]
+            t.set_tags({"match_to": info["config"]["match_to"], "match_by": m["unit"]})
+            t.log_metrics({"match/target": m["target"], "match/achieved": m["achieved"],
+                           "match/rel_error": m["rel_error"]}, step=step)
+        for f in FINAL_FILES:
+            t.log_artifact(self.run_dir / f, "checkpoint")
+        t.end()
 
 
 SAVE_FLUSH_S = 30.0
@@ -687,8 +733,11 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = LoRATrainer(cfg)
     try:
         trainer.setup()
-        trainer.train()
-        info = trainer.finish()
+        if trainer.finished is not None:
+            info = trainer.complete_finished()
+        else:
+            trainer.train()
+            info = trainer.finish()
     except BaseException as e:
         # The MLflow run says how it ended (it stayed RUNNING for ever); a resumed run sets it running again.
         tracker = getattr(trainer, "tracker", None)
