@@ -247,7 +247,7 @@ def test_resume_latest_of_a_finished_run_trains_nothing_and_finishes_its_mlflow_
     """`--resume latest` in a directory whose run finished under the same settings and stopping point (a Slurm
     job preempted after writing run.json, while it logged to MLflow) trains nothing: the adapter, run.json and
     logs stay as they are, nothing is moved aside, and the MLflow run the preemption left KILLED gets its final
-    artifacts and ends FINISHED. With another stopping point (--max_steps 6) the run goes on from its last state."""
+    artifacts and ends FINISHED. A larger budget would run past the state's learning-rate schedule: refused."""
     from mlflow.tracking import MlflowClient
 
     rd = work / "ckpt" / "done"
@@ -270,12 +270,23 @@ def test_resume_latest_of_a_finished_run_trains_nothing_and_finishes_its_mlflow_
     assert {"checkpoint/run.json", "checkpoint/adapter_model.safetensors"} <= \
         {a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")}
 
-    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "done", "--max_steps", "6", "--save_steps", "2",
-             "--ds_config", "none", "--resume", "latest")
-    assert json.loads((rd / "run.json").read_text())["steps"] == 6
-    assert [m["step"] for m in metrics(rd)] == [1, 2, 3, 4, 5, 6]
+    # A larger budget is another stopping point, but its steps would run past the state's cosine schedule, at a
+    # learning rate of 0: refused, naming the state file, and the finished run left where it was.
+    p = run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "done", "--max_steps", "6", "--save_steps",
+                 "2", "--ds_config", "none", "--resume", "latest", check=False)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "error: ckpt/done/checkpoints/step-2/trainer_state.json: this state's cosine learning-rate schedule ends " \
+           "at step 4, and the budget now asks for 6 steps: past step 4 the learning rate is 0" in p.stderr
+    assert {f: (rd / f).read_bytes() for f in before} == before and not list(rd.glob(".superseded-*"))
+    # A smaller one stops earlier on the same schedule: a rewind to step 2 that ends at step 3.
+    run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "done", "--max_steps", "3", "--save_steps", "2",
+             "--ds_config", "none", "--resume", str(rd / "checkpoints" / "step-2"))
+    assert json.loads((rd / "run.json").read_text())["steps"] == 3
+    lrs = {m["step"]: m["lr"] for m in metrics(rd)}
+    assert sorted(lrs) == [1, 2, 3] and lrs[3] == pytest.approx(json.loads(before["metrics.jsonl"].splitlines()[2])["lr"])
     aside = sorted(rd.glob(".superseded-*"))
-    assert len(aside) == 1 and json.loads((aside[0] / "run.json").read_text())["steps"] == 4
+    assert len(aside) == 1 and sorted(f.name for f in aside[0].iterdir()) == ["adapter_config.json",
+                                                                            "adapter_model.safetensors", "run.json"]
 
 
 @pytest.mark.slow

@@ -116,6 +116,19 @@ FINAL_FILES = ("run.json", "adapter_config.json", "adapter_model.safetensors")
 """The finished run's files: `run.json` (written last) says the adapter beside it is complete."""
 
 
+def check_resume_schedule(state: TrainingState, planned_steps: int, cfg, where: Path) -> None:
+    """Refuse a resume whose budget reaches past the end of its state's learning-rate schedule. The schedule
+    is the state's (a new one would jump the learning rate at the resumed step); a decaying one is 0 from its
+    last step on, so the steps past it would train nothing while the run reported the larger budget. A
+    smaller budget (stopping earlier) and a constant schedule are fine."""
+    if cfg.lr_scheduler == "constant" or not state.schedule_steps or planned_steps <= state.schedule_steps:
+        return
+    raise ConfigError(f"{where / STATE_FILE}: this state's {cfg.lr_scheduler} learning-rate schedule ends at step "
+                      f"{state.schedule_steps}, and the budget now asks for {planned_steps} steps: past step "
+                      f"{state.schedule_steps} the learning rate is 0. A longer run needs a schedule of its length: "
+                      "start a new run (another --run_name, without --resume) with the larger budget")
+
+
 STOP_SETTINGS = ("max_steps", "schedule_steps")
 """Settings of where a run stops besides its budget (`train.budget.resolve_budget`'s unit and target)."""
 

@@ -60,7 +60,8 @@ from data_recipes.processors import save_processor  # noqa: E402
 from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
 from train.chat import IGNORE_INDEX  # noqa: E402
-from train.checkpointing import (TrainingState, check_resume_layout, check_resume_settings, find_resume,  # noqa: E402
+from train.checkpointing import (TrainingState, check_resume_layout, check_resume_schedule, check_resume_settings,
+                                 find_resume,  # noqa: E402
                                  FINAL_FILES, STOP_SETTINGS, finished_run, load_state, read_state, resume_settings, supersede,
                                  reader_layout, save_state, trainable_aliases, trainable_only,
                                  trainable_state_dict)
@@ -175,12 +176,6 @@ class LoRATrainer:
         self.finished = self._finished_already(settings)
         if self.finished is not None:
             return self
-        if self.acc.is_main_process:
-            aside = supersede(self.run_dir, resume_from)
-            if aside is not None:
-                self.acc.print(f"moved to {aside}: " + ", ".join(sorted(p.name for p in aside.iterdir()))
-                               + (f" (newer than {resume_from})" if resume_from else " (from an earlier run)"),
-                               flush=True)
         self.base_dir = self._setup_base_model()
         # Seeded after the on-demand builds (which seed for themselves), so a run that had to build the
         # tiny model and one that found it on disk draw the same LoRA init and dropout masks.
@@ -189,6 +184,15 @@ class LoRATrainer:
         self._setup_inputs()
         self.tracking_uri = cfg.tracking_uri or default_tracking_uri()
         self.budget = self._setup_budget()
+        if resumed:
+            check_resume_schedule(resumed, self.budget.schedule_steps, cfg, resume_from)
+        # Everything that can refuse this run has spoken: now what is not on its line of training goes aside.
+        if self.acc.is_main_process:
+            aside = supersede(self.run_dir, resume_from)
+            if aside is not None:
+                self.acc.print(f"moved to {aside}: " + ", ".join(sorted(p.name for p in aside.iterdir()))
+                               + (f" (newer than {resume_from})" if resume_from else " (from an earlier run)"),
+                               flush=True)
         self._setup_optimizer()
         self.state = resumed or TrainingState(schedule_steps=self.budget.schedule_steps)
         self.state.readers, self.state.settings = layout, settings
