@@ -11,6 +11,7 @@ evaluations and training runs can share one sqlite file at the same time.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -29,6 +30,20 @@ def _same_store(a: str, b: str) -> bool:
     norm = [str(Path(u.removeprefix("sqlite:///")).resolve()) if u.startswith("sqlite:///") else u.rstrip("/")
             for u in (a, b)]
     return norm[0] == norm[1]
+
+
+@contextlib.contextmanager
+def _run_written(client, run_id: str):
+    """The writes of a run this module created: FINISHED when they all succeed; when one fails, the run is
+    marked FAILED (when the store lets us) and the error raised. Before, it stayed RUNNING for ever, and a
+    retry of the evaluation made a second run beside it."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+    retry(client.set_terminated, run_id, "FINISHED")
 
 
 class EvalTracker:
@@ -79,19 +94,19 @@ class EvalTracker:
         tags.update(parent_run_tags())  # under a study: a child of the study's run, beside the training runs
         run = retry(self.client.create_run, exp_id, run_name=f"eval-{ckpt.name}", tags=tags)
         run_id = run.info.run_id
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-        for i in range(0, len(items), 100):
-            retry(self.client.log_batch, run_id, params=items[i:i + 100])
-        now = int(time.time() * 1000)
-        values = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
-        for i in range(0, len(values), 500):
-            retry(self.client.log_batch, run_id, metrics=values[i:i + 500])
-        retry(self.client.log_batch, run_id, tags=[RunTag("evalsuite.tasks", ",".join(
-            sorted({k.split("/")[0] for k in metrics})))])
-        for path, artifact_path in artifacts:
-            if Path(path).is_file():
-                retry(self.client.log_artifact, run_id, str(path), artifact_path)
-        retry(self.client.set_terminated, run_id, "FINISHED")
+        with _run_written(self.client, run_id):
+            items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+            for i in range(0, len(items), 100):
+                retry(self.client.log_batch, run_id, params=items[i:i + 100])
+            now = int(time.time() * 1000)
+            values = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
+            for i in range(0, len(values), 500):
+                retry(self.client.log_batch, run_id, metrics=values[i:i + 500])
+            retry(self.client.log_batch, run_id, tags=[RunTag("evalsuite.tasks", ",".join(
+                sorted({k.split("/")[0] for k in metrics})))])
+            for path, artifact_path in artifacts:
+                if Path(path).is_file():
+                    retry(self.client.log_artifact, run_id, str(path), artifact_path)
         return run_id
 
 
@@ -127,12 +142,12 @@ def log_comparison(root: Path, report: Path, fig_dir: Path, metrics: dict[str, f
         tags[_mlflow_key(f"verdict/{v['subject']}_vs_{v['video']}/{v['finding']}{frames}")] = str(v["verdict"])
     run = retry(tracker.client.create_run, exp_id, run_name=f"comparison-{root.name}", tags=tags)
     run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    values = [Metric(_mlflow_key(k), float(v), now, 0) for k, v in sorted(metrics.items())]
-    for i in range(0, len(values), 500):
-        retry(tracker.client.log_batch, run_id, metrics=values[i:i + 500])
-    retry(tracker.client.log_artifact, run_id, str(report), "report")
-    retry(tracker.client.log_artifacts, run_id, str(fig_dir), "report/report")
-    retry(tracker.client.log_batch, run_id, tags=[RunTag("evalsuite.report", str(report))])
-    retry(tracker.client.set_terminated, run_id, "FINISHED")
+    with _run_written(tracker.client, run_id):
+        now = int(time.time() * 1000)
+        values = [Metric(_mlflow_key(k), float(v), now, 0) for k, v in sorted(metrics.items())]
+        for i in range(0, len(values), 500):
+            retry(tracker.client.log_batch, run_id, metrics=values[i:i + 500])
+        retry(tracker.client.log_artifact, run_id, str(report), "report")
+        retry(tracker.client.log_artifacts, run_id, str(fig_dir), "report/report")
+        retry(tracker.client.log_batch, run_id, tags=[RunTag("evalsuite.report", str(report))])
     return run_id

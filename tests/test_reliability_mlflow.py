@@ -234,3 +234,31 @@ def test_an_outage_mid_run_stops_no_training_and_nothing_is_lost(tmp_path):
                    capture_output=True, timeout=600)
     run_id = json.loads((killed / "run.json").read_text())["mlflow_run_id"]
     assert steps_in_mlflow(killed, run_id) == list(range(1, 13))
+
+
+def test_an_evaluation_run_whose_writes_fail_is_marked_failed_not_left_running(tmp_path, monkeypatch):
+    """The evaluation's MLflow run is created, then its params, metrics and artifacts are written: when one of
+    those writes fails, the run is marked FAILED and the error raised. Left RUNNING, it looked live for ever,
+    and the evaluation's retry (which logs again) put a second run beside it."""
+    from mlflow.tracking import MlflowClient
+
+    from evalsuite.checkpoints import CheckpointRef
+    from evalsuite.tracking import EvalTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = EvalTracker(uri, "exp")
+    artifact = tmp_path / "metrics.json"
+    artifact.write_text("{}")
+
+    def refused(*args, **kwargs):
+        raise PermissionError("artifact store refused the write")
+
+    monkeypatch.setattr(tracker.client, "log_artifact", refused)
+    ref = CheckpointRef(Path("/ckpt/a"), Path("/ckpt/a"), "model")
+    with pytest.raises(PermissionError, match="refused"):
+        tracker.log_evaluation(ref, {"vcot/f5/acc": 0.5}, {"seed": 0}, [(artifact, "vcot")])
+    monkeypatch.undo()
+    runs = MlflowClient(uri).search_runs([tracker._experiment_id("exp")])
+    assert [r.info.status for r in runs] == ["FAILED"] and runs[0].data.metrics["vcot/f5/acc"] == 0.5
+    run_id = tracker.log_evaluation(ref, {"vcot/f5/acc": 0.5}, {"seed": 0}, [(artifact, "vcot")])
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
