@@ -1,7 +1,8 @@
 """The evaluation suite's only contact with MLflow.
 
 Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
-`<repo>/mlruns/artifacts`. One run per checkpoint evaluation, in the experiment of the checkpoint's
+`<repo>/mlruns/artifacts`. One run per checkpoint evaluation (tasks evaluated one at a time, as a study
+does, join the run of the checkpoint's other tasks), in the experiment of the checkpoint's
 training run and nested under it (`mlflow.parentRunId`) when that run is in the same store, so the
 compare view lines image and video checkpoints up by metric name (`vcot/f5/gain`, ...). A base model
 has no training run: its evaluation joins the experiment of a run trained on it. The store is opened,
@@ -33,15 +34,16 @@ def _same_store(a: str, b: str) -> bool:
 
 
 @contextlib.contextmanager
-def _run_written(client, run_id: str):
-    """The writes of a run this module created: FINISHED when they all succeed; when one fails, the run is
-    marked FAILED (when the store lets us) and the error raised. Before, it stayed RUNNING for ever, and a
-    retry of the evaluation made a second run beside it."""
+def _run_written(client, run_id: str, on_error: str = "FAILED"):
+    """The writes to a run: FINISHED when they all succeed; when one fails, the run is marked `on_error` (when
+    the store lets us) and the error raised. Before, it stayed RUNNING for ever, and a retry of the evaluation
+    made a second run beside it. A run joined by one more task (`EvalTracker._joinable`) goes back to
+    FINISHED: its other tasks' results are whole, and the retry logs the failed task again into it."""
     try:
         yield
     except BaseException:
         with contextlib.suppress(Exception):
-            client.set_terminated(run_id, "FAILED")
+            client.set_terminated(run_id, on_error)
         raise
     retry(client.set_terminated, run_id, "FINISHED")
 
@@ -53,6 +55,7 @@ class EvalTracker:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = make_client(self.uri)  # a fresh store is created by one process at a time
         self.experiment = experiment or DEFAULT_EXPERIMENT
+        self._params_of: dict[str, dict] = {}  # params a joined run already holds (logged again, MLflow refuses)
 
     def _training_run(self, run: RunRecord | None):
         """The training run of a run.json's record, if it lives in this store."""
@@ -64,12 +67,35 @@ class EvalTracker:
         except Exception:  # noqa: BLE001 - deleted or never synced: record the id as a tag only
             return None
 
+    @staticmethod
+    def _tasks(run) -> set[str]:
+        return {t for t in run.data.tags.get("evalsuite.tasks", "").split(",") if t}
+
+    def _joinable(self, exp_id: str, tags: dict, tasks: list[str], params: dict[str, str]) -> str | None:
+        """The finished evaluation run of the same checkpoint (and the same parent: training run or study) that
+        other tasks logged to, holds none of `tasks`, and agrees with `params` on every param both have: the
+        evaluation of one more task of that checkpoint joins it, so the UI shows a checkpoint's tasks in one
+        row (a study evaluates each task in its own job). None: a new run."""
+        path = tags["evalsuite.checkpoint"]
+        if "'" in path:
+            return None  # not expressible in a filter string; a new run is correct, only less tidy
+        runs = retry(self.client.search_runs, [exp_id], filter_string=f"tags.`evalsuite.checkpoint` = '{path}'",
+                     order_by=["attributes.start_time DESC"], max_results=50)
+        for run in runs:
+            have = run.data.params
+            if (run.info.status == "FINISHED" and run.data.tags.get("mlflow.parentRunId") == tags.get("mlflow.parentRunId")
+                    and not self._tasks(run) & set(tasks) and all(have.get(k, v) == v for k, v in params.items())):
+                self._params_of[run.info.run_id] = have
+                return run.info.run_id
+        return None
+
     def _experiment_id(self, name: str) -> str:
         return experiment_id(self.client, name, artifact_root(self.uri))
 
     def log_evaluation(self, ckpt, metrics: dict[str, float], params: dict[str, str],
                        artifacts: list[tuple[Path, str]], siblings=()) -> str:
-        """One finished run for checkpoint `ckpt` (a CheckpointRef); returns its id."""
+        """The finished run of checkpoint `ckpt` (a CheckpointRef) holding these tasks' results: a new run, or the
+        run of the checkpoint's other tasks (`_joinable`); returns its id."""
         from mlflow.entities import Metric, Param, RunTag
 
         parent = self._training_run(ckpt.run)
@@ -92,18 +118,23 @@ class EvalTracker:
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.info.run_id
         tags.update(parent_run_tags())  # under a study: a child of the study's run, beside the training runs
-        run = retry(self.client.create_run, exp_id, run_name=f"eval-{ckpt.name}", tags=tags)
-        run_id = run.info.run_id
-        with _run_written(self.client, run_id):
-            items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        tasks = sorted({k.split("/")[0] for k in metrics})
+        params = {k: str(v)[:6000] for k, v in params.items()}
+        run_id = joined = self._joinable(exp_id, tags, tasks, params)
+        if joined is None:
+            run_id = retry(self.client.create_run, exp_id, run_name=f"eval-{ckpt.name}", tags=tags).info.run_id
+        else:
+            tasks = sorted(set(tasks) | self._tasks(retry(self.client.get_run, run_id)))
+            retry(self.client.update_run, run_id, status="RUNNING")
+        with _run_written(self.client, run_id, "FAILED" if joined is None else "FINISHED"):
+            items = [Param(k, v) for k, v in sorted(params.items()) if k not in self._params_of.get(run_id, {})]
             for i in range(0, len(items), 100):
                 retry(self.client.log_batch, run_id, params=items[i:i + 100])
             now = int(time.time() * 1000)
             values = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
             for i in range(0, len(values), 500):
                 retry(self.client.log_batch, run_id, metrics=values[i:i + 500])
-            retry(self.client.log_batch, run_id, tags=[RunTag("evalsuite.tasks", ",".join(
-                sorted({k.split("/")[0] for k in metrics})))])
+            retry(self.client.log_batch, run_id, tags=[RunTag("evalsuite.tasks", ",".join(tasks))])
             for path, artifact_path in artifacts:
                 if Path(path).is_file():
                     retry(self.client.log_artifact, run_id, str(path), artifact_path)

@@ -262,3 +262,38 @@ def test_an_evaluation_run_whose_writes_fail_is_marked_failed_not_left_running(t
     assert [r.info.status for r in runs] == ["FAILED"] and runs[0].data.metrics["vcot/f5/acc"] == 0.5
     run_id = tracker.log_evaluation(ref, {"vcot/f5/acc": 0.5}, {"seed": 0}, [(artifact, "vcot")])
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_tasks_evaluated_one_at_a_time_share_the_checkpoints_run(tmp_path, monkeypatch):
+    """A study evaluates each task of a checkpoint in its own job: the second task's log joins the run of the
+    first, so the compare view shows a checkpoint's vcot and iraven metrics in one row. A task evaluated again,
+    other weights (fingerprint param), another checkpoint or another study parent get a run of their own."""
+    from mlflow.tracking import MlflowClient
+
+    from evalsuite.checkpoints import CheckpointRef
+    from evalsuite.tracking import EvalTracker
+
+    monkeypatch.delenv("BETWEENFRAMES_PARENT_RUN_ID", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    tracker = EvalTracker(uri, "exp")
+    ref = CheckpointRef(Path("/ckpt/a"), Path("/ckpt/a"), "model")
+    who = {"checkpoint.name": "a", "checkpoint.fingerprint": "f1"}
+    first = tracker.log_evaluation(ref, {"vcot/f5/acc": 0.5}, who | {"vcot.limit": 300}, [])
+    second = tracker.log_evaluation(ref, {"iraven/acc": 0.1}, who | {"iraven.limit": 20}, [])
+    assert second == first
+    run = client.get_run(first)
+    assert run.info.status == "FINISHED" and run.data.tags["evalsuite.tasks"] == "iraven,vcot"
+    assert run.data.metrics == {"vcot/f5/acc": 0.5, "iraven/acc": 0.1}
+    assert run.data.params == {"checkpoint.name": "a", "checkpoint.fingerprint": "f1", "vcot.limit": "300",
+                               "iraven.limit": "20"}
+    again = tracker.log_evaluation(ref, {"vcot/f5/acc": 0.6}, who | {"vcot.limit": 300}, [])
+    retrained = tracker.log_evaluation(ref, {"shuffle/acc": 0.3}, who | {"checkpoint.fingerprint": "f2"}, [])
+    other = tracker.log_evaluation(CheckpointRef(Path("/ckpt/b"), Path("/ckpt/b"), "model"), {"shuffle/acc": 0.3},
+                                   {"checkpoint.name": "b", "checkpoint.fingerprint": "f3"}, [])
+    assert len({first, again, retrained, other}) == 4
+    assert client.get_run(first).data.metrics["vcot/f5/acc"] == 0.5  # a record is never overwritten
+    monkeypatch.setenv("BETWEENFRAMES_PARENT_RUN_ID", first)  # (any existing run id will do as a parent)
+    in_study = tracker.log_evaluation(ref, {"shuffle/acc": 0.2}, who, [])
+    assert in_study not in (first, again, retrained)
+    assert client.get_run(in_study).data.tags["mlflow.parentRunId"] == first
