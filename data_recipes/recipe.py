@@ -60,6 +60,7 @@ from data_recipes.counters import SIZE_FROM_UNITS
 from data_recipes.files import file_sha256
 from data_recipes.hints import did_you_mean
 from data_recipes.resize import check_max_pixels
+from data_recipes.yamlfile import load_yaml
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 SOURCE_TYPES = ("synthetic_image", "synthetic_video", "llava_image", "llava_video")
@@ -341,7 +342,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
             raise RecipeError(f"unknown recipe '{name_or_path}'{did_you_mean(name_or_path, names)}; "
                               f"shipped recipes: {', '.join(names)}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML ({e})") from None
     return dataclasses.replace(parse_recipe(data or {}, path.stem, str(path)), path=str(path))

@@ -83,7 +83,8 @@ class EvalTracker:
                      order_by=["attributes.start_time DESC"], max_results=50)
         for run in runs:
             have = run.data.params
-            if (run.info.status == "FINISHED" and run.data.tags.get("mlflow.parentRunId") == tags.get("mlflow.parentRunId")
+            same_parent = run.data.tags.get("mlflow.parentRunId") == tags.get("mlflow.parentRunId")
+            if (run.info.status == "FINISHED" and same_parent
                     and not self._tasks(run) & set(tasks) and all(have.get(k, v) == v for k, v in params.items())):
                 self._params_of[run.info.run_id] = have
                 return run.info.run_id

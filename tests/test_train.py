@@ -289,6 +289,18 @@ def test_resume_latest_of_a_finished_run_trains_nothing_and_finishes_its_mlflow_
                                                                             "adapter_model.safetensors", "run.json"]
 
 
+def test_a_run_stopped_by_max_steps_short_of_its_budget_says_so(work):
+    """max_steps caps a run with a budget; the run then ends short of it, and run.json (which records the budget)
+    and the output say so instead of leaving only the numbers to tell."""
+    rd = work / "ckpt" / "capped"
+    p = run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "capped", "--max_samples", "64",
+                 "--max_steps", "2", "--ds_config", "none")
+    info = json.loads((rd / "run.json").read_text())
+    assert info["budget"]["target"] == 64 and info["consumed"]["samples"] == 8
+    assert info["short_of_budget"] == {"unit": "samples", "target": 64, "achieved": 8, "limited_by": "max_steps"}
+    assert "warning: stopped by max_steps 2 at 8 of the budget's 64 samples" in p.stdout
+
+
 @pytest.mark.slow
 def test_loss_falls_on_video_demo_data(work):
     run_lora(work, "--recipe", str(work / "vid.yaml"), "--run_name", "learn", "--max_steps", "60", "--ds_config", "none",

@@ -30,6 +30,7 @@ import yaml
 from data_recipes.clips import VIDEO_INPUT_SETTINGS
 from data_recipes.counters import TRAIN_MATCH_UNITS
 from data_recipes.hints import did_you_mean
+from data_recipes.yamlfile import load_yaml
 
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
@@ -351,10 +352,15 @@ def resolve(argv: list[str], recipe_train: typing.Callable[[str], dict] | None =
         path = Path(args.config)
         if not path.exists():
             raise ConfigError(f"--config {path}: file not found")
-        file_layer = yaml.safe_load(path.read_text()) or {}
+        try:
+            file_layer = load_yaml(path) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(file_layer, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
         recipe = recipe or file_layer.get("recipe")
+        if recipe is not None and not isinstance(recipe, str):
+            raise ConfigError(f"{path}: field 'recipe' must be a recipe name or path, got {recipe!r}")
     if not recipe:
         raise ConfigError("no recipe: pass --recipe NAME (python -m data_recipes list shows them)")
     recipe_layer = recipe_train(recipe) if recipe_train is not None else {}
@@ -392,9 +398,23 @@ def validate(cfg: TrainConfig) -> None:
                           ("video_input", VIDEO_INPUT_SETTINGS)):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
-    for k in ("per_device_batch_size", "gradient_accumulation_steps", "lora_r", "process_group_timeout_s", "nodes"):
+    for k in ("per_device_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "process_group_timeout_s",
+              "nodes", "logging_steps"):
         if getattr(cfg, k) < 1:
-            raise ConfigError(f"{k} must be >= 1")
+            raise ConfigError(f"{k} must be >= 1, got {getattr(cfg, k)}")
+    # Values the optimizer or a launcher would take without a word and turn into another experiment: a negative
+    # clipping norm flips the gradients (torch scales by it), 0 zeroes them without DeepSpeed and switches
+    # clipping off under it; a negative learning rate ascends; LoRA's scale is alpha / r.
+    for k in ("learning_rate", "max_grad_norm", "gpu_memory_gb"):
+        if not getattr(cfg, k) > 0:
+            hint = " (for no clipping in effect, give a large norm such as 1e9)" if k == "max_grad_norm" else ""
+            raise ConfigError(f"{k} must be > 0, got {getattr(cfg, k)}{hint}")
+    for k in ("projector_lr", "weight_decay", "warmup_steps", "schedule_steps", "max_steps", "max_samples",
+              "save_steps", "save_total_limit", "num_workers", "shuffle_buffer", "gpus", "tracking_grace_s"):
+        if getattr(cfg, k) < 0:
+            raise ConfigError(f"{k} must be >= 0, got {getattr(cfg, k)}")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise ConfigError(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
     name = cfg.run_name or Path(cfg.recipe).stem
     if not name or "/" in name or name.startswith(".") or "\\" in name:
         raise ConfigError(f"run_name {name!r} must be a plain directory name (it cannot leave output_root)")

@@ -684,6 +684,12 @@ class LoRATrainer:
                    "dropped": state.dropped, "precision": self.precision_record(),
                    "runtime": self.runtime.describe(),
                    "parameters": {"trainable": self.trainable, "total": self.total_params}})
+        if b.unit is not None and b.target and state.consumed[b.unit] < b.target:
+            # Stopped by max_steps before the budget: said here and in run.json, not only by the numbers.
+            record.extra["short_of_budget"] = {"unit": b.unit, "target": b.target,
+                                               "achieved": state.consumed[b.unit], "limited_by": "max_steps"}
+            acc.print(f"warning: stopped by max_steps {cfg.max_steps} at {state.consumed[b.unit]} of the budget's "
+                      f"{b.target} {b.unit} (run.json: short_of_budget)", flush=True)
         info = record.to_dict()
         if acc.is_main_process:
             # The adapter is written beside the run directory and renamed in, each file whole; run.json, the

@@ -72,6 +72,7 @@ import yaml
 from data_recipes.files import REPO_ROOT as REPO, atomic_write_json
 from data_recipes.hints import did_you_mean
 from data_recipes.recipe import RecipeError, _build, _expect, _is_int, load_recipe
+from data_recipes.yamlfile import load_yaml
 from train.run_record import RunRecord, RunRecordError
 
 LAUNCHER_TYPES = ("local", "submitit_local", "slurm")
@@ -79,6 +80,9 @@ STATUSES = ("pending", "partial", "trained", "done", "failed")
 STUDY_SET = ("recipe", "run_name", "output_root", "output_dir", "shards_root", "base_model", "seed", "budget", "budget_unit",
              "match_to", "match_by", "resume", "experiment", "tracking_uri", "dry_run", "video_input")
 """Trainer settings the study sets itself: an arm's `train:` may not (video_input: the arm's own field)."""
+BUDGET_CAPS = ("max_steps", "max_samples", "schedule_steps")
+"""Trainer settings that would stop a study's run before its budget (max_steps) or size its schedule for
+another one: refused in an arm's `train:` (a recipe's max_samples yields to the budget; the others not)."""
 
 
 class StudyError(RecipeError):
@@ -237,6 +241,11 @@ def _arm(data, i: int, study_base: str, spec_dir: Path, where: str) -> Arm:
     _expect(isinstance(arm.train, dict), aw, "train must be a mapping of trainer settings")
     for k in arm.train:
         _expect(k not in STUDY_SET, aw, f"train: '{k}' is set by the study (use the spec's fields)")
+        _expect(k not in BUDGET_CAPS, aw, f"train: '{k}' would stop the arm's runs short of the study's budget, "
+                "which the report would still show them at (the budget is where a study's runs stop)")
+    capped = [k for k in BUDGET_CAPS if k != "max_samples" and load_recipe(arm.recipe).train.get(k)]
+    _expect(not capped, aw, f"recipe {arm.recipe}: its train section sets {', '.join(capped)}, which would stop the "
+            "arm's runs short of the study's budget (its max_samples yields to the budget; these do not)")
     try:
         apply_layer({}, arm.train, f"{aw}: train")
     except ConfigError as e:
@@ -302,7 +311,7 @@ def load_study(path: str | os.PathLike) -> Study:
     if not p.is_file():
         raise StudyError(f"{p}: study spec not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p)
     except yaml.YAMLError as e:
         raise StudyError(f"{p}: not valid YAML ({e})") from None
     return parse_study(data or {}, p)
