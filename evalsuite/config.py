@@ -197,6 +197,8 @@ class EvalConfig:
         self.frames = tuple(int(f) for f in self.frames)
         if not self.frames or any(f < 2 for f in self.frames):
             raise ConfigError(f"--frames {self.frames}: need at least 2 frames per video (infills go between frames)")
+        if len(set(self.frames)) < len(self.frames):
+            raise ConfigError(f"--frames {' '.join(map(str, self.frames))}: give each F once")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.iraven_limit is not None and self.iraven_limit < 1:

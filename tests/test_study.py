@@ -72,6 +72,14 @@ def write_spec(d: Path, name: str = "micro.yaml", **over) -> Path:
     ({"budgets": [384, -1]}, ["budgets[1] must be a positive whole number"]),
     ({"seeds": [0, 0]}, ["field 'seeds' has duplicates"]),
     ({"eval": ["--limt", "3"]}, ["field 'eval'", "--limt"]),
+    # settings argparse takes but the evaluation refuses: refused at load, not after every run has trained
+    ({"eval": {"infills": "oracle_noisy:1.5"}}, ["field 'eval': --infills oracle_noisy:1.5", "a number from 0 to 1"]),
+    ({"eval": ["--frames", "5", "5"]}, ["field 'eval': --frames 5 5: give each F once"]),
+    ({"eval": ["--limit", "0"]}, ["field 'eval': --limit must be >= 1"]),
+    ({"eval": ["--protocol", "paper"]}, ["field 'eval': --protocol paper needs --judge DIR"]),
+    ({"eval": ["--tasks", "vcott"]}, ["field 'eval': --tasks vcott: no such task", "did you mean 'vcot'"]),
+    ({"arms": [{"name": "video", "recipe": "vid.yaml", "train": {"max_steps": 3}}]},
+     ["arms[0]: train: 'max_steps' would stop the arm's runs short of the study's budget"]),
     ({"launcher": {"type": "slurmm"}}, ["launcher", "did you mean 'slurm'"]),
     ({"launcher": {"type": "slurm", "gpu_per_node": 8}}, ["launcher: unknown key 'gpu_per_node'",
                                                          "did you mean 'gpus_per_node'"]),
@@ -90,6 +98,15 @@ def test_the_cli_reports_a_bad_spec_without_a_traceback(tmp_path):
     p = subprocess.run([PY, "-m", "evalsuite", "study", str(path), "--dry_run"], capture_output=True, text=True,
                        env=ENV, cwd=tmp_path, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith(f"error: {path}: field 'unit'") and "Traceback" not in p.stderr
+
+
+def test_eval_flags_with_equals_are_read_as_argparse_reads_them(tmp_path):
+    """`--tasks=vcot` is one word in the spec: split as argparse splits it, so the study evaluates only vcot
+    (before, it expected every task and each task's command refused the flag)."""
+    from evalsuite.study.run import split_tasks
+
+    study = load_study(write_spec(tmp_path, "eq.yaml", eval=["--tasks=vcot", "--limit=10"]))
+    assert split_tasks(study.eval) == (["vcot"], ["--limit", "10"])
 
 
 def test_eval_flags_as_a_mapping_and_the_tasks_taken_out(tmp_path):

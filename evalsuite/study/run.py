@@ -177,15 +177,29 @@ def _eval_flags(value, where: str) -> tuple[str, ...]:
                 flags += [str(x) for x in v] if isinstance(v, list) else [str(v)]
         value = flags
     _expect(isinstance(value, list), where, f"field 'eval' must be a list of flags or a mapping, got {value!r}")
-    flags = tuple(str(x) for x in value)
-    from evalsuite.cli import build_parser
+    # `--flag=value` as two words, as argparse reads it: `split_tasks` then sees `--tasks=vcot` too
+    flags = tuple(w for x in value for w in (str(x).split("=", 1) if str(x).startswith("--") else [str(x)]))
+    from evalsuite.cli import build_parser, config_from
+    from evalsuite.config import ConfigError
+    from evalsuite.tasks import TASKS
 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            build_parser().parse_args(["all", "RUN_DIR", *flags])
+            args = build_parser().parse_args(["all", "RUN_DIR", *flags])
     except SystemExit:
         raise StudyError(f"{where}: field 'eval': {err.getvalue().strip().splitlines()[-1]}") from None
+    tasks, _ = split_tasks(flags)
+    for t in tasks:
+        _expect(t in TASKS, where, f"field 'eval': --tasks {t}: no such task (tasks: {', '.join(TASKS)})"
+                + did_you_mean(t, list(TASKS)))
+    # The settings themselves, checked now rather than after every run has trained. Flags naming environment
+    # variables are checked where they are expanded, on the node that runs the evaluation.
+    if not any("$" in f for f in flags):
+        try:
+            config_from(args)
+        except ConfigError as e:
+            raise StudyError(f"{where}: field 'eval': {e}") from None
     return flags
 
 
