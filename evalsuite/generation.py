@@ -32,7 +32,13 @@ class ChatModel:
             raise ValueError("give a processor (VLM) or a tokenizer (text-only model)")
         self.model, self.processor, self.name, self.identity = model, processor, name, identity
         self.tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        if self.tokenizer.pad_token is None:
+            # Llama-3 and Mistral instruct tokenizers have none, and `padding=True` then refuses even a batch of
+            # one. Left padding is masked out, so the end-of-sequence token serves (as in their model cards).
+            if self.tokenizer.eos_token is None:
+                raise ValueError(f"{name}: the tokenizer has neither a pad nor an end-of-sequence token to pad with")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id = self.tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
         self.batch_cap: int | None = None
         """The largest batch that fitted after one ran out of memory (None: none has)."""

@@ -129,3 +129,26 @@ def test_an_evaluation_past_the_context_says_so_in_metrics_stderr_and_report(tmp
     assert "- `short` vcot: 2 of 2 item(s) ran sequences longer than the model's context of 64 positions" in section
     assert "`long` vcot" not in section
     assert f"`long` {fits['longest']:,} of 4,096" in section
+
+
+def test_a_text_model_whose_tokenizer_has_no_pad_token_generates(tmp_path_factory):
+    """Llama-3 and Mistral instruct tokenizers have no pad token (a judge or rephraser of that kind): batched
+    generation pads with the end-of-sequence token, left, and masks it out; each answer is the one it gets
+    alone. Before, the tokenizer refused `padding=True`, even for a batch of one."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model("llava", tmp_path_factory))
+    tok.pad_token = None
+    assert tok.pad_token_id is None and tok.eos_token is not None
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)).eval()
+    chat = ChatModel(model, tokenizer=tok, name="judge")
+    turns = [[{"type": "text", "text": "Which option?"}],
+             [{"type": "text", "text": "A much longer question, which the other prompt is padded to, about it?"}]]
+    both = chat.generate(turns, max_new_tokens=3, batch_size=2)
+    alone = [chat.generate([t], max_new_tokens=3)[0] for t in turns]
+    assert both == alone and all(isinstance(a, str) for a in both)
+    assert chat.pad_id == tok.eos_token_id
