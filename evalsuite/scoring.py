@@ -110,10 +110,24 @@ def option_continuations(processor, messages: list[dict], options: list[str]) ->
             cont = full_ids[len(prefix_ids):]
         else:  # a merge across the boundary: fall back to tokenizing the continuation alone
             cont = tok(full[len(prefix):], add_special_tokens=False)["input_ids"]
+        cont = _without_trailing_space(tok, cont)
         if not cont:
             raise ValueError(f"option {option!r} gives no tokens to score")
         conts.append(cont)
     return prefix, conts
+
+
+def _without_trailing_space(tok, ids: list[int]) -> list[int]:
+    """`ids` without the plain whitespace tokens that end it when no end-of-turn special token comes before
+    them. llava-hf's vicuna templates end an assistant turn with a space and no `</s>`: every option would be
+    scored with P(lone space | option), which a model trained to end its answers with `</s>` finds unlikely by
+    an amount that depends on the option. After an end-of-turn token (ChatML's `<|im_end|>` then a newline)
+    the whitespace is what the model was trained to write there, and it stays, as the trainer labels it."""
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    end = len(ids)
+    while end > 0 and ids[end - 1] not in special and tok.decode(ids[end - 1:end]).strip() == "":
+        end -= 1
+    return ids if end < len(ids) and end > 0 and ids[end - 1] in special else ids[:end]
 
 
 def forward_passes(n_options: int) -> int:

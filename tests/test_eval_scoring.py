@@ -43,11 +43,20 @@ def naive_logliks(model, processor, content, images, options):
         full = processor.apply_chat_template(messages + [prompts.answer_turn(option)], tokenize=False)
         enc = processor(text=[full], images=[images], return_tensors="pt")
         ids = enc["input_ids"][0]
-        assert ids[-len(cont):].tolist() == cont  # the continuation is the tail of the full encoding
+        start = continuation_start(ids.tolist(), cont, processor.tokenizer)
         logp = torch.log_softmax(model(**enc).logits[0].float(), dim=-1)
-        start = len(ids) - len(cont)
         out.append(sum(float(logp[start - 1 + j, t]) for j, t in enumerate(cont)))
     return out
+
+
+def continuation_start(ids: list[int], cont: list[int], tok) -> int:
+    """Where the scored continuation starts in a full encoding: it is the encoding's tail, but for plain
+    whitespace the template writes after the answer (not scored)."""
+    start = len(ids) - len(cont)
+    while start >= 0 and ids[start:start + len(cont)] != cont:
+        start -= 1
+    assert start >= 0 and tok.decode(ids[start + len(cont):]).strip() == "", "not the tail of the encoding"
+    return start
 
 
 def argmax(values) -> int:
@@ -102,10 +111,9 @@ def test_a_text_only_prompt_after_a_frames_prompt_scores_as_on_its_own(loaded, o
         _, cont = continuation_ids(processor, messages, option)
         full = processor.apply_chat_template(messages + [prompts.answer_turn(option)], tokenize=False)
         ids = processor.tokenizer([full], return_tensors="pt", add_special_tokens=False)["input_ids"]
-        assert ids[0, -len(cont):].tolist() == cont
+        start = continuation_start(ids[0].tolist(), cont, processor.tokenizer)
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-        start = ids.shape[1] - len(cont)
         naive.append(sum(float(logp[start - 1 + j, t]) for j, t in enumerate(cont)))
     for _ in range(2):
         score_options(model, processor, content, frames, options, option_batch_bytes=option_batch_bytes)
@@ -409,3 +417,30 @@ def test_a_text_models_prompt_starts_with_one_bos(tmp_path_factory, template):
     ChatModel(model, tokenizer=tok).generate([[{"type": "text", "text": "Is the answer A?"}]], max_new_tokens=2)
     (ids,) = seen
     assert ids[0, 0] == tok.bos_token_id and ids[0, 1] != tok.bos_token_id
+
+
+def test_a_templates_trailing_space_after_the_answer_is_not_scored(tmp_path_factory):
+    """llava-hf's vicuna templates end an assistant turn with a space and no `</s>`: the space is layout, and a
+    model trained to end answers with `</s>` finds it unlikely by an amount that depends on the option. The
+    scored continuation is the option's tokens; an end-of-turn special token, where the template writes one,
+    is kept (the tiny templates' `</s>`)."""
+    from train.families import load_model
+
+    _, processor, _ = load_model(tiny_model("llava_next_video", tmp_path_factory))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What happens?"}]}]
+    decode = processor.tokenizer.decode
+    _, kept = continuation_ids(processor, messages, "it moves left")
+    assert decode(kept[-1:]) == "</s>"
+    # a template of that shape: "USER: ... ASSISTANT: <answer> ", no end-of-sequence token
+    processor.chat_template = (
+        "{%- for m in messages -%}{{ m['role'].upper() }}: {% for p in m['content'] %}{% if p['type'] == 'text' %}"
+        "{{ p['text'] + ' ' }}{% endif %}{% endfor %}{%- endfor -%}{%- if add_generation_prompt -%}ASSISTANT:"
+        "{%- endif -%}")
+    full = processor.apply_chat_template(messages + [{"role": "assistant", "content": [{"type": "text",
+                                                                                         "text": "it moves left"}]}],
+                                         tokenize=False)
+    assert full.endswith("ASSISTANT: it moves left ")
+    tail = processor.tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert decode(tail[-1:]).strip() == ""  # the template's space is a token of its own
+    _, cont = continuation_ids(processor, messages, "it moves left")
+    assert "".join(decode([t]) for t in cont).strip() == "it moves left" and decode(cont[-1:]).strip() == "left"
