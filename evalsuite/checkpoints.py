@@ -261,14 +261,17 @@ def fingerprint(model_dir: str | os.PathLike) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, trust_remote_code: bool = False, dtype=None, device: str | None = None):
-    """(model, processor, info) of any checkpoint kind; an adapter is merged into its base for speed."""
+    """(model, processor, info) of any checkpoint kind; an adapter is merged into its base for speed. `dtype`:
+    the torch dtype to load in (None: the checkpoint's config says); `device`: where the model runs (on a GPU
+    the weights load straight onto it, and the merge happens there)."""
     from train.families import load_model
 
     ref = path if isinstance(path, CheckpointRef) else checkpoint_ref(path)
     if ref.kind == "adapter":
         from peft import PeftModel
 
-        model, processor, family = load_model(ref.base_model, trust_remote_code=trust_remote_code, dtype=dtype)
+        model, processor, family = load_model(ref.base_model, trust_remote_code=trust_remote_code, dtype=dtype,
+                                              device=device)
         with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6: noise on every load
             warnings.simplefilter("ignore", FutureWarning)
             model = PeftModel.from_pretrained(model, ref.model_path).merge_and_unload()
@@ -278,7 +281,8 @@ def load_checkpoint(path: str | os.PathLike, trust_remote_code: bool = False, dt
             # the trainer saves the processor beside the adapter; prefer it (it may add tokens)
             processor = family.load_processor(ref.model_path, trust_remote_code=trust_remote_code)
     else:
-        model, processor, family = load_model(ref.model_path, trust_remote_code=trust_remote_code, dtype=dtype)
+        model, processor, family = load_model(ref.model_path, trust_remote_code=trust_remote_code, dtype=dtype,
+                                              device=device)
     if device is not None:
         model.to(device)
     model.eval()

@@ -159,6 +159,10 @@ class EvalConfig:
     """Loglik scoring: score a prompt's options in one forward over copies of its prompt cache when the copies
     take at most this many MiB (small models, short prompts); above it, one option at a time against one
     cache (a 7B model's long prompts). 0: always one at a time. Results agree to float rounding either way."""
+    precision: str = "auto"
+    """The dtype every model is evaluated in: `fp32`, `bf16`, `fp16`, or `auto`: bf16 on a GPU that runs it
+    natively, fp16 on one that would only emulate it (V100, T4), fp32 on CPU (the trainer's rule). Recorded in
+    every metrics.json's settings: results made in another precision are not mixed with these."""
     infill_tokens: int = 48
     """max_new_tokens of each infill / caption generation step."""
     answer_tokens: int = 24
@@ -239,6 +243,8 @@ class EvalConfig:
             raise ConfigError("--batch_size, --n_boot, --infill_tokens and --answer_tokens must be >= 1")
         if not self.option_batch_mb >= 0:
             raise ConfigError(f"--option_batch_mb must be a number of MiB >= 0, got {self.option_batch_mb}")
+        if self.precision not in PRECISIONS:
+            raise did_you_mean("precision", self.precision, PRECISIONS)
         if self.protocol == "paper":
             self._check_paper(spec, explicit_scoring, implicit_protocol)
 
@@ -293,6 +299,30 @@ class FrameInputs:
     """The resize rule's budget (None: frames as rendered or decoded)."""
     origin: str = "default"
     """Where video_input came from (`--video_input`, a run.json path, or `default`), for error messages."""
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def eval_precision(requested: str, device: str) -> str:
+    """fp32 | bf16 | fp16 for `--precision` on `device` (see `EvalConfig.precision`)."""
+    from train.runtime import resolve_precision
+
+    on_gpu = str(device).startswith("cuda")
+    if requested == "auto":
+        picked = resolve_precision("auto", cuda=on_gpu)
+        return "fp32" if picked == "no" else picked
+    if requested == "fp16" and not on_gpu:
+        raise ConfigError("--precision fp16 needs a GPU (CPU kernels for half precision are slow or missing); "
+                          "use fp32 or bf16 on CPU")
+    return requested
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a resolved precision (`eval_precision`)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def resolve_frame_inputs(cfg: EvalConfig, run: RunRecord | dict | None,

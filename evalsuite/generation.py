@@ -45,7 +45,7 @@ class ChatModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, trust_remote_code: bool = False, name: str | None = None,
-             device: str | None = None) -> "ChatModel":
+             device: str | None = None, dtype=None) -> "ChatModel":
         """A VLM checkpoint (adapter or model dir of a known family) or a text-only causal LM."""
         from evalsuite.checkpoints import (CheckpointError, checkpoint_ref, fingerprint, load_checkpoint,
                                            weights_identity)
@@ -54,7 +54,8 @@ class ChatModel:
         path = Path(path).expanduser().resolve()
         try:
             ref = checkpoint_ref(path)
-            model, processor, info = load_checkpoint(ref, trust_remote_code=trust_remote_code, device=device)
+            model, processor, info = load_checkpoint(ref, trust_remote_code=trust_remote_code, dtype=dtype,
+                                                     device=device)
             return cls(model, processor=processor, name=name or path.name, identity=weights_identity(info))
         except (FamilyError, CheckpointError) as e:
             from evalsuite.checkpoints import remote_code_only
@@ -66,7 +67,9 @@ class ChatModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+        on_gpu = {"device_map": {"": str(device)}} if device is not None and str(device) != "cpu" else {}
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code,
+                                                     dtype=dtype or "auto", **on_gpu)
         if device is not None:
             model.to(device)
         model.eval()

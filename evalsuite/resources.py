@@ -24,10 +24,16 @@ from typing import Callable
 
 from evalsuite import prompts
 from evalsuite.checkpoints import CheckpointRef, fingerprint, load_checkpoint, weights_identity
-from evalsuite.config import EvalConfig, FrameInputs, resolve_frame_inputs
+from evalsuite.config import EvalConfig, FrameInputs, eval_precision, resolve_frame_inputs, torch_dtype
 from evalsuite.framecache import FrameCache
 from evalsuite.generation import ChatModel
 from evalsuite.infills import FileSource, InfillSource, ModelSource, NoisyOracleSource, OracleSource
+
+
+def as_run(identity: str, precision: str) -> str:
+    """A model's identity as it runs: its weights', and the precision unless fp32 (the key of the infills it
+    generates, which differ between precisions)."""
+    return identity if precision == "fp32" else f"{identity}@{precision}"
 
 
 def model_identity(path: str | Path) -> str:
@@ -95,6 +101,11 @@ class Subject:
         return self.ref.identity()
 
     @cached_property
+    def precision(self) -> str:
+        """The precision the checkpoint is evaluated in (`evalsuite.config.eval_precision`); in the settings."""
+        return eval_precision(self.cfg.precision, self.device)
+
+    @cached_property
     def inputs(self) -> FrameInputs:
         """How this checkpoint's frames are fed (video_input, max_pixels): the flags, else its run.json."""
         return resolve_frame_inputs(self.cfg, self.ref.run, self.ref.path / "run.json")
@@ -120,9 +131,9 @@ class Subject:
     def _load(self):
         if self._loaded is None:
             model, processor, info = load_checkpoint(self.ref, trust_remote_code=self.cfg.trust_remote_code,
-                                                     device=self.device)
+                                                     dtype=torch_dtype(self.precision), device=self.device)
             chat = ChatModel(model, processor=processor, name=self.ref.name,
-                             identity=weights_identity(info))
+                             identity=as_run(weights_identity(info), self.precision))
             self._loaded = (model, processor, chat)
         return self._loaded
 
@@ -142,7 +153,7 @@ class Subject:
     def lazy_chat(self) -> LazyChat:
         """`chat` as a `LazyChat`: the checkpoint loads at the first generation (a self-infill source whose
         texts are all cached does not load it); it is freed by `release()` below, not by the LazyChat's."""
-        return LazyChat(self.ref.name, weights_identity(self.info), lambda: self.chat)
+        return LazyChat(self.ref.name, as_run(weights_identity(self.info), self.precision), lambda: self.chat)
 
     def release(self) -> None:
         held, self._loaded = self._loaded is not None, None
@@ -172,8 +183,10 @@ class Resources:
         two copies were 15 GB more on the GPU beside the evaluated model and the generator)."""
         key = str(Path(path).expanduser().resolve())
         if key not in self._models:
-            self._models[key] = LazyChat(role, model_identity(path), lambda: ChatModel.load(
-                path, trust_remote_code=self.cfg.trust_remote_code, name=role, device=self.device))
+            precision = eval_precision(self.cfg.precision, self.device)
+            self._models[key] = LazyChat(role, as_run(model_identity(path), precision), lambda: ChatModel.load(
+                path, trust_remote_code=self.cfg.trust_remote_code, name=role, device=self.device,
+                dtype=torch_dtype(precision)))
         return self._models[key]
 
     def release(self) -> list[str]:

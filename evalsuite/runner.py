@@ -38,6 +38,11 @@ BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit}s "
 per item since the start (items differ a lot: the first ones also generate infills and decode frames)."""
 
 
+
+def task_settings(task, subject) -> dict:
+    """What `task`'s results on `subject` depend on: the task's settings and the precision the models ran in."""
+    return task.settings(subject.info, subject.inputs) | {"precision": subject.precision}
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -58,7 +63,7 @@ def split_work(items: list, keys, done: set[str], ranks: Ranks) -> list[tuple]:
 
 def run_task(task: Task, subject: Subject, ranks: Ranks, progress: bool = True) -> tuple[str, dict]:
     """("skipped" | "done", metrics.json content) of one task on one checkpoint."""
-    settings = task.settings(subject.info, subject.inputs)
+    settings = task_settings(task, subject)
     out = TaskOutputs(subject.ref.path, task.name, ranks.rank, ranks.world_size)
     if out.is_done(settings):
         return "skipped", json.loads(out.metrics.read_text())
@@ -196,7 +201,7 @@ def plan_run(subjects: list[Subject], tasks: list[Task]) -> list[tuple[str, str,
     rows = []
     for subject in subjects:
         for task in tasks:
-            done = _planned_done(TaskOutputs(subject.ref.path, task.name), task.settings(subject.info, subject.inputs))
+            done = _planned_done(TaskOutputs(subject.ref.path, task.name), task_settings(task, subject))
             if done is None:
                 rows.append((subject.ref.name, task.name, None))
                 continue

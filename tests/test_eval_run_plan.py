@@ -193,7 +193,7 @@ def test_the_judge_loads_at_the_first_answer_that_needs_it_and_is_freed(tmp_path
     judge_dir.mkdir()
     made = []
 
-    def fake_load(cls, path, trust_remote_code=False, name=None, device=None):
+    def fake_load(cls, path, trust_remote_code=False, name=None, device=None, dtype=None):
         made.append(_FakeChat(name))
         return made[-1]
 

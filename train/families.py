@@ -73,13 +73,16 @@ class Family:
                               default_image_processor=self.image_processor_class)
 
     def load(self, path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None,
-             attn_implementation: str | None = None):
-        """Load model and processor from a local checkpoint directory (safetensors weights only)."""
+             attn_implementation: str | None = None, device: str | None = None):
+        """Load model and processor from a local checkpoint directory (safetensors weights only); on a GPU
+        `device` the weights load straight onto it (not first into host memory, once per process)."""
         path = Path(path)
         check_checkpoint_dir(path)
         # The processor first: it is read in a moment, the weights of a 7B model take minutes.
         processor = self.load_processor(path, trust_remote_code=trust_remote_code)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        if device is not None and str(device) != "cpu":
+            extra["device_map"] = {"": str(device)}
         try:
             model = self.model_cls().from_pretrained(
                 path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype or "auto", **extra
@@ -193,11 +196,11 @@ def detect_family(path: str | os.PathLike) -> Family:
 
 
 def load_model(path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None,
-               attn_implementation: str | None = None):
+               attn_implementation: str | None = None, device: str | None = None):
     """Detect the family of `path` and load (model, processor, family)."""
     fam = detect_family(path)
     model, processor = fam.load(path, trust_remote_code=trust_remote_code, dtype=dtype,
-                                attn_implementation=attn_implementation)
+                                attn_implementation=attn_implementation, device=device)
     return model, processor, fam
 
 
