@@ -113,7 +113,7 @@ def test_both_eval_spellings_give_one_config_and_only_the_dashed_one_warns(capsy
 
 def test_both_train_spellings_give_one_config_and_only_the_dashed_one_warns(capsys):
     argv = ["--output_dir", "runs/v", "--lora_r", "4", "--learning_rate", "1e-3", "--gradient_checkpointing",
-            "false", "--dry_run", "--no_system_metrics", "--match_by", "samples"]
+            "false", "--dry_run", "--no_system_metrics", "--match_to", "ckpt/ref", "--match_by", "samples"]
     canonical = resolve([*TRAIN, *argv], _recipe_train)
     assert capsys.readouterr().err == ""
     dashed = resolve([*TRAIN, *[a.replace("_", "-") if a.startswith("--") else a for a in argv]], _recipe_train)
@@ -121,7 +121,7 @@ def test_both_train_spellings_give_one_config_and_only_the_dashed_one_warns(caps
     assert (canonical.lora_r, canonical.dry_run, canonical.gradient_checkpointing, canonical.system_metrics) == \
         (4, True, False, False)
     err = capsys.readouterr().err
-    assert "warning: --output-dir is deprecated, use --output_dir" in err and len(err.splitlines()) == 7
+    assert "warning: --output-dir is deprecated, use --output_dir" in err and len(err.splitlines()) == 8
 
 
 def test_an_ill_typed_flag_names_the_field_in_either_spelling():

@@ -108,3 +108,14 @@ def test_a_study_arm_or_its_recipe_may_not_cap_the_studys_budget(tmp_path):
     recipe.write_text("kind: video\nsources:\n  - {type: synthetic_video}\nsamples: 100\nframes: 5\n"
                       "train: {max_samples: 50}\n")
     assert load_study(spec).arms[0].recipe == str(recipe)  # max_samples yields to the budget
+
+
+def test_a_unit_without_what_it_measures_is_refused():
+    """`--budget 1000 --match_by samples` stopped at 1,000 visual tokens (budget_unit's default): match_by is
+    the unit of match_to only."""
+    with pytest.raises(ConfigError, match="match_by samples is the unit of match_to, which is not given: it would be "
+                                          "ignored \\(a budget's unit is budget_unit\\)"):
+        _train("--budget", "1000", "--match_by", "samples")
+    with pytest.raises(ConfigError, match="budget_unit samples is the unit of budget, which is not given"):
+        _train("--budget_unit", "samples")
+    assert _train("--budget", "1000", "--budget_unit", "samples").budget_unit == "samples"

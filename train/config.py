@@ -373,6 +373,12 @@ def resolve(argv: list[str], recipe_train: typing.Callable[[str], dict] | None =
                           f"--output_dir {values['output_dir']} and {' '.join(f'--{k} {values[k]}' for k in clash)}")
     cfg = TrainConfig(**values)
     validate(cfg)
+    # A unit without what it measures would be ignored: `--budget 1000 --match_by samples` stopped at 1,000
+    # visual tokens (budget_unit's default), not samples.
+    for unit, needs in (("match_by", "match_to"), ("budget_unit", "budget")):
+        if unit in given and not values[needs]:
+            raise ConfigError(f"{unit} {values[unit]} is the unit of {needs}, which is not given: it would be ignored"
+                              + (" (a budget's unit is budget_unit)" if unit == "match_by" and values["budget"] else ""))
     return cfg
 
 
