@@ -60,11 +60,10 @@ from data_recipes.processors import save_processor  # noqa: E402
 from data_recipes.recipe import load_recipe  # noqa: E402
 from train import accounting, budget as budgets  # noqa: E402
 from train.chat import IGNORE_INDEX  # noqa: E402
-from train.checkpointing import (TrainingState, check_resume_layout, check_resume_schedule, check_resume_settings,
-                                 find_resume,  # noqa: E402
-                                 FINAL_FILES, STOP_SETTINGS, finished_run, load_state, read_state, resume_settings, supersede,
-                                 reader_layout, save_state, trainable_aliases, trainable_only,
-                                 trainable_state_dict)
+from train.checkpointing import (FINAL_FILES, STOP_SETTINGS, TrainingState, check_resume_layout,  # noqa: E402
+                                 check_resume_schedule, check_resume_settings, find_resume, finished_run, load_state,
+                                 read_state, reader_layout, resume_settings, save_state, supersede, trainable_aliases,
+                                 trainable_only, trainable_state_dict)
 from data_recipes.video_processors import FAMILY_VIDEO_PROCESSOR  # noqa: E402
 from train.config import MIN_SAMPLES_FOR_DROP_CHECK, ConfigError, TrainConfig, resolve  # noqa: E402
 from train.data import ShardStream, encode_samples, make_loader, resolve_frames, select  # noqa: E402
@@ -713,7 +712,6 @@ class LoRATrainer:
             acc.print(f"wrote {self.run_dir}: {state.step} steps, consumed " +
                       ", ".join(f"{c} {v}" for c, v in state.consumed.items()))
         return info
-
 
     def _log_final(self, t, info: dict) -> None:
         """What a finished run adds to its MLflow run (from run.json's contents `info`), then its end."""
