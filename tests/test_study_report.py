@@ -415,11 +415,11 @@ def test_tasks_the_study_did_not_ask_for_are_not_missing(tmp_path):
     assert "0 evaluated, 2 missing." in text and "| no evaluation of iraven |" in text
 
 
-def _validity_study(root, guesser: float) -> tuple:
+def _validity_study(root, guesser: float, video: tuple[int, int] = (8, 2)) -> tuple:
     """An image and a video arm, 2 seeds, evaluated with a `blind` condition: on the temporal items 0-9 the
-    video run is right from frames on 8 and blind on 2 (both seeds), the image run on 4 and 4."""
+    video run is right from frames on 8 and blind on 2 (both seeds; `video`), the image run on 4 and 4."""
     runs = []
-    for role, base, blind in (("image", 4, 4), ("video", 8, 2)):
+    for role, base, blind in (("image", 4, 4), ("video", video[0], video[1])):
         for seed in (0, 1):
             run_dir = root / "runs" / f"{role}_s{seed}"
             run_dir.mkdir(parents=True)
@@ -450,6 +450,19 @@ def test_validity_b_pools_the_seeds_and_judges_against_both_floors(tmp_path):
     # the same lead over blind, but accuracy from frames under the options-only guesser: not above
     _, rows = _validity_study(tmp_path / "high", guesser=0.9)
     assert _row(rows, "video", 100, "frames_over_blind", items="temporal")["verdict"] == "not above its floors"
+
+
+def test_validity_b_needs_the_paired_test_as_every_verdict_does(tmp_path):
+    """A lead over blind carried by 4 items, all one way, in both seeds: its bootstrap CI lies above 0, but the
+    sign-flip test over the items cannot get below 2/16 = 0.125. Judged by the CI alone it was "above its
+    floors"; the evaluation report's `sees_change` and every contrast also ask for the test."""
+    text, rows = _validity_study(tmp_path, guesser=0.2, video=(6, 2))
+    lead = _row(rows, "video", 100, "frames_over_blind", items="temporal")
+    assert float(lead["value"]) == pytest.approx(0.4) and float(lead["ci_low"]) > 0
+    assert lead["note"] == "p=0.12" and lead["verdict"] == "not above its floors"
+    assert float(_row(rows, "video", 100, "frames_acc", items="temporal")["ci_low"]) > 0.2
+    assert "- validity (b), `video` (video run) answering from frames (F=5, temporal items): not above its " \
+           "floors at 100 samples." in text
 
 
 def test_no_validity_rows_without_a_blind_condition(study):

@@ -17,8 +17,9 @@ each beside its per-seed values:
 And, when the evaluations have a `blind` condition, validity check (b) across seeds: on temporal items
 (all items when they have no kinds), `frames_acc` (accuracy from frames, the `base` condition) and
 `frames_over_blind` (per item, right from frames - right blind). An arm answers from frames above its
-floors at a budget when the CI of `frames_over_blind` lies above 0 and that of `frames_acc` above the
-options-only guesser's accuracy (`floors.guesser` in the evaluations' metrics). This is the study's
+floors at a budget when the CI of `frames_over_blind` lies above 0, its paired sign-flip test over items
+(the items' seed-averaged leads) has p below 0.05, as every contrast's verdict must, and the CI of
+`frames_acc` lies above the options-only guesser's accuracy (`floors.guesser` in the evaluations' metrics). This is the study's
 counterpart of the evaluation report's `sees_change`, with the seeds pooled and the blind floor taken
 paired, item by item, with its own uncertainty (`sees_change` compares one run's CI with its blind
 accuracy's value): a lead whose CI holds 0 is not above the floor, even when the accuracy's CI clears
@@ -48,9 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_recipes.files import atomic_write_text
-from evalsuite.report.evaluation import (IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings, guesser_floor,
-                                         few_items_note, item_correctness, judged_kind, uninformative_reason,
-                                         verdict)
+from evalsuite.report.evaluation import (ALPHA, IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings,
+                                         few_items_note, guesser_floor, item_correctness, judged_kind,
+                                         uninformative_reason, verdict)
 from evalsuite.benchmarks.iraven.groups import GROUPS, in_group
 from evalsuite.stats import SeedEstimate, hierarchical_bootstrap, sign_flip_p
 from train.run_record import RunRecordError
@@ -277,12 +278,16 @@ def validity_rows(arm: str, role: str, runs: list[StudyRun], boot: dict) -> list
         diff_est = hierarchical_bootstrap([list(diff.values())], **boot)
         floors = [g["value"] for r in runs if r.ckpt and (g := guesser_floor(r.ckpt.task_metrics("vcot"), items))]
         guess = max(floors) if floors else None
-        above = diff_est.ci_low > 0 and (guess is None or acc_est.ci_low > guess)
+        # the paired test a verdict must pass too, as every contrast's: the sign-flip test of the items'
+        # seed-averaged leads (a CI above 0 carried by a few items that all differ one way is not enough)
+        p = sign_flip_p([sum(col) / len(col) for col in zip(*diff.values())], seed=boot.get("seed", 0))
+        above = diff_est.ci_low > 0 and p < ALPHA and (guess is None or acc_est.ci_low > guess)
         note = "options-only guesser " + (f"{100 * guess:.1f}%" if guess is not None else "not recorded")
         out += [Row(arm, role, budget, unit, "frames_acc", f, items, acc_est, dict(zip(acc, acc_est.per_seed[0])),
                     note=note),
                 Row(arm, role, budget, unit, "frames_over_blind", f, items, diff_est,
-                    dict(zip(diff, diff_est.per_seed[0])), verdict=SEES_CHANGE if above else NOT_ABOVE)]
+                    dict(zip(diff, diff_est.per_seed[0])), verdict=SEES_CHANGE if above else NOT_ABOVE,
+                    note=f"p={p:.2g}")]
     return out
 
 
@@ -478,15 +483,16 @@ def validity_lines(rows: list[Row]) -> list[str]:
     acc = {(r.arm, r.budget, r.frames): r for r in rows if r.metric == "frames_acc"}
     out = ["Validity check (b), with the seeds pooled: does the arm answer from frames above its floors? "
            "Accuracy from frames (%) and per item, right from frames - right blind (points), mean over seeds "
-           "with the hierarchical-bootstrap CI. **" + SEES_CHANGE + "** when the second CI lies above 0 and the "
-           "first above the options-only guesser; otherwise the arm's contrasts compare reading the infills, "
-           "not reasoning between frames.", "",
+           "with the hierarchical-bootstrap CI and the paired sign-flip test's p over items. **" + SEES_CHANGE +
+           "** when the second CI lies above 0, its p is below " + f"{ALPHA:g}" + " and the first CI lies above "
+           "the options-only guesser; otherwise the arm's contrasts compare reading the infills, not reasoning "
+           "between frames.", "",
            "| arm | run | budget | where | from frames, % | frames - blind, points | per seed (frames - blind) | "
            "floor | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if r.metric == "frames_over_blind"):
         a = acc[r.arm, r.budget, r.frames]
-        out.append(f"| {r.arm} | {r.role} | {_num(r.budget)} {r.unit} | {_where(r)} | {_fmt(a)} | {_fmt(r)} | "
-                   f"{_seeds(r)} | {a.note} | {r.verdict} |")
+        out.append(f"| {r.arm} | {r.role} | {_num(r.budget)} {r.unit} | {_where(r)} | {_fmt(a)} | {_fmt(r)}, "
+                   f"{r.note} | {_seeds(r)} | {a.note} | {r.verdict} |")
     return out
 
 
