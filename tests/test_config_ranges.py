@@ -18,7 +18,7 @@ def _train(*flags: str):
 @pytest.mark.parametrize("flag, value, words", [
     ("max_grad_norm", "-1", "max_grad_norm must be > 0, got -1.0"),   # torch would scale the gradients by -1
     ("max_grad_norm", "0", "max_grad_norm must be > 0, got 0.0"),     # zero gradients, or no clipping under DeepSpeed
-    ("learning_rate", "-0.0002", "learning_rate must be > 0"),
+    ("learning_rate", "-0.0002", "learning_rate must be >= 0, got -0.0002"),
     ("projector_lr", "-1", "projector_lr must be >= 0, got -1.0"),   # AdamW does not check a group's rate
     ("lora_alpha", "0", "lora_alpha must be >= 1, got 0"),           # LoRA's scale alpha / r: nothing trains
     ("lora_dropout", "1.5", "lora_dropout must be in [0, 1), got 1.5"),

@@ -410,12 +410,13 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{k} must be >= 1, got {getattr(cfg, k)}")
     # Values the optimizer or a launcher would take without a word and turn into another experiment: a negative
     # clipping norm flips the gradients (torch scales by it), 0 zeroes them without DeepSpeed and switches
-    # clipping off under it; a negative learning rate ascends; LoRA's scale is alpha / r.
-    for k in ("learning_rate", "max_grad_norm", "gpu_memory_gb"):
+    # clipping off under it; a negative learning rate ascends (0 is allowed: the weights stay, e.g. to measure
+    # losses); LoRA's scale is alpha / r.
+    for k in ("max_grad_norm", "gpu_memory_gb"):
         if not getattr(cfg, k) > 0:
             hint = " (for no clipping in effect, give a large norm such as 1e9)" if k == "max_grad_norm" else ""
             raise ConfigError(f"{k} must be > 0, got {getattr(cfg, k)}{hint}")
-    for k in ("projector_lr", "weight_decay", "warmup_steps", "schedule_steps", "max_steps", "max_samples",
+    for k in ("learning_rate", "projector_lr", "weight_decay", "warmup_steps", "schedule_steps", "max_steps", "max_samples",
               "save_steps", "save_total_limit", "num_workers", "shuffle_buffer", "gpus", "tracking_grace_s"):
         if getattr(cfg, k) < 0:
             raise ConfigError(f"{k} must be >= 0, got {getattr(cfg, k)}")
