@@ -67,9 +67,10 @@ class ChatModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        on_gpu = {"device_map": {"": str(device)}} if device is not None and str(device) != "cpu" else {}
+        from train.families import onto_device
+
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code,
-                                                     dtype=dtype or "auto", **on_gpu)
+                                                     dtype=dtype or "auto", **onto_device(device))
         if device is not None:
             model.to(device)
         model.eval()

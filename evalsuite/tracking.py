@@ -55,7 +55,6 @@ class EvalTracker:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = make_client(self.uri)  # a fresh store is created by one process at a time
         self.experiment = experiment or DEFAULT_EXPERIMENT
-        self._params_of: dict[str, dict] = {}  # params a joined run already holds (logged again, MLflow refuses)
 
     def _training_run(self, run: RunRecord | None):
         """The training run of a run.json's record, if it lives in this store."""
@@ -71,11 +70,11 @@ class EvalTracker:
     def _tasks(run) -> set[str]:
         return {t for t in run.data.tags.get("evalsuite.tasks", "").split(",") if t}
 
-    def _joinable(self, exp_id: str, tags: dict, tasks: list[str], params: dict[str, str]) -> str | None:
+    def _joinable(self, exp_id: str, tags: dict, tasks: list[str], params: dict[str, str]):
         """The finished evaluation run of the same checkpoint (and the same parent: training run or study) that
         other tasks logged to, holds none of `tasks`, and agrees with `params` on every param both have: the
         evaluation of one more task of that checkpoint joins it, so the UI shows a checkpoint's tasks in one
-        row (a study evaluates each task in its own job). None: a new run."""
+        row (a study evaluates each task in its own job). Returns that run, or None: a new run."""
         path = tags["evalsuite.checkpoint"]
         if "'" in path:
             return None  # not expressible in a filter string; a new run is correct, only less tidy
@@ -86,8 +85,7 @@ class EvalTracker:
             same_parent = run.data.tags.get("mlflow.parentRunId") == tags.get("mlflow.parentRunId")
             if (run.info.status == "FINISHED" and same_parent
                     and not self._tasks(run) & set(tasks) and all(have.get(k, v) == v for k, v in params.items())):
-                self._params_of[run.info.run_id] = have
-                return run.info.run_id
+                return run
         return None
 
     def _experiment_id(self, name: str) -> str:
@@ -121,14 +119,16 @@ class EvalTracker:
         tags.update(parent_run_tags())  # under a study: a child of the study's run, beside the training runs
         tasks = sorted({k.split("/")[0] for k in metrics})
         params = {k: str(v)[:6000] for k, v in params.items()}
-        run_id = joined = self._joinable(exp_id, tags, tasks, params)
+        joined = self._joinable(exp_id, tags, tasks, params)
         if joined is None:
             run_id = retry(self.client.create_run, exp_id, run_name=f"eval-{ckpt.name}", tags=tags).info.run_id
-        else:
-            tasks = sorted(set(tasks) | self._tasks(retry(self.client.get_run, run_id)))
+            held = {}
+        else:  # its params are not logged again (MLflow refuses a param twice), its tasks are kept
+            run_id, held = joined.info.run_id, joined.data.params
+            tasks = sorted(set(tasks) | self._tasks(joined))
             retry(self.client.update_run, run_id, status="RUNNING")
         with _run_written(self.client, run_id, "FAILED" if joined is None else "FINISHED"):
-            items = [Param(k, v) for k, v in sorted(params.items()) if k not in self._params_of.get(run_id, {})]
+            items = [Param(k, v) for k, v in sorted(params.items()) if k not in held]
             for i in range(0, len(items), 100):
                 retry(self.client.log_batch, run_id, params=items[i:i + 100])
             now = int(time.time() * 1000)

@@ -81,12 +81,10 @@ class Family:
         # The processor first: it is read in a moment, the weights of a 7B model take minutes.
         processor = self.load_processor(path, trust_remote_code=trust_remote_code)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        if device is not None and str(device) != "cpu":
-            extra["device_map"] = {"": str(device)}
         try:
             model = self.model_cls().from_pretrained(
-                path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype or "auto", **extra
-            )
+                path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype or "auto", **extra,
+                **onto_device(device))
         except (OSError, ValueError, TypeError, KeyError, SafetensorError) as e:
             # A config.json the family's class rejects, a truncated or foreign .safetensors file, a shard
             # index naming missing files: the user's to fix, so say what and where, not a traceback.
@@ -193,6 +191,11 @@ def detect_family(path: str | os.PathLike) -> Family:
             f"Supported families: {', '.join(sorted(FAMILIES))}."
         )
     return FAMILIES[model_type]
+
+
+def onto_device(device: str | None) -> dict:
+    """`from_pretrained` arguments that load the weights straight onto a GPU `device` (none for the CPU)."""
+    return {"device_map": {"": str(device)}} if device is not None and str(device) != "cpu" else {}
 
 
 def load_model(path: str | os.PathLike, *, trust_remote_code: bool = False, dtype=None,
