@@ -229,21 +229,77 @@ def stale(manifest: dict, recipe: Recipe) -> str | None:
 
 
 def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> dict:
-    """The manifest of the recipe this one is sized from (`size_from`), built (or rebuilt) if needed."""
+    """The manifest of the recipe this one is sized from (`size_from`), built (or rebuilt) if needed.
+
+    A fresh build whose manifest lacks the token counts of `model` (built without a model, or counted with
+    another) is not rebuilt: its shards are read back and counted (`count_built`), and the counts go into
+    the manifest returned here, not into the one on disk. Rebuilding would decode every source video again
+    (hours for 100k clips) and change the reference's manifest, and with it the manifest hash that runs
+    trained on it recorded (their `--resume` would then be refused)."""
     ref = load_recipe(recipe.size_from.recipe)
     ref_dir = root / ref.name
     unit = recipe.size_from.unit
     try:
         m = read_manifest(ref_dir)
         # A build from before the resize rule (no `resize`) may hold other sizes: it is rebuilt.
-        fresh = stale(m, ref) is None and unit in m["counts"] and (
-            unit not in TOKEN_UNITS or m.get("tokens_model") == model) and (
-            m.get("resize") == resize_record(ref))
+        fresh = stale(m, ref) is None and m.get("resize") == resize_record(ref)
     except BuildError:
         fresh = False
     if not fresh:
-        m = build(ref, ref_dir, workers=workers, model=model)
+        return build(ref, ref_dir, workers=workers, model=model)
+    if unit in TOKEN_UNITS and not (unit in m["counts"] and m.get("tokens_model") == model):
+        print(f"build {recipe.name}: counting {unit} of {ref_dir}'s shards with {model} (the build counted "
+              f"{'with ' + str(m.get('tokens_model')) if m.get('tokens_model') else 'no tokens'}; it is not rebuilt)",
+              file=sys.stderr, flush=True)
+        m = dict(m, counts={**m["counts"], **count_built(ref_dir, m, model, ref.video_input)}, tokens_model=model)
     return m
+
+
+def built_samples(build_dir: Path, manifest: dict):
+    """(sample json, images) of every sample of a finished build, in manifest order, read from its shards
+    (members as `sample_members` writes them: the json, then the image or the frames in order)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    for shard in manifest["shards"]:
+        path = Path(build_dir) / shard["name"]
+        if not path.is_file():
+            raise BuildError(f"{path}: listed in {Path(build_dir) / MANIFEST} but missing; rebuild the recipe")
+        with tarfile.open(path) as tar:
+            js, images = None, []
+            for member in tar:
+                data = tar.extractfile(member).read()
+                if member.name.endswith(".json"):
+                    if js is not None:
+                        yield js, images
+                    js, images = json.loads(data), []
+                elif js is None:
+                    raise BuildError(f"{path}: member {member.name} comes before any sample's .json")
+                else:
+                    images.append(Image.open(io.BytesIO(data)))
+            if js is not None:
+                yield js, images
+
+
+def count_built(build_dir: Path, manifest: dict, model: str, video_input: str) -> dict:
+    """{"visual_tokens", "text_tokens"} of a finished build counted with `model`'s processor on its stored
+    samples, as its own build would have counted them with that model (`_make`: the same messages, the
+    same images after resizing; token counts depend on image sizes, which JPEG keeps, not on pixels)."""
+    from data_recipes.tokens import TokenCounter
+
+    counter = TokenCounter(model, video_input)
+    totals = {"visual_tokens": 0, "text_tokens": 0}
+    n = 0
+    for js, images in built_samples(build_dir, manifest):
+        for k, v in counter.count(js["messages"], images, js["kind"], js.get("clips")).items():
+            totals[k] = totals.get(k, 0) + v
+        n += 1
+    if n != manifest["counts"]["samples"]:
+        raise BuildError(f"{Path(build_dir) / MANIFEST}: its shards hold {n} samples, its counts say "
+                         f"{manifest['counts']['samples']}; rebuild the recipe")
+    return totals
 
 
 def build(recipe: Recipe | str, out_dir: str | Path | None = None, *, limit: int | None = None, workers: int = 1,

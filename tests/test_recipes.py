@@ -351,6 +351,54 @@ def test_a_trial_build_is_never_taken_for_the_recipe(tmp_path, tiny_model):
     assert full["counts"]["samples"] == 10 and stale(full, recipe) is None
 
 
+@pytest.mark.parametrize("family, video_input", [("llava", "images"), ("llava_next_video", "native")])
+def test_a_reference_built_without_the_model_is_counted_from_its_shards_not_rebuilt(
+        tmp_path, tmp_path_factory, tiny_model, monkeypatch, family, video_input):
+    """video_100k is built without a model; image_vtok_video_100k, sized from it in visual tokens, needs them
+    counted with its model. The reference's shards are read back and counted, giving what a build with the
+    model counts, and the reference is left as it was: its sources are not opened again (100k videos decoded)
+    and its manifest, whose hash trained runs recorded, does not change."""
+    import data_recipes.build as B
+    from train.toy.tiny import build_tiny
+
+    model = tiny_model if family == "llava" else build_tiny(family, tmp_path_factory.mktemp("tok") / family)
+    fields = dict(kind="video", sources=[{"type": "synthetic_video"}], samples=9, frames=4, video_input=video_input)
+    # 9 clips: 576 visual tokens as 4 tiny-llava frames each (36 images), 144 as a tiny LLaVA-NeXT-Video clip
+    # each (4 of its images): a target the image recipe meets exactly in both.
+    ref = write_recipe(tmp_path, "vref", **fields)
+    build(str(ref), tmp_path / "vref")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "vref").iterdir()}
+    assert read_manifest(tmp_path / "vref")["tokens_model"] is None
+    # The same recipe built again elsewhere with the model: the counts its build makes as it writes the samples.
+    counted = build(str(ref), tmp_path / "counted", model=str(model))["counts"]
+    opened = []
+    real_open = B.open_sources
+    monkeypatch.setattr(B, "open_sources", lambda r: opened.append(r.name) or real_open(r))
+    img = write_recipe(tmp_path, "imatch", kind="image", sources=[{"type": "synthetic_image"}],
+                       size_from={"recipe": str(ref), "unit": "visual_tokens"}, model=str(model))
+    m = build(str(img), tmp_path / "imatch")
+    assert opened == ["imatch"]  # the reference's sources were not opened
+    assert {f.name: f.read_bytes() for f in (tmp_path / "vref").iterdir()} == before
+    assert m["match"]["target"] == counted["visual_tokens"] > 0
+    assert m["match"]["achieved"] == m["counts"]["visual_tokens"] == m["match"]["target"]
+    assert B.count_built(tmp_path / "vref", read_manifest(tmp_path / "vref"), str(model), video_input) == {
+        "visual_tokens": counted["visual_tokens"], "text_tokens": counted["text_tokens"]}
+
+
+def test_counting_a_build_whose_shards_lost_samples_is_an_error(tmp_path, tiny_model):
+    ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=4, frames=2,
+                       shard_size=2)
+    build(str(ref), tmp_path / "vref")
+    m = read_manifest(tmp_path / "vref")
+    import data_recipes.build as B
+
+    with pytest.raises(BuildError, match=r"its shards hold 2 samples, its counts say 4"):
+        B.count_built(tmp_path / "vref", dict(m, shards=m["shards"][:1]), str(tiny_model), "images")
+    (tmp_path / "vref" / m["shards"][1]["name"]).unlink()
+    with pytest.raises(BuildError, match=r"vref-000001\.tar: listed in .*manifest\.json but missing"):
+        B.count_built(tmp_path / "vref", m, str(tiny_model), "images")
+
+
 def test_size_from_beyond_tolerance_fails(tmp_path, tiny_model):
     ref = write_recipe(tmp_path, "vref", kind="video", sources=[{"type": "synthetic_video"}], samples=3, frames=2,
                        model=str(tiny_model))
