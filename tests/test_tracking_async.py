@@ -331,6 +331,37 @@ def test_system_metrics_are_logged_to_the_run(uri, monkeypatch):
     assert more[:len(steps)] == steps and len(more) > len(steps) and more == sorted(set(more))
 
 
+def test_system_metrics_go_on_through_a_store_that_does_not_answer_and_a_failed_sample(uri, monkeypatch, capsys):
+    """MLflow's monitor loop stopped for good at its first failed status call to the store, or at a sample
+    that raised: the rest of the run had no system metrics. The tracker's loop asks the store nothing
+    and skips a failed sample."""
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.tracking.client import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", raising=False)
+    monkeypatch.delenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", raising=False)
+    real_collect, calls = CPUMonitor.collect_metrics, []
+
+    def collect_failing_once(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("psutil: sensor vanished")
+        return real_collect(self)
+
+    tracker = Tracker(uri, "async", "system-outage", {}, system_metrics=True, system_metrics_interval_s=0.1)
+    with mock.patch.object(MlflowClient, "get_run", side_effect=ConnectionError("tracking server unreachable")), \
+            mock.patch.object(CPUMonitor, "collect_metrics", collect_failing_once):
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        time.sleep(1.2)
+        tracker.end()
+    steps = [m.step for m in tracker.client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")]
+    assert len(steps) >= 4 and steps == list(range(len(steps))), steps
+    err = capsys.readouterr().err
+    assert "a system metrics sample failed (RuntimeError: psutil: sensor vanished); the monitor goes on" in err
+    assert "1 system metrics sample(s) failed and were skipped" in err
+    assert not any(t.name == "SystemMetricsMonitor" and t.is_alive() for t in threading.enumerate())
+
+
 def test_a_monitor_that_cannot_start_leaves_the_run_without_system_metrics(uri, capsys):
     with mock.patch("mlflow.system_metrics.system_metrics_monitor.SystemMetricsMonitor",
                     side_effect=ImportError("No module named 'psutil'")):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import random
@@ -450,8 +451,40 @@ class Tracker:
             return None
         if hasattr(monitor, "mlflow_logger"):
             monitor.mlflow_logger = _QueuedSystemMetrics(self)
+        monitor.monitor = functools.partial(_sample_until_stopped, monitor, self.run_id)  # the thread's target
         monitor.start()
         return monitor
+
+
+def _sample_until_stopped(monitor, run_id: str) -> None:
+    """The system metrics monitor's loop, kept alive for the whole run.
+
+    MLflow's own loop asks the store for the run's status before every sample and returns for good at the
+    first failed call, or at the first sample that raises (a network blip to a remote tracking server, a
+    NVML error): a week-long run then has no system metrics from that moment on, with one warning in
+    MLflow's log. Here the tracker decides when the monitor stops (`Tracker.end` calls `finish`), the store
+    is not asked anything (points go to the tracker's queue, which rides out outages), and a failed sample
+    is skipped: the first failure is printed, and how many, when it stops."""
+    failures = 0
+    while not monitor._shutdown_event.is_set():
+        try:
+            for _ in range(monitor.samples_before_logging):
+                monitor.collect_metrics()
+                if monitor._shutdown_event.wait(monitor.sampling_interval):
+                    break
+            else:
+                monitor.publish_metrics(monitor.aggregate_metrics())
+        except Exception as e:  # noqa: BLE001 - an aid, not the run's record: skip the sample, go on
+            failures += 1
+            if failures == 1:
+                print(f"[tracking] MLflow run {run_id}: a system metrics sample failed ({type(e).__name__}: {e}); "
+                      "the monitor goes on", file=sys.stderr, flush=True)
+            for m in monitor.monitors:
+                m.clear_metrics()  # a half-collected sample is not averaged into the next
+            monitor._shutdown_event.wait(monitor.sampling_interval)
+    if failures:
+        print(f"[tracking] MLflow run {run_id}: {failures} system metrics sample(s) failed and were skipped",
+              file=sys.stderr, flush=True)
 
 
 class _QueuedSystemMetrics:
