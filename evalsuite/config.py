@@ -247,6 +247,16 @@ class EvalConfig:
             raise did_you_mean("precision", self.precision, PRECISIONS)
         if self.protocol == "paper":
             self._check_paper(spec, explicit_scoring, implicit_protocol)
+        # A helper model that this run would not use is an error, not silently ignored: a user who names a
+        # judge meant answers to be generated, one who names a rephraser meant generated infills.
+        if self.judge and self.scoring != "generate":
+            raise ConfigError(f"--judge {self.judge}: the judge maps a generated answer that no rule reads to an "
+                              f"option; with --scoring {self.scoring} no answer is generated, so it would not be used. "
+                              f"Pass --scoring generate, or leave --judge out")
+        if self.rephraser and spec.kind not in ("self", "model"):
+            raise ConfigError(f"--rephraser {self.rephraser}: the rephraser shortens infills a model generates "
+                              f"(--infills self or model:DIR); --infills {self.infills} are not generated here, so it "
+                              f"would not be used. Leave --rephraser out")
 
     @property
     def option_batch_bytes(self) -> int:

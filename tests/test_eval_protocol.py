@@ -103,6 +103,23 @@ def _last_text(content: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------- settings
 
 
+def test_a_helper_model_the_run_would_not_use_is_refused(tmp_path):
+    """--judge reads generated answers, --rephraser shortens generated infills: with loglik scoring, or with
+    oracle or file infills, they would do nothing, and the run would go on as if they had been used."""
+    judge, reph = tmp_path / "judge", tmp_path / "reph"
+    judge.mkdir(), reph.mkdir()
+    with pytest.raises(ConfigError, match=rf"--judge {judge}: .*with --scoring loglik no answer is generated"):
+        EvalConfig(judge=str(judge))
+    assert EvalConfig(judge=str(judge), scoring="generate").judge == str(judge)
+    infills = tmp_path / "infills.jsonl"
+    infills.write_text("")
+    for source in ("oracle", "oracle_noisy:0.2", f"file:{infills}"):
+        with pytest.raises(ConfigError, match=rf"--rephraser {reph}: .*--infills {source} are not generated"):
+            EvalConfig(rephraser=str(reph), infills=source)
+    for source in ("self", f"model:{tmp_path / 'judge'}"):
+        assert EvalConfig(rephraser=str(reph), infills=source).rephraser == str(reph)
+
+
 def test_egoschema_defaults_to_the_paper_and_names_everything_it_misses(egoschema, tmp_path):
     root, _ = egoschema
     with pytest.raises(ConfigError) as err:
