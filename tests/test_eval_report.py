@@ -24,7 +24,8 @@ PATTERNS = {"image": {"base": [1, 1, 0, 0, 0, 0, 0, 0, 0, 0], "vcot": [1, 1, 1, 
 
 SETTINGS = {"task": "vcot", "benchmark": "egoschema", "data": "/data/egoschema", "limit": 10, "frames": [5],
             "seed": 0, "protocol": "paper", "scoring": "generate", "infills": "model:/models/gen@abc+rephraser:x",
-            "answer_tokens": 24, "judge": "/models/judge@def", "n_boot": 200, "max_pixels": 200704}
+            "answer_tokens": 24, "judge": "/models/judge@def", "n_boot": 200, "max_pixels": 200704,
+            "precision": "bf16", "prompts": "p1", "infill_tokens": 64}
 
 
 def _rows(kind: str, failed_vcot: tuple[int, ...] = ()) -> list[dict]:
@@ -103,6 +104,11 @@ def test_same_evaluation_gives_the_contrast_even_when_frames_took_different_path
     ({"seed": 1}, "seed", ("0", "1")),
     ({"data": "/other/egoschema"}, "data", ("/data/egoschema", "/other/egoschema")),
     ({"benchmark": "synthetic", "data": None}, "benchmark", ("egoschema", "synthetic")),
+    ({"precision": "fp16"}, "precision", ("bf16", "fp16")),  # --precision auto on a V100 node beside an A100 one
+    ({"judge": None}, "judge", ("/models/judge@def", "not set")),
+    ({"answer_tokens": 256}, "answer_tokens", ("24", "256")),
+    ({"infill_tokens": 128}, "infill_tokens", ("64", "128")),
+    ({"prompts": "p2"}, "prompts", ("p1", "p2")),
 ])
 def test_a_contrast_between_different_evaluations_is_refused_with_what_differs(tmp_path, change, setting, shown):
     video = SETTINGS | change
@@ -120,6 +126,23 @@ def test_a_contrast_between_different_evaluations_is_refused_with_what_differs(t
     assert not re.search(r"\| 5 \| [+-]\d", section)
     # the scale-match audit is still shown
     assert "| visual_tokens | 5000 | 5000 | 1.000 |" in section
+
+
+def test_settings_recorded_later_are_compared_when_both_evaluations_have_them():
+    """An evaluation made before precision (or the prompts' hash) was recorded is not refused for lacking it;
+    infill_tokens does not count for oracle infills (written, not generated); I-RAVEN compares precision and
+    its prompts too."""
+    older = {k: v for k, v in SETTINGS.items() if k not in ("precision", "prompts")}
+    assert evaluation_differences(older, SETTINGS | {"precision": "fp16"}) == []
+    oracle = SETTINGS | {"infills": "oracle"}
+    assert evaluation_differences(oracle, oracle | {"infill_tokens": 128}) == []
+    from evalsuite.report.evaluation import iraven_differences
+
+    iraven = {"data": "generated", "generator_seed": 0, "per_config": 10, "layout": "candidates",
+              "protocol": "custom", "scoring": "loglik", "prompts": "i1", "precision": "bf16"}
+    assert iraven_differences(iraven, iraven | {"precision": "fp16", "prompts": "i2"}) == [
+        ("precision", "bf16", "fp16"), ("prompts", "i1", "i2")]
+    assert iraven_differences({k: v for k, v in iraven.items() if k != "precision"}, iraven) == []
 
 
 def test_loglik_normalisations_must_agree_and_an_unrecorded_one_was_a_sum(tmp_path):

@@ -331,9 +331,13 @@ def test_every_estimate_takes_n_boot_and_seed_from_the_report_bootstrap(tmp_path
     assert len(calls) > 10 and all(c == {"n_boot": VCOT["n_boot"], "seed": 0} for c in calls)
 
 
-def test_differently_evaluated_arms_are_not_contrasted(tmp_path):
-    runs = [make_run(tmp_path, "img", "image", 100, 0, vcot_settings=VCOT | {"infills": "model:gen"}),
-            make_run(tmp_path, "vid", "video", 100, 0)]
+@pytest.mark.parametrize("image_side, video_side", [
+    ({"infills": "model:gen"}, {}),
+    ({"precision": "fp16"}, {"precision": "bf16"}),  # --precision auto on V100 nodes for one arm, A100 for the other
+])
+def test_differently_evaluated_arms_are_not_contrasted(tmp_path, image_side, video_side):
+    runs = [make_run(tmp_path, "img", "image", 100, 0, vcot_settings=VCOT | image_side),
+            make_run(tmp_path, "vid", "video", 100, 0, vcot_settings=VCOT | video_side)]
     write_study_report(tmp_path, None, runs, n_boot=100)
     with open(tmp_path / "report" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -245,6 +245,12 @@ ITEM_SET = ("benchmark", "limit", "frames", "seed", "data")
 NORMS = {"sum": "total log-likelihood", "mean": "log-likelihood per token", "chars": "log-likelihood per character"}
 IRAVEN_SET = ("data", "generator_seed", "per_config", "layout", "protocol", "scoring")
 """Settings of two I-RAVEN evaluations that must agree for their accuracies to be paired puzzle by puzzle."""
+IF_RECORDED = ("item_set", "precision", "prompts", "infill_tokens", "judge", "answer_tokens", "answer_instruction")
+"""Settings that must also agree, compared when both evaluations record them: an evaluation made before one
+was recorded is not refused for lacking it. `precision` (a mixed cluster's `--precision auto` gives bf16 on
+one kind of GPU and fp16 on another, for the evaluated model and for a generator of infills alike), the
+prompts' hash, and under generate scoring the judge and the answer's length. `infill_tokens` counts only for
+generated infills (oracle infills are written, not generated)."""
 
 
 def _loglik_norm(settings: dict) -> str | None:
@@ -253,31 +259,44 @@ def _loglik_norm(settings: dict) -> str | None:
     return settings.get("loglik_norm", "sum") if settings.get("scoring") == "loglik" else None
 
 
+def _if_recorded(settings: dict) -> dict:
+    out = {k: settings[k] for k in IF_RECORDED if k in settings}
+    if str(settings.get("infills", "")).startswith("oracle"):
+        out.pop("infill_tokens", None)
+    return out
+
+
 def compared_settings(settings: dict) -> dict:
     """The settings of a vcot (or shuffle) evaluation that must agree for two checkpoints to be contrasted.
 
     `protocol` missing means `custom` (evaluations before presets); `loglik_norm` counts for loglik scoring
     only. `video_input` and `max_pixels` are deliberately absent: an image run and a video run may feed
-    frames differently by design (the report says how each did). The recorded `item_set` digest, when
-    both evaluations have one, checks the items themselves."""
+    frames differently by design (the report says how each did). The `IF_RECORDED` settings (the recorded
+    `item_set` digest, which checks the items themselves, the precision, ...) count when both have them."""
     out = {"protocol": settings.get("protocol", "custom"), "scoring": settings.get("scoring"),
            "loglik_norm": _loglik_norm(settings), "infills": settings.get("infills")}
     out |= {k: settings.get(k) for k in ITEM_SET}
-    if "item_set" in settings:
-        out["item_set"] = settings["item_set"]
-    return out
+    return out | _if_recorded(settings)
+
+
+def iraven_compared(settings: dict) -> dict:
+    """The settings of an I-RAVEN evaluation that must agree for two checkpoints' puzzles to be paired."""
+    return {k: settings.get(k) for k in IRAVEN_SET} | _if_recorded(settings)
+
+
+def _differences(ca: dict, cb: dict) -> list[tuple[str, object, object]]:
+    return [(k, ca.get(k), cb.get(k)) for k in dict.fromkeys([*ca, *cb])
+            if (k not in IF_RECORDED or k in ca and k in cb) and ca.get(k) != cb.get(k)]
 
 
 def evaluation_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
     """(setting, value in a, value in b) for every compared setting in which two vcot evaluations differ."""
-    ca, cb = compared_settings(a), compared_settings(b)
-    return [(k, ca.get(k), cb.get(k)) for k in dict.fromkeys([*ca, *cb])
-            if (k != "item_set" or k in ca and k in cb) and ca.get(k) != cb.get(k)]
+    return _differences(compared_settings(a), compared_settings(b))
 
 
 def iraven_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
-    """(setting, a, b) for every `IRAVEN_SET` setting in which two I-RAVEN evaluations differ."""
-    return [(k, a.get(k), b.get(k)) for k in IRAVEN_SET if a.get(k) != b.get(k)]
+    """(setting, a, b) for every compared setting in which two I-RAVEN evaluations differ."""
+    return _differences(iraven_compared(a), iraven_compared(b))
 
 
 def _show(value, setting: str = "") -> str:

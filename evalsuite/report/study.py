@@ -29,7 +29,7 @@ Per budget, the contrasts `image - video` and `video - shuffled` of every metric
 both arms answered. An arm's role comes from its runs' run.json (`kind`, and `frame_order: shuffled`
 for the shuffled-frames control), as `evalsuite.report.evaluation.Checkpoint.role` reads it, never from its name;
 an arm of another role (or of mixed roles) is listed, not contrasted. Contrasts are refused between arms
-whose evaluations were made differently (`evalsuite.report.evaluation.compared_settings`, `IRAVEN_SET`).
+whose evaluations were made differently (`evalsuite.report.evaluation.compared_settings`, `iraven_compared`).
 
 "What the study found" is computed from the contrasts' CIs with `evalsuite.report.evaluation.verdict`, each
 contrast oriented so that the paper's direction is positive (the shuffled-frames control takes the
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_recipes.files import atomic_write_text
-from evalsuite.report.evaluation import (ALPHA, IRAVEN_SET, ROLES, Bootstrap, Checkpoint, compared_settings,
+from evalsuite.report.evaluation import (ALPHA, ROLES, Bootstrap, Checkpoint, compared_settings, iraven_compared,
                                          few_items_note, guesser_floor, item_correctness, judged_kind,
                                          uninformative_reason, verdict)
 from evalsuite.benchmarks.iraven.groups import GROUPS, in_group
@@ -239,7 +239,7 @@ def arm_order(spec, runs: list[StudyRun]) -> list[str]:
 def _evaluated_as(runs: list[StudyRun], task: str) -> set[str]:
     """The distinct settings (those two evaluations must share to be contrasted) of the runs' `task`."""
     def key(s: dict) -> dict:
-        return {k: s.get(k) for k in IRAVEN_SET} if task == "iraven" else compared_settings(s)
+        return iraven_compared(s) if task == "iraven" else compared_settings(s)
     return {json.dumps(key(r.ckpt.settings(task)), sort_keys=True, default=str)
             for r in runs if r.ckpt and task in r.ckpt.metrics}
 
