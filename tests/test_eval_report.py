@@ -72,6 +72,54 @@ def _contrast_section(report: str) -> str:
     return report.split("## Image run vs video run")[1].split("\n## ")[0]
 
 
+def _seeds(root, with_ids: bool):
+    """seed0/ and seed1/, each with a video run and an image run trained in that directory with
+    `--match_to video_run` (the path as given, relative), with or without MLflow run ids."""
+    for seed in (0, 1):
+        for name, kind in (("video_run", "video"), ("image_run", "image")):
+            (root / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+            d = _checkpoint(root / f"seed{seed}", name, kind, SETTINGS)  # evaluated; its run.json replaced below
+            run = {"kind": kind, "seed": seed, "consumed": {"samples": 100, "visual_tokens": 5000}}
+            if with_ids:
+                run["mlflow_run_id"] = f"{name}-{seed}"
+            if kind == "image":
+                run["match"] = {"reference": {"checkpoint": "video_run", "mlflow_run_id":
+                                              f"video_run-{seed}" if with_ids else None},
+                                "unit": "visual_tokens", "target": 5000, "achieved": 5000, "rel_error": 0.0}
+            (d / "run.json").write_text(json.dumps(run))
+
+
+def _pair_names(root) -> list[tuple[str, str]]:
+    return [(p.subject.name, p.video.name) for p in matched_pairs(discover(root))]
+
+
+def test_each_seeds_image_run_pairs_with_its_own_video_run(tmp_path, monkeypatch):
+    """`--match_to video_run` run in seed0/ and in seed1/ records the same relative path. The MLflow run id
+    decides; without one the path is read from the run's own directory first, and a path that could be
+    either seed's video run pairs nothing and is named in the report, never a run of another seed."""
+    ids, no_ids = tmp_path / "ids", tmp_path / "no_ids"
+    _seeds(ids, with_ids=True)
+    _seeds(no_ids, with_ids=False)
+    want = [("seed0/image_run", "seed0/video_run"), ("seed1/image_run", "seed1/video_run")]
+    for cwd in (tmp_path, ids / "seed0"):
+        monkeypatch.chdir(cwd)
+        assert sorted(_pair_names(ids)) == want
+    monkeypatch.chdir(tmp_path)
+    assert sorted(_pair_names(no_ids)) == want
+    monkeypatch.chdir(no_ids / "seed0")  # from here "video_run" is also seed0's: seed1's image run is ambiguous
+    assert _pair_names(no_ids) == [("seed0/image_run", "seed0/video_run")]
+    report = write_report(no_ids, track=False).read_text()
+    assert "**Matched runs without their reference here**" in report
+    assert "`seed1/image_run` (matched to `video_run`)" in report and "`seed0/image_run` (matched" not in report
+
+
+def test_a_report_of_one_checkpoint_names_it(tmp_path):
+    _checkpoint(tmp_path, "video_100k", "video", SETTINGS)
+    (ckpt,) = discover(tmp_path / "video_100k")
+    assert ckpt.name == "video_100k"
+    assert "`video_100k` (video run)" in write_report(tmp_path / "video_100k", track=False).read_text()
+
+
 def test_same_evaluation_gives_the_contrast_even_when_frames_took_different_paths(tmp_path):
     image = SETTINGS | {"video_input": {c: "images" for c in CONDITIONS}}
     video = SETTINGS | {"video_input": {"base": "native", "caption": "images", "vcot": "images"}}

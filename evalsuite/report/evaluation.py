@@ -110,7 +110,8 @@ class Checkpoint:
     """One evaluated checkpoint: its name, training info (run.json) and per-task results."""
 
     def __init__(self, root: Path, path: Path):
-        self.root, self.path, self.name = root, path, str(path.relative_to(root)) or path.name
+        # a report of one checkpoint (root = its directory) names it, not "."
+        self.root, self.path, self.name = root, path, path.name if path == root else str(path.relative_to(root))
         run = path / "run.json"
         self.run = RunRecord.read(run) if run.exists() else None
         self.metrics, self.rows = {}, {}
@@ -203,19 +204,39 @@ class Pair:
 
 
 def _referenced(c: Checkpoint, ckpts: list[Checkpoint]) -> Checkpoint | None:
-    """The checkpoint `c`'s run.json says it was matched to: its path as recorded (relative to the
-    working directory, the report's directory or the one above it), else the only checkpoint here with
-    that directory name."""
-    ref = (c.match.get("reference") or {}).get("checkpoint")
+    """The checkpoint `c`'s run.json says it was matched to, or None when none here is, or several may be.
+
+    The reference's MLflow run id, when both run.json files record one, decides. Else its path as recorded:
+    `--match_to` as given, relative to the directory the run was launched from, which the report does not
+    know. It is tried relative to the checkpoint's own directory, the working directory, the report's
+    directory and the one above it, then as the only checkpoint here with that directory name. Paths that
+    lead to two different checkpoints (`--match_to video_100k` launched in seed0/ and in seed1/, read from
+    one of them) give None rather than a run of another seed; the report lists such runs
+    (`unresolved_references`)."""
+    ref_record = c.match.get("reference") or {}
+    run_id = ref_record.get("mlflow_run_id")
+    if run_id:
+        by_id = [x for x in ckpts if x is not c and x.run is not None and x.run.mlflow_run_id == run_id]
+        if len(by_id) == 1:
+            return by_id[0]
+    ref = ref_record.get("checkpoint")
     if not ref:
         return None
     by_path = {x.path.resolve(): x for x in ckpts}
     ref = Path(ref)
-    for p in [ref] if ref.is_absolute() else [ref, c.root / ref, c.root.parent / ref]:
-        if p.resolve() in by_path:
-            return by_path[p.resolve()]
+    places = [ref] if ref.is_absolute() else [c.path.parent / ref, ref, c.root / ref, c.root.parent / ref]
+    found = list({id(x): x for p in places if (x := by_path.get(p.resolve())) is not None}.values())
+    if found:
+        return found[0] if len(found) == 1 else None
     named = [x for x in ckpts if x.path.name == ref.name]
     return named[0] if len(named) == 1 else None
+
+
+def unresolved_references(ckpts: list[Checkpoint]) -> list[tuple[Checkpoint, str]]:
+    """(checkpoint, its recorded reference) for every run matched to a checkpoint the report cannot tell
+    among those here: missing, or named so that it could be more than one (`_referenced`)."""
+    return [(c, str(c.match["reference"].get("checkpoint") or c.match["reference"].get("mlflow_run_id")))
+            for c in ckpts if (c.match.get("reference") or {}) and _referenced(c, ckpts) is None]
 
 
 def matched_pairs(ckpts: list[Checkpoint]) -> list[Pair]:
@@ -922,6 +943,17 @@ def _audit(pair: Pair) -> list[str]:
     return out + [""]
 
 
+def unresolved_lines(ckpts: list[Checkpoint]) -> list[str]:
+    """A warning naming the runs whose matched reference is not among the checkpoints here, or is ambiguous:
+    they are in no pair, and a pair the reader expects is missing rather than wrong."""
+    missing = unresolved_references(ckpts)
+    if not missing:
+        return []
+    return ["**Matched runs without their reference here** (in no pair; give the report a directory that holds "
+            "both runs, or the reference's path is ambiguous: name it by an absolute path in `--match_to`): "
+            + "; ".join(f"`{c.name}` (matched to `{ref}`)" for c, ref in missing), ""]
+
+
 def pairs_section(pairs: list[Pair], all_findings: list[dict] | None = None) -> tuple[list[str], dict]:
     """The per-pair detail (audit and the three contrasts with their parts) and the MLflow metrics of the
     contrasts, `contrast/<subject>_vs_<video>/<f1|f2>/<items>/f<F>/<part>/<value|ci_low|ci_high>` and
@@ -1146,7 +1178,7 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int
              + ", ".join(f"`{c.name}` ({ROLES.get(c.role, c.role)})" for c in ckpts), "",
              "## Findings: the paper's three claims", "", *findings_section(all_findings), "",
              "## vCoT on long-form video QA", "", *vcot_section(ckpts), "",
-             "## Image run vs video run, scale-matched", "", *pair_lines, "",
+             "## Image run vs video run, scale-matched", "", *unresolved_lines(ckpts), *pair_lines, "",
              "## Robustness to perturbations", "", *shuffle_section(ckpts), "",
              "## I-RAVEN transfer", "", *iraven_section(ckpts, all_findings), "",
              "## Not evaluated as asked", "", *caveats_section(ckpts), "",
