@@ -74,6 +74,25 @@ class CheckpointRef:
         return out
 
 
+def made_on_other_weights(path: str | os.PathLike, metrics: dict) -> bool:
+    """Whether an evaluation's results (`metrics`: its metrics.json) were made on other weights than checkpoint
+    directory `path` holds now: a run trained again in place (a larger budget, a restart) keeps its `eval/`.
+
+    True when the directory holds loadable weights whose `fingerprint` differs from the one the evaluation
+    recorded, or when it holds none and no run.json although the evaluation was of a trained run (training
+    in place has moved its adapter and run.json aside). Results kept without their weights (eval/ and
+    run.json copied off a cluster) and evaluations older than the recorded fingerprint are not judged."""
+    recorded = ((metrics.get("settings") or {}).get("checkpoint") or {}).get("fingerprint")
+    if not recorded:
+        return False
+    p = Path(path)
+    try:
+        return fingerprint(checkpoint_ref(p).model_path) != recorded
+    except CheckpointError:
+        trained = (metrics.get("checkpoint") or {}).get("role") in ("adapter", "full")
+        return trained and not (p / "run.json").is_file()
+
+
 def weights_identity(info: dict) -> str:
     """The identity of a checkpoint's weights from its `CheckpointRef.identity()`: its fingerprint, plus
     its base model's for an adapter (the key of the infill cache and of `ChatModel.identity`)."""

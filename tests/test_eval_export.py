@@ -152,6 +152,19 @@ def test_export_writes_lmms_eval_results_and_sample_logs(ckpt_dir, capsys):
     assert [r.name for r in discover(root)] == []  # the export directory is never taken for a checkpoint
 
 
+def test_export_skips_results_of_weights_the_checkpoint_no_longer_holds(ckpt_dir, capsys):
+    """The run was trained again in place after its evaluation (its weights' fingerprint is not the recorded
+    one): exporting its results would label the old weights' answers with the new checkpoint."""
+    root, _ = ckpt_dir
+    run = root / "video_run"
+    (run / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (run / "model.safetensors").write_bytes(b"retrained weights")
+    assert main(["export", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: its results were made on other weights than it holds now (evaluate it again)" in err
+    assert not (root / "lmms-eval").exists()
+
+
 def test_export_refuses_what_it_cannot_export_faithfully(ckpt_dir, tmp_path, capsys):
     root, metrics = ckpt_dir
     m = root / "video_run" / "eval" / "vcot" / "metrics.json"

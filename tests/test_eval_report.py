@@ -113,6 +113,39 @@ def test_each_seeds_image_run_pairs_with_its_own_video_run(tmp_path, monkeypatch
     assert "`seed1/image_run` (matched to `video_run`)" in report and "`seed0/image_run` (matched" not in report
 
 
+def test_results_of_weights_the_directory_no_longer_holds_are_left_out(tmp_path):
+    """A run trained again in place (a larger budget, a restart) keeps its eval/: until it is evaluated again
+    those results are of the old weights, and while it trains its adapter and run.json are moved aside. Each
+    metrics.json records the fingerprint of the weights it was made on: results of other weights are left
+    out and named, never shown as the new weights' (nor the half-moved run shown as a base model)."""
+    from evalsuite.checkpoints import fingerprint
+
+    video = _checkpoint(tmp_path, "video_run", "video", SETTINGS)
+    image = _checkpoint(tmp_path, "image_run", "image", SETTINGS, match="video_run")
+    for d in (video, image):  # full finetunes: config.json and safetensors beside run.json
+        (d / "config.json").write_text(json.dumps({"model_type": "llava"}))
+        (d / "model.safetensors").write_bytes(b"weights v1")
+        m = json.loads((d / "eval/vcot/metrics.json").read_text())
+        m["settings"]["checkpoint"] = {"fingerprint": fingerprint(d)}
+        m["checkpoint"] = {"name": d.name, "role": "full", "fingerprint": fingerprint(d)}
+        (d / "eval/vcot/metrics.json").write_text(json.dumps(m))
+    report = write_report(tmp_path, track=False).read_text()
+    assert "Left out" not in report and "gain(image) - gain(video) |" in _contrast_section(report)
+    # results kept without their weights (eval/ and run.json copied off the cluster) are not judged
+    (video / "model.safetensors").rename(tmp_path / "video_weights")
+    assert "Left out" not in write_report(tmp_path, track=False).read_text()
+    (tmp_path / "video_weights").rename(video / "model.safetensors")
+    (image / "model.safetensors").write_bytes(b"weights v2, retrained")
+    report = write_report(tmp_path, track=False).read_text()
+    assert "**Left out: results of other weights**" in report and "`image_run` (vcot)" in report
+    assert "1 checkpoint(s): `video_run` (video run)" in report
+    assert "gain(image) - gain(video) |" not in report
+    (video / "model.safetensors").unlink()  # training again: the weights moved aside
+    (video / "run.json").unlink()
+    report = write_report(tmp_path, track=False).read_text()
+    assert "`video_run` (vcot)" in report and "0 checkpoint(s)" in report and "base model" not in report
+
+
 def test_a_report_of_one_checkpoint_names_it(tmp_path):
     _checkpoint(tmp_path, "video_100k", "video", SETTINGS)
     (ckpt,) = discover(tmp_path / "video_100k")

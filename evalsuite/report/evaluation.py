@@ -55,6 +55,7 @@ import numpy as np
 
 from data_recipes.counters import CONSUMED_COUNTERS
 from data_recipes.files import atomic_write_text
+from evalsuite.checkpoints import made_on_other_weights
 from evalsuite.comparisons import block_of, fkeys
 from evalsuite.config import ConfigError
 from evalsuite.context import overrun
@@ -115,10 +116,16 @@ class Checkpoint:
         run = path / "run.json"
         self.run = RunRecord.read(run) if run.exists() else None
         self.metrics, self.rows = {}, {}
+        self.other_weights: list[str] = []
+        """Tasks whose results were made on other weights than the directory holds now: left out."""
         for task_dir in sorted((path / "eval").glob("*")):
             m = task_dir / "metrics.json"
             if m.exists() and is_live_task(task_dir.name):  # not outputs a rerun with other settings moved aside
-                self.metrics[task_dir.name] = json.loads(m.read_text())
+                metrics = json.loads(m.read_text())
+                if made_on_other_weights(path, metrics):
+                    self.other_weights.append(task_dir.name)
+                else:
+                    self.metrics[task_dir.name] = metrics
 
     @property
     def run(self) -> RunRecord | None:
@@ -943,6 +950,17 @@ def _audit(pair: Pair) -> list[str]:
     return out + [""]
 
 
+def other_weights_lines(ckpts: list[Checkpoint]) -> list[str]:
+    """A warning naming the results left out because the checkpoint's weights changed after they were made
+    (a run trained again in place, or still training): shown, they would pass for the new weights'."""
+    stale = [c for c in ckpts if c.other_weights]
+    if not stale:
+        return []
+    return ["**Left out: results of other weights** (the directory's weights changed after they were evaluated; "
+            "evaluate again with `python -m evalsuite all`): "
+            + "; ".join(f"`{c.name}` ({', '.join(c.other_weights)})" for c in stale), ""]
+
+
 def unresolved_lines(ckpts: list[Checkpoint]) -> list[str]:
     """A warning naming the runs whose matched reference is not among the checkpoints here, or is ambiguous:
     they are in no pair, and a pair the reader expects is missing rather than wrong."""
@@ -1164,7 +1182,8 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int
 
     boot = Bootstrap(n_boot, seed)
     root = Path(ckpt_dir).resolve()
-    ckpts = discover(root)
+    found = discover(root)
+    ckpts = [c for c in found if c.metrics]  # one whose every result is of other weights is only named below
     pairs = matched_pairs(ckpts)
     all_findings = [pair_findings(p, boot) for p in pairs]
     rows = [r for found in all_findings for r in verdicts(found)]
@@ -1176,6 +1195,7 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int
     lines = [f"# Evaluation report: {root.name}", "",
              f"{len(ckpts)} checkpoint(s): "
              + ", ".join(f"`{c.name}` ({ROLES.get(c.role, c.role)})" for c in ckpts), "",
+             *other_weights_lines(found),
              "## Findings: the paper's three claims", "", *findings_section(all_findings), "",
              "## vCoT on long-form video QA", "", *vcot_section(ckpts), "",
              "## Image run vs video run, scale-matched", "", *unresolved_lines(ckpts), *pair_lines, "",

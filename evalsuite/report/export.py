@@ -47,7 +47,7 @@ from pathlib import Path
 
 from data_recipes.files import atomic_write_text
 from evalsuite import prompts
-from evalsuite.checkpoints import evaluated
+from evalsuite.checkpoints import evaluated, made_on_other_weights
 from evalsuite.outputs import read_rows
 
 TASK = "vcot"
@@ -227,17 +227,21 @@ def export_lmms_eval(ckpt_dir: str | os.PathLike, out: str | os.PathLike | None 
     written, skipped = [], []
     for m in found:
         ckpt = m.parent.parent.parent
-        settings = json.loads(m.read_text()).get("settings", {})
+        metrics = json.loads(m.read_text())
+        settings = metrics.get("settings", {})
         if settings.get("benchmark") != "egoschema":
-            skipped.append(f"{ckpt}: evaluated on {settings.get('benchmark')!r}")
+            skipped.append(f"{ckpt}: evaluated on {settings.get('benchmark')!r} (only EgoSchema evaluations have "
+                           f"an lmms-eval counterpart)")
+            continue
+        if made_on_other_weights(ckpt, metrics):  # trained again in place since: not these weights' results
+            skipped.append(f"{ckpt}: its results were made on other weights than it holds now (evaluate it again)")
             continue
         name = str(ckpt.relative_to(root)) if ckpt != root else root.name
         written += export_checkpoint(m, out_root, name)
     if not written:
-        raise ExportError(f"nothing to export under {root}: only EgoSchema evaluations have an lmms-eval "
-                          f"counterpart ({'; '.join(skipped)})")
+        raise ExportError(f"nothing to export under {root}: {'; '.join(skipped)}")
     for reason in skipped:
-        print(f"export: skipped {reason} (only EgoSchema evaluations have an lmms-eval counterpart)", file=sys.stderr)
+        print(f"export: skipped {reason}", file=sys.stderr)
     return written
 
 
