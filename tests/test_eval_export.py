@@ -165,6 +165,19 @@ def test_export_skips_results_of_weights_the_checkpoint_no_longer_holds(ckpt_dir
     assert not (root / "lmms-eval").exists()
 
 
+def test_one_checkpoint_that_cannot_be_exported_does_not_stop_the_others(ckpt_dir, capsys):
+    import shutil
+
+    root, _ = ckpt_dir
+    bad = root / "a_run"  # sorted first
+    shutil.copytree(root / "video_run", bad)
+    (bad / "eval" / "vcot" / "predictions.jsonl").write_text("")
+    assert main(["export", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad / 'eval' / 'vcot' / 'predictions.jsonl'}: missing" in err and "the other checkpoints were exported" in err
+    assert (root / "lmms-eval" / "video_run").is_dir() and not (root / "lmms-eval" / "a_run").exists()
+
+
 def test_export_refuses_what_it_cannot_export_faithfully(ckpt_dir, tmp_path, capsys):
     root, metrics = ckpt_dir
     m = root / "video_run" / "eval" / "vcot" / "metrics.json"

@@ -224,7 +224,7 @@ def export_lmms_eval(ckpt_dir: str | os.PathLike, out: str | os.PathLike | None 
     if not found:
         raise ExportError(f"no eval/{TASK}/metrics.json under {root}: evaluate first (python -m evalsuite vcot "
                           f"CKPT --benchmark egoschema --data DIR ...)")
-    written, skipped = [], []
+    written, skipped, failed = [], [], []
     for m in found:
         ckpt = m.parent.parent.parent
         metrics = json.loads(m.read_text())
@@ -237,11 +237,17 @@ def export_lmms_eval(ckpt_dir: str | os.PathLike, out: str | os.PathLike | None 
             skipped.append(f"{ckpt}: its results were made on other weights than it holds now (evaluate it again)")
             continue
         name = str(ckpt.relative_to(root)) if ckpt != root else root.name
-        written += export_checkpoint(m, out_root, name)
-    if not written:
-        raise ExportError(f"nothing to export under {root}: {'; '.join(skipped)}")
+        try:
+            written += export_checkpoint(m, out_root, name)
+        except ExportError as e:  # one checkpoint's problem does not keep the others from being exported
+            failed.append(str(e))
     for reason in skipped:
         print(f"export: skipped {reason}", file=sys.stderr)
+    if failed:
+        done = f" (the other checkpoints were exported: {len(written)} files)" if written else ""
+        raise ExportError("; ".join(failed) + done)
+    if not written:
+        raise ExportError(f"nothing to export under {root}: {'; '.join(skipped)}")
     return written
 
 
