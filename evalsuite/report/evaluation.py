@@ -1182,8 +1182,8 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int
 
     boot = Bootstrap(n_boot, seed)
     root = Path(ckpt_dir).resolve()
-    found = discover(root)
-    ckpts = [c for c in found if c.metrics]  # one whose every result is of other weights is only named below
+    discovered = discover(root)
+    ckpts = [c for c in discovered if c.metrics]  # one whose every result is of other weights is only named below
     pairs = matched_pairs(ckpts)
     all_findings = [pair_findings(p, boot) for p in pairs]
     rows = [r for found in all_findings for r in verdicts(found)]
@@ -1195,7 +1195,7 @@ def write_report(ckpt_dir: str | os.PathLike, track: bool = True, *, n_boot: int
     lines = [f"# Evaluation report: {root.name}", "",
              f"{len(ckpts)} checkpoint(s): "
              + ", ".join(f"`{c.name}` ({ROLES.get(c.role, c.role)})" for c in ckpts), "",
-             *other_weights_lines(found),
+             *other_weights_lines(discovered),
              "## Findings: the paper's three claims", "", *findings_section(all_findings), "",
              "## vCoT on long-form video QA", "", *vcot_section(ckpts), "",
              "## Image run vs video run, scale-matched", "", *unresolved_lines(ckpts), *pair_lines, "",
