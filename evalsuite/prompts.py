@@ -309,17 +309,23 @@ def iraven_image_size(processor) -> int:
     return int(field(size, "height") or field(size, "shortest_edge") or IRAVEN_DYNAMIC_SIZE)
 
 
-# "C", "(C)", "C.", "C:" at the start, or "answer is C" / "option: (C)" anywhere; not "A red square".
-_IRAVEN_LEADING = re.compile(r"^\s*[\(\[]?([A-H])(?:[\)\]]|[.:,](?!\w)|\s*$)")
-_IRAVEN_ANSWER_IS = re.compile(r"\b(?i:answer|option|candidate|choice)\s*(?:is|:|=|-)?\s*[\(\[]?([A-H])\b(?![a-z'])")
+# "C", "(C)", "C.", "C:", or "C" then a line break ("C\nThe third row ...") at the start, or "answer is C",
+# "The answer is: C", "option: (C)" anywhere; not "A red square". A lone lower-case letter ("c.", "(c)") is
+# the whole reply or nothing: "a" starts sentences.
+_IRAVEN_EMPHASIS = re.compile(r"[*_`]")
+_IRAVEN_LEADING = re.compile(r"^\s*[\(\[]?([A-H])(?:[\)\]]|[.:,](?!\w)|[ \t]*(?:$|\n))")
+_IRAVEN_LONE_LOWER = re.compile(r"^\s*[\(\[]?([a-h])[\)\]]?[.:]?\s*$")
+_IRAVEN_ANSWER_IS = re.compile(
+    r"\b(?i:answer|option|candidate|choice)\s*(?:is\s*:?|:|=|-)?\s*[\(\[]?([A-H])\b(?![a-z'])")
 
 
 def iraven_letter_choice(answer: str) -> int | None:
     """Index 0..7 of the letter the reply chose, or None (a recorded failure, never a guess).
 
     Not `evalsuite.extraction.letter_choice`, which reads the vCoT answers' letters A-E."""
-    m = _IRAVEN_LEADING.search(answer) or _IRAVEN_ANSWER_IS.search(answer)
-    return IRAVEN_LETTERS.index(m.group(1)) if m else None
+    text = _IRAVEN_EMPHASIS.sub("", answer)  # markdown: "**C**"
+    m = _IRAVEN_LEADING.search(text) or _IRAVEN_LONE_LOWER.search(text) or _IRAVEN_ANSWER_IS.search(text)
+    return IRAVEN_LETTERS.index(m.group(1).upper()) if m else None
 
 
 _IRAVEN_YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)

@@ -93,7 +93,11 @@ def test_model_image_size():
 @pytest.mark.parametrize("answer, expected", [
     ("C", 2), ("(D)", 3), ("H.", 7), ("The answer is F.", 5), ("Answer: G", 6), ("Candidate (B)", 1),
     ("A red square", None), ("the answer is a circle", None),
-    ("I think so", None), ("", None), ("J", None)])
+    ("I think so", None), ("", None), ("J", None),
+    # shapes chat models write that were once unreadable (a failure, counted wrong)
+    ("C\nThe third row repeats the first.", 2), ("The answer is: C", 2), ("**C**", 2), ("**Answer: E**", 4),
+    ("c.", 2), ("(h)", 7), ("a", 0), ("A\nbecause the shapes grow", 0),
+    ("a red square", None), ("c is the one", None)])
 def test_letter_choice(answer, expected):
     assert iraven_letter_choice(answer) == expected
 
@@ -287,6 +291,25 @@ def test_informative_when_no_candidate_takes_more_than_half_the_answers(tmp_path
     assert s["informative"] is False and "candidate C in 56% of the 9 answered puzzles" in s["informative_reason"]
     failed = task.summarize([_row("center_single", 1, None)])
     assert failed["informative"] is False and "no puzzle got a readable answer" in failed["informative_reason"]
+
+
+def test_a_generate_run_whose_answers_are_mostly_unreadable_is_not_informative(tmp_path):
+    """Generate scoring counts an answer no rule reads as wrong. When that is most puzzles, the accuracy
+    measures how the run words its answers (an image and a video run may word them differently), so F3 must
+    not read it: the run is uninformative, with the failure share as the reason."""
+    from evalsuite.report.evaluation import uninformative_reason
+
+    task = _task(tmp_path, scoring="generate")
+    read = [_row("center_single", t, t if t % 2 else (t + 1) % 8) for t in range(4)]  # no position bias
+    unread = [_row("center_single", t, None) for t in range(4, 9)]  # 5 of 9 unreadable
+    s = task.summarize(read + unread)
+    assert s["failed"] == {"value": 5 / 9, "n": 9, "count": 5}
+    assert s["informative"] is False and s["uninformative_by"] == "failed"
+    assert "no rule could read the answer to 56% of the 9 puzzles" in s["informative_reason"]
+    assert uninformative_reason(s) == s["informative_reason"]
+    assert task.summarize(read + unread[:4])["informative"] is True  # 4 of 8: the boundary
+    loglik = _task(tmp_path / "loglik", scoring="loglik").summarize(read + unread)
+    assert "failed" not in loglik and "uninformative_by" not in loglik
 
 
 def test_candidates_layout_end_to_end_on_a_tiny_model(tmp_path, tmp_path_factory, one_thread):

@@ -405,9 +405,10 @@ def uninformative_reason(m: dict) -> str:
     """Why an I-RAVEN run is uninformative, from its summary `m` (eval/iraven/metrics.json's `metrics`,
     written by `evalsuite.tasks.iraven`): "position bias 73% on candidate C", else the recorded
     `informative_reason`. Shown instead of the run's accuracy here and in `evalsuite.report.study`; only
-    meaningful for a summary with `informative: false`."""
+    meaningful for a summary with `informative: false`. A run judged by its unreadable answers
+    (`uninformative_by: failed`, generate scoring) gives that reason."""
     bias = m.get("position_bias")
-    if isinstance(bias, dict) and isinstance(bias.get("value"), (int, float)):
+    if m.get("uninformative_by") != "failed" and isinstance(bias, dict) and isinstance(bias.get("value"), (int, float)):
         where = bias.get("letter")
         if where is None and isinstance(bias.get("index"), int):
             where = "ABCDEFGH"[bias["index"]] if 0 <= bias["index"] < 8 else bias["index"]

@@ -72,6 +72,9 @@ SEED, PER_CONFIG = 2026, 20  # the generated test split: one fixed set for every
 CHANCE = 1 / len(LETTERS)
 MAX_INFORMATIVE_BIAS = 0.5
 """Above this share of predictions on one candidate, accuracy measures that position, not reasoning."""
+MAX_INFORMATIVE_FAILED = 0.5
+"""Generate scoring: above this share of puzzles whose answer no rule could read (counted wrong), accuracy
+measures how the run formats its answers, not reasoning."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,13 @@ class IRavenTask(Task):
                                          f"{n_pred} answered puzzles: accuracy is that candidate's share of "
                                          "targets, not a measure of reasoning")
         if self.cfg.scoring == "generate":
-            out["failed"] = {"value": (len(ok) - n_pred) / len(ok), "n": len(ok), "count": len(ok) - n_pred}
+            failed = (len(ok) - n_pred) / len(ok)
+            out["failed"] = {"value": failed, "n": len(ok), "count": len(ok) - n_pred}
+            if out["informative"] and failed > MAX_INFORMATIVE_FAILED:
+                out["informative"], out["uninformative_by"] = False, "failed"
+                out["informative_reason"] = (f"no rule could read the answer to {100 * failed:.0f}% of the {len(ok)} "
+                                             "puzzles, each counted wrong: accuracy measures how the run words "
+                                             "its answers, not reasoning")
         return out
 
     @staticmethod
