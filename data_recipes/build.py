@@ -46,7 +46,7 @@ from tqdm import tqdm
 from data_recipes.counters import TOKEN_UNITS
 from data_recipes.recipe import Recipe, expand_path, load_recipe
 from data_recipes.files import REPO_ROOT, DirLock, atomic_dir, atomic_write_json, file_sha256, shareable_path
-from data_recipes.shards import ShardWriter, sample_members
+from data_recipes.shards import ShardWriter, sample_images, sample_members, shard_samples
 from data_recipes.sources import Skip, Unsupported, mix_plan, open_sources
 
 MAX_MATCH_ERROR = 0.005
@@ -256,31 +256,15 @@ def _reference(recipe: Recipe, root: Path, model: str | None, workers: int) -> d
 
 
 def built_samples(build_dir: Path, manifest: dict):
-    """(sample json, images) of every sample of a finished build, in manifest order, read from its shards
-    (members as `sample_members` writes them: the json, then the image or the frames in order)."""
-    import io
-    import tarfile
-
-    from PIL import Image
+    """(sample json, images) of every sample of a finished build, in manifest order, read from its shards."""
+    import webdataset as wds
 
     for shard in manifest["shards"]:
         path = Path(build_dir) / shard["name"]
         if not path.is_file():
             raise BuildError(f"{path}: listed in {Path(build_dir) / MANIFEST} but missing; rebuild the recipe")
-        with tarfile.open(path) as tar:
-            js, images = None, []
-            for member in tar:
-                data = tar.extractfile(member).read()
-                if member.name.endswith(".json"):
-                    if js is not None:
-                        yield js, images
-                    js, images = json.loads(data), []
-                elif js is None:
-                    raise BuildError(f"{path}: member {member.name} comes before any sample's .json")
-                else:
-                    images.append(Image.open(io.BytesIO(data)))
-            if js is not None:
-                yield js, images
+        for s in shard_samples(path, wds.reraise_exception):
+            yield json.loads(s["json"]), sample_images(s)
 
 
 def count_built(build_dir: Path, manifest: dict, model: str, video_input: str) -> dict:

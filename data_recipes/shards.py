@@ -48,6 +48,24 @@ def sample_members(key: str, sample_json: dict, images: list[Image.Image]) -> li
     return members
 
 
+def shard_samples(url: str, handler):
+    """Raw samples ({"__key__", "json", "jpg" | "000.jpg", ...: bytes}) of one shard on its own: a shard cut
+    mid-sample cannot lend its partial last sample's key to the next shard's members (webdataset groups
+    members by key across shards). `handler`: webdataset's error handler."""
+    import webdataset as wds
+
+    return wds.tarfile_to_samples(handler=handler)(iter([{"url": str(url)}]))
+
+
+def image_names(sample: dict) -> list[str]:
+    """A raw sample's image members in order: its one image, or its frames."""
+    return ["jpg"] if "jpg" in sample else sorted(k for k in sample if k.endswith(".jpg"))
+
+
+def sample_images(sample: dict) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(sample[k])).convert("RGB") for k in image_names(sample)]
+
+
 class ShardWriter:
     """Writes numbered shards `PREFIX-000000.tar`... of at most `shard_size` samples each."""
 

@@ -76,8 +76,8 @@ def test_every_sample_exactly_once_per_pass(shards, readers, monkeypatch):
     counted = ShardStream(urls, None, batch_size=5, seed=3, shuffle_buffer=4)  # counts by reading the shards
     assert counted.shard_counts == SIZES
     opened = []
-    real = data._tar_samples
-    monkeypatch.setattr(data, "_tar_samples", lambda url, handler: opened.append(url) or real(url, handler))
+    real = data.shard_samples
+    monkeypatch.setattr(data, "shard_samples", lambda url, handler: opened.append(url) or real(url, handler))
     shares = [stream.share(r, readers) for r in range(readers)]
     assert sum(shares) == 60 and max(shares) - min(shares) <= 1
     for p in range(2):  # each pass reshuffles, and still covers everything once

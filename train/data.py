@@ -54,7 +54,6 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -63,6 +62,7 @@ from data_recipes.resize import fit
 from data_recipes.clips import VIDEO_INPUTS, as_video
 from data_recipes.processors import frame_options
 from data_recipes.schema import ConversationError, validate_record
+from data_recipes.shards import image_names, sample_images, shard_samples
 from data_recipes.tokens import video_token_id
 from train.chat import encode
 
@@ -132,7 +132,7 @@ def encode_samples(processor, raw: list[dict], video_input: str = "images", max_
     for s in raw:
         js = json.loads(s["json"])
         kinds.append(js.get("kind"))
-        ims = [fit(im, max_pixels) for im in _images(s)]
+        ims = [fit(im, max_pixels) for im in sample_images(s)]
         frames.append(len(ims))
         if video_input == "native" and js.get("kind") == "video":
             msgs, groups = as_video(js["messages"], ims, js.get("clips"), where=s.get("__key__", "sample"))
@@ -165,20 +165,6 @@ def filler_sample() -> dict:
                 {"role": "assistant", "content": [{"type": "text", "text": "Nothing."}]}]
     return {"__key__": FILLER_KEY, "json": json.dumps({"kind": "image", "messages": messages}).encode(),
             "jpg": buf.getvalue()}
-
-
-def _image_names(sample: dict) -> list[str]:
-    return ["jpg"] if "jpg" in sample else sorted(k for k in sample if k.endswith(".jpg"))
-
-
-def _images(sample: dict) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(sample[k])).convert("RGB") for k in _image_names(sample)]
-
-
-def _tar_samples(url: str, handler):
-    """Raw samples of one shard on its own: a shard cut mid-sample cannot lend its partial last
-    sample's key to the next shard's members (webdataset groups members by key across shards)."""
-    return wds.tarfile_to_samples(handler=handler)(iter([{"url": url}]))
 
 
 class ShardStream(IterableDataset):
@@ -219,7 +205,7 @@ class ShardStream(IterableDataset):
         """Samples per shard; without the manifest's counts, every shard is read once to count them
         (on first use: `make_loader` does it before the workers start, so they inherit the counts)."""
         if self._shard_counts is None:
-            self._shard_counts = [sum(1 for _ in _tar_samples(u, lambda e: True)) for u in self.urls]
+            self._shard_counts = [sum(1 for _ in shard_samples(u, lambda e: True)) for u in self.urls]
         return self._shard_counts
 
     @property
@@ -256,7 +242,7 @@ class ShardStream(IterableDataset):
             end = start + self.shard_counts[i]
             if start < hi and end > lo:  # the shard overlaps this reader's range
                 first = max(lo, start) - start
-                for s in itertools.islice(_tar_samples(self.urls[i], self._count_error), first,
+                for s in itertools.islice(shard_samples(self.urls[i], self._count_error), first,
                                           min(hi, end) - start):
                     if self._sound(s):
                         buf.append(s)
@@ -272,7 +258,7 @@ class ShardStream(IterableDataset):
         try:
             if "json" not in s:
                 raise ConversationError(f"{where}: no json member")
-            validate_record(json.loads(s["json"]), len(_image_names(s)), where=where)
+            validate_record(json.loads(s["json"]), len(image_names(s)), where=where)
         except (ValueError, UnicodeDecodeError) as e:  # ConversationError and JSONDecodeError are ValueErrors
             self._count_error(e)
             return False
@@ -311,7 +297,7 @@ class ShardStream(IterableDataset):
     def collate(self, raw: list[dict]) -> tuple[dict, dict, list[str]]:
         """(inputs, counts, keys) of raw samples; with `image_filler`, the filler row ends a batch
         without any image or frame (its labels masked)."""
-        filler = self.image_filler and not any(_image_names(s) for s in raw)
+        filler = self.image_filler and not any(image_names(s) for s in raw)
         enc, counts = encode_samples(self.processor, raw + [filler_sample()] if filler else raw, self.video_input,
                                      self.max_pixels)
         if filler:
